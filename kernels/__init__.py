@@ -1,0 +1,1 @@
+"""Jitted ReRAM crossbar kernels (installed as ``rsjax.kernels``)."""

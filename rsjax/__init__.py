@@ -1,0 +1,31 @@
+"""rsjax: OU-level weight sharing for ReRAM crossbar accelerators in JAX."""
+
+from rsjax._src.compressed import CompressedLayer
+from rsjax._src.compressed import compress_kernel
+from rsjax._src.hardware import HardwareSpec
+from rsjax._src.kmeans import cluster_ous
+from rsjax._src.kmeans import decompress
+from rsjax._src.lowering import from_crossbar_matrix
+from rsjax._src.lowering import from_ous
+from rsjax._src.lowering import grid_shape
+from rsjax._src.lowering import to_crossbar_matrix
+from rsjax._src.lowering import to_ous
+from rsjax._src.quantize import dequantize
+from rsjax._src.quantize import quantize_weights
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CompressedLayer",
+    "HardwareSpec",
+    "cluster_ous",
+    "compress_kernel",
+    "decompress",
+    "dequantize",
+    "from_crossbar_matrix",
+    "from_ous",
+    "grid_shape",
+    "quantize_weights",
+    "to_crossbar_matrix",
+    "to_ous",
+)

@@ -1,0 +1,263 @@
+"""Batched k-means over OU blocks: one codebook per row-block (ReRAM-Sharing).
+
+Every row-block of a layer is clustered at once (``vmap`` over row-blocks and
+over restarts) in a single jitted call: greedy k-means++ seeding, Lloyd
+iterations until no assignment changes, empty clusters re-seeded at the
+points farthest from their centroids, the restart with the lowest inertia
+kept. All-zero blocks are pruned: they take part in nothing and get index
+``-1``. The number of clusters is clamped per row-block to its number of
+non-pruned blocks.
+
+Output format (used by training, the emulator, the report and export):
+``codebook [R, K, bh, bw]`` and ``index [R, G]`` int32, where
+``index[r, g]`` is the stored block of row-block ``r`` that column group ``g``
+uses, or ``-1`` for pruned. Stored blocks are packed: the ones a row-block
+uses are ``0 .. K_r - 1`` in order of first use, unused slots are zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+SCOPES = ("row_block", "layer")
+
+
+def _sq_dists(x, c):
+  """Squared distances ``[G, C]`` between points ``[G, D]`` and ``[C, D]``."""
+  cross = jnp.einsum("gd,cd->gc", x, c, precision=_HIGHEST)
+  d = jnp.sum(x * x, -1)[:, None] - 2 * cross + jnp.sum(c * c, -1)[None, :]
+  return jnp.maximum(d, 0.0)
+
+
+def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
+  """Greedy k-means++ seeding (as scikit-learn) of ``k_eff`` slots."""
+  key, first_key = jax.random.split(key)
+  valid_logits = jnp.where(valid, 0.0, -jnp.inf)
+  first = jax.random.categorical(first_key, valid_logits)
+  centroids = jnp.zeros((num_slots, x.shape[1]), x.dtype).at[0].set(x[first])
+  closest = jnp.where(valid, _sq_dists(x, x[first][None])[:, 0], 0.0)
+
+  def add_centroid(i, carry):
+    centroids, closest, key = carry
+    key, sub = jax.random.split(key)
+    # Sample candidates in proportion to D^2; if every valid point already
+    # coincides with a centroid, fall back to uniform over valid points.
+    logits = jnp.where(closest > 0, jnp.log(jnp.where(closest > 0, closest, 1)),
+                       -jnp.inf)
+    logits = jnp.where(jnp.any(closest > 0), logits, valid_logits)
+    cands = jax.random.categorical(sub, logits, shape=(n_trials,))
+    cand_closest = jnp.minimum(closest[None], _sq_dists(x, x[cands]).T)
+    cand_closest = jnp.where(valid[None], cand_closest, 0.0)
+    best = jnp.argmin(jnp.sum(cand_closest, axis=1))
+    take = i < k_eff
+    centroids = centroids.at[i].set(jnp.where(take, x[cands[best]], 0.0))
+    closest = jnp.where(take, cand_closest[best], closest)
+    return centroids, closest, key
+
+  centroids, _, _ = jax.lax.fori_loop(1, num_slots, add_centroid,
+                                      (centroids, closest, key))
+  return centroids
+
+
+def _lloyd(x, valid, centroids, k_eff, max_iter):
+  """Lloyd iterations; returns (centroids, labels, inertia)."""
+  num_slots = centroids.shape[0]
+  active = jnp.arange(num_slots) < k_eff
+
+  def assign(c):
+    d = jnp.where(active[None], _sq_dists(x, c), jnp.inf)
+    return jnp.argmin(d, axis=1).astype(jnp.int32), jnp.min(d, axis=1)
+
+  def update(labels, own_dist):
+    onehot = jax.nn.one_hot(labels, num_slots, dtype=x.dtype) * valid[:, None]
+    counts = jnp.sum(onehot, axis=0)
+    sums = jnp.einsum("gk,gd->kd", onehot, x, precision=_HIGHEST)
+    means = sums / jnp.maximum(counts, 1)[:, None]
+    # Re-seed each empty cluster at a distinct far point (farthest first).
+    empty = active & (counts == 0)
+    own_dist = jnp.where(valid, own_dist, -1.0)
+    farthest = jnp.argsort(-own_dist)
+    pick = farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, x.shape[0] - 1)]
+    reseed = empty & (own_dist[pick] > 0)
+    return jnp.where(reseed[:, None], x[pick], means)
+
+  def cond(state):
+    it, _, _, changed = state
+    return (it < max_iter) & changed
+
+  def body(state):
+    it, c, labels, _ = state
+    new_labels, own_dist = assign(c)
+    changed = jnp.any((new_labels != labels) & valid)
+    return it + 1, update(new_labels, own_dist), new_labels, changed
+
+  labels0 = jnp.full(x.shape[:1], -1, jnp.int32)
+  _, centroids, labels, _ = jax.lax.while_loop(
+      cond, body, (0, centroids, labels0, jnp.array(True)))
+  inertia = jnp.sum(jnp.where(
+      valid, jnp.sum((x - centroids[labels]) ** 2, axis=-1), 0.0))
+  return centroids, labels, inertia
+
+
+def _kmeans_restarts(keys, x, valid, k, num_slots, max_iter, n_trials):
+  """Best of ``len(keys)`` restarts on one point set ``x [G, D]``."""
+  k_eff = jnp.minimum(k, jnp.sum(valid))
+
+  def one(key):
+    init = _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials)
+    return _lloyd(x, valid, init, k_eff, max_iter)
+
+  centroids, labels, inertia = jax.vmap(one)(keys)
+  best = jnp.argmin(inertia)
+  return centroids[best], labels[best], inertia[best]
+
+
+def _compact(labels, valid, table, num_out):
+  """Renumbers the used centroids of one row-block ``0..K_r-1``.
+
+  Args:
+    labels: ``[G]`` ids into ``table``.
+    valid: ``[G]`` non-pruned mask.
+    table: ``[C, D]`` centroids the ids refer to.
+    num_out: codebook slots to return (static).
+
+  Returns:
+    ``(codebook [num_out, D], index [G])`` with used blocks first, in order of
+    first use, unused slots zero and pruned entries ``-1``.
+  """
+  num_groups = labels.shape[0]
+  first_use = jnp.full(table.shape[:1], num_groups, jnp.int32).at[labels].min(
+      jnp.where(valid, jnp.arange(num_groups, dtype=jnp.int32), num_groups))
+  order = jnp.argsort(first_use)
+  used = first_use[order] < num_groups
+  new_id = jnp.zeros_like(order).at[order].set(
+      jnp.arange(order.shape[0], dtype=order.dtype))
+  index = jnp.where(valid, new_id[labels], -1).astype(jnp.int32)
+  codebook = jnp.where(used[:, None], table[order], 0.0)
+  if codebook.shape[0] < num_out:
+    codebook = jnp.pad(codebook, ((0, num_out - codebook.shape[0]), (0, 0)))
+  return codebook[:num_out], index
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter",
+                                             "scope", "n_trials"))
+def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials):
+  """Jitted core of :func:`cluster_ous` on ``x [R, G, D]`` float32."""
+  num_rows, num_groups, _ = x.shape
+  valid = jnp.any(x != 0, axis=-1)
+  num_out = min(k, num_groups)
+  if scope == "row_block":
+    keys = jax.random.split(key, (num_rows, n_init))
+    run = functools.partial(_kmeans_restarts, k=k, num_slots=num_out,
+                            max_iter=max_iter, n_trials=n_trials)
+    centroids, labels, _ = jax.vmap(run)(keys, x, valid)
+    return jax.vmap(_compact, in_axes=(0, 0, 0, None))(
+        labels, valid, centroids, num_out)
+  # scope == "layer": one codebook for the whole layer; each row-block then
+  # stores the subset of it that it uses.
+  keys = jax.random.split(key, n_init)
+  centroids, labels, _ = _kmeans_restarts(
+      keys, x.reshape(num_rows * num_groups, -1), valid.reshape(-1), k,
+      min(k, num_rows * num_groups), max_iter, n_trials)
+  return jax.vmap(_compact, in_axes=(0, 0, None, None))(
+      labels.reshape(num_rows, num_groups), valid, centroids, num_out)
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
+                scope: str = "row_block", n_trials: int | None = None):
+  """Clusters OU blocks into shared codebooks (k-means, SPEC section 1).
+
+  Args:
+    ous: ``[R, G, bh, bw]`` blocks from :func:`rsjax.to_ous`. Float16,
+      bfloat16 and float32 work: clustering runs in float32 and the codebook
+      comes back in the input dtype. All-zero blocks count as pruned.
+    k: clusters (stored blocks) per row-block, clamped per row-block to its
+      number of non-pruned blocks.
+    key: a ``jax.random`` key; the result is deterministic for a key.
+    n_init: k-means++ restarts; the one with the lowest inertia is kept.
+    max_iter: Lloyd iterations at most (it stops when no label changes).
+    scope: ``'row_block'`` (the paper: one codebook per row-block, as blocks
+      on the same wordlines see the same inputs) or ``'layer'`` (one codebook
+      for the layer; each row-block stores the entries it uses).
+    n_trials: candidates per greedy k-means++ step (default
+      ``2 + floor(ln K)``, as scikit-learn).
+
+  Returns:
+    ``(codebook [R, min(k, G), bh, bw], index [R, G] int32)``; ``-1`` marks a
+    pruned block. Used codebook entries of row-block ``r`` are ``0..K_r-1`` in
+    order of first use; unused entries are zero.
+
+  Raises:
+    ValueError: on a wrong rank, ``k < 1``, an unknown scope, a non-float
+      dtype, or NaN/inf blocks (checked when ``ous`` is concrete, i.e. not
+      under a caller's ``jit``).
+  """
+  if getattr(ous, "ndim", None) != 4:
+    raise ValueError(
+        f"cluster_ous expects OU blocks [R, G, bh, bw], got shape "
+        f"{getattr(ous, 'shape', None)}")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be an int >= 1, got {k!r}")
+  if scope not in SCOPES:
+    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+  if n_init < 1 or max_iter < 1:
+    raise ValueError(
+        f"n_init and max_iter must be >= 1, got {n_init} and {max_iter}")
+  dtype = jnp.result_type(ous)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"cluster_ous expects float blocks, got dtype {dtype}")
+  if _is_concrete(ous) and not bool(jnp.all(jnp.isfinite(ous))):
+    raise ValueError("cluster_ous got NaN or inf weights")
+  num_rows, num_groups, bh, bw = ous.shape
+  num_points = num_groups if scope == "row_block" else num_rows * num_groups
+  if n_trials is None:
+    n_trials = 2 + int(math.log(max(min(int(k), num_points), 1)))
+  x = jnp.asarray(ous, jnp.float32).reshape(num_rows, num_groups, bh * bw)
+  codebook, index = _cluster(x, key, k=int(k), n_init=int(n_init),
+                             max_iter=int(max_iter), scope=scope,
+                             n_trials=int(n_trials))
+  codebook = codebook.reshape(num_rows, -1, bh, bw).astype(dtype)
+  return codebook, index
+
+
+def decompress(codebook, index):
+  """Rebuilds the OU blocks ``[R, G, bh, bw]`` from a codebook and index.
+
+  Args:
+    codebook: ``[R, K, bh, bw]``.
+    index: ``[R, G]`` integer ids into ``codebook[r]``, ``-1`` for pruned
+      (zero) blocks.
+
+  Returns:
+    ``[R, G, bh, bw]``: ``codebook[r, index[r, g]]``, or zeros where pruned.
+  """
+  if codebook.ndim != 4 or index.ndim != 2:
+    raise ValueError(
+        f"expected codebook [R, K, bh, bw] and index [R, G], got shapes "
+        f"{codebook.shape} and {index.shape}")
+  if codebook.shape[0] != index.shape[0]:
+    raise ValueError(
+        f"codebook has {codebook.shape[0]} row-blocks, index has "
+        f"{index.shape[0]}")
+  if not jnp.issubdtype(jnp.result_type(index), jnp.integer):
+    raise ValueError(f"index must be integer, got {jnp.result_type(index)}")
+  if _is_concrete(index) and index.size:
+    lo, hi = int(jnp.min(index)), int(jnp.max(index))
+    if lo < -1 or hi >= codebook.shape[1]:
+      raise ValueError(
+          f"index values must be in [-1, {codebook.shape[1] - 1}], got "
+          f"[{lo}, {hi}]")
+  safe = jnp.maximum(index, 0)
+  blocks = jnp.take_along_axis(codebook, safe[:, :, None, None], axis=1)
+  return jnp.where((index >= 0)[:, :, None, None], blocks,
+                   jnp.zeros((), codebook.dtype))

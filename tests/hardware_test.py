@@ -1,0 +1,42 @@
+"""HardwareSpec validation and derived quantities."""
+
+import pytest
+
+import rsjax
+
+
+def test_defaults_are_isaac_like():
+  hw = rsjax.HardwareSpec()
+  assert (hw.xbar_rows, hw.xbar_cols, hw.ou_rows, hw.ou_cols) == (128, 128, 9, 8)
+  assert hw.slices == 4
+  assert hw.block_shape == (9, 2)
+  assert hw.cycles == 8
+  assert hw.partial_sum_max == 27
+  assert hw.adc_lossless  # 31 >= 27
+  assert not hw.replace(adc_bits=4).adc_lossless  # 15 < 27
+  assert hw.ous_per_xbar == (14, 16)
+
+
+def test_differential_stores_magnitudes():
+  hw = rsjax.HardwareSpec(signed="differential", cell_bits=1, ou_cols=7)
+  assert hw.stored_bits == 7 and hw.slices == 7 and hw.arrays == 2
+  assert hw.block_shape == (9, 1)
+  with pytest.raises(ValueError, match="ou_cols"):
+    rsjax.HardwareSpec(signed="differential", cell_bits=1)  # 8 % 7
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ou_rows", 0), ("adc_bits", -1), ("cell_bits", 2.0), ("dac_bits", 9),
+    ("adc_mode", "linear"), ("signed", "twos"), ("weight_bits", 1),
+    ("ou_cols", 6), ("ou_rows", 200), ("xbar_rows", True),
+])
+def test_impossible_specs_name_the_field(field, value):
+  with pytest.raises(ValueError, match=field):
+    rsjax.HardwareSpec(**{field: value})
+
+
+def test_dict_round_trip():
+  hw = rsjax.HardwareSpec(adc_bits=4, adc_mode="scale")
+  assert rsjax.HardwareSpec.from_dict(hw.to_dict()) == hw
+  with pytest.raises(ValueError, match="bogus"):
+    rsjax.HardwareSpec.from_dict({"bogus": 1})
