@@ -10,6 +10,9 @@ from rsjax._src.lowering import from_ous
 from rsjax._src.lowering import grid_shape
 from rsjax._src.lowering import to_crossbar_matrix
 from rsjax._src.lowering import to_ous
+from rsjax._src.paths import match_paths
+from rsjax._src.paths import named_leaves
+from rsjax._src.paths import path_str
 from rsjax._src.quantize import dequantize
 from rsjax._src.quantize import quantize_weights
 
@@ -25,6 +28,9 @@ __all__ = (
     "from_crossbar_matrix",
     "from_ous",
     "grid_shape",
+    "match_paths",
+    "named_leaves",
+    "path_str",
     "quantize_weights",
     "to_crossbar_matrix",
     "to_ous",
