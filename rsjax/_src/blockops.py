@@ -1,0 +1,153 @@
+"""Per-layer OU block operations that training is built from (all jittable).
+
+Every function takes a kernel in its own shape (Dense ``[in, out]`` or Conv
+``[kh, kw, cin, cout]``) and a :class:`rsjax.LayerPlan` (static), and works on
+its ``[R, G, bh, bw]`` OU blocks. Masks are ``[R, G]`` bool, True = kept.
+Codebooks ``[R, K, bh, bw]`` and indices ``[R, G]`` int32 (``-1`` pruned) are
+in the format of :func:`rsjax.cluster_ous`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rsjax._src import kmeans
+from rsjax._src import lowering
+from rsjax._src import rules as rules_lib
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def kernel_to_ous(kernel, plan: rules_lib.LayerPlan):
+  return lowering.to_ous(lowering.to_crossbar_matrix(kernel), plan.block_shape)
+
+
+def ous_to_kernel(ous, plan: rules_lib.LayerPlan):
+  return lowering.from_crossbar_matrix(
+      lowering.from_ous(ous, plan.matrix_shape), plan.kernel_shape)
+
+
+def apply_mask(kernel, mask, plan: rules_lib.LayerPlan):
+  """Zeros the pruned blocks (``where``, so kept weights are bit-exact)."""
+  keep = ous_to_kernel(
+      jnp.broadcast_to(mask[:, :, None, None],
+                       mask.shape + tuple(plan.block_shape)), plan)
+  return jnp.where(keep, kernel, jnp.zeros((), kernel.dtype))
+
+
+def block_rms(kernel, plan: rules_lib.LayerPlan):
+  """``[R, G]`` root-mean-square of each block over its real (unpadded) cells.
+
+  RMS rather than L2 so that edge blocks, which are partly zero padding,
+  are not pruned first just for being smaller.
+  """
+  ous = kernel_to_ous(kernel.astype(jnp.float32), plan)
+  ones = kernel_to_ous(jnp.ones(plan.kernel_shape, jnp.float32), plan)
+  return jnp.sqrt(jnp.sum(ous * ous, axis=(2, 3))
+                  / jnp.sum(ones, axis=(2, 3)))
+
+
+def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
+              max_iter: int, scope: str = "row_block"):
+  """k-means of the kept blocks: ``(codebook [R, K, bh, bw], index [R, G])``.
+
+  Runs :func:`rsjax.cluster_ous`'s jitted core, so it is one compiled call
+  per layer (or part of the caller's compiled step), vmapped over row-blocks.
+  """
+  ous = kernel_to_ous(apply_mask(kernel, mask, plan), plan)
+  num_rows, num_groups, bh, bw = ous.shape
+  points = num_groups if scope == "row_block" else num_rows * num_groups
+  n_trials = 2 + int(math.log(max(min(plan.k, points), 1)))
+  codebook, index = kmeans._cluster(  # pylint: disable=protected-access
+      ous.reshape(num_rows, num_groups, bh * bw).astype(jnp.float32), key,
+      k=plan.k, n_init=n_init, max_iter=max_iter, scope=scope,
+      n_trials=n_trials)
+  codebook = codebook.reshape(num_rows, -1, bh, bw).astype(kernel.dtype)
+  return codebook, index
+
+
+def centroid_means(kernel, index, plan: rules_lib.LayerPlan):
+  """Codebook of member means for fixed assignments (the Lloyd update).
+
+  A slot with no members (its blocks were pruned since the last
+  re-clustering) gets zero; no index points at it.
+  """
+  ous = kernel_to_ous(kernel, plan).astype(jnp.float32)
+  num_rows, num_groups, bh, bw = ous.shape
+  onehot = jax.nn.one_hot(index, plan.slots, dtype=jnp.float32)  # -1 -> 0s
+  sums = jnp.einsum("rgk,rgd->rkd", onehot,
+                    ous.reshape(num_rows, num_groups, bh * bw),
+                    precision=_HIGHEST)
+  counts = jnp.sum(onehot, axis=1)
+  means = sums / jnp.maximum(counts, 1.0)[:, :, None]
+  return means.reshape(num_rows, plan.slots, bh, bw).astype(kernel.dtype)
+
+
+def reduce_to_centroids(grad, index, plan: rules_lib.LayerPlan,
+                        reduce: str = "sum"):
+  """Member block gradients gathered into ``[R, K, bh, bw]`` per centroid.
+
+  ``'sum'`` is the exact chain rule when every member equals its centroid;
+  ``'mean'`` divides by the member count.
+  """
+  g = kernel_to_ous(grad, plan)
+  num_rows, num_groups, bh, bw = g.shape
+  onehot = jax.nn.one_hot(index, plan.slots, dtype=g.dtype)
+  out = jnp.einsum("rgk,rgd->rkd", onehot,
+                   g.reshape(num_rows, num_groups, bh * bw), precision=_HIGHEST)
+  if reduce == "mean":
+    out = out / jnp.maximum(jnp.sum(onehot, axis=1), 1.0)[:, :, None]
+  elif reduce != "sum":
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+  return out.reshape(num_rows, plan.slots, bh, bw)
+
+
+def shared_kernel(codebook, index, plan: rules_lib.LayerPlan):
+  """Z: every block replaced by its centroid, pruned blocks zero (exact)."""
+  return ous_to_kernel(kmeans.decompress(codebook, index), plan)
+
+
+def exact_codebook(kernel, plan: rules_lib.LayerPlan, slots: int | None = None):
+  """Codebook and index of an already shared kernel, without k-means.
+
+  Blocks that are bit-identical get one entry, so ``shared_kernel`` of the
+  result rebuilds ``kernel`` exactly. All-zero blocks are pruned (``-1``).
+
+  Args:
+    kernel: the kernel.
+    plan: its layer plan.
+    slots: codebook entries per row-block (default ``G``, room for all).
+
+  Returns:
+    ``(codebook [R, slots, bh, bw], index [R, G], unique [R])`` where
+    ``unique`` counts the distinct kept blocks per row-block (entries beyond
+    ``slots`` are lost; check ``unique <= slots``).
+  """
+  ous = kernel_to_ous(kernel, plan)
+  num_rows, num_groups, bh, bw = ous.shape
+  slots = num_groups if slots is None else slots
+  x = ous.reshape(num_rows, num_groups, bh * bw)
+  valid = jnp.any(x != 0, axis=-1)
+  same = jnp.all(x[:, :, None, :] == x[:, None, :, :], axis=-1)
+  first = jnp.argmax(same, axis=-1).astype(jnp.int32)
+  unique = jnp.sum(valid & (first == jnp.arange(num_groups)[None]), axis=-1)
+  codebook, index = jax.vmap(
+      kmeans._compact, in_axes=(0, 0, 0, None))(  # pylint: disable=protected-access
+          first, valid, x, slots)
+  return codebook.reshape(num_rows, slots, bh, bw), index, unique
+
+
+def compact(codebook, index):
+  """Renumbers used entries ``0..K_r-1`` in order of first use, zeros the rest.
+
+  Needed after pruning drops all members of an entry between re-clusterings.
+  """
+  num_rows, slots, bh, bw = codebook.shape
+  table = codebook.reshape(num_rows, slots, bh * bw)
+  new_cb, new_index = jax.vmap(
+      kmeans._compact, in_axes=(0, 0, 0, None))(  # pylint: disable=protected-access
+          jnp.maximum(index, 0), index >= 0, table, slots)
+  return new_cb.reshape(codebook.shape), new_index

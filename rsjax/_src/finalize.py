@@ -1,0 +1,87 @@
+"""One call from a trained model to the compressed format.
+
+:func:`to_compressed` returns ``{param path: CompressedLayer}``, the mapping
+that :mod:`rsjax` report and export take (with a :class:`HardwareSpec`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rsjax._src import blockops
+from rsjax._src import compressed
+from rsjax._src import pruning
+from rsjax._src import rules as rules_lib
+from rsjax._src import sharing
+
+
+def _identity_layer(kernel, lp):
+  """A pruned-only layer: every kept block stored as itself."""
+  ous = blockops.kernel_to_ous(kernel, lp)
+  num_rows, num_groups = ous.shape[:2]
+  kept = jnp.any(ous != 0, axis=(2, 3))
+  index = jnp.where(kept, jnp.arange(num_groups, dtype=jnp.int32)[None], -1)
+  return compressed.CompressedLayer(
+      jnp.where(kept[:, :, None, None], ous, jnp.zeros((), ous.dtype)),
+      index.astype(jnp.int32), lp.kernel_shape)
+
+
+def to_compressed(params, opt_state=None, *, rules=None, hw=None
+                  ) -> dict[str, compressed.CompressedLayer]:
+  """The compressed layers of a trained model.
+
+  With ``opt_state`` (any rsjax training state, or a chain holding one), the
+  codebooks and index tables come from it: the decompressed kernels are
+  bit-identical to what :func:`rsjax.training_params` fed the model (STE,
+  fine-tune) or to :func:`rsjax.project` of the params (distance loop).
+  Without it, ``params`` must already be shared (projected) and ``rules``
+  and ``hw`` say which kernels and ``k``: the distinct blocks are read off
+  exactly, no k-means.
+
+  Pruned-only layers (no ``k``) come back with every kept block stored
+  (an identity index), pruned blocks ``-1``.
+
+  Args:
+    params: the trained params (Linen dict or NNX ``State``).
+    opt_state: the optimizer state, or None.
+    rules: :class:`rsjax.Rule` s, when ``opt_state`` is None.
+    hw: a :class:`rsjax.HardwareSpec` or block shape, with ``rules``.
+
+  Returns:
+    ``{path: CompressedLayer}`` in parameter order; codebooks compacted
+    (used entries first, unused zero).
+
+  Raises:
+    ValueError: without a state, if a shared kernel has more than ``k``
+      distinct blocks in a row-block.
+  """
+  if opt_state is not None:
+    state = sharing.find_state(opt_state)
+    kernels = pruning.kernels_of(params, pruning.plans_of(state.layers))
+    out = {}
+    for p, s in state.layers.items():
+      if s.codebook is None:
+        out[p] = _identity_layer(
+            blockops.apply_mask(kernels[p], s.mask, s.plan), s.plan)
+        continue
+      codebook, index = blockops.compact(s.codebook, s.index)
+      out[p] = compressed.CompressedLayer(codebook, index, s.plan.kernel_shape)
+    return out
+  if rules is None or hw is None:
+    raise ValueError("to_compressed needs opt_state, or rules and hw")
+  plan = rules_lib.make_plan(params, rules, hw)
+  kernels = pruning.kernels_of(params, plan)
+  out = {}
+  for p, lp in plan.items():
+    if not lp.shared:
+      out[p] = _identity_layer(kernels[p], lp)
+      continue
+    codebook, index, unique = blockops.exact_codebook(kernels[p], lp, lp.slots)
+    most = int(jax.device_get(jnp.max(unique)))
+    if most > lp.slots:
+      raise ValueError(
+          f"{p}: a row-block has {most} distinct blocks, more than k={lp.k}; "
+          "project() the params first")
+    out[p] = compressed.CompressedLayer(codebook, index, lp.kernel_shape)
+  return out

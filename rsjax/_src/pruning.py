@@ -1,0 +1,270 @@
+"""OU block pruning by block norm, with a schedule, that never drifts.
+
+A pruned OU block is never stored and never activated, so pruning works at
+the granularity of sharing: whole ``(bh, bw)`` blocks of the crossbar matrix,
+ranked by their RMS. Masks only ever lose blocks (a pruned block stays
+pruned), and every stage applies them with ``where`` (the params, the shared
+weights Z, re-clustering, the centroid fine-tune, export), so the pruned set
+is exactly the same from the step it is chosen to the compressed model.
+
+Schedule (Zhu & Gupta, 2017): at step ``t`` the target is
+``sparsity * (1 - (1 - clip((t - begin) / (end - begin), 0, 1)) ** power)``;
+masks are recomputed at ``begin``, every ``every`` steps after it and at
+``end``. ``begin == end`` prunes once, at that step (``0``: at ``init``).
+
+Scope: ``'layer'`` prunes each layer to its own target; ``'global'`` ranks
+the blocks of all pruned layers together and prunes the block-weighted mean
+of their targets, so layers with small blocks lose more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rsjax._src import blockops
+from rsjax._src import paths
+from rsjax._src import rules as rules_lib
+
+SCOPES = ("layer", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSchedule:
+  """When and how OU blocks are pruned (see the module docstring).
+
+  Attributes:
+    begin: the first step that prunes.
+    end: the step that reaches each rule's ``sparsity``.
+    every: steps between mask updates in ``[begin, end]``.
+    power: the polynomial's exponent (3: prune fast, then slowly).
+    scope: ``'layer'`` or ``'global'``.
+  """
+
+  begin: int = 0
+  end: int = 0
+  every: int = 100
+  power: float = 3.0
+  scope: str = "layer"
+
+  def __post_init__(self):
+    if not 0 <= self.begin <= self.end:
+      raise ValueError(f"need 0 <= begin <= end, got {self.begin}, {self.end}")
+    if self.every < 1:
+      raise ValueError(f"every must be >= 1, got {self.every}")
+    if self.scope not in SCOPES:
+      raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+
+  def fraction(self, step):
+    """The fraction of each target reached at ``step``."""
+    step = jnp.asarray(step, jnp.float32)
+    if self.end == self.begin:
+      return jnp.where(step >= self.begin, 1.0, 0.0)
+    t = jnp.clip((step - self.begin) / (self.end - self.begin), 0.0, 1.0)
+    return 1.0 - (1.0 - t) ** self.power
+
+  def updates_at(self, step):
+    """Whether masks are recomputed at ``step`` (a bool array)."""
+    step = jnp.asarray(step, jnp.int32)
+    on_grid = (step - self.begin) % self.every == 0
+    return (step >= self.begin) & (step <= self.end) & (on_grid
+                                                        | (step == self.end))
+
+
+def _select(kernels, plan):
+  return {p: kernels[p] for p in plan if plan[p].pruned}
+
+
+def kernels_of(params, plan) -> dict[str, Any]:
+  """``{path: kernel}`` for the planned leaves of ``params``."""
+  leaves = dict(paths.named_leaves(params))
+  return {p: leaves[p] for p in plan}
+
+
+def map_planned(fn, params, plan):
+  """``params`` with each planned leaf ``x`` at ``path`` replaced by
+  ``fn(path, x)``; works on Linen dicts and NNX ``State`` alike."""
+  def one(keypath, x):
+    path = paths.path_str(keypath)
+    return fn(path, x) if path in plan else x
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def full_masks(plan) -> dict[str, jax.Array]:
+  return {p: jnp.ones(lp.grid, bool) for p, lp in plan.items()}
+
+
+def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
+  """New masks pruning the lowest-RMS kept blocks up to ``fraction`` of target.
+
+  Args:
+    kernels: ``{path: kernel}``.
+    masks: ``{path: [R, G] bool}`` current masks (never grown back).
+    plan: ``{path: LayerPlan}``.
+    fraction: scalar in ``[0, 1]``, the schedule's progress.
+    scope: ``'layer'`` or ``'global'``.
+
+  Returns:
+    ``{path: [R, G] bool}``.
+  """
+  pruned = [p for p, lp in plan.items() if lp.pruned]
+  if not pruned:
+    return dict(masks)
+  # Already pruned blocks rank first, so a growing target keeps them.
+  scores = {p: jnp.where(masks[p], blockops.block_rms(kernels[p], plan[p]),
+                         -1.0).reshape(-1) for p in pruned}
+  out = dict(masks)
+  if scope == "layer":
+    for p in pruned:
+      n = scores[p].shape[0]
+      count = jnp.floor(plan[p].sparsity * fraction * n).astype(jnp.int32)
+      rank = jnp.argsort(jnp.argsort(scores[p]))
+      out[p] = masks[p] & (rank >= count).reshape(plan[p].grid)
+    return out
+  sizes = [scores[p].shape[0] for p in pruned]
+  total = sum(sizes)
+  target = sum(plan[p].sparsity * n for p, n in zip(pruned, sizes)) / total
+  count = jnp.floor(target * fraction * total).astype(jnp.int32)
+  rank = jnp.argsort(jnp.argsort(jnp.concatenate([scores[p] for p in pruned])))
+  keep = rank >= count
+  start = 0
+  for p, n in zip(pruned, sizes):
+    out[p] = masks[p] & keep[start:start + n].reshape(plan[p].grid)
+    start += n
+  return out
+
+
+def scheduled_masks(kernels, masks, plan, schedule: PruneSchedule, step):
+  """``prune_masks`` at ``step`` if the schedule updates there, else ``masks``.
+
+  A ``lax.cond``, so the norm ranking runs only on update steps.
+  """
+  return jax.lax.cond(
+      schedule.updates_at(step),
+      lambda: prune_masks(kernels, masks, plan, schedule.fraction(step),
+                          schedule.scope),
+      lambda: dict(masks))
+
+
+def initial_masks(params, plan, schedule: PruneSchedule):
+  """The masks at step 0: all kept, unless the schedule begins at 0."""
+  masks = full_masks(plan)
+  if schedule.begin == 0:
+    masks = prune_masks(kernels_of(params, plan), masks, plan,
+                        schedule.fraction(0), schedule.scope)
+  return masks
+
+
+def apply_masks(params, masks, plan):
+  """``params`` with every pruned block of the planned kernels zeroed."""
+  return map_planned(lambda p, x: blockops.apply_mask(x, masks[p], plan[p]),
+                     params, plan)
+
+
+def masked_updates(updates, params, masks, plan):
+  """Updates that keep pruned blocks exactly zero after ``apply_updates``.
+
+  Kept weights get ``u``; pruned ones get ``-w``, and ``w + (-w)`` is
+  exactly zero in IEEE arithmetic.
+  """
+  leaves = kernels_of(params, plan)
+  def one(p, u):
+    w = leaves[p]
+    keep = blockops.apply_mask(jnp.ones_like(w, bool), masks[p], plan[p])
+    return jnp.where(keep, u, -w)
+  return map_planned(one, updates, plan)
+
+
+def new_params(params, updates, plan):
+  """``{path: w + u}`` as ``optax.apply_updates`` will compute it."""
+  w = kernels_of(params, plan)
+  u = kernels_of(updates, plan)
+  return {p: (w[p] + u[p]).astype(w[p].dtype) for p in plan}
+
+
+@struct.dataclass
+class LayerState:
+  """Training state of one planned kernel (a pytree; ``plan`` is static).
+
+  Attributes:
+    mask: ``[R, G]`` bool, True = kept.
+    codebook: ``[R, K, bh, bw]`` for a shared layer, else None.
+    index: ``[R, G]`` int32 (``-1`` = pruned) for a shared layer, else None.
+    plan: its :class:`rsjax.LayerPlan`.
+  """
+
+  mask: jax.Array
+  codebook: jax.Array | None
+  index: jax.Array | None
+  plan: rules_lib.LayerPlan = struct.field(pytree_node=False)
+
+
+def plans_of(layers) -> dict[str, rules_lib.LayerPlan]:
+  return {p: s.plan for p, s in layers.items()}
+
+
+def masks_of(layers) -> dict[str, jax.Array]:
+  return {p: s.mask for p, s in layers.items()}
+
+
+class PruneState(NamedTuple):
+  """State of :func:`ou_pruning`.
+
+  Attributes:
+    count: updates done (int32).
+    layers: ``{path: LayerState}`` (masks only).
+    inner_state: the wrapped optimizer's state.
+  """
+
+  count: jax.Array
+  layers: dict[str, LayerState]
+  inner_state: Any
+
+
+def ou_pruning(inner: optax.GradientTransformation,
+               rules, hw, schedule: PruneSchedule = PruneSchedule()
+               ) -> optax.GradientTransformation:
+  """Wraps ``inner`` with OU block pruning (no sharing).
+
+  Masks are chosen from the params after each update, on the schedule's
+  steps; pruned blocks get the update that makes them exactly zero and stay
+  so. The model can run on ``params`` directly (after the first update;
+  :func:`rsjax.training_params` masks them at any step).
+
+  Args:
+    inner: any optax optimizer.
+    rules: :class:`rsjax.Rule` s (their ``sparsity``; ``k`` is ignored).
+    hw: a :class:`rsjax.HardwareSpec` or a block shape.
+    schedule: a :class:`PruneSchedule`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`PruneState`.
+  """
+
+  def init(params):
+    plan = rules_lib.make_plan(params, rules, hw)
+    masks = initial_masks(params, plan, schedule)
+    layers = {p: LayerState(masks[p], None, None, plan[p]) for p in plan}
+    return PruneState(jnp.zeros((), jnp.int32), layers, inner.init(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("ou_pruning needs params in update()")
+    plan = plans_of(state.layers)
+    masks = masks_of(state.layers)
+    updates = masked_updates(updates, params, masks, plan)
+    updates, inner_state = inner.update(updates, state.inner_state, params)
+    updates = masked_updates(updates, params, masks, plan)
+    count = state.count + 1
+    masks = scheduled_masks(new_params(params, updates, plan), masks, plan,
+                            schedule, count)
+    updates = masked_updates(updates, params, masks, plan)
+    layers = {p: s.replace(mask=masks[p]) for p, s in state.layers.items()}
+    return updates, PruneState(count, layers, inner_state)
+
+  return optax.GradientTransformation(init, update)

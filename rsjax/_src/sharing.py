@@ -1,0 +1,428 @@
+"""Training for OU-level sharing: the paper's loop, STE sharing, fine-tune.
+
+Three optax wrappers, each around any optax optimizer, with the codebooks,
+assignments, pruning masks and step count in their state
+(``state.layers[path]`` is a :class:`LayerState`):
+
+* :func:`distance_sharing`, the paper's loop: the gradient of
+  ``lam(step) * ||W - Z||^2`` is added to the task gradient, ``Z`` stays
+  fixed between re-clusterings every ``recluster_every`` steps; at the end
+  :func:`project` makes ``W := Z``.
+* :func:`ste_sharing`: the model runs on ``Z`` (via :func:`training_params`)
+  and the gradient goes straight through to the latent dense ``W`` (the
+  params). ``Z`` follows ``W`` every step with fixed assignments (centroid =
+  member mean) and the assignments are re-clustered every
+  ``recluster_every`` steps.
+* :func:`centroid_finetune`: assignments fixed, the optimizer trains the
+  centroids on the member gradients, summed (the exact chain rule, as Deep
+  Compression does; the default) or averaged.
+
+Re-clustering is a ``lax.cond`` inside the compiled update, the batched
+k-means of :func:`rsjax.cluster_ous` over all row-blocks at once. Every
+wrapper takes the pruning rules and a :class:`rsjax.PruneSchedule` too, and
+keeps pruned blocks exactly zero in W, Z, the codebooks and the index.
+
+A training loop needs one change, the forward pass on
+``training_params(params, opt_state)``:
+
+  tx = rsjax.ste_sharing(optax.adam(1e-3), rules, hw, key=key)
+  opt_state = tx.init(params)
+  loss = lambda p, s, x, y: task_loss(apply(rsjax.training_params(p, s), x), y)
+  grads = jax.grad(loss)(params, opt_state, x, y)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rsjax._src import blockops
+from rsjax._src import pruning
+from rsjax._src import rules as rules_lib
+from rsjax._src.pruning import LayerState
+
+ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
+
+
+class DistanceState(NamedTuple):
+  """State of :func:`distance_sharing` (fields as :class:`SteState`)."""
+
+  count: jax.Array
+  layers: dict[str, LayerState]
+  inner_state: Any
+
+
+class SteState(NamedTuple):
+  """State of :func:`ste_sharing`.
+
+  Attributes:
+    count: updates done (int32).
+    layers: ``{path: LayerState}``: mask, codebook, index, plan.
+    inner_state: the wrapped optimizer's state.
+  """
+
+  count: jax.Array
+  layers: dict[str, LayerState]
+  inner_state: Any
+
+
+class FinetuneState(NamedTuple):
+  """State of :func:`centroid_finetune` (``inner_state`` is over codebooks)."""
+
+  count: jax.Array
+  layers: dict[str, LayerState]
+  inner_state: Any
+
+
+STATES = (pruning.PruneState, DistanceState, SteState, FinetuneState)
+
+
+def find_state(opt_state):
+  """The (first) rsjax training state inside ``opt_state`` (e.g. a chain)."""
+  for leaf in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, STATES)):
+    if isinstance(leaf, STATES):
+      return leaf
+  raise ValueError("no rsjax training state (ou_pruning, distance_sharing, "
+                   "ste_sharing, centroid_finetune) in opt_state")
+
+
+@jax.custom_vjp
+def _straight_through(w, z):
+  del w
+  return z
+
+
+def _st_fwd(w, z):
+  del w
+  return z, None
+
+
+def _st_bwd(_, g):
+  return g, jnp.zeros_like(g)
+
+
+_straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def straight_through(w, z):
+  """Forward ``z`` exactly, backward the identity to ``w`` (none to ``z``)."""
+  return _straight_through(w, z)
+
+
+def training_params(params, opt_state):
+  """The params the model runs on during training, for any rsjax state.
+
+  Sharing layers (STE, fine-tune) give ``Z`` with the straight-through
+  gradient to the params; pruned-only layers and the distance loop give the
+  masked params. Non-planned leaves are returned as they are.
+  """
+  state = find_state(opt_state)
+  plan = pruning.plans_of(state.layers)
+  use_z = isinstance(state, (SteState, FinetuneState))
+
+  def one(p, w):
+    s = state.layers[p]
+    if use_z and s.codebook is not None:
+      return straight_through(w, blockops.shared_kernel(s.codebook, s.index,
+                                                        s.plan))
+    return blockops.apply_mask(w, s.mask, s.plan)
+
+  return pruning.map_planned(one, params, plan)
+
+
+def project(params, opt_state):
+  """Hard projection ``W := Z`` (and pruned blocks zero), from the state."""
+  state = find_state(opt_state)
+  plan = pruning.plans_of(state.layers)
+
+  def one(p, w):
+    s = state.layers[p]
+    if s.codebook is not None:
+      return blockops.shared_kernel(s.codebook, s.index, s.plan).astype(w.dtype)
+    return blockops.apply_mask(w, s.mask, s.plan)
+
+  return pruning.map_planned(one, params, plan)
+
+
+def distance_loss(params, opt_state):
+  """``sum over shared layers of ||W - Z||_F^2`` with ``Z`` from the state.
+
+  ``Z`` is a constant here (no gradient), as in the paper.
+  """
+  state = find_state(opt_state)
+  leaves = pruning.kernels_of(params, pruning.plans_of(state.layers))
+  total = jnp.zeros((), jnp.float32)
+  for p, s in state.layers.items():
+    if s.codebook is None:
+      continue
+    z = jax.lax.stop_gradient(blockops.shared_kernel(s.codebook, s.index,
+                                                     s.plan))
+    total = total + jnp.sum(jnp.square(leaves[p] - z).astype(jnp.float32))
+  return total
+
+
+def _recluster_layers(kernels, layers, key, n_init, max_iter, scope):
+  out = {}
+  for i, (p, s) in enumerate(layers.items()):
+    if s.codebook is None:
+      out[p] = (s.codebook, s.index)
+      continue
+    out[p] = blockops.recluster(kernels[p], s.mask, jax.random.fold_in(key, i),
+                                s.plan, n_init=n_init, max_iter=max_iter,
+                                scope=scope)
+  return out
+
+
+def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope):
+  plan = rules_lib.make_plan(params, rules, hw)
+  masks = pruning.initial_masks(params, plan, schedule)
+  kernels = pruning.kernels_of(params, plan)
+  layers = {}
+  for i, (p, lp) in enumerate(plan.items()):
+    codebook = index = None
+    if lp.shared:
+      codebook, index = blockops.recluster(
+          kernels[p], masks[p], jax.random.fold_in(key, i), lp,
+          n_init=n_init, max_iter=max_iter, scope=scope)
+    layers[p] = LayerState(masks[p], codebook, index, lp)
+  return layers
+
+
+@functools.partial(jax.jit, static_argnames=("n_init", "max_iter", "scope"))
+def recluster(params, opt_state, key, *, n_init: int = 4, max_iter: int = 50,
+              scope: str = "row_block"):
+  """A jitted re-clustering of every shared layer from ``params``.
+
+  For the end of :func:`distance_sharing` (``W`` moved since the last
+  re-clustering) or any manual schedule. Returns ``opt_state`` with the
+  rsjax state's codebooks and indices replaced (the rest untouched).
+  """
+  state = find_state(opt_state)
+  kernels = pruning.kernels_of(params, pruning.plans_of(state.layers))
+  new = _recluster_layers(kernels, state.layers, key, n_init, max_iter, scope)
+  layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
+            for p, s in state.layers.items()}
+  new_state = state._replace(layers=layers)
+  return jax.tree_util.tree_map(
+      lambda x: new_state if x is state else x, opt_state,
+      is_leaf=lambda x: x is state)
+
+
+def _lam_fn(lam: ScalarOrSchedule):
+  if callable(lam):
+    return lam
+  return lambda step: jnp.asarray(lam, jnp.float32)
+
+
+def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
+             max_iter, scope, lam=None):
+  """The shared body of :func:`distance_sharing` and :func:`ste_sharing`."""
+  if recluster_every < 1:
+    raise ValueError(f"recluster_every must be >= 1, got {recluster_every}")
+  state_cls = SteState if kind == "ste" else DistanceState
+  lam_fn = _lam_fn(lam) if kind == "distance" else None
+
+  def init(params):
+    layers = _init_layers(params, rules, hw, prune, key, n_init, max_iter,
+                          scope)
+    return state_cls(jnp.zeros((), jnp.int32), layers, inner.init(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError(f"{kind} sharing needs params in update()")
+    plan = pruning.plans_of(state.layers)
+    masks = pruning.masks_of(state.layers)
+    if kind == "distance":
+      lam_t = jnp.asarray(lam_fn(state.count), jnp.float32)
+      kernels = pruning.kernels_of(params, plan)
+      def add_reg(p, g):
+        s = state.layers[p]
+        if s.codebook is None:
+          return g
+        z = blockops.shared_kernel(s.codebook, s.index, s.plan)
+        return g + (2.0 * lam_t * (kernels[p] - z)).astype(g.dtype)
+      updates = pruning.map_planned(add_reg, updates, plan)
+    updates = pruning.masked_updates(updates, params, masks, plan)
+    updates, inner_state = inner.update(updates, state.inner_state, params)
+    count = state.count + 1
+    kernels = pruning.new_params(params, updates, plan)
+    masks = pruning.scheduled_masks(kernels, masks, plan, prune, count)
+    updates = pruning.masked_updates(updates, params, masks, plan)
+    kernels = {p: blockops.apply_mask(kernels[p], masks[p], plan[p])
+               for p in plan}
+    layers = {p: s.replace(mask=masks[p]) for p, s in state.layers.items()}
+
+    def between():
+      out = {}
+      for p, s in layers.items():
+        if s.codebook is None:
+          out[p] = (s.codebook, s.index)
+          continue
+        index = jnp.where(s.mask, s.index, -1)
+        if kind == "ste":
+          out[p] = (blockops.centroid_means(kernels[p], index, s.plan), index)
+        else:
+          out[p] = (s.codebook, index)
+      return out
+
+    new = jax.lax.cond(
+        count % recluster_every == 0,
+        lambda: _recluster_layers(kernels, layers, jax.random.fold_in(
+            key, count), n_init, max_iter, scope),
+        between)
+    layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
+              for p, s in layers.items()}
+    return updates, state_cls(count, layers, inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
+                recluster_every: int = 100,
+                prune: pruning.PruneSchedule = pruning.PruneSchedule(),
+                n_init: int = 2, max_iter: int = 30,
+                scope: str = "row_block") -> optax.GradientTransformation:
+  """Straight-through sharing around ``inner`` (see the module docstring).
+
+  Args:
+    inner: any optax optimizer; it updates the latent dense params ``W``.
+    rules: :class:`rsjax.Rule` s: ``k`` or ``ratio`` shares, ``sparsity``
+      prunes.
+    hw: a :class:`rsjax.HardwareSpec` or a block shape.
+    key: a ``jax.random`` key for the k-means seeding.
+    recluster_every: steps between re-clusterings (the assignments).
+    prune: the :class:`rsjax.PruneSchedule` of the rules' sparsities.
+    n_init, max_iter, scope: k-means settings (see :func:`rsjax.cluster_ous`).
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`SteState`; run the model
+    on :func:`training_params`.
+  """
+  return _sharing("ste", inner, rules, hw, key=key,
+                  recluster_every=recluster_every, prune=prune, n_init=n_init,
+                  max_iter=max_iter, scope=scope)
+
+
+def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
+                     lam: ScalarOrSchedule = 1e-3, recluster_every: int = 100,
+                     prune: pruning.PruneSchedule = pruning.PruneSchedule(),
+                     n_init: int = 2, max_iter: int = 30,
+                     scope: str = "row_block") -> optax.GradientTransformation:
+  """The paper's distance-to-centroid loop around ``inner``.
+
+  Adds ``2 * lam(step) * (W - Z)``, the gradient of
+  ``lam * ||W - Z||_F^2`` (:func:`distance_loss`), to each shared kernel's
+  gradient; ``Z`` is re-clustered from ``W`` every ``recluster_every``
+  steps. Finish with :func:`recluster` and :func:`project`.
+
+  Args:
+    inner: any optax optimizer.
+    rules, hw, key, recluster_every, prune, n_init, max_iter, scope: as
+      :func:`ste_sharing`.
+    lam: the regulariser weight, a float or an ``optax`` schedule of the
+      step (e.g. ``optax.linear_schedule(0, 1e-2, 1000)`` to pull harder as
+      training goes).
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`DistanceState`.
+  """
+  return _sharing("distance", inner, rules, hw, key=key,
+                  recluster_every=recluster_every, prune=prune, n_init=n_init,
+                  max_iter=max_iter, scope=scope, lam=lam)
+
+
+def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
+                      reduce: str = "sum") -> optax.GradientTransformation:
+  """Trains the centroids with the assignments fixed.
+
+  ``init`` takes params that are already shared (:func:`project` them
+  first): the codebook is read off the bit-identical blocks, all-zero
+  blocks are pruned, so sparsity and assignments carry over exactly. The
+  inner optimizer runs on a tree like the params with each shared kernel
+  replaced by its codebook; a centroid's gradient is its members' block
+  gradients, summed (``reduce='sum'``, the exact gradient of the shared
+  model) or averaged (``'mean'``: every centroid moves at the rate of a
+  single weight whatever its member count). Non-shared leaves train as
+  usual, pruned blocks stay zero.
+
+  Args:
+    inner: any optax optimizer.
+    rules, hw: as for the sharing stage (the same ``k``).
+    reduce: ``'sum'`` or ``'mean'``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`FinetuneState`; run the
+    model on :func:`training_params`.
+
+  Raises:
+    ValueError: in ``init``, on concrete params with more than ``k`` distinct
+      blocks in a row-block (not projected).
+  """
+  if reduce not in ("sum", "mean"):
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+  def codebook_tree(params, layers):
+    return pruning.map_planned(
+        lambda p, x: layers[p].codebook if layers[p].codebook is not None
+        else x, params, pruning.plans_of(layers))
+
+  def init(params):
+    plan = rules_lib.make_plan(params, rules, hw)
+    kernels = pruning.kernels_of(params, plan)
+    layers = {}
+    for p, lp in plan.items():
+      ous = blockops.kernel_to_ous(kernels[p], lp)
+      mask = jnp.any(ous != 0, axis=(2, 3))
+      codebook = index = None
+      if lp.shared:
+        codebook, index, unique = blockops.exact_codebook(kernels[p], lp,
+                                                          lp.slots)
+        if not isinstance(unique, jax.core.Tracer) and int(
+            jnp.max(unique)) > lp.slots:
+          raise ValueError(
+              f"{p}: a row-block has {int(jnp.max(unique))} distinct blocks, "
+              f"more than k={lp.k}; project() the params before fine-tuning")
+      layers[p] = LayerState(mask, codebook, index, lp)
+    return FinetuneState(jnp.zeros((), jnp.int32), layers,
+                         inner.init(codebook_tree(params, layers)))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("centroid_finetune needs params in update()")
+    layers = state.layers
+    plan = pruning.plans_of(layers)
+    masks = pruning.masks_of(layers)
+
+    def to_codebook_grad(p, g):
+      s = layers[p]
+      if s.codebook is None:
+        return blockops.apply_mask(g, s.mask, s.plan)
+      return blockops.reduce_to_centroids(g, s.index, s.plan, reduce).astype(
+          s.codebook.dtype)
+
+    grads = pruning.map_planned(to_codebook_grad, updates, plan)
+    tree = codebook_tree(params, layers)
+    cb_updates, inner_state = inner.update(grads, state.inner_state, tree)
+    new_cb = pruning.kernels_of(optax.apply_updates(tree, cb_updates), plan)
+    kernels = pruning.kernels_of(params, plan)
+
+    def to_param_update(p, u):
+      s = layers[p]
+      if s.codebook is None:
+        return u
+      return blockops.shared_kernel(new_cb[p], s.index, s.plan) - kernels[p]
+
+    updates = pruning.map_planned(to_param_update, cb_updates, plan)
+    updates = pruning.masked_updates(updates, params, masks, plan)
+    layers = {p: (s.replace(codebook=new_cb[p]) if s.codebook is not None
+                  else s) for p, s in layers.items()}
+    return updates, FinetuneState(state.count + 1, layers, inner_state)
+
+  return optax.GradientTransformation(init, update)
