@@ -51,6 +51,28 @@ class CompressedLayer:
     """The decompressed kernel, in ``kernel_shape``."""
     return lowering.from_crossbar_matrix(self.to_matrix(), self.kernel_shape)
 
+  @classmethod
+  def from_kernel(cls, kernel, block_shape) -> "CompressedLayer":
+    """An uncompressed layer: every non-zero block stored as itself.
+
+    Its index table is the identity (``-1`` where a block is all zero), which
+    hardware needs no table for; the report counts it as 0 index bits.
+    """
+    ous = lowering.to_ous(lowering.to_crossbar_matrix(jnp.asarray(kernel)),
+                          _block_shape(block_shape))
+    num_rows, num_groups = ous.shape[:2]
+    nonzero = jnp.any(ous != 0, axis=(2, 3))
+    index = jnp.where(nonzero, jnp.arange(num_groups, dtype=jnp.int32)[None],
+                      -1)
+    index = jnp.broadcast_to(index, (num_rows, num_groups)).astype(jnp.int32)
+    return cls(ous, index, tuple(int(d) for d in kernel.shape))
+
+  def is_identity(self) -> bool:
+    """Whether every non-pruned group ``g`` uses stored block ``g``."""
+    index = np.asarray(self.index)
+    groups = np.arange(index.shape[1])[None]
+    return bool(np.all((index == groups) | (index < 0)))
+
   def stored_per_row_block(self) -> np.ndarray:
     """``K_r``: distinct non-pruned stored blocks each row-block uses."""
     index = np.asarray(self.index)

@@ -75,10 +75,11 @@ def _lloyd(x, valid, centroids, k_eff, max_iter):
     return jnp.argmin(d, axis=1).astype(jnp.int32), jnp.min(d, axis=1)
 
   def update(labels, own_dist):
-    onehot = jax.nn.one_hot(labels, num_slots, dtype=x.dtype) * valid[:, None]
+    onehot = (jax.nn.one_hot(labels, num_slots, dtype=x.dtype)
+              * valid[:, None].astype(x.dtype))
     counts = jnp.sum(onehot, axis=0)
     sums = jnp.einsum("gk,gd->kd", onehot, x, precision=_HIGHEST)
-    means = sums / jnp.maximum(counts, 1)[:, None]
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
     # Re-seed each empty cluster at a distinct far point (farthest first).
     empty = active & (counts == 0)
     own_dist = jnp.where(valid, own_dist, -1.0)

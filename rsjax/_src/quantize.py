@@ -39,10 +39,16 @@ def quantize_weights(w, bits: int, *, per: str = "layer"):
       raise ValueError("per='column' needs at least a 1-D array")
     amax = jnp.max(jnp.abs(w.reshape(-1, w.shape[-1])), axis=0)
   scale = jnp.where(amax > 0, amax / qmax, 1.0).astype(jnp.float32)
-  q = jnp.clip(jnp.round(w / scale), -qmax, qmax).astype(jnp.int32)
-  return q, scale
+  q = jnp.clip(jnp.round(w / _broadcast(scale, w.ndim)), -qmax, qmax)
+  return q.astype(jnp.int32), scale
+
+
+def _broadcast(scale, ndim: int):
+  """A scalar or per-column scale shaped to broadcast over ``ndim`` axes."""
+  return scale.reshape((1,) * (ndim - scale.ndim) + scale.shape)
 
 
 def dequantize(q, scale):
   """``q * scale`` in float32 (scale broadcasts over the last axis)."""
-  return jnp.asarray(q, jnp.float32) * scale
+  q = jnp.asarray(q, jnp.float32)
+  return q * _broadcast(jnp.asarray(scale, jnp.float32), q.ndim)

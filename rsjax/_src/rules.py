@@ -164,6 +164,7 @@ def make_plan(params, rules: Sequence[Rule],
   unused = [r.pattern for r, h in zip(rules, hits) if h == 0]
   if unused:
     raise ValueError(
-        f"rule(s) {unused} match no Dense or Conv kernel; paths are "
+        f"rule(s) {unused} match no Dense or Conv kernel (that an earlier "
+        f"rule did not take); kernel paths are "
         f"{[p for p, l in paths.named_leaves(params) if getattr(l, 'ndim', 0) in (2, 4)]}")
   return plan

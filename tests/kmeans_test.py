@@ -1,0 +1,162 @@
+"""Batched k-means: the SPEC worked example, a NumPy check, scikit-learn."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+import rsjax
+
+W = np.array([[1, 4, 1, 1, 1, 6, 1, 5],
+              [3, 6, 8, 7, 2, 4, 1, 2],
+              [8, 1, 6, 3, 1, 9, 3, 9],
+              [1, 2, 1, 6, 4, 1, 6, 5]], np.float32)
+
+
+# Module level, so that every seed reuses one compiled function.
+_jitted_cluster = jax.jit(rsjax.cluster_ous, static_argnames=("k",))
+
+
+def _cluster(jit, ous, k, key):
+  return (_jitted_cluster if jit else rsjax.cluster_ous)(ous, k=k, key=key)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("jit", [False, True])
+def test_worked_example_for_any_key(seed, jit):
+  ous = rsjax.to_ous(W, (2, 2))
+  codebook, index = _cluster(jit, ous, 2, jax.random.key(seed))
+  np.testing.assert_array_equal(index, [[0, 1, 0, 0], [0, 0, 1, 1]])
+  np.testing.assert_array_equal(codebook, [
+      [[[1, 5], [2, 4]], [[1, 1], [8, 7]]],
+      [[[7, 2], [1, 4]], [[2, 9], [5, 3]]]])
+  z = rsjax.from_ous(rsjax.decompress(codebook, index), W.shape)
+  x = np.arange(1, 5, dtype=np.float32)
+  # Index-and-add: each stored block once per row-block, routed, summed.
+  out = np.zeros((8,), np.float32)
+  for r in range(2):
+    partial = [x[2 * r:2 * r + 2] @ np.asarray(codebook[r, j]) for j in range(2)]
+    for g in range(4):
+      out[2 * g:2 * g + 2] += partial[int(index[r, g])]
+  np.testing.assert_array_equal(x @ np.asarray(z), out)
+
+
+def test_without_jit_matches():
+  ous = rsjax.to_ous(W, (2, 2))
+  with jax.disable_jit():
+    codebook, index = rsjax.cluster_ous(ous, 2, key=jax.random.key(3), n_init=1)
+  np.testing.assert_array_equal(index, [[0, 1, 0, 0], [0, 0, 1, 1]])
+  np.testing.assert_array_equal(codebook[1, 1], [[2, 9], [5, 3]])
+
+
+def _numpy_fixed_point(ous, codebook, index):
+  """Each kept block is nearest its centroid, each centroid its members' mean."""
+  x = np.asarray(ous, np.float64).reshape(*ous.shape[:2], -1)
+  c = np.asarray(codebook, np.float64).reshape(*codebook.shape[:2], -1)
+  index = np.asarray(index)
+  for r in range(x.shape[0]):
+    used = sorted(set(index[r][index[r] >= 0].tolist()))
+    assert used == list(range(len(used)))  # packed ids, first use order
+    for g in range(x.shape[1]):
+      if index[r, g] < 0:
+        assert not x[r, g].any()
+        continue
+      d = ((x[r, g] - c[r, used]) ** 2).sum(-1)
+      assert d[index[r, g]] <= d.min() + 1e-3
+    for j in used:
+      np.testing.assert_allclose(c[r, j], x[r][index[r] == j].mean(0),
+                                 rtol=1e-5, atol=1e-5)
+    assert not c[r, len(used):].any()  # unused slots are zero
+
+
+def test_fixed_point_and_pruning_against_numpy():
+  ous = np.array(jax.random.normal(jax.random.key(1), (5, 12, 3, 2)))
+  ous[0, [1, 4, 7]] = 0  # pruned blocks
+  ous[3] = 0  # a fully pruned row-block
+  ous[4, 1:] = 0  # one kept block: k clamps to 1
+  codebook, index = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
+  assert codebook.shape == (5, 4, 3, 2) and index.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(index)[0, [1, 4, 7]], -1)
+  assert (np.asarray(index)[3] == -1).all()
+  np.testing.assert_array_equal(np.asarray(index)[4], [0] + [-1] * 11)
+  _numpy_fixed_point(ous, codebook, index)
+
+
+def test_duplicates_fewer_distinct_than_k():
+  base = np.array(jax.random.normal(jax.random.key(2), (2, 1, 2, 2)))
+  ous = np.tile(base, (1, 6, 1, 1))  # 6 copies of 1 block per row-block
+  ous[1, 3:] *= 2  # row-block 1: two distinct blocks
+  codebook, index = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
+  assert np.isfinite(np.asarray(codebook)).all()
+  np.testing.assert_array_equal(index, [[0] * 6, [0, 0, 0, 1, 1, 1]])
+  _numpy_fixed_point(ous, codebook, index)
+
+
+def test_deterministic_per_key_and_layer_scope():
+  ous = jax.random.normal(jax.random.key(4), (4, 10, 3, 2))
+  a = rsjax.cluster_ous(ous, 3, key=jax.random.key(7))
+  b = rsjax.cluster_ous(ous, 3, key=jax.random.key(7))
+  for u, v in zip(a, b):
+    np.testing.assert_array_equal(u, v)
+  codebook, index = rsjax.cluster_ous(ous, 3, key=jax.random.key(7),
+                                      scope="layer")
+  # One layer codebook of 3: every row-block stores a subset of it.
+  stored = np.asarray(codebook).reshape(-1, 6)
+  stored = stored[np.abs(stored).sum(1) > 0]
+  assert len(np.unique(stored.round(5), axis=0)) <= 3
+  assert (np.asarray(index) >= 0).all()
+
+
+def test_inertia_matches_scikit_learn():
+  key = jax.random.key(5)
+  ous = np.asarray(jax.random.normal(key, (6, 40, 3, 2)))
+  codebook, index = rsjax.cluster_ous(ous, 6, key=jax.random.key(0))
+  z = np.asarray(rsjax.decompress(codebook, index))
+  ours = float(((ous - z) ** 2).sum())
+  theirs = sum(KMeans(6, n_init=8, random_state=0).fit(
+      ous[r].reshape(40, -1)).inertia_ for r in range(6))
+  assert ours <= theirs * 1.01, (ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_works(dtype):
+  ous = rsjax.to_ous(jnp.asarray(W, dtype), (2, 2))
+  codebook, index = rsjax.cluster_ous(ous, 2, key=jax.random.key(0))
+  assert codebook.dtype == dtype
+  np.testing.assert_array_equal(index, [[0, 1, 0, 0], [0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(k=0), "k must be"), (dict(k=2.5), "k must be"),
+    (dict(scope="global"), "scope"), (dict(n_init=0), "n_init"),
+])
+def test_bad_arguments(bad, match):
+  kw = dict(k=2, key=jax.random.key(0)) | bad
+  with pytest.raises(ValueError, match=match):
+    rsjax.cluster_ous(rsjax.to_ous(W, (2, 2)), **kw)
+
+
+def test_bad_blocks():
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="OU blocks"):
+    rsjax.cluster_ous(W, 2, key=key)
+  with pytest.raises(ValueError, match="float"):
+    rsjax.cluster_ous(np.ones((1, 2, 2, 2), np.int32), 2, key=key)
+  bad = np.asarray(rsjax.to_ous(W, (2, 2))).copy()
+  bad[0, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    rsjax.cluster_ous(bad, 2, key=key)
+  bad[0, 0, 0, 0] = np.inf
+  with pytest.raises(ValueError, match="inf"):
+    rsjax.cluster_ous(bad, 2, key=key)
+
+
+def test_decompress_checks_the_index():
+  codebook = jnp.ones((2, 3, 2, 2))
+  with pytest.raises(ValueError, match=r"\[-1, 2\]"):
+    rsjax.decompress(codebook, jnp.array([[0, 3], [0, 0]]))
+  with pytest.raises(ValueError, match="row-blocks"):
+    rsjax.decompress(codebook, jnp.zeros((3, 2), jnp.int32))
+  with pytest.raises(ValueError, match="integer"):
+    rsjax.decompress(codebook, jnp.zeros((2, 2)))
