@@ -1,0 +1,376 @@
+"""Crossbar MVMs: prepare the weights once, then emulate per input batch.
+
+:func:`prepare` (dense) and :func:`prepare_shared` (codebook and index table)
+do the per-weight work: signed mapping, bit slicing, programming
+non-idealities and, where the input patterns are few, the table of ADC
+outputs. :func:`apply` is the per-input call. :func:`crossbar_matmul` and
+:func:`shared_crossbar_matmul` do both.
+
+Zero blocks: an all-zero ``(ou_rows, ou_cols // slices)`` weight block of the
+dense matrix counts as pruned, as a pruned block of a shared layer: it is
+never stored and never activated, so it adds nothing (not even the ``offset``
+mapping's constant cells through a lossy ADC) and its rows get no offset
+correction. That is what makes the dense emulation of a decompressed layer
+equal to its index-and-add emulation, bit for bit.
+
+Inputs are unsigned ``input_bits`` integers. A signed input (a first layer
+fed normalised pixels) is emulated as two unsigned passes, ``f(x+) - f(x-)``
+(see :mod:`rsjax.kernels.model`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax._src import hardware
+from rsjax.kernels import adc
+from rsjax.kernels import cells as cells_lib
+from rsjax.kernels import dataflow
+
+METHODS = ("auto", "exact", "table", "direct")
+TABLE_MAX_PATTERNS = 4096
+TABLE_MAX_BYTES = 64 << 20
+
+
+@struct.dataclass
+class CrossbarWeights:
+  """One layer's weights as programmed on crossbars (a pytree).
+
+  Attributes:
+    cells: ``[arrays, R, ou_rows, C, slices]`` float32 conductances of the
+      ``C`` stored columns (``direct`` path), else None.
+    table: ``[R, 2^(dac_bits ou_rows), C]`` int32 ADC outputs per input
+      pattern (``table`` path), else None.
+    matrix: ``[K, N]`` int32 weights (``exact`` path), else None.
+    route: ``[R, N]`` int32 index table per output column: the stored column
+      it reads in row-block ``r``, ``C`` for pruned; None for a dense layer.
+    active: ``[R, N]`` int32, 1 where the block is stored (offset correction).
+    adc_range: int32 scalar, the partial sum mapped to the top ADC code.
+    hw: the hardware.
+    method: ``'exact'``, ``'table'`` or ``'direct'``.
+    in_features: K.
+    out_features: N.
+    read_sigma: read noise std (``direct`` path only).
+  """
+
+  cells: jax.Array | None
+  table: jax.Array | None
+  matrix: jax.Array | None
+  route: jax.Array | None
+  active: jax.Array
+  adc_range: jax.Array
+  hw: hardware.HardwareSpec = struct.field(pytree_node=False)
+  method: str = struct.field(pytree_node=False)
+  in_features: int = struct.field(pytree_node=False)
+  out_features: int = struct.field(pytree_node=False)
+  read_sigma: float = struct.field(pytree_node=False, default=0.0)
+
+  @property
+  def num_row_blocks(self) -> int:
+    return -(-self.in_features // self.hw.ou_rows)
+
+
+def _concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_ints(name, a, lo, hi):
+  if not jnp.issubdtype(jnp.result_type(a), jnp.integer):
+    raise ValueError(
+        f"{name} must be integers, got {jnp.result_type(a)}; quantize floats "
+        "first (rsjax.quantize_weights for weights, "
+        "rsjax.kernels.quantize_inputs with an activation scale for inputs)")
+  if _concrete(a) and np.size(a):
+    a_lo, a_hi = int(jnp.min(a)), int(jnp.max(a))
+    if a_lo < lo or a_hi > hi:
+      raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in "
+                       f"[{a_lo}, {a_hi}]")
+
+
+def _pick_method(hw, nonideal, method, cols):
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  noisy = nonideal is not None and (nonideal.programs or nonideal.reads)
+  reads = nonideal is not None and nonideal.reads
+  pats = dataflow.num_patterns(hw) if hw.dac_bits * hw.ou_rows <= 24 else None
+  if method == "exact" and (noisy or not hw.adc_lossless):
+    raise ValueError("method='exact' needs a lossless ADC and no noise")
+  if method == "table" and (reads or pats is None
+                            or pats > TABLE_MAX_PATTERNS):
+    raise ValueError("method='table' needs no read noise and at most "
+                     f"{TABLE_MAX_PATTERNS} input patterns per row-block")
+  if method != "auto":
+    return method
+  if not noisy and hw.adc_lossless:
+    return "exact"
+  if (not reads and pats is not None and pats <= TABLE_MAX_PATTERNS
+      and pats * cols * 4 * 64 <= TABLE_MAX_BYTES):
+    return "table"
+  return "direct"
+
+
+@functools.partial(jax.jit, static_argnames=("hw", "nonideal", "method"))
+def _program(cells, active, hw, nonideal, method, adc_range, key):
+  """Programs ideal levels and (table path) tabulates the ADC outputs."""
+  g = cells_lib.program(cells, hw, nonideal, key)
+  if method == "table":
+    table = dataflow.build_table(g, hw, adc_range)
+    if active.shape[1] == table.shape[2]:
+      table = table * active[:, None, :]
+    return None, table
+  return g, None
+
+
+def _finish(hw, nonideal, method, levels, route, active, adc_range, key,
+            matrix, k, n):
+  if method == "exact":
+    return CrossbarWeights(None, None, matrix, route, active, adc_range, hw,
+                           method, k, n)
+  if nonideal is not None and nonideal.programs and key is None:
+    raise ValueError("programming non-idealities need an explicit key")
+  # Dense tables mask pruned columns here; shared ones route them to zero.
+  mask = active if route is None else jnp.zeros((1, 0), jnp.int32)
+  g, table = _program(levels, mask, hw, nonideal, method, adc_range, key)
+  sigma = 0.0 if nonideal is None else float(nonideal.read_sigma)
+  return CrossbarWeights(g, table, None, route, active, adc_range, hw, method,
+                         k, n, sigma)
+
+
+def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
+            nonideal: cells_lib.Nonideal | None = None, key=None,
+            method: str = "auto") -> CrossbarWeights:
+  """Programs a dense integer crossbar matrix.
+
+  Args:
+    w: ``[K, N]`` signed ints in ``[-max_weight, max_weight]``.
+    hw: the hardware.
+    adc_range: the layer's ADC range, for ``adc_mode='calibrated'`` only.
+    nonideal: device non-idealities (programming ones are drawn here).
+    key: ``jax.random`` key for the programming non-idealities.
+    method: ``'auto'`` (exact if lossless and ideal, else table if possible,
+      else direct), or force one.
+
+  Returns:
+    The :class:`CrossbarWeights`.
+  """
+  if getattr(w, "ndim", None) != 2:
+    raise ValueError(f"w must be a [K, N] crossbar matrix, got shape "
+                     f"{getattr(w, 'shape', None)}")
+  _check_ints("w", w, -hw.max_weight, hw.max_weight)
+  w = jnp.asarray(w, jnp.int32)
+  k, n = w.shape
+  rng = adc.resolve_range(hw, adc_range)
+  method = _pick_method(hw, nonideal, method, n)
+  num_rb = -(-k // hw.ou_rows)
+  bw = hw.block_shape[1]
+  groups = -(-n // bw)
+  wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - k), (0, groups * bw - n)))
+  nonzero = jnp.any(wp.reshape(num_rb, hw.ou_rows, groups, bw) != 0,
+                    axis=(1, 3))
+  active = jnp.repeat(nonzero.astype(jnp.int32), bw, axis=1)[:, :n]
+  levels = None
+  if method != "exact":
+    levels = cells_lib.signed_to_cells(wp[:, :n], hw)
+    levels = levels.reshape(hw.arrays, num_rb, hw.ou_rows, n, hw.slices)
+  return _finish(hw, nonideal, method, levels, None, active, rng, key, w, k,
+                 n)
+
+
+def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
+                   out_features: int | None = None,
+                   in_features: int | None = None, adc_range=None,
+                   nonideal: cells_lib.Nonideal | None = None, key=None,
+                   method: str = "auto") -> CrossbarWeights:
+  """Programs a shared layer's stored blocks and its index table.
+
+  Args:
+    codebook: ``[R, Kc, ou_rows, ou_cols // slices]`` signed int stored
+      blocks (e.g. ``rsjax.quantize_weights`` of a float codebook with a
+      layer scale).
+    index: ``[R, G]`` int ids into ``codebook[r]``, ``-1`` = pruned.
+    hw: the hardware; ``hw.block_shape`` must be the block shape.
+    out_features: N (default ``G * block width``).
+    in_features: K (default ``R * ou_rows``).
+    adc_range, nonideal, key, method: as :func:`prepare`.
+
+  Returns:
+    The :class:`CrossbarWeights` (index-and-add dataflow).
+  """
+  if getattr(codebook, "ndim", None) != 4 or getattr(index, "ndim", 0) != 2:
+    raise ValueError("expected codebook [R, Kc, bh, bw] and index [R, G], "
+                     f"got shapes {getattr(codebook, 'shape', None)} and "
+                     f"{getattr(index, 'shape', None)}")
+  num_rb, slots, bh, bw = codebook.shape
+  if (bh, bw) != hw.block_shape:
+    raise ValueError(f"codebook blocks {(bh, bw)} do not match the "
+                     f"hardware's block_shape {hw.block_shape}")
+  if index.shape[0] != num_rb:
+    raise ValueError(f"index has {index.shape[0]} row-blocks, codebook has "
+                     f"{num_rb}")
+  _check_ints("codebook", codebook, -hw.max_weight, hw.max_weight)
+  _check_ints("index", index, -1, slots - 1)
+  groups = index.shape[1]
+  n = groups * bw if out_features is None else int(out_features)
+  k = num_rb * bh if in_features is None else int(in_features)
+  if not (groups - 1) * bw < n <= groups * bw:
+    raise ValueError(f"out_features={n} does not match {groups} column "
+                     f"groups of {bw} columns")
+  if not (num_rb - 1) * bh < k <= num_rb * bh:
+    raise ValueError(f"in_features={k} does not match {num_rb} row-blocks "
+                     f"of {bh} rows")
+  codebook = jnp.asarray(codebook, jnp.int32)
+  index = jnp.asarray(index, jnp.int32)
+  rng = adc.resolve_range(hw, adc_range)
+  cols = slots * bw
+  method = _pick_method(hw, nonideal, method, cols)
+  col = jnp.arange(n, dtype=jnp.int32)
+  grp = index[:, col // bw]
+  active = (grp >= 0).astype(jnp.int32)
+  route = jnp.where(grp >= 0, grp * bw + col[None] % bw, cols)
+  matrix, levels = None, None
+  if method == "exact":
+    blocks = jnp.take_along_axis(codebook, jnp.maximum(index, 0)[:, :, None,
+                                                                  None], 1)
+    blocks = blocks * (index >= 0)[:, :, None, None].astype(jnp.int32)
+    matrix = jnp.transpose(blocks, (0, 2, 1, 3)).reshape(num_rb * bh, -1)
+    matrix = matrix[:k, :n]
+  else:
+    stored = jnp.transpose(codebook, (0, 2, 1, 3)).reshape(num_rb, bh, cols)
+    levels = cells_lib.signed_to_cells(stored, hw)
+  return _finish(hw, nonideal, method, levels, route, active, rng, key,
+                 matrix, k, n)
+
+
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _apply(weights: CrossbarWeights, x, key, rows):
+  hw = weights.hw
+  method = weights.method
+  if method == "exact":
+    s = dataflow.map_rows(lambda c, _: dataflow.exact_apply(
+        weights.matrix, c, hw), x, rows)
+  else:
+    pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
+    xp = jnp.pad(x, ((0, 0), (0, pad)))
+    if method == "table":
+      fn = lambda c, _: dataflow.table_apply(weights.table, weights.route, c,
+                                             hw)
+    else:
+      fn = lambda c, k: dataflow.direct_apply(
+          weights.cells, weights.route, weights.active, c, hw,
+          weights.adc_range, weights.read_sigma, k)
+    s = dataflow.map_rows(fn, xp, rows, key)
+  corr = None
+  if hw.signed == "offset" and method != "exact":
+    pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
+    xsum = jnp.sum(jnp.pad(x, ((0, 0), (0, pad))).reshape(
+        x.shape[0], -1, hw.ou_rows), axis=-1)
+    corr = jnp.left_shift(
+        jnp.dot(xsum, weights.active, preferred_element_type=jnp.int32),
+        hw.weight_bits - 1)
+  if hw.adc_mode == "clip":
+    return s if corr is None else s - corr
+  step = weights.adc_range.astype(jnp.float32) / jnp.float32(hw.adc_max)
+  y = s.astype(jnp.float32) * step if method != "exact" else s.astype(
+      jnp.float32)
+  return y if corr is None else y - corr.astype(jnp.float32)
+
+
+def apply(weights: CrossbarWeights, x, *, key=None):
+  """Emulates ``x @ W`` on programmed crossbars.
+
+  Args:
+    weights: from :func:`prepare` or :func:`prepare_shared`.
+    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``.
+    key: ``jax.random`` key for read noise (required with read noise).
+
+  Returns:
+    ``[..., N]``: the digital output after ADC, shift-and-add and the signed
+    mapping correction, in units of one weight LSB times one input LSB;
+    int32 for ``clip``, float32 for ``scale``/``calibrated``.
+  """
+  hw = weights.hw
+  if getattr(x, "ndim", 0) < 1 or x.shape[-1] != weights.in_features:
+    raise ValueError(f"x must be [..., {weights.in_features}], got shape "
+                     f"{getattr(x, 'shape', None)}")
+  _check_ints("x", x, 0, 2**hw.input_bits - 1)
+  if weights.read_sigma and key is None:
+    raise ValueError("read noise needs an explicit key")
+  lead = x.shape[:-1]
+  x2 = jnp.asarray(x, jnp.int32).reshape(-1, weights.in_features)
+  cols = weights.out_features
+  if weights.table is not None:
+    cols = weights.table.shape[2]
+  elif weights.cells is not None:
+    cols = weights.cells.shape[3]
+  rows = dataflow.chunk_rows(hw, weights.method, weights.num_row_blocks,
+                             max(cols, weights.out_features))
+  y = _apply(weights, x2, key if weights.read_sigma else None, rows)
+  return y.reshape(lead + (weights.out_features,))
+
+
+def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
+                    adc_range=None,
+                    nonideal: cells_lib.Nonideal | None = None,
+                    method: str = "auto"):
+  """Emulated ``x @ w`` on ReRAM crossbars (SPEC section 2).
+
+  Args:
+    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``.
+    w: ``[K, N]`` signed ints in ``[-max_weight, max_weight]``.
+    hw: the hardware.
+    key: ``jax.random`` key for non-idealities (split into a programming
+      and a read key).
+    adc_range: per-layer ADC range for ``adc_mode='calibrated'``.
+    nonideal: device non-idealities, None for ideal.
+    method: see :func:`prepare`.
+
+  Returns:
+    As :func:`apply`.
+  """
+  k_prog, k_read = (None, None) if key is None else jax.random.split(key)
+  weights = prepare(w, hw, adc_range=adc_range, nonideal=nonideal,
+                    key=k_prog, method=method)
+  return apply(weights, x, key=k_read)
+
+
+def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
+                           out_features: int | None = None, key=None,
+                           adc_range=None,
+                           nonideal: cells_lib.Nonideal | None = None,
+                           method: str = "auto"):
+  """Index-and-add emulation of a shared layer (SPEC section 2).
+
+  Each stored block is converted once per row-block and cycle and its ADC
+  outputs are routed by the index table. Equal, bit for bit, to
+  :func:`crossbar_matmul` on the decompressed matrix.
+
+  Args:
+    x: ``[..., K]`` unsigned ints, ``K`` within the last row-block.
+    codebook: ``[R, Kc, bh, bw]`` signed int stored blocks.
+    index: ``[R, G]`` int32, ``-1`` = pruned.
+    hw: the hardware.
+    out_features: N (default ``G * bw``).
+    key, adc_range, nonideal, method: as :func:`crossbar_matmul`.
+
+  Returns:
+    As :func:`apply`.
+  """
+  k_prog, k_read = (None, None) if key is None else jax.random.split(key)
+  k = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else None
+  weights = prepare_shared(codebook, index, hw, out_features=out_features,
+                           in_features=k, adc_range=adc_range,
+                           nonideal=nonideal, key=k_prog, method=method)
+  return apply(weights, x, key=k_read)
+
+
+def quantize_inputs(x, scale, hw: hardware.HardwareSpec):
+  """Unsigned ``input_bits`` integers ``clip(round(x / scale), 0, max)``."""
+  x = jnp.asarray(x, jnp.float32)
+  top = jnp.float32(2**hw.input_bits - 1)
+  return jnp.clip(jnp.round(x / jnp.asarray(scale, jnp.float32)), 0.0,
+                  top).astype(jnp.int32)
