@@ -16,6 +16,7 @@ Batches are numpy: :func:`batch_indices` is a pure function of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 from typing import Any, Iterator
@@ -350,8 +351,16 @@ def batch_indices(num_examples: int, batch_size: int, seed: int,
     raise ValueError(
         f"batch size {batch_size} exceeds the {num_examples} examples")
   epoch, pos = divmod(step, per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm = _permutation(num_examples, seed, epoch)
   return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  # Cached: a 60k permutation per step would cost about as much as a step.
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.flags.writeable = False
+  return perm
 
 
 def augment_crop_flip(images: np.ndarray, seed: int, step: int,

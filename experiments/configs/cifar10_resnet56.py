@@ -1,0 +1,9 @@
+"""resnet56 on CIFAR-10 (TFDS 'cifar10'; needs the data, see experiments/data.py)."""
+
+import ml_collections
+
+from experiments.configs import _common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  return _common.cifar10("resnet56")

@@ -1,0 +1,83 @@
+"""Default: LeNet-5 on Fashion-MNIST, the whole pipeline (the main job).
+
+Sized to run end to end in a few minutes on a 2-core CPU.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The default experiment configuration (see the fields' comments)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "lenet5"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fashion_mnist"
+  # TFDS data dir; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.data.data_dir = ""
+  # Folder of the Fashion-MNIST IDX .gz files (Debian dataset-fashion-mnist).
+  config.data.source_dir = "/usr/share/datasets/fashion-mnist"
+  # Let TFDS download a missing dataset (needs internet); off: a clear error.
+  config.data.download = False
+  # Keep only the first N examples of a split (0: all); for quick runs.
+  config.data.train_limit = 0
+  config.data.eval_limit = 0
+  # Square image side for variable-size datasets (ImageNet); 0: dataset's.
+  config.data.image_size = 0
+  config.data.augment = False
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 3000
+  config.train.batch_size = 128
+  config.train.eval_batch_size = 1000
+  config.train.optimizer = "adam"  # 'adam' or 'sgd' (Nesterov momentum 0.9)
+  config.train.learning_rate = 2e-3
+  config.train.weight_decay = 1e-4
+  config.train.warmup_steps = 100
+  config.train.log_every = 200
+  config.train.checkpoint_every = 1000
+
+  # Hardware the compressed model is mapped to (rsjax.HardwareSpec fields).
+  config.hw = ml_collections.ConfigDict()
+  config.hw.xbar_rows = 128
+  config.hw.xbar_cols = 128
+  config.hw.ou_rows = 9
+  config.hw.ou_cols = 8
+  config.hw.cell_bits = 2
+  config.hw.weight_bits = 8
+  config.hw.input_bits = 8
+  config.hw.dac_bits = 1
+  config.hw.adc_bits = 5
+  config.hw.adc_mode = "clip"
+  config.hw.signed = "offset"
+
+  config.compress = ml_collections.ConfigDict()
+  # Regex (re.search) over parameter paths selecting the crossbar layers.
+  config.compress.include = r"kernel$"
+  config.compress.exclude = r"^$"
+
+  config.prune = ml_collections.ConfigDict()
+  # Fraction of OU blocks zeroed per layer (smallest L2 norm first).
+  config.prune.ratio = 0.3
+
+  config.share = ml_collections.ConfigDict()
+  config.share.method = "paper"  # 'paper' (k-means loop) or 'ste'
+  # Stored blocks per row-block (k-means clusters).
+  config.share.k = 8
+  config.share.n_init = 4
+
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.steps = 1000
+  config.finetune.learning_rate = 5e-4
+
+  config.eval = ml_collections.ConfigDict()
+  # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.
+  config.eval.emulate = False
+  config.eval.adc_bits = (3, 4, 5, 6, 7, 8)
+  # Examples emulated per evaluation (emulation is ~500x a float matmul).
+  config.eval.emulate_limit = 1000
+
+  return config

@@ -1,0 +1,667 @@
+"""The experiment pipeline: data -> trained -> pruned -> shared -> fine-tuned
+-> evaluated (float / quantized / compressed / emulated) -> ADC sweep ->
+results, plots and the exported compressed model.
+
+Every stage ends with an orbax checkpoint and an entry in ``state.json``
+(written atomically): a killed run resumes at the first unfinished stage,
+the training stages from their latest step checkpoint. Compression and
+emulation go through :mod:`experiments.compression_stages` only.
+
+Workdir layout::
+
+  config.json          the run's config (a different one is refused)
+  state.json           finished stages, their results and timings
+  log.txt              progress log
+  checkpoints/{train,baseline,prune,share,finetune,compressed}/
+  results.json         the summary (see README)
+  adc_sweep.csv        accuracy per ADC resolution
+  accuracy_vs_adc_bits.png, layer_compression.png
+  compressed_model.npz codebooks, index tables and the other parameters
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import rsjax
+
+from experiments import compression_stages as stages_lib
+from experiments import data as data_lib
+from experiments import models as models_lib
+from experiments import train as train_lib
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "prune", "share", "finetune", "evaluate", "adc_sweep")
+_OWNED = ("config.json", "state.json", "log.txt", "checkpoints",
+          "results.json", "adc_sweep.csv", "accuracy_vs_adc_bits.png",
+          "layer_compression.png", "compressed_model.npz")
+COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
+                    "stored_ous", "dense_ous", "index_bits")
+
+
+class WorkdirConflictError(RuntimeError):
+  """The workdir holds a run of another config."""
+
+
+# --- Small pure helpers ------------------------------------------------------
+
+
+def flatten(tree) -> dict[str, Any]:
+  """``{'params/conv1/conv/kernel': leaf, ...}``."""
+  return dict(rsjax.named_leaves(tree))
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of :func:`flatten` for nested dicts."""
+  out: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return out
+
+
+def select_kernels(variables, include: str, exclude: str) -> list[str]:
+  """Paths of the crossbar kernels (2-D or 4-D) the regexes select."""
+  inc, exc = re.compile(include), re.compile(exclude)
+  return [p for p, x in flatten(variables).items()
+          if x.ndim in (2, 4) and inc.search(p)
+          and not (exclude and exc.search(p))]
+
+
+def hardware(config: ml_collections.ConfigDict) -> rsjax.HardwareSpec:
+  return rsjax.HardwareSpec.from_dict(config.hw.to_dict())
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def jsonable(x):
+  """Numpy/JAX values to JSON; ``inf`` as the string ``'inf'``, NaN null."""
+  if isinstance(x, Mapping):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return jsonable(np.asarray(x).tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+  return x
+
+
+def atomic_write(path: str, payload: bytes | str) -> None:
+  """Writes a file so readers see the old or the new one, never half."""
+  mode = "wb" if isinstance(payload, bytes) else "w"
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, mode) as f:
+      f.write(payload)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj) -> None:
+  atomic_write(path, json.dumps(jsonable(obj), indent=2, sort_keys=False)
+               + "\n")
+
+
+# --- Workdir -----------------------------------------------------------------
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    overwrite: bool) -> None:
+  """Creates the workdir, or checks it holds a run of this same config.
+
+  Raises:
+    WorkdirConflictError: it holds another config's run and not
+      ``overwrite``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = config_json(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    if stored != current and not overwrite:
+      diff = _config_diff(stored, current)
+      raise WorkdirConflictError(
+          f"{workdir} holds a run of another config (differences: {diff}). "
+          "Use another --workdir, or pass --overwrite to delete that run.")
+    if overwrite:
+      log.info("--overwrite: deleting the previous run in %s", workdir)
+      for name in _OWNED:
+        p = os.path.join(workdir, name)
+        if os.path.isdir(p):
+          shutil.rmtree(p)
+        elif os.path.exists(p):
+          os.remove(p)
+  write_json(path, current)
+
+
+def _config_diff(a, b, prefix="") -> list[str]:
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+  return out[:10]
+
+
+def _load_state(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, "state.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"stages": {}}
+
+
+def _save_tree(path: str, tree) -> None:
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), tree, force=True)
+    ckptr.wait_until_finished()
+
+
+def _load_tree(path: str):
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.abspath(path))
+  return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+# --- The run -----------------------------------------------------------------
+
+
+class _Run:
+  """One pipeline run: the objects every stage needs."""
+
+  def __init__(self, config, workdir, step_callback):
+    self.config = config
+    self.workdir = workdir
+    self.step_callback = step_callback
+    self.ckpt = os.path.join(workdir, "checkpoints")
+    self.state = _load_state(workdir)
+    self.hw = hardware(config)
+    self.mesh = train_lib.make_mesh()
+    self.key = jax.random.key(config.seed)
+    dc = config.data
+    kwargs = dict(data_dir=dc.data_dir or None, download=dc.download,
+                  source_dir=dc.source_dir, image_size=dc.image_size or None)
+    self.eval_split = data_lib.load_split(
+        dc.name, "eval", limit=dc.eval_limit or None, **kwargs)
+    self._train_split = None
+    self._split_kwargs = kwargs
+    self.info = self.eval_split.info
+    self.model = models_lib.create_model(
+        config.model.name, num_classes=self.info.num_classes)
+    log.info("model %s on %s %s, %d device(s), hardware %s",
+             config.model.name, dc.name, self.info.image_shape,
+             self.mesh.devices.size, self.hw)
+
+  @property
+  def train_split(self):
+    if self._train_split is None:
+      self._train_split = data_lib.load_split(
+          self.config.data.name, "train",
+          limit=self.config.data.train_limit or None, **self._split_kwargs)
+    return self._train_split
+
+  def done(self, stage: str) -> bool:
+    return stage in self.state["stages"]
+
+  def results(self, stage: str) -> dict[str, Any]:
+    return self.state["stages"][stage]["results"]
+
+  def finish(self, stage: str, results: Mapping[str, Any], seconds: float):
+    self.state["stages"][stage] = {"results": jsonable(dict(results)),
+                                   "time_s": seconds}
+    write_json(os.path.join(self.workdir, "state.json"), self.state)
+    log.info("stage %s done in %.1f s: %s", stage, seconds,
+             {k: v for k, v in results.items() if not isinstance(v, dict)})
+
+  def eval_batches(self):
+    return data_lib.eval_batches(self.eval_split,
+                                 self.config.train.eval_batch_size)
+
+  def evaluate(self, model, variables) -> float:
+    return train_lib.evaluate(model, variables, self.eval_batches(),
+                              self.mesh)["accuracy"]
+
+  def get_batch_fn(self):
+    tc, split = self.config.train, self.train_split
+    augment, seed = self.config.data.augment, self.config.seed
+
+    def get_batch(step):
+      return data_lib.train_batch(split, tc.batch_size, seed, step, augment)
+    return get_batch
+
+  def folded(self):
+    baseline = _load_tree(os.path.join(self.ckpt, "baseline"))
+    return models_lib.fold_batchnorm(self.model, baseline)
+
+  def kernel_paths(self, variables) -> list[str]:
+    cc = self.config.compress
+    return select_kernels(variables, cc.include, cc.exclude)
+
+
+def _stage_train(run: _Run) -> dict[str, Any]:
+  tc = run.config.train
+  init_key = jax.random.fold_in(run.key, 0)
+  variables = models_lib.init_variables(run.model, init_key,
+                                        run.info.image_shape)
+  tx = train_lib.make_optimizer(tc.optimizer, tc.learning_rate, tc.steps,
+                                tc.warmup_steps, tc.weight_decay)
+  state = train_lib.create_state(run.model, variables, tx)
+  loop = train_lib.TrainLoop(
+      "train", tc.steps, run.get_batch_fn(),
+      os.path.join(run.ckpt, "train"), tc.checkpoint_every, tc.log_every,
+      step_callback=run.step_callback)
+  state = loop.run(state, run.mesh)
+  baseline = jax.device_get(train_lib.state_variables(state))
+  _save_tree(os.path.join(run.ckpt, "baseline"), baseline)
+  metrics = train_lib.evaluate(run.model, baseline, run.eval_batches(),
+                               run.mesh)
+  return {"accuracy_float": metrics["accuracy"],
+          "eval_loss": metrics["loss"], "steps": tc.steps}
+
+
+def _stage_prune(run: _Run) -> dict[str, Any]:
+  folded_model, folded = run.folded()
+  flat = flatten(folded)
+  paths = run.kernel_paths(folded)
+  if not paths:
+    raise ValueError(
+        f"compress.include={run.config.compress.include!r} selects no kernel")
+  pruned = stages_lib.prune({p: flat[p] for p in paths}, run.hw,
+                            run.config.prune.ratio)
+  flat.update(pruned)
+  params = unflatten(flat)
+  _save_tree(os.path.join(run.ckpt, "prune"), params)
+  zero = sum(int(jnp.sum(pruned[p] == 0)) for p in paths)
+  total = sum(int(pruned[p].size) for p in paths)
+  return {"accuracy_folded": run.evaluate(folded_model, folded),
+          "accuracy_pruned": run.evaluate(folded_model, params),
+          "layers": paths, "zero_weight_fraction": zero / max(total, 1)}
+
+
+def _layers_tree(layers: Mapping[str, rsjax.CompressedLayer]):
+  return unflatten({f"{p}/codebook": l.codebook for p, l in layers.items()}
+                   | {f"{p}/index": l.index for p, l in layers.items()})
+
+
+def _layers_from_tree(tree, params_flat, paths):
+  flat = flatten(tree)
+  return {p: rsjax.CompressedLayer(
+      flat[f"{p}/codebook"], flat[f"{p}/index"].astype(jnp.int32),
+      tuple(int(d) for d in params_flat[p].shape)) for p in paths}
+
+
+def _stage_share(run: _Run) -> dict[str, Any]:
+  folded_model, _ = run.folded()
+  params = _load_tree(os.path.join(run.ckpt, "prune"))
+  flat = flatten(params)
+  paths = run.results("prune")["layers"]
+  sc = run.config.share
+  layers = stages_lib.share({p: flat[p] for p in paths}, run.hw, sc.k,
+                            key=jax.random.fold_in(run.key, 1),
+                            method=sc.method, n_init=sc.n_init)
+  flat.update({p: layers[p].to_kernel() for p in paths})
+  params = unflatten(flat)
+  _save_tree(os.path.join(run.ckpt, "share"),
+             {"params": params, "layers": _layers_tree(layers)})
+  return {"accuracy_shared": run.evaluate(folded_model, params),
+          "method": sc.method, "k": sc.k}
+
+
+def _stage_finetune(run: _Run) -> dict[str, Any]:
+  folded_model, _ = run.folded()
+  saved = _load_tree(os.path.join(run.ckpt, "share"))
+  params = saved["params"]
+  paths = run.results("prune")["layers"]
+  layers = _layers_from_tree(saved["layers"], flatten(params), paths)
+  hw = run.hw
+
+  def constraint(p):
+    flat = flatten({"params": p})
+    flat.update(stages_lib.project({q: flat[q] for q in paths}, layers, hw))
+    return unflatten(flat)["params"]
+
+  fc, tc = run.config.finetune, run.config.train
+  if fc.steps > 0:
+    tx = train_lib.make_optimizer(tc.optimizer, fc.learning_rate, fc.steps,
+                                  0, tc.weight_decay)
+    state = train_lib.create_state(folded_model, params, tx)
+    loop = train_lib.TrainLoop(
+        "finetune", fc.steps, run.get_batch_fn(),
+        os.path.join(run.ckpt, "finetune"), tc.checkpoint_every,
+        tc.log_every, constraint=constraint,
+        step_callback=run.step_callback)
+    state = loop.run(state, run.mesh)
+    params = jax.device_get(train_lib.state_variables(state))
+  flat = flatten(params)
+  layers = stages_lib.to_compressed({p: flat[p] for p in paths}, layers, hw)
+  flat.update({p: layers[p].to_kernel() for p in paths})
+  params = unflatten(flat)
+  _save_tree(os.path.join(run.ckpt, "compressed"),
+             {"params": params, "layers": _layers_tree(layers)})
+  return {"accuracy_finetuned": run.evaluate(folded_model, params),
+          "steps": fc.steps}
+
+
+def _compressed(run: _Run):
+  saved = _load_tree(os.path.join(run.ckpt, "compressed"))
+  paths = run.results("prune")["layers"]
+  flat = flatten(saved["params"])
+  return saved["params"], _layers_from_tree(saved["layers"], flat, paths)
+
+
+def _quantized_params(params, paths, hw):
+  flat = flatten(params)
+  flat.update(stages_lib.quantize({p: flat[p] for p in paths}, hw))
+  return unflatten(flat)
+
+
+def _stage_evaluate(run: _Run) -> dict[str, Any]:
+  folded_model, folded = run.folded()
+  paths = run.results("prune")["layers"]
+  params, layers = _compressed(run)
+  quant = _quantized_params(folded, paths, run.hw)
+  comp_quant = _quantized_params(params, paths, run.hw)
+  if not run.config.eval.emulate:
+    log.info("emulated evaluation skipped: eval.emulate is False (the "
+             "crossbar emulator is not wired into the experiments yet)")
+  emulated = stages_lib.emulated_accuracy(
+      folded_model, params, layers, run.hw, run.eval_batches,
+      enabled=run.config.eval.emulate, key=jax.random.fold_in(run.key, 2))
+  return {
+      "float": run.results("train")["accuracy_float"],
+      "quantized": run.evaluate(folded_model, quant),
+      "compressed": run.evaluate(folded_model, params),
+      "compressed_quantized": run.evaluate(folded_model, comp_quant),
+      "emulated": emulated,
+  }
+
+
+def _stage_adc_sweep(run: _Run) -> dict[str, Any]:
+  if not run.config.eval.emulate:
+    log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
+             "eval.emulate is False")
+    return {"sweep": [], "skipped": "eval.emulate is False"}
+  folded_model, _ = run.folded()
+  params, layers = _compressed(run)
+  sweep = []
+  for bits in run.config.eval.adc_bits:
+    acc = stages_lib.emulated_accuracy(
+        folded_model, params, layers, run.hw.replace(adc_bits=int(bits)),
+        run.eval_batches, enabled=True, key=jax.random.fold_in(run.key, 3))
+    log.info("ADC %d bits: accuracy %.4f", bits, acc)
+    sweep.append({"adc_bits": int(bits), "accuracy": acc})
+  return {"sweep": sweep}
+
+
+_STAGE_FNS: dict[str, Callable[[_Run], dict[str, Any]]] = {
+    "train": _stage_train, "prune": _stage_prune, "share": _stage_share,
+    "finetune": _stage_finetune, "evaluate": _stage_evaluate,
+    "adc_sweep": _stage_adc_sweep,
+}
+
+
+def layer_positions(model, params, image_shape) -> dict[str, int]:
+  """Input positions (im2col patches) per kernel path: ``H_out * W_out``."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+
+  def apply(x):
+    return model.apply(params, x, train=False, capture_intermediates=True,
+                       mutable=["intermediates"])
+
+  _, state = jax.eval_shape(apply, x)
+  inter = flatten(state["intermediates"])
+  out = {}
+  for path, leaf in flatten(params).items():
+    if not path.endswith("/kernel"):
+      continue
+    module = path[len("params/"):-len("/kernel")]
+    shape = inter.get(f"{module}/__call__/0")
+    if shape is not None:
+      out[path] = int(np.prod(shape.shape[1:-1])) if leaf.ndim == 4 else 1
+  return out
+
+
+def export_compressed(path: str, params, layers) -> None:
+  """``compressed_model.npz``: per layer codebook/index/kernel_shape, and
+  every other parameter as is (atomically)."""
+  arrays = {}
+  for p, layer in layers.items():
+    arrays[f"{p}::codebook"] = np.asarray(layer.codebook)
+    arrays[f"{p}::index"] = np.asarray(layer.index)
+    arrays[f"{p}::kernel_shape"] = np.asarray(layer.kernel_shape, np.int64)
+  for p, x in flatten(params).items():
+    if p not in layers:
+      arrays[p] = np.asarray(x)
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  atomic_write(path, buf.getvalue())
+
+
+def load_compressed(path: str):
+  """The inverse of :func:`export_compressed`: ``(params, layers)``."""
+  with np.load(path) as f:
+    items = {k: f[k] for k in f.files}
+  layers, flat = {}, {}
+  for k, v in items.items():
+    if k.endswith("::codebook"):
+      p = k[:-len("::codebook")]
+      layers[p] = rsjax.CompressedLayer(
+          jnp.asarray(v), jnp.asarray(items[f"{p}::index"]),
+          tuple(int(d) for d in items[f"{p}::kernel_shape"]))
+    elif "::" not in k:
+      flat[k] = jnp.asarray(v)
+  for p, layer in layers.items():
+    flat[p] = layer.to_kernel()
+  return unflatten(flat), layers
+
+
+def _plot_sweep(path, sweep, title):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.plot([s["adc_bits"] for s in sweep], [s["accuracy"] for s in sweep],
+          "o-")
+  ax.set_xlabel("ADC bits")
+  ax.set_ylabel("accuracy")
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  _save_fig(fig, path)
+
+
+def _plot_layers(path, layer_figs, title):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = list(layer_figs)
+  ratios = [float(layer_figs[n].get("ou_ratio") or 0.0) for n in names]
+  short = [n.removeprefix("params/").removesuffix("/kernel") for n in names]
+  fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 3.5))
+  ax.bar(range(len(names)), ratios)
+  ax.set_xticks(range(len(names)), short, rotation=60, ha="right",
+                fontsize=7)
+  ax.set_ylabel("OU-level compression (x)")
+  ax.set_title(title)
+  fig.tight_layout()
+  _save_fig(fig, path)
+
+
+def _save_fig(fig, path):
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  atomic_write(path, buf.getvalue())
+
+
+def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
+  """Writes results.json, the CSV, plots and the export; returns results."""
+  folded_model, _ = run.folded()
+  params, layers = _compressed(run)
+  positions = layer_positions(folded_model, params, run.info.image_shape)
+  report = stages_lib.compression_report(layers, run.hw, positions)
+  if report is None:
+    log.info("rsjax.compression_report is not available yet: compression "
+             "figures and the per-layer plot are left out")
+    compression = {k: None for k in COMPRESSION_KEYS}
+    layer_figs = {}
+  else:
+    compression = dict(report["total"])
+    layer_figs = dict(report["layers"])
+    if "headline" in report:
+      compression["headline"] = report["headline"]
+  export_compressed(os.path.join(run.workdir, "compressed_model.npz"),
+                    params, layers)
+  sweep = run.results("adc_sweep")["sweep"]
+  results = {
+      "model": run.config.model.name,
+      "dataset": run.config.data.name,
+      "config": config_json(run.config),
+      "hardware": run.hw.to_dict(),
+      "devices": int(run.mesh.devices.size),
+      "accuracy": {k: run.results("evaluate")[k] for k in
+                   ("float", "quantized", "compressed", "emulated")},
+      "accuracy_detail": {
+          "compressed_quantized": run.results("evaluate")[
+              "compressed_quantized"],
+          **{k: v for k, v in run.results("prune").items()
+             if k.startswith("accuracy")},
+          "shared_before_finetune": run.results("share")["accuracy_shared"],
+      },
+      "compression": compression,
+      "layers": layer_figs,
+      "adc_sweep": sweep,
+      "timing_s": dict(timing),
+  }
+  write_json(os.path.join(run.workdir, "results.json"), results)
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["adc_bits", "accuracy"])
+  for s in sweep:
+    writer.writerow([s["adc_bits"], s["accuracy"]])
+  atomic_write(os.path.join(run.workdir, "adc_sweep.csv"), out.getvalue())
+  title = f"{run.config.model.name} / {run.config.data.name}"
+  if sweep:
+    _plot_sweep(os.path.join(run.workdir, "accuracy_vs_adc_bits.png"), sweep,
+                title)
+  if layer_figs:
+    _plot_layers(os.path.join(run.workdir, "layer_compression.png"),
+                 layer_figs, title)
+  return jsonable(results)
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+  """A plain-text summary of a results dict."""
+  def fmt(v, spec=".4f"):
+    if v is None:
+      return "n/a"
+    if isinstance(v, str):
+      return v
+    return format(v, spec)
+
+  rows = [("model", results["model"]), ("dataset", results["dataset"])]
+  for k, v in results["accuracy"].items():
+    rows.append((f"accuracy {k}", fmt(v)))
+  for k in COMPRESSION_KEYS:
+    v = results["compression"].get(k)
+    rows.append((k, fmt(v, ".2f" if "ratio" in k else ",.0f")))
+  if results["adc_sweep"]:
+    rows.append(("adc sweep", ", ".join(
+        f"{s['adc_bits']}b: {s['accuracy']:.4f}"
+        for s in results["adc_sweep"])))
+  else:
+    rows.append(("adc sweep", "skipped (no emulation)"))
+  for k, v in results["timing_s"].items():
+    rows.append((f"time {k} (s)", f"{v:.1f}"))
+  width = max(len(r[0]) for r in rows)
+  line = "-" * (width + 30)
+  return "\n".join([line] + [f"{a:<{width}}  {b}" for a, b in rows] + [line])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        overwrite: bool = False,
+        step_callback: Callable[[str, int], None] | None = None
+        ) -> dict[str, Any]:
+  """Runs (or resumes) the whole pipeline in ``workdir``.
+
+  Args:
+    config: the experiment config (see ``experiments/configs/default.py``).
+    workdir: where checkpoints, logs and results go.
+    overwrite: delete a previous run of another config in ``workdir``.
+    step_callback: ``(stage, step)`` after every training step (tests).
+
+  Returns:
+    The results dict also written to ``results.json``.
+
+  Raises:
+    WorkdirConflictError: ``workdir`` holds another config's run.
+    data.DatasetNotFoundError: the dataset is missing.
+    train.NanLossError: training diverged.
+  """
+  t_start = time.perf_counter()
+  prepare_workdir(workdir, config, overwrite)
+  handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+  handler.setFormatter(logging.Formatter(
+      "%(asctime)s %(levelname)s %(message)s"))
+  handler.setLevel(logging.INFO)
+  pkg_logger = logging.getLogger("experiments")
+  pkg_logger.addHandler(handler)
+  if pkg_logger.getEffectiveLevel() > logging.INFO:
+    pkg_logger.setLevel(logging.INFO)
+  try:
+    r = _Run(config, workdir, step_callback)
+    for stage in STAGES:
+      if r.done(stage):
+        log.info("stage %s already done (%.1f s), skipped", stage,
+                 r.state["stages"][stage]["time_s"])
+        continue
+      log.info("stage %s ...", stage)
+      t0 = time.perf_counter()
+      results = _STAGE_FNS[stage](r)
+      r.finish(stage, results, time.perf_counter() - t0)
+    timing = {s: r.state["stages"][s]["time_s"] for s in STAGES}
+    t0 = time.perf_counter()
+    results = _report(r, timing)
+    timing["report"] = time.perf_counter() - t0
+    timing["this_invocation"] = time.perf_counter() - t_start
+    results["timing_s"] = timing
+    write_json(os.path.join(workdir, "results.json"), results)
+    log.info("results in %s", os.path.join(workdir, "results.json"))
+    return results
+  finally:
+    pkg_logger.removeHandler(handler)
+    handler.close()

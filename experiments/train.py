@@ -1,0 +1,283 @@
+"""Data-parallel training and evaluation (flax examples style).
+
+One global ``jax.jit`` step over a ``Mesh`` of all local devices: the batch is
+sharded along the ``'data'`` axis, the train state is replicated. The same
+code runs unchanged on 1 or N devices and computes the same global-batch
+loss (BatchNorm statistics included), so runs agree across device counts up
+to float reduction order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class NanLossError(FloatingPointError):
+  """Training produced a non-finite loss."""
+
+
+class TrainState(train_state.TrainState):
+  """A TrainState with BatchNorm statistics (empty dict without BN)."""
+
+  batch_stats: Any = None
+
+
+def make_mesh() -> Mesh:
+  """A 1-D ``('data',)`` mesh over all local devices."""
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def shardings(mesh: Mesh):
+  """``(replicated, batch-sharded)`` NamedShardings."""
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(
+        f"batch size {batch_size} must be a multiple of the {n} devices")
+
+
+def make_optimizer(name: str, learning_rate: float, steps: int,
+                   warmup_steps: int, weight_decay: float
+                   ) -> optax.GradientTransformation:
+  """Warmup + cosine decay; AdamW or SGD with Nesterov momentum."""
+  warmup_steps = min(warmup_steps, max(steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+  if name == "adam":
+    return optax.adamw(schedule, weight_decay=weight_decay)
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(schedule, momentum=0.9, nesterov=True))
+  raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+
+
+def create_state(model: nn.Module, variables: Mapping[str, Any],
+                 tx: optax.GradientTransformation) -> TrainState:
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def state_variables(state: TrainState) -> dict[str, Any]:
+  """``{'params', 'batch_stats'?}`` of a train state."""
+  out = {"params": state.params}
+  if state.batch_stats:
+    out["batch_stats"] = state.batch_stats
+  return out
+
+
+def cross_entropy(logits, labels):
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return optax.softmax_cross_entropy(logits, one_hot)
+
+
+def train_step(state: TrainState, batch, *,
+               constraint: Callable[[Any], Any] | None = None):
+  """One SGD step on the global batch; returns ``(state, metrics)``.
+
+  Args:
+    state: the replicated train state.
+    batch: ``{'image', 'label'}`` sharded along the batch.
+    constraint: applied to the params after the update (e.g. the
+      fine-tune's projection onto the pruned/shared structure).
+  """
+  has_bn = bool(state.batch_stats)
+
+  def loss_fn(params):
+    variables = {"params": params}
+    if has_bn:
+      variables["batch_stats"] = state.batch_stats
+      logits, updates = state.apply_fn(variables, batch["image"], train=True,
+                                       mutable=["batch_stats"])
+    else:
+      logits, updates = state.apply_fn(variables, batch["image"],
+                                       train=True), {}
+    loss = jnp.mean(cross_entropy(logits, batch["label"]))
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  if has_bn:
+    state = state.replace(batch_stats=updates["batch_stats"])
+  if constraint is not None:
+    state = state.replace(params=constraint(state.params))
+  accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(
+      jnp.float32))
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(model: nn.Module, variables, batch):
+  """Summed correct predictions, loss and count over the masked batch."""
+  logits = model.apply(variables, batch["image"], train=False)
+  mask = batch["mask"].astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  loss = cross_entropy(logits, batch["label"])
+  return {"correct": jnp.sum(correct * mask), "loss": jnp.sum(loss * mask),
+          "count": jnp.sum(mask)}
+
+
+def evaluate(model: nn.Module, variables, batches: Iterator[Mapping[str, Any]],
+             mesh: Mesh) -> dict[str, float]:
+  """Accuracy and mean loss over ``batches`` (data-parallel).
+
+  Returns:
+    ``{'accuracy', 'loss', 'count'}``.
+  """
+  replicated, sharded = shardings(mesh)
+  variables = jax.device_put(variables, replicated)
+  step = _jitted_eval_step(model, replicated)
+  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+  for batch in batches:
+    check_batch(batch["image"].shape[0], mesh)
+    out = step(variables, jax.device_put(dict(batch), sharded))
+    for k in totals:
+      totals[k] += float(out[k])
+  count = max(totals["count"], 1.0)
+  return {"accuracy": totals["correct"] / count,
+          "loss": totals["loss"] / count, "count": totals["count"]}
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_eval_step(model: nn.Module, replicated: NamedSharding):
+  # Models are hashable dataclasses: equal models share one compiled step
+  # across evaluations and stages.
+  return jax.jit(functools.partial(eval_step, model),
+                 out_shardings=replicated)
+
+
+@dataclasses.dataclass
+class TrainLoop:
+  """A resumable training loop with orbax checkpoints and progress logs.
+
+  Attributes:
+    name: the stage name (for logs and the checkpoint folder).
+    steps: total steps.
+    get_batch: ``step -> {'image', 'label'}`` numpy batch (pure in step).
+    checkpoint_dir: where the orbax CheckpointManager keeps this loop's state.
+    checkpoint_every: steps between checkpoints (the last step always is).
+    log_every: steps between progress logs and NaN checks.
+    constraint: optional params projection applied after every update.
+    step_callback: ``(name, step)`` called after each finished step (tests
+      use it to simulate a kill).
+  """
+
+  name: str
+  steps: int
+  get_batch: Callable[[int], Mapping[str, np.ndarray]]
+  checkpoint_dir: str
+  checkpoint_every: int = 1000
+  log_every: int = 100
+  constraint: Callable[[Any], Any] | None = None
+  step_callback: Callable[[str, int], None] | None = None
+
+  def _manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(self.checkpoint_dir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+  def run(self, state: TrainState, mesh: Mesh) -> TrainState:
+    """Trains from the latest checkpoint (or ``state``) to ``steps``.
+
+    Raises:
+      NanLossError: a non-finite loss; the last checkpoint (finite, saved
+        before it) is kept.
+    """
+    replicated, sharded = shardings(mesh)
+    state = jax.device_put(state, replicated)
+    with self._manager() as manager:
+      latest = manager.latest_step()
+      if latest is not None:
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                           sharding=replicated),
+            _checkpointable(state))
+        restored = manager.restore(latest,
+                                   args=ocp.args.StandardRestore(abstract))
+        state = state.replace(**restored)
+        log.info("[%s] resumed from the checkpoint at step %d",
+                     self.name, latest)
+      step_fn = jax.jit(
+          functools.partial(train_step, constraint=self.constraint),
+          donate_argnums=0, out_shardings=(replicated, replicated))
+      start = int(state.step)
+      last_good = latest
+      t0, s0 = time.perf_counter(), start
+      pending = []
+      for step in range(start, self.steps):
+        batch = self.get_batch(step)
+        check_batch(batch["image"].shape[0], mesh)
+        state, metrics = step_fn(state, jax.device_put(dict(batch), sharded))
+        pending.append(metrics)
+        done = step + 1
+        is_ckpt = done % self.checkpoint_every == 0 or done == self.steps
+        if done % self.log_every == 0 or is_ckpt:
+          losses = np.asarray([float(m["loss"]) for m in pending])
+          accs = np.asarray([float(m["accuracy"]) for m in pending])
+          pending = []
+          if not np.all(np.isfinite(losses)):
+            raise NanLossError(
+                f"[{self.name}] the training loss became non-finite "
+                f"(NaN/inf) between steps {done - losses.size + 1} and "
+                f"{done}; stopped. The last good checkpoint is "
+                + (f"step {last_good} in {self.checkpoint_dir}"
+                   if last_good is not None else "none (no step finished "
+                   "cleanly)")
+                + ". Lower the learning rate (--config.train.learning_rate)"
+                " or check the data.")
+          elapsed = time.perf_counter() - t0
+          rate = (done - s0) / max(elapsed, 1e-9)
+          eta = (self.steps - done) / max(rate, 1e-9)
+          log.info(
+              "[%s] step %d/%d  loss %.4f  acc %.3f  %.1f steps/s  ETA %s",
+              self.name, done, self.steps, float(losses.mean()),
+              float(accs.mean()), rate, _fmt_time(eta))
+        if is_ckpt:
+          if not _all_finite(state.params):
+            raise NanLossError(
+                f"[{self.name}] the parameters became non-finite at step "
+                f"{done}; stopped, keeping the checkpoint at step "
+                f"{last_good}. Lower the learning rate.")
+          manager.save(done, args=ocp.args.StandardSave(
+              _checkpointable(state)))
+          manager.wait_until_finished()
+          last_good = done
+        if self.step_callback is not None:
+          self.step_callback(self.name, done)
+    return state
+
+
+def _checkpointable(state: TrainState) -> dict[str, Any]:
+  return {"step": state.step, "params": state.params,
+          "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x)))
+             for x in jax.tree_util.tree_leaves(tree))
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(round(seconds))
+  m, s = divmod(seconds, 60)
+  h, m = divmod(m, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"
