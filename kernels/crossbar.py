@@ -122,6 +122,8 @@ def _program(cells, active, hw, nonideal, method, adc_range, key):
     table = dataflow.build_table(g, hw, adc_range)
     if active.shape[1] == table.shape[2]:
       table = table * active[:, None, :]
+    else:
+      table = jnp.pad(table, ((0, 0), (0, 0), (0, 1)))
     return None, table
   return g, None
 

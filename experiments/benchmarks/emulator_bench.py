@@ -1,0 +1,120 @@
+"""Crossbar emulator speed and memory against a float32 matmul (issue 4).
+
+Run: ``python experiments/benchmarks/emulator_bench.py``
+
+All times are the best of ``--reps`` runs of an already compiled function,
+measured in this one process, so ratios are against the float32 matmul of
+the same shape on the same machine and load. What is counted:
+
+* ``float32``: ``jit(x @ w)``, x ``[1024, 1152]``, w ``[1152, 64]``.
+* ``apply``: the per-input call ``rsjax.kernels.apply(weights, x)`` on int32
+  inputs. The per-weight work (``prepare``: slicing, programming, the ADC
+  table) is timed separately; it is done once per weight matrix and reused
+  for every batch, as a programmed crossbar is.
+* ``end to end``: ``prepare`` + ``apply`` for one batch.
+* memory: XLA's compiled memory analysis of ``jit(apply)`` (arguments +
+  outputs + temporaries; the table is an argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rsjax
+from rsjax import kernels as rk
+
+
+def best_time(fn, *args, reps=20):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def peak_mib(fn, *args):
+  mem = jax.jit(fn).lower(*args).compile().memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+           + mem.temp_size_in_bytes)
+  return total / 2**20
+
+
+def shared_layer(rng, hw, k, n, s):
+  """A layer whose every row-block stores ``G / s`` blocks (sharing s)."""
+  bh, bw = hw.block_shape
+  nrb, ngr = -(-k // bh), -(-n // bw)
+  slots = max(1, ngr // s)
+  codebook = rng.integers(-hw.max_weight, hw.max_weight + 1,
+                          (nrb, slots, bh, bw)).astype(np.int32)
+  index = np.stack([rng.permutation(np.arange(ngr) % slots)
+                    for _ in range(nrb)]).astype(np.int32)
+  return codebook, index
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--m", type=int, default=1024)
+  parser.add_argument("--k", type=int, default=1152)
+  parser.add_argument("--n", type=int, default=64)
+  parser.add_argument("--reps", type=int, default=20)
+  parser.add_argument("--direct", action="store_true",
+                      help="also time the direct (all partial sums) path")
+  args = parser.parse_args()
+  m, k, n = args.m, args.k, args.n
+  rng = np.random.default_rng(0)
+  lossy = rsjax.HardwareSpec(weight_bits=8, cell_bits=2, input_bits=8,
+                             dac_bits=1, ou_rows=9, ou_cols=8, adc_bits=4,
+                             adc_mode="clip")
+  lossless = lossy.replace(adc_bits=5)
+  x = jnp.asarray(rng.integers(0, 256, (m, k)), jnp.int32)
+  w = jnp.asarray(rng.integers(-127, 128, (k, n)), jnp.int32)
+  xf = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+  wf = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"x [{m}, {k}] @ w [{k}, {n}], best of {args.reps}")
+  t_float = best_time(matmul, xf, wf, reps=max(args.reps, 50))
+  print(f"float32 matmul           {t_float * 1e3:8.3f} ms      1.0x")
+  apply = jax.jit(rk.apply)
+
+  def report(name, weights, t_ref=None):
+    t = best_time(apply, weights, x, reps=args.reps)
+    extra = "" if t_ref is None else f"  {t / t_ref:5.2f}x of dense"
+    print(f"{name:24s} {t * 1e3:8.3f} ms {t / t_float:6.1f}x  "
+          f"peak {peak_mib(rk.apply, weights, x):6.1f} MiB{extra}")
+    return t
+
+  start = time.perf_counter()
+  table_w = jax.block_until_ready(rk.prepare(w, lossy))
+  t_prep = time.perf_counter() - start
+  t_prep = best_time(lambda a: rk.prepare(a, lossy).table, w, reps=5)
+  assert table_w.method == "table"
+  t_dense = report("lossy 4-bit clip, table", table_w)
+  print(f"  prepare (once/weights)  {t_prep * 1e3:8.3f} ms; end to end "
+        f"{(t_prep + t_dense) / t_float:6.1f}x")
+  exact_w = rk.prepare(w, lossless)
+  assert exact_w.method == "exact"
+  report("lossless 5-bit, exact", exact_w)
+  if args.direct:
+    report("lossy, direct", rk.prepare(w, lossy, method="direct"))
+  y_table = apply(table_w, x)
+  y_direct = apply(rk.prepare(w, lossy, method="direct"), x[:64])
+  assert np.array_equal(np.asarray(y_table[:64]), np.asarray(y_direct))
+  for s in (2, 4, 8):
+    codebook, index = shared_layer(rng, lossy, k, n, s)
+    sw = rk.prepare_shared(codebook, index, lossy, in_features=k,
+                           out_features=n)
+    t = report(f"shared s={s}, table", sw, t_ref=t_dense)
+    print(f"  target <= 1.5/s = {1.5 / s:.3f} of dense: "
+          f"{'ok' if t / t_dense <= 1.5 / s else 'MISSED'}")
+
+
+if __name__ == "__main__":
+  main()
