@@ -1,0 +1,222 @@
+"""STE sharing, the distance loop and the centroid fine-tune (Linen, NNX)."""
+
+import contextlib
+
+from flax import nnx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rsjax._src import blockops
+from rsjax._src import finalize
+from rsjax._src import pruning
+from rsjax._src import rules as rules_lib
+from rsjax._src import sharing
+
+BLOCK = (9, 2)
+
+
+def _zero_blocks(kernel, plan):
+  return np.asarray(jnp.all(blockops.kernel_to_ous(kernel, plan) == 0,
+                            axis=(2, 3)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_ste_gradient_is_analytic(jit):
+  w = jax.random.normal(jax.random.key(0), (18, 8))
+  x = jax.random.normal(jax.random.key(1), (5, 18))
+  t = jax.random.normal(jax.random.key(2), (5, 8))
+  tx = sharing.ste_sharing(optax.sgd(1.0), [rules_lib.Rule("w", k=2)], BLOCK,
+                           key=jax.random.key(3))
+  params = {"w": w}
+  state = tx.init(params)
+  s = state.layers["w"]
+  z = blockops.shared_kernel(s.codebook, s.index, s.plan)
+
+  def loss(p):
+    y = x @ sharing.training_params(p, state)["w"]
+    return 0.5 * jnp.sum((y - t) ** 2)
+
+  fn = jax.jit(jax.value_and_grad(loss)) if jit else jax.value_and_grad(loss)
+  value, grad = fn(params)
+  # Forward with Z exactly, gradient x^T (x Z - t) straight to W.
+  np.testing.assert_allclose(value, 0.5 * jnp.sum((x @ z - t) ** 2),
+                             rtol=1e-6)
+  np.testing.assert_allclose(grad["w"], x.T @ (x @ z - t), rtol=1e-5,
+                             atol=1e-5)
+  assert len(np.unique(np.asarray(z).reshape(2, 9, 4, 2).transpose(
+      0, 2, 1, 3).reshape(2, 4, 18), axis=1)) <= 2
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_distance_regulariser_gradient(jit):
+  params = {"w": jax.random.normal(jax.random.key(0), (18, 8)),
+            "v": jnp.ones((18, 4))}
+  lam = 0.3
+  tx = sharing.distance_sharing(optax.sgd(1.0), [rules_lib.Rule("w", k=2)],
+                                BLOCK, key=jax.random.key(1), lam=lam)
+  state = tx.init(params)
+  s = state.layers["w"]
+  z = blockops.shared_kernel(s.codebook, s.index, s.plan)
+  grad = jax.grad(lambda p: lam * sharing.distance_loss(p, state))(params)
+  np.testing.assert_allclose(grad["w"], 2 * lam * (params["w"] - z),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(grad["v"], 0.0)
+  # The wrapper adds that gradient to the task gradient (zero here).
+  update = jax.jit(tx.update) if jit else tx.update
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = update(zeros, state, params)
+  np.testing.assert_allclose(updates["w"], -2 * lam * (params["w"] - z),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(updates["v"], 0.0)
+
+
+class _Linen(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), padding="VALID", name="conv")(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(16, name="fc1")(x))
+    return nn.Dense(4, name="fc2")(x)
+
+
+class _Nnx(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(2, 8, (3, 3), padding="VALID", rngs=rngs)
+    self.fc1 = nnx.Linear(128, 16, rngs=rngs)
+    self.fc2 = nnx.Linear(16, 4, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.conv(x))
+    x = nnx.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return self.fc2(x)
+
+
+RULES = [rules_lib.Rule("conv/kernel", k=2, sparsity=0.25),
+         rules_lib.Rule("fc1/kernel", k=3, sparsity=0.5),
+         rules_lib.Rule("fc2/kernel", sparsity=0.25)]
+
+
+def _frontend(kind):
+  """(params, apply(params, x)) for a tiny conv net in Linen or NNX."""
+  x = jnp.zeros((1, 6, 6, 2))
+  if kind == "linen":
+    model = _Linen()
+    params = model.init(jax.random.key(0), x)["params"]
+    return params, lambda p, x: model.apply({"params": p}, x)
+  graphdef, params, rest = nnx.split(_Nnx(nnx.Rngs(0)), nnx.Param, ...)
+  return params, lambda p, x: nnx.merge(graphdef, p, rest)(x)
+
+
+def _optimizer(name):
+  if name == "sgd":
+    return optax.sgd(0.05, momentum=0.9), contextlib.nullcontext()
+  # optax.adam's bias correction mixes float and int32 (strict promotion).
+  return optax.adam(0.01), jax.numpy_dtype_promotion("standard")
+
+
+def _train(tx, params, apply, steps, data, jit=True):
+  x, y = data
+  state = tx.init(params)
+
+  def step(params, state):
+    def loss(p):
+      return jnp.mean((apply(sharing.training_params(p, state), x) - y) ** 2)
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step) if jit else step
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+# Eager (un-jitted) updates are covered by the single-update tests above; a
+# whole eager training run takes minutes.
+@pytest.mark.parametrize("frontend,opt", [
+    ("linen", "sgd"), ("linen", "adam"), ("nnx", "sgd"), ("nnx", "adam")])
+def test_ste_then_finetune_then_export(frontend, opt, jit=True):
+  params, apply = _frontend(frontend)
+  inner, ctx = _optimizer(opt)
+  data = (jax.random.normal(jax.random.key(1), (32, 6, 6, 2)),
+          jax.random.normal(jax.random.key(2), (32, 4)))
+  schedule = pruning.PruneSchedule(begin=0, end=4, every=2)
+  with ctx:
+    tx = sharing.ste_sharing(inner, RULES, BLOCK, key=jax.random.key(3),
+                             recluster_every=3, prune=schedule)
+    params, state = _train(tx, params, apply, 7, data, jit)
+  plan = pruning.plans_of(state.layers)
+  masks = {p: np.asarray(s.mask) for p, s in state.layers.items()}
+  assert {p: int((~m).sum()) for p, m in masks.items()} == {
+      "conv/kernel": 2, "fc1/kernel": 60, "fc2/kernel": 1}
+
+  def check_sparsity(tree):
+    kernels = pruning.kernels_of(tree, plan)
+    for p in plan:
+      np.testing.assert_array_equal(_zero_blocks(kernels[p], plan[p]),
+                                    ~masks[p], err_msg=p)
+
+  check_sparsity(params)
+  check_sparsity(sharing.training_params(params, state))
+  trained = apply(sharing.training_params(params, state), data[0])
+
+  # Hard projection, then the centroid fine-tune on the same assignments.
+  params = sharing.project(params, state)
+  check_sparsity(params)
+  np.testing.assert_array_equal(apply(params, data[0]), trained)
+  with ctx:
+    ft = sharing.centroid_finetune(inner, RULES, BLOCK)
+    ft_params, ft_state = _train(ft, params, apply, 3, data, jit)
+  for p, s in ft_state.layers.items():
+    np.testing.assert_array_equal(s.mask, masks[p])
+    if s.codebook is not None:
+      np.testing.assert_array_equal(s.index >= 0, masks[p])
+  check_sparsity(sharing.training_params(ft_params, ft_state))
+  trained = apply(sharing.training_params(ft_params, ft_state), data[0])
+  assert not np.array_equal(
+      trained, apply(params, data[0]))  # the centroids moved
+
+  comp = finalize.to_compressed(ft_params, ft_state)
+  assert list(comp) == list(plan)
+  for p, layer in comp.items():
+    np.testing.assert_array_equal(np.asarray(layer.index) >= 0, masks[p])
+    if plan[p].shared:
+      assert layer.stored_per_row_block().max() <= plan[p].k
+  exported = pruning.map_planned(lambda p, w: comp[p].to_kernel(), ft_params,
+                                 plan)
+  np.testing.assert_array_equal(apply(exported, data[0]), trained)
+
+
+def test_distance_loop_projects_to_k_blocks():
+  params, apply = _frontend("linen")
+  data = (jax.random.normal(jax.random.key(1), (32, 6, 6, 2)),
+          jax.random.normal(jax.random.key(2), (32, 4)))
+  key = jax.random.key(3)
+  tx = optax.chain(optax.clip_by_global_norm(10.0), sharing.distance_sharing(
+      optax.sgd(0.05, momentum=0.9), RULES, BLOCK, key=key,
+      lam=optax.linear_schedule(0.0, 1.0, 6), recluster_every=3))
+  params, state = _train(tx, params, apply, 6, data)
+  before = sharing.distance_loss(params, state)
+  state = sharing.recluster(params, state, key)
+  assert float(sharing.distance_loss(params, state)) <= float(before)
+  params = sharing.project(params, state)
+  assert float(sharing.distance_loss(params, state)) == 0.0
+  comp = finalize.to_compressed(params, rules=RULES, hw=BLOCK)
+  from_state = finalize.to_compressed(params, state)
+  for p, layer in comp.items():
+    np.testing.assert_array_equal(layer.to_kernel(),
+                                  from_state[p].to_kernel())
+    if layer.index.shape[1] > 2 and p != "fc2/kernel":
+      assert layer.stored_per_row_block().max() <= 3
+  exported = pruning.map_planned(lambda p, w: comp[p].to_kernel(), params,
+                                 comp)
+  np.testing.assert_array_equal(apply(exported, data[0]),
+                                apply(params, data[0]))
+  with pytest.raises(ValueError, match="project"):
+    finalize.to_compressed(_frontend("linen")[0], rules=RULES, hw=BLOCK)
