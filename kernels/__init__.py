@@ -2,7 +2,12 @@
 
 from rsjax.kernels.cells import Nonideal
 from rsjax.kernels.crossbar import CrossbarWeights
+from rsjax.kernels.conv import conv_apply
+from rsjax.kernels.conv import crossbar_conv
+from rsjax.kernels.conv import im2col
+from rsjax.kernels.counters import ou_counts
 from rsjax.kernels.crossbar import apply
+from rsjax.kernels.crossbar import calibrate_adc_range
 from rsjax.kernels.crossbar import crossbar_matmul
 from rsjax.kernels.crossbar import prepare
 from rsjax.kernels.crossbar import prepare_shared
@@ -13,6 +18,11 @@ __all__ = (
     "CrossbarWeights",
     "Nonideal",
     "apply",
+    "calibrate_adc_range",
+    "conv_apply",
+    "crossbar_conv",
+    "im2col",
+    "ou_counts",
     "crossbar_matmul",
     "prepare",
     "prepare_shared",

@@ -1,0 +1,139 @@
+"""Non-idealities, counters and ADC calibration of the crossbar emulator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rsjax
+from rsjax import kernels as rk
+from rsjax.kernels import cells as cells_lib
+
+HW = rsjax.HardwareSpec(adc_bits=4)
+
+
+def _data(seed=0, m=6, k=20, n=5):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (m, k)),
+          rng.integers(-127, 128, (k, n)))
+
+
+@pytest.mark.parametrize("method", ["table", "direct"])
+def test_zero_noise_equals_ideal(method):
+  x, w = _data()
+  ideal = rk.crossbar_matmul(x, w, HW, method=method)
+  noisy = rk.crossbar_matmul(x, w, HW, key=jax.random.key(0),
+                             nonideal=rk.Nonideal(), method=method)
+  np.testing.assert_array_equal(np.asarray(noisy), np.asarray(ideal))
+
+
+def test_zero_read_noise_direct_equals_table():
+  x, w = _data(1)
+  table = rk.crossbar_matmul(x, w, HW, method="table")
+  direct = rk.crossbar_matmul(x, w, HW, method="direct")
+  np.testing.assert_array_equal(np.asarray(table), np.asarray(direct))
+
+
+@pytest.mark.parametrize("nonideal", [
+    rk.Nonideal(program_sigma=0.2),
+    rk.Nonideal(stuck_at_0=0.05, stuck_at_1=0.05),
+    rk.Nonideal(read_sigma=0.5),
+])
+def test_noise_reproducible_by_key_and_vmappable(nonideal):
+  x, w = _data(2)
+  f = lambda key: rk.crossbar_matmul(x, w, HW, key=key, nonideal=nonideal)
+  a, b = f(jax.random.key(3)), f(jax.random.key(3))
+  c = f(jax.random.key(4))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(a), np.asarray(c))
+  keys = jax.random.split(jax.random.key(3), 3)
+  batch = jax.jit(jax.vmap(f))(keys)
+  assert batch.shape == (3,) + a.shape
+  for i in range(3):
+    np.testing.assert_array_equal(np.asarray(batch[i]),
+                                  np.asarray(f(keys[i])))
+
+
+def test_noise_needs_key():
+  x, w = _data()
+  with pytest.raises(ValueError, match="key"):
+    rk.crossbar_matmul(x, w, HW, nonideal=rk.Nonideal(read_sigma=1.0))
+  with pytest.raises(ValueError, match="key"):
+    rk.crossbar_matmul(x, w, HW, nonideal=rk.Nonideal(program_sigma=1.0))
+  with pytest.raises(ValueError, match=">= 0"):
+    rk.Nonideal(read_sigma=-1.0)
+
+
+def test_fault_rates_within_bounds():
+  n = 200_000
+  levels = jnp.full((n,), 1, jnp.int32)
+  nonideal = rk.Nonideal(stuck_at_0=0.02, stuck_at_1=0.05)
+  g = np.asarray(cells_lib.program(levels, HW, nonideal, jax.random.key(5)))
+  top = 2**HW.cell_bits - 1
+  for rate, value in ((0.02, 0.0), (0.05, top)):
+    observed = np.mean(g == value)
+    bound = 5 * np.sqrt(rate * (1 - rate) / n)  # 5 sigma
+    assert abs(observed - rate) < bound, (observed, rate)
+  assert np.all((g == 0) | (g == top) | (g == 1))
+
+
+def test_program_variation_statistics():
+  n = 100_000
+  levels = jnp.full((n,), 2, jnp.int32)
+  g = np.asarray(cells_lib.program(levels, HW, rk.Nonideal(program_sigma=0.1),
+                                   jax.random.key(6)))
+  assert abs(g.mean() - 2.0) < 5 * 0.1 / np.sqrt(n)
+  assert abs(g.std() - 0.1) < 0.005
+
+
+def test_read_noise_mean_close_to_ideal():
+  hw = HW.replace(adc_bits=5)  # lossless: noise is the only error
+  x, w = _data(7, m=4)
+  ideal = np.asarray(rk.crossbar_matmul(x, w, hw, method="direct"), float)
+  nonideal = rk.Nonideal(read_sigma=0.3)
+  keys = jax.random.split(jax.random.key(8), 16)
+  runs = jax.vmap(lambda k: rk.crossbar_matmul(x, w, hw, key=k,
+                                               nonideal=nonideal))(keys)
+  runs = np.asarray(runs, float)
+  assert not np.array_equal(runs[0], ideal)
+  err = np.abs(runs.mean(0) - ideal) / np.abs(x @ np.abs(w)).max()
+  assert err.max() < 0.05
+
+
+def test_counters_dense_and_shared():
+  hw = rsjax.HardwareSpec()
+  index = np.array([[0, 1, 0, -1], [0, 0, 0, 0]], np.int32)
+  c = rk.ou_counts(hw, index=index, positions=3)
+  per = 3 * hw.cycles
+  assert c["ou_activations_dense"] == 8 * per
+  assert c["ou_activations_pruned"] == 7 * per
+  assert c["ou_activations_shared"] == 3 * per
+  assert c["adc_conversions_shared"] == 3 * per * hw.ou_cols
+  d = rk.ou_counts(hw.replace(signed="differential", weight_bits=9),
+                   (20, 7))
+  # 3 row-blocks x 4 column groups of 2 weights, 2 arrays, 8 cycles.
+  assert d["ou_activations_dense"] == 3 * 4 * 2 * 8
+
+
+def test_counters_match_core_report():
+  report = pytest.importorskip("rsjax._src.report")
+  hw = rsjax.HardwareSpec()
+  rng = np.random.default_rng(9)
+  # A hand-made layer (3x3x4 -> 8): 4 row-blocks x 4 groups, 3 slots.
+  index = jnp.asarray(rng.integers(-1, 3, (4, 4)), jnp.int32)
+  codebook = jnp.asarray(rng.standard_normal((4, 3, 9, 2)), jnp.float32)
+  layer = rsjax.CompressedLayer(codebook, index, (3, 3, 4, 8))
+  fig = report.layer_report(layer, hw, positions=5)
+  mine = rk.ou_counts(hw, index=layer.index, positions=5)
+  for key, value in mine.items():
+    assert fig[key] == value, key
+
+
+def test_calibrated_range_from_data():
+  hw = HW.replace(adc_mode="calibrated")
+  x, w = _data(10, m=32, k=36, n=8)
+  lo = rk.calibrate_adc_range(x, w, hw, quantile=0.5)
+  hi = rk.calibrate_adc_range(x, w, hw, quantile=1.0)
+  assert hw.adc_max <= lo <= hi <= hw.partial_sum_max
+  y = rk.crossbar_matmul(x, w, hw, adc_range=hi)
+  assert y.dtype == jnp.float32
