@@ -48,7 +48,10 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
                                           hw.weight_bits, per=per)
   y_int = crossbar.crossbar_matmul(qx, qw, hw, key=key, adc_range=adc_range,
                                    nonideal=nonideal, method=method)
-  y_emul = y_int.astype(jnp.float32) * (x_scale * w_scale)
+  scale = x_scale * w_scale
+  if scale.ndim:
+    scale = scale.reshape((1,) * (y_int.ndim - 1) + (-1,))
+  y_emul = y_int.astype(jnp.float32) * scale
   return y_float + jax.lax.stop_gradient(y_emul - y_float)
 
 

@@ -1,0 +1,421 @@
+"""Whole-model emulation of Flax Linen and NNX models on crossbars.
+
+Two steps, without rewriting the model:
+
+1. ``prepare_linen`` / ``prepare_nnx`` run the float model on a few
+   calibration batches (eagerly) and record, for every ``Dense``/``Conv``
+   (Linen) or ``Linear``/``Conv`` (NNX) whose kernel path matches ``rules``
+   (``re.search`` on ``'params/<module path>/kernel'`` for Linen,
+   ``'<attribute path>/kernel'`` for NNX): the largest input seen (the input
+   scale is ``max / (2^input_bits - 1)``), whether inputs go negative, and a
+   ``BatchNorm`` that directly consumes the layer's output. That BatchNorm is
+   folded into the layer (``W' = W * g / sqrt(v + eps)``,
+   ``b' = (b - m) g / sqrt(v + eps) + beta``) and skipped at emulation time.
+   Weights are quantized to ``weight_bits`` (per layer or per column) and
+   programmed with :func:`rsjax.kernels.prepare`: the per-weight work is done
+   once, here.
+2. ``emulate_linen`` (through ``flax.linen.intercept_methods``) /
+   ``emulate_nnx`` (a copy of the model with the layers swapped for
+   emulated ones) then run inference; both work under ``jax.jit``.
+
+A layer's inputs are quantized to unsigned ``input_bits`` integers with its
+calibrated scale (values above the calibrated maximum saturate). A layer fed
+signed inputs (e.g. normalised pixels) is emulated as two unsigned passes,
+``f(relu(x)) - f(relu(-x))``. Biases are added digitally in float. Models
+must run in inference mode (``train=False`` / ``model.eval()``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from flax import linen as nn
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+
+from rsjax._src import hardware
+from rsjax._src import quantize
+from rsjax.kernels import conv as conv_lib
+from rsjax.kernels import crossbar
+
+
+@struct.dataclass
+class LayerPlan:
+  """One emulated layer (a pytree).
+
+  Attributes:
+    weights: the programmed crossbar matrix (BatchNorm folded in).
+    w_scale: weight scale, scalar or ``[N]``.
+    x_scale: input scale, a scalar.
+    bias: ``[N]`` float32 digital bias.
+    hw: the hardware.
+    signed: whether inputs are emulated in two unsigned passes.
+    conv: ``(kernel_size, strides, padding, dilation)`` for a conv, else None.
+    folded: the path of the folded BatchNorm, or None.
+  """
+
+  weights: crossbar.CrossbarWeights
+  w_scale: jax.Array
+  x_scale: jax.Array
+  bias: jax.Array
+  hw: hardware.HardwareSpec = struct.field(pytree_node=False)
+  signed: bool = struct.field(pytree_node=False)
+  conv: tuple | None = struct.field(pytree_node=False)
+  folded: str | None = struct.field(pytree_node=False, default=None)
+
+
+def _hashable_padding(padding):
+  if isinstance(padding, str):
+    return padding
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def _conv_config(kernel_size, strides, padding, dilation, input_dilation,
+                 groups):
+  if groups != 1:
+    raise ValueError("grouped convolutions are not supported by the emulator")
+  if input_dilation not in (None, 1) and any(
+      d != 1 for d in (input_dilation if not isinstance(input_dilation, int)
+                       else (input_dilation,))):
+    raise ValueError("input dilation is not supported by the emulator")
+  if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
+    raise ValueError(f"padding {padding!r} is not supported by the emulator")
+  return (tuple(kernel_size), strides if strides is not None else 1,
+          _hashable_padding(padding), dilation if dilation is not None else 1)
+
+
+def _plan(kernel, bias, bn, stats, hw, per, nonideal, key, method, conv,
+          bn_path, adc_range):
+  """Folds, quantizes and programs one layer."""
+  n = kernel.shape[-1]
+  matrix = jnp.asarray(kernel, jnp.float32).reshape(-1, n)
+  bias = (jnp.zeros((n,), jnp.float32) if bias is None
+          else jnp.asarray(bias, jnp.float32))
+  if bn is not None:
+    gamma, beta, mean, var, eps = bn
+    s = gamma * jax.lax.rsqrt(var + jnp.float32(eps))
+    matrix = matrix * s[None]
+    bias = (bias - mean) * s + beta
+  qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
+  top = float(2**hw.input_bits - 1)
+  x_scale = jnp.float32(stats["max"] / top if stats["max"] > 0 else 1.0)
+  weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
+                             key=key, method=method)
+  return LayerPlan(weights, w_scale, x_scale, bias, hw, stats["min"] < 0,
+                   conv, bn_path)
+
+
+def _last_axis(v, ndim):
+  """``v`` (scalar or ``[N]``) shaped to broadcast over ``ndim`` dims."""
+  return v if v.ndim == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def run_layer(plan: LayerPlan, x, key=None):
+  """The emulated layer on float inputs ``x`` (float32 out)."""
+  x = jnp.asarray(x, jnp.float32)
+  unbatched = plan.conv is not None and x.ndim == 3
+  if unbatched:
+    x = x[None]
+
+  def one(xpos, k):
+    q = crossbar.quantize_inputs(xpos, plan.x_scale, plan.hw)
+    if plan.conv is None:
+      y = crossbar.apply(plan.weights, q, key=k)
+    else:
+      y = conv_lib.conv_apply(plan.weights, q, *plan.conv, key=k)
+    scale = plan.x_scale * plan.w_scale
+    return y.astype(jnp.float32) * _last_axis(scale, y.ndim)
+
+  keys = (None, None) if key is None else jax.random.split(key)
+  y = one(jnp.maximum(x, 0.0), keys[0])
+  if plan.signed:
+    y = y - one(jnp.maximum(-x, 0.0), keys[1])
+  y = y + _last_axis(plan.bias, y.ndim)
+  return y[0] if unbatched else y
+
+
+class _Stats:
+  """Running input statistics of the layers (calibration only)."""
+
+  def __init__(self):
+    self.layers: dict[str, dict[str, Any]] = {}
+    self.produced: dict[int, str] = {}
+    self.alive: list[Any] = []
+    self.bn: dict[str, tuple[str, tuple]] = {}
+
+  def see(self, name, x, params):
+    stat = self.layers.setdefault(name, {"max": 0.0, "min": 0.0,
+                                         "sample": x, **params})
+    stat["max"] = max(stat["max"], float(jnp.max(x)), float(-jnp.min(x)))
+    stat["min"] = min(stat["min"], float(jnp.min(x)))
+
+  def output(self, name, y):
+    # Ids identify the very array a BatchNorm consumes; keep it alive so the
+    # id is not reused within the batch.
+    self.produced[id(y)] = name
+    self.alive.append(y)
+    return y
+
+  def batchnorm(self, x, bn_path, params):
+    name = self.produced.get(id(x))
+    if name is not None:
+      self.bn[name] = (bn_path, params)
+
+
+def _adc_range(stats, plan_w, hw, x_scale):
+  """The calibrated ADC range from the first calibration batch."""
+  x = jnp.maximum(jnp.asarray(stats["sample"], jnp.float32), 0.0)
+  if stats.get("conv") is not None:
+    x = conv_lib.im2col(x if x.ndim == 4 else x[None], *stats["conv"])
+  q = crossbar.quantize_inputs(x, x_scale, hw)
+  return crossbar.calibrate_adc_range(q, plan_w, hw)
+
+
+def _finish(stats: _Stats, hw, per, nonideal, key, method, fold_bn):
+  plans = {}
+  for i, (name, st) in enumerate(sorted(stats.layers.items())):
+    bn_path, bn = stats.bn.get(name, (None, None)) if fold_bn else (None, None)
+    k = None if key is None else jax.random.fold_in(key, i)
+    adc_range = None
+    if hw.adc_mode == "calibrated":
+      n = st["kernel"].shape[-1]
+      matrix = jnp.asarray(st["kernel"], jnp.float32).reshape(-1, n)
+      if bn is not None:
+        matrix = matrix * (bn[0] * jax.lax.rsqrt(bn[3] + jnp.float32(bn[4])))[
+            None]
+      qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
+      top = float(2**hw.input_bits - 1)
+      adc_range = _adc_range(st, qw, hw, jnp.float32(
+          st["max"] / top if st["max"] > 0 else 1.0))
+    plans[name] = _plan(st["kernel"], st["bias"], bn, st, hw, per, nonideal,
+                        k, method, st.get("conv"), bn_path, adc_range)
+  return plans
+
+
+def _linen_name(mod) -> str:
+  return "/".join(str(p) for p in mod.path)
+
+
+def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
+                  hw: hardware.HardwareSpec, *, rules: str = r".*",
+                  per: str = "layer", nonideal=None, key=None,
+                  method: str = "auto", fold_bn: bool = True,
+                  **apply_kwargs) -> dict[str, LayerPlan]:
+  """Calibrates and programs a Linen model's layers (see module).
+
+  Args:
+    model: the Linen module.
+    variables: its variables (``params``, ``batch_stats``...).
+    batches: a few input batches (positional input of ``model.apply``).
+    hw: the hardware.
+    rules: regex over ``'params/<module path>/kernel'``.
+    per: weight scale per ``'layer'`` or ``'column'``.
+    nonideal, key, method: as :func:`rsjax.kernels.prepare`.
+    fold_bn: fold a BatchNorm that directly follows a layer.
+    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
+
+  Returns:
+    ``{module path: LayerPlan}`` for :func:`emulate_linen`.
+  """
+  regex = re.compile(rules)
+  stats = _Stats()
+
+  def record(next_fun, args, kwargs, ctx):
+    mod = ctx.module
+    if ctx.method_name != "__call__" or not args:
+      return next_fun(*args, **kwargs)
+    name = _linen_name(mod)
+    if (isinstance(mod, (nn.Dense, nn.Conv))
+        and regex.search(f"params/{name}/kernel")):
+      p = mod.variables["params"]
+      conv = None
+      if isinstance(mod, nn.Conv):
+        conv = _conv_config(mod.kernel_size, mod.strides, mod.padding,
+                            mod.kernel_dilation, mod.input_dilation,
+                            mod.feature_group_count)
+      stats.see(name, args[0], {"kernel": p["kernel"],
+                                "bias": p.get("bias"), "conv": conv})
+      return stats.output(name, next_fun(*args, **kwargs))
+    if isinstance(mod, nn.BatchNorm):
+      v = mod.variables
+      stats.batchnorm(args[0], name, (
+          v["params"].get("scale", 1.0), v["params"].get("bias", 0.0),
+          v["batch_stats"]["mean"], v["batch_stats"]["var"], mod.epsilon))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    for batch in batches:
+      stats.produced.clear()
+      stats.alive.clear()
+      model.apply(variables, batch, **apply_kwargs)
+  if not stats.layers:
+    raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
+  return _finish(stats, hw, per, nonideal, key, method, fold_bn)
+
+
+def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,
+                  **apply_kwargs):
+  """``model.apply(variables, x)`` with the planned layers on crossbars.
+
+  Args:
+    model, variables: as for :func:`prepare_linen`.
+    x: the input batch.
+    plans: from :func:`prepare_linen`.
+    key: read-noise key (one per layer is folded from it).
+    **apply_kwargs: passed to ``model.apply``.
+
+  Returns:
+    The model output.
+  """
+  order = {name: i for i, name in enumerate(sorted(plans))}
+  folded = {p.folded for p in plans.values() if p.folded is not None}
+
+  def emulate(next_fun, args, kwargs, ctx):
+    if ctx.method_name != "__call__" or not args:
+      return next_fun(*args, **kwargs)
+    name = _linen_name(ctx.module)
+    if name in plans and isinstance(ctx.module, (nn.Dense, nn.Conv)):
+      k = None if key is None else jax.random.fold_in(key, order[name])
+      return run_layer(plans[name], args[0], k)
+    if name in folded and isinstance(ctx.module, nn.BatchNorm):
+      return args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(emulate):
+    return model.apply(variables, x, **apply_kwargs)
+
+
+class _Recorder(nnx.Module):
+  """Stands in for a layer or BatchNorm during NNX calibration."""
+
+  def __init__(self, inner, name, stats, layer):
+    self.inner = inner
+    self.name = name
+    self.stats = stats
+    self.layer = layer
+
+  def __call__(self, x):
+    m = self.inner
+    if not self.layer:
+      self.stats.batchnorm(x, self.name, (
+          m.scale[...] if m.scale is not None else 1.0,
+          m.bias[...] if m.bias is not None else 0.0,
+          m.mean[...], m.var[...], m.epsilon))
+      return m(x)
+    conv = None
+    if isinstance(m, nnx.Conv):
+      conv = _conv_config(m.kernel_size, m.strides, m.padding,
+                          m.kernel_dilation, m.input_dilation,
+                          m.feature_group_count)
+    self.stats.see(self.name, x, {
+        "kernel": m.kernel[...],
+        "bias": m.bias[...] if m.bias is not None else None, "conv": conv})
+    return self.stats.output(self.name, m(x))
+
+
+class EmulatedLayer(nnx.Module):
+  """An NNX layer replaced by its crossbar emulation."""
+
+  def __init__(self, plan: LayerPlan, index: int, key=None):
+    self.plan = nnx.data(plan)
+    self.index = index
+    self.key = None if key is None else nnx.data(key)
+
+  def __call__(self, x):
+    k = None if self.key is None else jax.random.fold_in(self.key, self.index)
+    return run_layer(self.plan, x, k)
+
+
+class _Identity(nnx.Module):
+
+  def __call__(self, x):
+    return x
+
+
+def _swap(model, make):
+  """Replaces the modules ``make(path, node)`` returns a substitute for."""
+  for path, node in list(nnx.iter_graph(model)):
+    if not path or not isinstance(node, nnx.Module):
+      continue
+    new = make(path, node)
+    if new is None:
+      continue
+    parent = model
+    for p in path[:-1]:
+      parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(path[-1], int):
+      parent[path[-1]] = new
+    else:
+      setattr(parent, path[-1], new)
+
+
+def _nnx_name(path) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
+                hw: hardware.HardwareSpec, *, rules: str = r".*",
+                per: str = "layer", nonideal=None, key=None,
+                method: str = "auto", fold_bn: bool = True
+                ) -> dict[str, LayerPlan]:
+  """Calibrates and programs an NNX model's layers (see module).
+
+  The model is not modified (a clone is calibrated); put it in eval mode.
+  Rules match ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``.
+
+  Returns:
+    ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
+  """
+  regex = re.compile(rules)
+  stats = _Stats()
+  probe = nnx.clone(model)
+
+  def make(path, node):
+    name = _nnx_name(path)
+    if (isinstance(node, (nnx.Linear, nnx.Conv))
+        and regex.search(f"{name}/kernel")):
+      return _Recorder(node, name, stats, True)
+    if isinstance(node, nnx.BatchNorm):
+      return _Recorder(node, name, stats, False)
+    return None
+
+  _swap(probe, make)
+  for batch in batches:
+    stats.produced.clear()
+    stats.alive.clear()
+    probe(batch)
+  if not stats.layers:
+    raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
+  return _finish(stats, hw, per, nonideal, key, method, fold_bn)
+
+
+def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:
+  """A copy of ``model`` whose planned layers run on the emulator.
+
+  Args:
+    model: the NNX model (eval mode).
+    plans: from :func:`prepare_nnx`.
+    key: read-noise key (folded per layer); a fixed part of the copy.
+
+  Returns:
+    The emulated copy; call it like the model (also under ``nnx.jit``).
+  """
+  emulated = nnx.clone(model)
+  order = {name: i for i, name in enumerate(sorted(plans))}
+  folded = {p.folded for p in plans.values() if p.folded is not None}
+
+  def make(path, node):
+    name = _nnx_name(path)
+    if name in plans and isinstance(node, (nnx.Linear, nnx.Conv)):
+      return EmulatedLayer(plans[name], order[name], key)
+    if name in folded and isinstance(node, nnx.BatchNorm):
+      return _Identity()
+    return None
+
+  _swap(emulated, make)
+  return emulated
