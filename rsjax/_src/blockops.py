@@ -69,6 +69,58 @@ def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
   return codebook, index
 
 
+def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
+                   scope: str = "row_block"):
+  """:func:`recluster` of many layers, batched into few k-means calls.
+
+  Layers with the same ``k`` and block shape are clustered in one call (per
+  row-block scope): their row-blocks are stacked, each padded with all-zero
+  blocks up to the widest layer's column groups, which k-means treats as
+  pruned. One compiled k-means per group instead of one per layer keeps the
+  training step's compile time and the re-clustering's launch count low.
+
+  Args:
+    kernels, masks, plans: ``{path: ...}`` of the shared layers.
+    key: a ``jax.random`` key.
+    n_init, max_iter, scope: k-means settings.
+
+  Returns:
+    ``{path: (codebook [R, min(k, G), bh, bw], index [R, G])}``.
+  """
+  out = {}
+  if scope != "row_block":
+    for i, p in enumerate(plans):
+      out[p] = recluster(kernels[p], masks[p], jax.random.fold_in(key, i),
+                         plans[p], n_init=n_init, max_iter=max_iter,
+                         scope=scope)
+    return out
+  groups = {}
+  for p, lp in plans.items():
+    groups.setdefault((lp.k, tuple(lp.block_shape)), []).append(p)
+  for gi, ((k, (bh, bw)), members) in enumerate(groups.items()):
+    width = max(plans[p].grid[1] for p in members)
+    xs = []
+    for p in members:
+      ous = kernel_to_ous(apply_mask(kernels[p], masks[p], plans[p]),
+                          plans[p]).astype(jnp.float32)
+      num_rows, num_groups = ous.shape[:2]
+      xs.append(jnp.pad(ous.reshape(num_rows, num_groups, bh * bw),
+                        ((0, 0), (0, width - num_groups), (0, 0))))
+    n_trials = 2 + int(math.log(max(min(k, width), 1)))
+    codebook, index = kmeans._cluster(  # pylint: disable=protected-access
+        jnp.concatenate(xs), jax.random.fold_in(key, gi), k=k, n_init=n_init,
+        max_iter=max_iter, scope=scope, n_trials=n_trials)
+    start = 0
+    for p in members:
+      lp = plans[p]
+      num_rows, num_groups = lp.grid
+      cb = codebook[start:start + num_rows, :lp.slots]
+      out[p] = (cb.reshape(num_rows, lp.slots, bh, bw).astype(kernels[p].dtype),
+                index[start:start + num_rows, :num_groups])
+      start += num_rows
+  return out
+
+
 def centroid_means(kernel, index, plan: rules_lib.LayerPlan):
   """Codebook of member means for fixed assignments (the Lloyd update).
 

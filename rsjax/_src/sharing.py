@@ -169,30 +169,23 @@ def distance_loss(params, opt_state):
 
 
 def _recluster_layers(kernels, layers, key, n_init, max_iter, scope):
-  out = {}
-  for i, (p, s) in enumerate(layers.items()):
-    if s.codebook is None:
-      out[p] = (s.codebook, s.index)
-      continue
-    out[p] = blockops.recluster(kernels[p], s.mask, jax.random.fold_in(key, i),
-                                s.plan, n_init=n_init, max_iter=max_iter,
-                                scope=scope)
-  return out
+  shared = {p: s.plan for p, s in layers.items() if s.codebook is not None}
+  new = blockops.recluster_many(
+      {p: kernels[p] for p in shared}, {p: layers[p].mask for p in shared},
+      shared, key, n_init=n_init, max_iter=max_iter, scope=scope)
+  return {p: new.get(p, (s.codebook, s.index)) for p, s in layers.items()}
 
 
 def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope):
   plan = rules_lib.make_plan(params, rules, hw)
   masks = pruning.initial_masks(params, plan, schedule)
   kernels = pruning.kernels_of(params, plan)
-  layers = {}
-  for i, (p, lp) in enumerate(plan.items()):
-    codebook = index = None
-    if lp.shared:
-      codebook, index = blockops.recluster(
-          kernels[p], masks[p], jax.random.fold_in(key, i), lp,
-          n_init=n_init, max_iter=max_iter, scope=scope)
-    layers[p] = LayerState(masks[p], codebook, index, lp)
-  return layers
+  shared = {p: lp for p, lp in plan.items() if lp.shared}
+  new = blockops.recluster_many(
+      {p: kernels[p] for p in shared}, {p: masks[p] for p in shared}, shared,
+      key, n_init=n_init, max_iter=max_iter, scope=scope)
+  return {p: LayerState(masks[p], *new.get(p, (None, None)), lp)
+          for p, lp in plan.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("n_init", "max_iter", "scope"))
