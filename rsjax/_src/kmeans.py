@@ -35,11 +35,23 @@ def _sq_dists(x, c):
   return jnp.maximum(d, 0.0)
 
 
+def _sample(key, weights, num):
+  """``num`` indices drawn in proportion to non-negative ``weights``.
+
+  Inverse-CDF sampling: ``num`` uniforms a draw rather than a Gumbel variate
+  for every point, which made seeding the bottleneck on CPU.
+  """
+  cdf = jnp.cumsum(weights)
+  u = jax.random.uniform(key, (num,), weights.dtype) * cdf[-1]
+  idx = jnp.searchsorted(cdf, u, side="right", method="compare_all")
+  return jnp.minimum(idx, weights.shape[0] - 1)
+
+
 def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
   """Greedy k-means++ seeding (as scikit-learn) of ``k_eff`` slots."""
   key, first_key = jax.random.split(key)
-  valid_logits = jnp.where(valid, 0.0, -jnp.inf)
-  first = jax.random.categorical(first_key, valid_logits)
+  uniform = valid.astype(x.dtype)
+  first = _sample(first_key, uniform, 1)[0]
   centroids = jnp.zeros((num_slots, x.shape[1]), x.dtype).at[0].set(x[first])
   closest = jnp.where(valid, _sq_dists(x, x[first][None])[:, 0], 0.0)
 
@@ -48,10 +60,8 @@ def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
     key, sub = jax.random.split(key)
     # Sample candidates in proportion to D^2; if every valid point already
     # coincides with a centroid, fall back to uniform over valid points.
-    logits = jnp.where(closest > 0, jnp.log(jnp.where(closest > 0, closest, 1)),
-                       -jnp.inf)
-    logits = jnp.where(jnp.any(closest > 0), logits, valid_logits)
-    cands = jax.random.categorical(sub, logits, shape=(n_trials,))
+    weights = jnp.where(jnp.any(closest > 0), closest, uniform)
+    cands = _sample(sub, weights, n_trials)
     cand_closest = jnp.minimum(closest[None], _sq_dists(x, x[cands]).T)
     cand_closest = jnp.where(valid[None], cand_closest, 0.0)
     best = jnp.argmin(jnp.sum(cand_closest, axis=1))
@@ -65,8 +75,12 @@ def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
   return centroids
 
 
-def _lloyd(x, valid, centroids, k_eff, max_iter):
-  """Lloyd iterations; returns (centroids, labels, inertia)."""
+def _lloyd(x, valid, centroids, k_eff, max_iter, tol):
+  """Lloyd iterations; returns (centroids, labels, inertia).
+
+  Stops when no label changes or, as scikit-learn, when the centroids move by
+  at most ``tol`` times the mean per-dimension variance of the points.
+  """
   num_slots = centroids.shape[0]
   active = jnp.arange(num_slots) < k_eff
 
@@ -83,10 +97,15 @@ def _lloyd(x, valid, centroids, k_eff, max_iter):
     # Re-seed each empty cluster at a distinct far point (farthest first).
     empty = active & (counts == 0)
     own_dist = jnp.where(valid, own_dist, -1.0)
-    farthest = jnp.argsort(-own_dist)
-    pick = farthest[jnp.clip(jnp.cumsum(empty) - 1, 0, x.shape[0] - 1)]
-    reseed = empty & (own_dist[pick] > 0)
-    return jnp.where(reseed[:, None], x[pick], means)
+    far_dist, farthest = jax.lax.top_k(own_dist, num_slots)
+    rank = jnp.cumsum(empty) - 1
+    reseed = empty & (far_dist[rank] > 0)
+    return jnp.where(reseed[:, None], x[farthest[rank]], means)
+
+  weight = valid.astype(x.dtype)[:, None]
+  count = jnp.maximum(jnp.sum(weight), 1.0)
+  mean = jnp.sum(x * weight, axis=0) / count
+  threshold = tol * jnp.sum((x - mean[None]) ** 2 * weight) / count / x.shape[1]
 
   def cond(state):
     it, _, _, changed = state
@@ -95,8 +114,10 @@ def _lloyd(x, valid, centroids, k_eff, max_iter):
   def body(state):
     it, c, labels, _ = state
     new_labels, own_dist = assign(c)
-    changed = jnp.any((new_labels != labels) & valid)
-    return it + 1, update(new_labels, own_dist), new_labels, changed
+    new_c = update(new_labels, own_dist)
+    changed = (jnp.any((new_labels != labels) & valid)
+               & (jnp.sum((new_c - c) ** 2) > threshold))
+    return it + 1, new_c, new_labels, changed
 
   labels0 = jnp.full(x.shape[:1], -1, jnp.int32)
   _, centroids, labels, _ = jax.lax.while_loop(
@@ -106,13 +127,13 @@ def _lloyd(x, valid, centroids, k_eff, max_iter):
   return centroids, labels, inertia
 
 
-def _kmeans_restarts(keys, x, valid, k, num_slots, max_iter, n_trials):
+def _kmeans_restarts(keys, x, valid, k, num_slots, max_iter, tol, n_trials):
   """Best of ``len(keys)`` restarts on one point set ``x [G, D]``."""
   k_eff = jnp.minimum(k, jnp.sum(valid))
 
   def one(key):
     init = _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials)
-    return _lloyd(x, valid, init, k_eff, max_iter)
+    return _lloyd(x, valid, init, k_eff, max_iter, tol)
 
   centroids, labels, inertia = jax.vmap(one)(keys)
   best = jnp.argmin(inertia)
@@ -148,7 +169,7 @@ def _compact(labels, valid, table, num_out):
 
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter",
                                              "scope", "n_trials"))
-def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials):
+def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials, tol=1e-4):
   """Jitted core of :func:`cluster_ous` on ``x [R, G, D]`` float32."""
   num_rows, num_groups, _ = x.shape
   valid = jnp.any(x != 0, axis=-1)
@@ -156,7 +177,7 @@ def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials):
   if scope == "row_block":
     keys = jax.random.split(key, (num_rows, n_init))
     run = functools.partial(_kmeans_restarts, k=k, num_slots=num_out,
-                            max_iter=max_iter, n_trials=n_trials)
+                            max_iter=max_iter, tol=tol, n_trials=n_trials)
     centroids, labels, _ = jax.vmap(run)(keys, x, valid)
     return jax.vmap(_compact, in_axes=(0, 0, 0, None))(
         labels, valid, centroids, num_out)
@@ -165,7 +186,7 @@ def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials):
   keys = jax.random.split(key, n_init)
   centroids, labels, _ = _kmeans_restarts(
       keys, x.reshape(num_rows * num_groups, -1), valid.reshape(-1), k,
-      min(k, num_rows * num_groups), max_iter, n_trials)
+      min(k, num_rows * num_groups), max_iter, tol, n_trials)
   return jax.vmap(_compact, in_axes=(0, 0, None, None))(
       labels.reshape(num_rows, num_groups), valid, centroids, num_out)
 
@@ -175,7 +196,8 @@ def _is_concrete(x) -> bool:
 
 
 def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
-                scope: str = "row_block", n_trials: int | None = None):
+                tol: float = 1e-4, scope: str = "row_block",
+                n_trials: int | None = None):
   """Clusters OU blocks into shared codebooks (k-means, SPEC section 1).
 
   Args:
@@ -186,7 +208,11 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
       number of non-pruned blocks.
     key: a ``jax.random`` key; the result is deterministic for a key.
     n_init: k-means++ restarts; the one with the lowest inertia is kept.
-    max_iter: Lloyd iterations at most (it stops when no label changes).
+    max_iter: Lloyd iterations at most.
+    tol: it stops when no label changes or, as scikit-learn, when the
+      centroids of a row-block move (squared, summed) by at most ``tol``
+      times the mean per-dimension variance of its blocks. 0 runs to exact
+      convergence.
     scope: ``'row_block'`` (the paper: one codebook per row-block, as blocks
       on the same wordlines see the same inputs) or ``'layer'`` (one codebook
       for the layer; each row-block stores the entries it uses).
@@ -226,7 +252,7 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
   x = jnp.asarray(ous, jnp.float32).reshape(num_rows, num_groups, bh * bw)
   codebook, index = _cluster(x, key, k=int(k), n_init=int(n_init),
                              max_iter=int(max_iter), scope=scope,
-                             n_trials=int(n_trials))
+                             n_trials=int(n_trials), tol=float(tol))
   codebook = codebook.reshape(num_rows, -1, bh, bw).astype(dtype)
   return codebook, index
 
