@@ -13,9 +13,17 @@ from rsjax.kernels.crossbar import prepare
 from rsjax.kernels.crossbar import prepare_shared
 from rsjax.kernels.crossbar import quantize_inputs
 from rsjax.kernels.crossbar import shared_crossbar_matmul
+from rsjax.kernels.model import LayerPlan
+from rsjax.kernels.model import emulate_linen
+from rsjax.kernels.model import emulate_nnx
+from rsjax.kernels.model import prepare_linen
+from rsjax.kernels.model import prepare_nnx
+from rsjax.kernels.ste import emulated_conv
+from rsjax.kernels.ste import emulated_matmul
 
 __all__ = (
     "CrossbarWeights",
+    "LayerPlan",
     "Nonideal",
     "apply",
     "calibrate_adc_range",
@@ -24,7 +32,13 @@ __all__ = (
     "im2col",
     "ou_counts",
     "crossbar_matmul",
+    "emulate_linen",
+    "emulate_nnx",
+    "emulated_conv",
+    "emulated_matmul",
     "prepare",
+    "prepare_linen",
+    "prepare_nnx",
     "prepare_shared",
     "quantize_inputs",
     "shared_crossbar_matmul",

@@ -117,17 +117,19 @@ def _pick_method(hw, nonideal, method, cols):
 
 
 @functools.partial(jax.jit, static_argnames=("hw", "nonideal", "method"))
-def _program(cells, active, hw, nonideal, method, adc_range, key):
+def _program(cells, active, route, hw, nonideal, method, adc_range, key):
   """Programs ideal levels and (table path) tabulates the ADC outputs."""
   g = cells_lib.program(cells, hw, nonideal, key)
-  if method == "table":
-    table = dataflow.build_table(g, hw, adc_range)
-    if active.shape[1] == table.shape[2]:
-      table = table * active[:, None, :]
-    else:
-      table = jnp.pad(table, ((0, 0), (0, 0), (0, 1)))
-    return None, table
-  return g, None
+  if method != "table":
+    return g, None
+  table = dataflow.build_table(g, hw, adc_range)
+  if route is None:
+    return None, table * active[:, None, :]
+  # Index-and-add: the ADC outputs of each stored block were tabulated once
+  # per row-block (above); the index table routes them to every output
+  # column that uses the block, once per weight set rather than per input.
+  table = jnp.pad(table, ((0, 0), (0, 0), (0, 1)))
+  return None, jnp.take_along_axis(table, route[:, None, :], axis=2)
 
 
 def _finish(hw, nonideal, method, levels, route, active, adc_range, key,
@@ -137,10 +139,11 @@ def _finish(hw, nonideal, method, levels, route, active, adc_range, key,
                            method, k, n)
   if nonideal is not None and nonideal.programs and key is None:
     raise ValueError("programming non-idealities need an explicit key")
-  # Dense tables mask pruned columns here; shared ones route them to zero.
-  mask = active if route is None else jnp.zeros((1, 0), jnp.int32)
-  g, table = _program(levels, mask, hw, nonideal, method, adc_range, key)
+  g, table = _program(levels, active, route, hw, nonideal, method, adc_range,
+                      key)
   sigma = 0.0 if nonideal is None else float(nonideal.read_sigma)
+  if method == "table":
+    route = None  # routed into the table already
   return CrossbarWeights(g, table, None, route, active, adc_range, hw, method,
                          k, n, sigma)
 
@@ -261,8 +264,7 @@ def _apply(weights: CrossbarWeights, x, key, rows):
     pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
     xp = jnp.pad(x, ((0, 0), (0, pad)))
     if method == "table":
-      fn = lambda c, _: dataflow.table_apply(weights.table, weights.route, c,
-                                             hw)
+      fn = lambda c, _: dataflow.table_apply(weights.table, c, hw)
     else:
       fn = lambda c, k: dataflow.direct_apply(
           weights.cells, weights.route, weights.active, c, hw,

@@ -8,6 +8,10 @@ Three ways to get the same numbers (SPEC section 2):
   slices, positive minus negative array). The per-input call then is one
   gather of a table row per (row, cycle, row-block) and int32 adds, scanned
   over row-blocks so that one row-block's table stays in cache. Bit-exact.
+  A shared layer tabulates each stored block once (index-and-add: one
+  conversion per stored block, pattern and slice) and its index table routes
+  the tabulated outputs to the output columns once per weight set, so the
+  per-input call is the same lookups as a dense layer's.
 * ``direct``: per cycle, all OU partial sums of a chunk of rows as a batched
   float32 matmul (exact small integers), read noise, ADC, shift-and-add. Used
   with read noise (fresh per conversion, so nothing can be tabulated) and when
@@ -94,58 +98,51 @@ def patterns(x, hw: hardware.HardwareSpec):
   return jnp.transpose(pat, (1, 0, 2))
 
 
-def _route(z, route_r):
-  """Index-and-add routing of ``z [M, C]`` to ``[M, N]`` (C = pruned, 0)."""
-  z = jnp.concatenate([z, jnp.zeros((z.shape[0], 1), z.dtype)], axis=1)
-  return jnp.take(z, route_r, axis=1)
-
-
 def _lookup(tab, pat, cyc):
   """``sum_t 2^(t dac) tab[pat[:, t]]``: ``[P, C]``, ``[M, T]`` -> ``[M, C]``."""
   rows = tab.at[pat].get(mode="promise_in_bounds")
   return jnp.sum(jnp.left_shift(rows, cyc[None, :, None]), axis=1)
 
 
-def table_apply(table, route, x, hw: hardware.HardwareSpec):
-  """``S`` for ``x [M, R * ou_rows]`` by table lookups (see module).
-
-  A shared layer's table has a zero last column that pruned entries of
-  ``route`` point to.
-  """
+def table_apply(table, x, hw: hardware.HardwareSpec):
+  """``S`` for ``x [M, R * ou_rows]`` by table lookups (see module)."""
   pats = patterns(x, hw)
   cyc = jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits
-  m = x.shape[0]
-  if route is None:
-    def acc_body(acc, xs):
-      return acc + _lookup(*xs, cyc), None
 
-    acc, _ = jax.lax.scan(acc_body, jnp.zeros((m, table.shape[2]), jnp.int32),
-                          (table, pats))
-    return acc
+  def body(acc, xs):
+    return acc + _lookup(*xs, cyc), None
 
-  # Index-and-add: each stored column is looked up once per row-block (its
-  # cycles shift-added first), then routed. XLA CPU gathers whole rows far
-  # faster than single elements, so the routing runs on [C, M] transposes:
-  # one contiguous row of M outputs per (row-block, output column). The
-  # transpose is done once outside the loop (inside it was ~3x slower).
-  def stored_body(carry, xs):
-    return carry, _lookup(*xs, cyc)
+  acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], table.shape[2]),
+                                        jnp.int32), (table, pats))
+  return acc
 
-  _, z = jax.lax.scan(stored_body, 0, (table, pats))  # [R, M, C + 1]
-  z = jnp.transpose(z, (0, 2, 1))
 
-  def route_body(acc, xs):
+def _route_rows(z, route):
+  """Index-and-add over row-blocks: ``z [R, M, C]`` -> ``[M, N]``.
+
+  XLA CPU gathers whole rows far faster than single elements, so the
+  routing runs on ``[C + 1, M]`` transposes (the last row zero, for pruned
+  entries): one contiguous row of M outputs per (row-block, output column).
+  """
+  num_rb, m, _ = z.shape
+  zt = jnp.pad(jnp.transpose(z, (0, 2, 1)), ((0, 0), (0, 1), (0, 0)))
+
+  def body(acc, xs):
     zr, route_r = xs
     return acc + zr.at[route_r].get(mode="promise_in_bounds"), None
 
-  acc, _ = jax.lax.scan(route_body, jnp.zeros((route.shape[1], m), jnp.int32),
-                        (z, route))
+  acc, _ = jax.lax.scan(body, jnp.zeros((route.shape[1], m), jnp.int32),
+                        (zt, route))
   return jnp.transpose(acc)
 
 
 def direct_apply(cells, route, active, x, hw: hardware.HardwareSpec,
                  adc_range, read_sigma: float, key):
-  """``S`` for ``x [M, R * ou_rows]`` from all partial sums (see module)."""
+  """``S`` for ``x [M, R * ou_rows]`` from all partial sums (see module).
+
+  Cycles are shift-added per row-block first, so a shared layer routes once
+  per row-block, not once per cycle.
+  """
   num_arrays, num_rb, rows, cols, slices = cells.shape
   m = x.shape[0]
   xr = jnp.transpose(x.reshape(m, num_rb, rows), (1, 0, 2))
@@ -160,17 +157,13 @@ def direct_apply(cells, route, active, x, hw: hardware.HardwareSpec,
       p = p + jnp.float32(read_sigma) * noise
     c = adc.codes(p, hw, adc_range).reshape(num_arrays, num_rb, m, cols,
                                             slices)
-    z = _combine(c, hw)  # [R, M, C]
-    if route is None:
-      z = z * active[:, None, :]
-    else:
-      z = jax.vmap(_route)(z, route)
-    return acc + jnp.left_shift(jnp.sum(z, axis=0), t * hw.dac_bits), None
+    return acc + jnp.left_shift(_combine(c, hw), t * hw.dac_bits), None
 
-  n = cols if route is None else route.shape[1]
-  acc, _ = jax.lax.scan(cycle, jnp.zeros((m, n), jnp.int32),
-                        jnp.arange(hw.cycles, dtype=jnp.int32))
-  return acc
+  z, _ = jax.lax.scan(cycle, jnp.zeros((num_rb, m, cols), jnp.int32),
+                      jnp.arange(hw.cycles, dtype=jnp.int32))
+  if route is None:
+    return jnp.sum(z * active[:, None, :], axis=0)
+  return _route_rows(z, route)
 
 
 def exact_apply(matrix, x, hw: hardware.HardwareSpec):
