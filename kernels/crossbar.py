@@ -94,6 +94,21 @@ def _check_ints(name, a, lo, hi):
                        f"[{a_lo}, {a_hi}]")
 
 
+def _check_int32(hw, k):
+  """Raises if int32 shift-and-add could overflow for ``k`` input rows."""
+  num_rb = -(-k // hw.ou_rows)
+  code = min(hw.adc_max, hw.partial_sum_max)
+  slices = sum(2 ** (s * hw.cell_bits) for s in range(hw.slices))
+  cycles = sum(2 ** (t * hw.dac_bits) * (2**hw.dac_bits - 1)
+               for t in range(hw.cycles))
+  bound = max(num_rb * code * slices * cycles,
+              k * (2**hw.input_bits - 1) * 2 ** (hw.weight_bits - 1))
+  if bound >= 2**31:
+    raise ValueError(
+        f"{k} input rows at this precision can overflow the int32 "
+        f"shift-and-add (bound {bound}); split the layer's rows")
+
+
 def _pick_method(hw, nonideal, method, cols):
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -171,6 +186,7 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   _check_ints("w", w, -hw.max_weight, hw.max_weight)
   w = jnp.asarray(w, jnp.int32)
   k, n = w.shape
+  _check_int32(hw, k)
   rng = adc.resolve_range(hw, adc_range)
   method = _pick_method(hw, nonideal, method, n)
   num_rb = -(-k // hw.ou_rows)
@@ -230,6 +246,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   if not (num_rb - 1) * bh < k <= num_rb * bh:
     raise ValueError(f"in_features={k} does not match {num_rb} row-blocks "
                      f"of {bh} rows")
+  _check_int32(hw, k)
   codebook = jnp.asarray(codebook, jnp.int32)
   index = jnp.asarray(index, jnp.int32)
   rng = adc.resolve_range(hw, adc_range)

@@ -188,11 +188,12 @@ def chunk_rows(hw: hardware.HardwareSpec, method: str, num_rb: int,
                cols: int) -> int:
   """Rows of ``x`` per chunk so one chunk's intermediates fit the budget."""
   if method == "table":
-    per_row = num_rb * hw.cycles * (hw.ou_rows + 2) * 4 + cols * 8
+    # Pattern ids and the accumulator; XLA fuses the digit extraction.
+    per_row = num_rb * hw.cycles * 4 * 2 + cols * 4 * 2
   elif method == "direct":
     per_row = hw.arrays * num_rb * cols * hw.slices * 4 * 3
   else:
-    return 4096
+    per_row = num_rb * hw.ou_rows * 4 * 3 + cols * 4 * 2
   return int(max(8, min(4096, _CHUNK_BYTES // max(per_row, 1))))
 
 
@@ -202,6 +203,7 @@ def map_rows(fn, x, rows: int, key=None):
   if m <= rows:
     return fn(x, key)
   num = -(-m // rows)
+  rows = -(-m // num)  # balanced chunks: pad at most num - 1 rows
   xp = jnp.pad(x, ((0, num * rows - m), (0, 0)))
   xs = xp.reshape(num, rows, x.shape[1])
   if key is None:

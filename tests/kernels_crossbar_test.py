@@ -196,6 +196,10 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="in_features"):
     rk.shared_crossbar_matmul(np.zeros((1, 30), np.int32), codebook, index,
                               ISAAC)
+  with pytest.raises(ValueError, match="overflow"):
+    wide = rsjax.HardwareSpec(input_bits=16, weight_bits=16, ou_cols=16,
+                              cell_bits=2, adc_bits=8)
+    rk.prepare(np.zeros((20000, 2), np.int32), wide)
   with pytest.raises(ValueError, match="block_shape"):
     rk.shared_crossbar_matmul(np.zeros((1, 18), np.int32), codebook, index,
                               ISAAC.replace(ou_rows=3))
