@@ -6,11 +6,14 @@
 Only flags are parsed here; the logic is in :mod:`experiments.pipeline`.
 """
 
+import logging as pylogging
+
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+import tensorflow_datasets as tfds
 
 from experiments import pipeline
 
@@ -24,9 +27,21 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO records of orbax and TFDS, which log every file they touch."""
+
+  def filter(self, record):
+    if record.levelno >= pylogging.WARNING:
+      return True
+    return not any(f"/{lib}/" in record.pathname
+                   for lib in ("orbax", "tensorflow_datasets"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  tfds.disable_progress_bar()
   logging.info("JAX devices: %s", jax.devices())
   results = pipeline.run(_CONFIG.value, _WORKDIR.value,
                          overwrite=_OVERWRITE.value)

@@ -614,8 +614,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         overwrite: bool = False,
-        step_callback: Callable[[str, int], None] | None = None
-        ) -> dict[str, Any]:
+        step_callback: Callable[[str, int], None] | None = None,
+        until: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) the whole pipeline in ``workdir``.
 
   Args:
@@ -623,6 +623,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: where checkpoints, logs and results go.
     overwrite: delete a previous run of another config in ``workdir``.
     step_callback: ``(stage, step)`` after every training step (tests).
+    until: stop after this stage (one of :data:`STAGES`); then no report is
+      written and the stage results so far are returned.
 
   Returns:
     The results dict also written to ``results.json``.
@@ -632,6 +634,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     data.DatasetNotFoundError: the dataset is missing.
     train.NanLossError: training diverged.
   """
+  if until is not None and until not in STAGES:
+    raise ValueError(f"until must be one of {STAGES}, got {until!r}")
   t_start = time.perf_counter()
   prepare_workdir(workdir, config, overwrite)
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
@@ -648,11 +652,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       if r.done(stage):
         log.info("stage %s already done (%.1f s), skipped", stage,
                  r.state["stages"][stage]["time_s"])
-        continue
-      log.info("stage %s ...", stage)
-      t0 = time.perf_counter()
-      results = _STAGE_FNS[stage](r)
-      r.finish(stage, results, time.perf_counter() - t0)
+      else:
+        log.info("stage %s ...", stage)
+        t0 = time.perf_counter()
+        results = _STAGE_FNS[stage](r)
+        r.finish(stage, results, time.perf_counter() - t0)
+      if stage == until:
+        return {s: v["results"] for s, v in r.state["stages"].items()}
     timing = {s: r.state["stages"][s]["time_s"] for s in STAGES}
     t0 = time.perf_counter()
     results = _report(r, timing)

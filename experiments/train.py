@@ -116,7 +116,11 @@ def train_step(state: TrainState, batch, *,
 
   (loss, (logits, updates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
+  # optax mixes Python floats with int32 step counts (Adam's bias
+  # correction, schedules), which strict dtype promotion rejects; only the
+  # optimizer update runs under standard promotion.
+  with jax.numpy_dtype_promotion("standard"):
+    state = state.apply_gradients(grads=grads)
   if has_bn:
     state = state.replace(batch_stats=updates["batch_stats"])
   if constraint is not None:

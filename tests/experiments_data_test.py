@@ -1,0 +1,132 @@
+"""Tests for experiments/data.py: offline TFDS builder, sources, batching."""
+
+import gzip
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import data
+import experiments_fixtures
+from experiments_fixtures import fmnist_data_dir  # pylint: disable=unused-import
+
+HAS_FMNIST = experiments_fixtures.has_fashion_mnist()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args}")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+_write_idx = experiments_fixtures.write_idx
+
+
+def test_read_idx_roundtrip(tmp_path):
+  x = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  _write_idx(str(tmp_path / "x.gz"), x)
+  np.testing.assert_array_equal(data.read_idx(str(tmp_path / "x.gz")), x)
+
+
+def test_read_idx_rejects_truncated(tmp_path):
+  path = str(tmp_path / "bad.gz")
+  with gzip.open(path, "wb") as f:
+    f.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"abc")
+  with pytest.raises(ValueError, match="payload"):
+    data.read_idx(path)
+
+
+def test_wrong_counts_are_rejected(tmp_path):
+  for image_file, label_file in data._IDX_FILES.values():
+    _write_idx(str(tmp_path / image_file), np.zeros((5, 28, 28)))
+    _write_idx(str(tmp_path / label_file), np.zeros((5,)))
+  with pytest.raises(ValueError, match="expected"):
+    data.read_fashion_mnist_idx(str(tmp_path), "test")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
+def test_missing_dataset_is_fast_clear_error(tmp_path, no_network, name):
+  start = time.perf_counter()
+  with pytest.raises(data.DatasetNotFoundError, match="download") as err:
+    data.load_split(name, "train", data_dir=str(tmp_path))
+  assert time.perf_counter() - start < 1.0
+  assert "not prepared" in str(err.value)
+
+
+def test_missing_fashion_mnist_files_is_clear_error(tmp_path, no_network):
+  start = time.perf_counter()
+  with pytest.raises(data.DatasetNotFoundError, match="dataset-fashion-mnist"):
+    data.load_split("fashion_mnist", "train", data_dir=str(tmp_path),
+                    source_dir=str(tmp_path / "nowhere"))
+  assert time.perf_counter() - start < 1.0
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match="unknown dataset"):
+    data.get_info("mnist3d")
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "imagenet2012"])
+def test_mock_data_through_data_source(tmp_path, no_network, name):
+  with tfds.testing.mock_data(num_examples=12):
+    split = data.load_split(name, "train", data_dir=str(tmp_path),
+                            download=True,
+                            image_size=32 if name == "imagenet2012" else 0)
+  assert len(split) == 12
+  images, labels = split.get([0, 5, 3])
+  h = 28 if name == "fashion_mnist" else 32
+  assert images.shape == (3, h, h, split.info.image_shape[-1])
+  assert images.dtype == np.uint8 and labels.dtype == np.int32
+  assert np.all(labels < split.info.num_classes)
+
+
+def test_batch_indices_deterministic_and_epoch_permutation():
+  a = [data.batch_indices(10, 3, seed=7, step=s) for s in range(3)]
+  b = [data.batch_indices(10, 3, seed=7, step=s) for s in range(3)]
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  epoch = np.concatenate(a)
+  assert len(set(epoch.tolist())) == 9  # no repeats within an epoch
+  other = data.batch_indices(10, 3, seed=8, step=0)
+  assert not np.array_equal(other, a[0])
+  with pytest.raises(ValueError, match="exceeds"):
+    data.batch_indices(2, 3, seed=0, step=0)
+
+
+def test_augment_crop_flip():
+  images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), np.uint8)
+  out = data.augment_crop_flip(images, seed=1, step=2, pad=2)
+  assert out.shape == images.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out,
+                                data.augment_crop_flip(images, 1, 2, pad=2))
+  assert not np.array_equal(out, data.augment_crop_flip(images, 1, 3, pad=2))
+  # pad=0 leaves only the flips: each image is itself or its mirror.
+  flipped = data.augment_crop_flip(images, seed=1, step=2, pad=0)
+  for x, y in zip(images, flipped):
+    assert np.array_equal(x, y) or np.array_equal(x[:, ::-1], y)
+
+
+def test_eval_batches_cover_split_with_mask():
+  info = data.get_info("fashion_mnist")
+  split = data.Split(info, 7, np.zeros((7, 28, 28, 1), np.uint8),
+                     np.arange(7, dtype=np.int32))
+  batches = list(data.eval_batches(split, 4))
+  assert [b["image"].shape[0] for b in batches] == [4, 4]
+  assert sum(int(b["mask"].sum()) for b in batches) == 7
+  np.testing.assert_array_equal(batches[1]["label"][:3], [4, 5, 6])
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason="dataset-fashion-mnist missing")
+def test_real_fashion_mnist(fmnist_data_dir):
+  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir)
+  assert split.images.shape == (1000, 28, 28, 1)
+  assert 0.1 < split.images.mean() / 255 < 0.5
+  assert set(np.unique(split.labels)) <= set(range(10))
+  batch = data.train_batch(split, 32, seed=0, step=1, augment=False)
+  assert batch["image"].dtype == np.float32
+  assert abs(float(batch["image"].mean())) < 1.0

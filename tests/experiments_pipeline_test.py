@@ -1,0 +1,213 @@
+"""End-to-end tests of experiments/pipeline.py (flax examples train_test
+style): the default pipeline on a real Fashion-MNIST subset with a simulated
+kill and resume, every config for a few steps under tfds mock data, and bad
+input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import data
+from experiments import models
+from experiments import pipeline
+from experiments import train
+from experiments.configs import default
+from experiments_fixtures import fmnist_data_dir  # pylint: disable=unused-import
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f[:-3] for f in os.listdir(
+    os.path.join(REPO, "experiments", "configs"))
+                 if f.endswith(".py") and not f.startswith("_"))
+FAST_CONFIGS = ("default", "cifar10_resnet20")
+
+
+class Killed(Exception):
+  """Stands in for the process being killed."""
+
+
+def tiny(config, data_dir):
+  config.data.data_dir = data_dir
+  config.data.eval_limit = 500
+  config.train.steps = 6
+  config.train.batch_size = 16
+  config.train.eval_batch_size = 250
+  config.train.warmup_steps = 1
+  config.train.log_every = 2
+  config.train.checkpoint_every = 3
+  config.finetune.steps = 5
+  config.share.n_init = 1
+  return config
+
+
+def kill_at(stage, step):
+  def callback(s, n):
+    if (s, n) == (stage, step):
+      raise Killed(f"{s} {n}")
+  return callback
+
+
+def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
+                                          monkeypatch):
+  config = tiny(default.get_config(), fmnist_data_dir)
+  workdir = str(tmp_path / "run")
+
+  with pytest.raises(Killed):
+    pipeline.run(config, workdir, step_callback=kill_at("train", 4))
+  with pytest.raises(Killed):
+    pipeline.run(config, workdir, step_callback=kill_at("finetune", 4))
+  with open(os.path.join(workdir, "log.txt")) as f:
+    log = f.read()
+  assert "[train] resumed from the checkpoint at step 3" in log
+  state = json.load(open(os.path.join(workdir, "state.json")))
+  assert set(state["stages"]) == {"train", "prune", "share"}
+  # BatchNorm folding keeps the trained model's predictions.
+  assert state["stages"]["prune"]["results"]["accuracy_folded"] == (
+      pytest.approx(state["stages"]["train"]["results"]["accuracy_float"],
+                    abs=2e-3))
+
+  # Finished stages must not run again.
+  def must_not_run(run):
+    raise AssertionError("a finished stage ran again")
+  for stage in ("train", "prune", "share"):
+    monkeypatch.setitem(pipeline._STAGE_FNS, stage, must_not_run)
+  results = pipeline.run(config, workdir)
+  with open(os.path.join(workdir, "log.txt")) as f:
+    log = f.read()
+  assert "[finetune] resumed from the checkpoint at step 3" in log
+  assert "steps/s" in log and "ETA" in log
+
+  on_disk = json.load(open(os.path.join(workdir, "results.json")))
+  assert on_disk["accuracy"] == results["accuracy"]
+  for key in ("model", "dataset", "config", "accuracy", "compression",
+              "layers", "adc_sweep", "timing_s"):
+    assert key in on_disk
+  acc = on_disk["accuracy"]
+  assert set(acc) == {"float", "quantized", "compressed", "emulated"}
+  assert acc["emulated"] is None and on_disk["adc_sweep"] == []
+  for k in ("float", "quantized", "compressed"):
+    assert 0.0 <= acc[k] <= 1.0
+  assert acc["float"] > 0.3  # 6 steps of LeNet-5 beat chance (0.1)
+  assert set(pipeline.COMPRESSION_KEYS) <= set(on_disk["compression"])
+  assert on_disk["config"]["train"]["steps"] == 6
+  with open(os.path.join(workdir, "adc_sweep.csv")) as f:
+    assert f.readline().strip() == "adc_bits,accuracy"
+  if on_disk["compression"]["ou_ratio"] is not None:
+    assert on_disk["compression"]["ou_ratio"] > 1.0
+    assert os.path.exists(os.path.join(workdir, "layer_compression.png"))
+
+  # The export reloads to the compressed model that was evaluated.
+  params, layers = pipeline.load_compressed(
+      os.path.join(workdir, "compressed_model.npz"))
+  assert set(layers) == set(state["stages"]["prune"]["results"]["layers"])
+  for path, layer in layers.items():
+    index = np.asarray(layer.index)
+    assert index.min() >= -1 and (index == -1).any()  # pruned blocks
+  free = models.create_model("lenet5", num_classes=10, use_bn=False)
+  mesh = train.make_mesh()
+  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
+                          limit=500)
+  got = train.evaluate(free, params, data.eval_batches(split, 250), mesh)
+  assert got["accuracy"] == pytest.approx(acc["compressed"], abs=1e-6)
+
+  # A finished run reruns nothing and gives the same results.
+  again = pipeline.run(config, workdir)
+  assert again["accuracy"] == results["accuracy"]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in FAST_CONFIGS else pytest.mark.slow)
+    for n in CONFIGS])
+def test_every_config_trains_under_mock_data(tmp_path, monkeypatch, name):
+  def refuse(*args, **kwargs):
+    raise AssertionError("network access attempted")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+  config = module.get_config()
+  config.train.steps = 2
+  config.train.batch_size = 4
+  config.train.eval_batch_size = 4
+  config.train.log_every = 1
+  config.train.warmup_steps = 1
+  # Mocked TFDS "downloads" are no-ops: nothing reaches the network.
+  config.data.download = True
+  config.data.image_size = min(config.data.image_size or 32, 32)
+  with tfds.testing.mock_data(num_examples=8):
+    out = pipeline.run(config, str(tmp_path / name), until="train")
+  assert 0.0 <= out["train"]["accuracy_float"] <= 1.0
+  assert np.isfinite(out["train"]["eval_loss"])
+
+
+def test_foreign_workdir_is_refused(tmp_path):
+  workdir = str(tmp_path / "w")
+  a = default.get_config()
+  pipeline.prepare_workdir(workdir, a, overwrite=False)
+  open(os.path.join(workdir, "results.json"), "w").write("{}")
+  pipeline.prepare_workdir(workdir, a, overwrite=False)  # same config: ok
+  b = default.get_config()
+  b.train.steps = 7
+  with pytest.raises(pipeline.WorkdirConflictError, match="train.steps"):
+    pipeline.prepare_workdir(workdir, b, overwrite=False)
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+  pipeline.prepare_workdir(workdir, b, overwrite=True)
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  stored = json.load(open(os.path.join(workdir, "config.json")))
+  assert stored["train"]["steps"] == 7
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  model = models.create_model("mlp", num_classes=3, hidden=(8,))
+  variables = models.init_variables(model, jax.random.key(0), (4, 4, 1))
+  tx = train.make_optimizer("sgd", 0.1, 10, 0, 0.0)
+  state = train.create_state(model, variables, tx)
+  rng = np.random.default_rng(0)
+
+  def get_batch(step):
+    image = rng.normal(size=(4, 4, 4, 1)).astype(np.float32)
+    if step >= 4:
+      image[0, 0, 0, 0] = np.nan
+    return {"image": image, "label": np.zeros((4,), np.int32)}
+
+  ckpt = str(tmp_path / "ckpt")
+  loop = train.TrainLoop("train", 10, get_batch, ckpt, checkpoint_every=2,
+                         log_every=1)
+  with pytest.raises(train.NanLossError, match="step 4") as err:
+    loop.run(state, train.make_mesh())
+  assert "non-finite" in str(err.value)
+  assert sorted(os.listdir(ckpt)) == ["2", "4"]
+
+
+def test_missing_dataset_fails_fast_in_pipeline(tmp_path):
+  config = default.get_config()
+  config.data.name = "cifar10"
+  config.model.name = "resnet20"
+  config.data.data_dir = str(tmp_path / "empty")
+  with pytest.raises(data.DatasetNotFoundError, match="cifar10"):
+    pipeline.run(config, str(tmp_path / "w"))
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.main",
+       f"--workdir={tmp_path / 'w'}", "--config.train.stepz=5"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "stepz" in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_jsonable_and_atomic_write(tmp_path):
+  out = pipeline.jsonable({"a": np.float32(1.5), "b": float("inf"),
+                           "c": jnp.arange(2), "d": (np.int64(3),)})
+  assert out == {"a": 1.5, "b": "inf", "c": [0, 1], "d": [3]}
+  path = str(tmp_path / "x.json")
+  pipeline.write_json(path, {"x": 1})
+  assert json.load(open(path)) == {"x": 1}
+  assert os.listdir(tmp_path) == ["x.json"]  # no temp file left
