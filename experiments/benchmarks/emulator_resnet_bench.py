@@ -1,0 +1,76 @@
+"""Emulated vs float evaluation time of ResNet-20 (CIFAR shapes), issue 4.
+
+Run: ``python -m experiments.benchmarks.emulator_resnet_bench``
+
+ResNet-20 from ``experiments.models`` with random weights and BatchNorm
+statistics (timing does not depend on accuracy) on random 32x32x3 images.
+Every Conv and Dense layer runs on the emulated crossbars (ISAAC-like,
+4-bit clip ADC: the lossy table path; the stem gets signed inputs and so two
+unsigned passes); BatchNorms are folded. Both evaluations are jitted per
+batch; the times are the best of ``--reps`` passes over ``--images`` images,
+after compilation. ``prepare_linen`` (calibration and programming, once per
+model) is timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rsjax
+from rsjax import kernels as rk
+from experiments import models
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--images", type=int, default=512)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--adc-bits", type=int, default=4)
+  args = parser.parse_args()
+  hw = rsjax.HardwareSpec(adc_bits=args.adc_bits)
+  model = models.create_model("resnet20", num_classes=10)
+  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((args.images, 32, 32, 3)),
+                       jnp.float32)
+  batches = images.reshape(-1, args.batch, 32, 32, 3)
+  start = time.perf_counter()
+  plans = rk.prepare_linen(model, variables, list(batches[:2]), hw,
+                           train=False)
+  t_prep = time.perf_counter() - start
+  float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
+  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
+                                                train=False))
+
+  def run(fn):
+    jax.block_until_ready(fn(batches[0]))
+    best = float("inf")
+    for _ in range(args.reps):
+      start = time.perf_counter()
+      for b in batches:
+        jax.block_until_ready(fn(b))
+      best = min(best, time.perf_counter() - start)
+    return best
+
+  t_float = run(float_eval)
+  t_emu = run(emu_eval)
+  methods = sorted({p.weights.method for p in plans.values()})
+  print(f"jax {jax.__version__}, ResNet-20, {args.images} images in batches "
+        f"of {args.batch}, {len(plans)} emulated layers ({methods}), "
+        f"adc_bits={args.adc_bits}")
+  print(f"float eval    {t_float:8.3f} s")
+  print(f"emulated eval {t_emu:8.3f} s  {t_emu / t_float:6.1f}x")
+  print(f"prepare_linen {t_prep:8.3f} s (once per model)")
+  agree = float(jnp.mean(jnp.argmax(float_eval(batches[0]), -1)
+                         == jnp.argmax(emu_eval(batches[0]), -1)))
+  print(f"top-1 agreement float vs emulated on one batch: {agree:.2f}")
+
+
+if __name__ == "__main__":
+  main()
