@@ -109,7 +109,7 @@ def _check_int32(hw, k):
         f"shift-and-add (bound {bound}); split the layer's rows")
 
 
-def _pick_method(hw, nonideal, method, cols):
+def _pick_method(hw, nonideal, method, num_rb, cols):
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   noisy = nonideal is not None and (nonideal.programs or nonideal.reads)
@@ -126,7 +126,7 @@ def _pick_method(hw, nonideal, method, cols):
   if not noisy and hw.adc_lossless:
     return "exact"
   if (not reads and pats is not None and pats <= TABLE_MAX_PATTERNS
-      and pats * cols * 4 * 64 <= TABLE_MAX_BYTES):
+      and num_rb * pats * cols * 4 <= TABLE_MAX_BYTES):
     return "table"
   return "direct"
 
@@ -174,8 +174,10 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
     adc_range: the layer's ADC range, for ``adc_mode='calibrated'`` only.
     nonideal: device non-idealities (programming ones are drawn here).
     key: ``jax.random`` key for the programming non-idealities.
-    method: ``'auto'`` (exact if lossless and ideal, else table if possible,
-      else direct), or force one.
+    method: ``'auto'`` (exact if lossless and ideal; else the table if there
+      is no read noise, at most ``TABLE_MAX_PATTERNS`` input patterns per
+      row-block and the table fits ``TABLE_MAX_BYTES``; else direct), or
+      force one (``'table'`` ignores the size limit).
 
   Returns:
     The :class:`CrossbarWeights`.
@@ -188,8 +190,8 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   k, n = w.shape
   _check_int32(hw, k)
   rng = adc.resolve_range(hw, adc_range)
-  method = _pick_method(hw, nonideal, method, n)
   num_rb = -(-k // hw.ou_rows)
+  method = _pick_method(hw, nonideal, method, num_rb, n)
   bw = hw.block_shape[1]
   groups = -(-n // bw)
   wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - k), (0, groups * bw - n)))
@@ -251,7 +253,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   index = jnp.asarray(index, jnp.int32)
   rng = adc.resolve_range(hw, adc_range)
   cols = slots * bw
-  method = _pick_method(hw, nonideal, method, cols)
+  method = _pick_method(hw, nonideal, method, num_rb, max(cols, n))
   col = jnp.arange(n, dtype=jnp.int32)
   grp = index[:, col // bw]
   active = (grp >= 0).astype(jnp.int32)
