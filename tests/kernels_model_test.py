@@ -111,3 +111,34 @@ def test_nnx_emulation_tracks_float():
   assert err < 2e-2, err
   # The original model is untouched.
   assert isinstance(model.conv, nnx.Conv)
+
+
+def test_linen_calibrated_adc_per_column_weights():
+  model, variables, batches = _linen()
+  hw = LOSSY.replace(adc_mode="calibrated")
+  plans = model_lib.prepare_linen(model, variables, batches, hw,
+                                  per="column", train=False)
+  for plan in plans.values():
+    assert hw.adc_max <= int(plan.weights.adc_range) <= hw.partial_sum_max
+    assert plan.w_scale.shape == (plan.weights.out_features,)
+  want = model.apply(variables, batches[0], train=False)
+  got = model_lib.emulate_linen(model, variables, batches[0], plans,
+                                train=False)
+  err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+  assert err < 0.1, err
+
+
+def test_nnx_noise_keys():
+  model = NnxNet(nnx.Rngs(0))
+  model.eval()
+  batches = _batches()
+  plans = model_lib.prepare_nnx(
+      model, batches[:1], LOSSY, rules="conv",
+      nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
+      key=jax.random.key(0))
+  assert list(plans) == ["conv"] and plans["conv"].weights.method == "direct"
+  a = model_lib.emulate_nnx(model, plans, key=jax.random.key(1))
+  b = model_lib.emulate_nnx(model, plans, key=jax.random.key(2))
+  np.testing.assert_array_equal(np.asarray(a(batches[0])),
+                                np.asarray(a(batches[0])))
+  assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))
