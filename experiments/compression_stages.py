@@ -10,11 +10,17 @@ Keep the signatures.
 
 Kernels are passed as ``{path: kernel}`` dicts (Dense ``[in, out]`` or Conv
 ``[kh, kw, cin, cout]``), compressed layers as ``{path: CompressedLayer}``
-(rsjax's compressed model format).
+(rsjax's compressed model format). The export (:func:`export_compressed`)
+is a plain ``.npz`` until rsjax's own compressed-model file format replaces
+it here.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -199,3 +205,68 @@ def compression_report(layers: Mapping[str, rsjax.CompressedLayer],
   if report_fn is None:
     return None
   return report_fn(dict(layers), hw, dict(positions) if positions else None)
+
+
+def export_compressed(path: str, params, layers: Mapping[
+    str, rsjax.CompressedLayer], hw: rsjax.HardwareSpec) -> None:
+  """Writes the compressed model atomically as one ``.npz``.
+
+  Per compressed layer ``PATH::codebook``, ``PATH::index``,
+  ``PATH::kernel_shape``; every other parameter (biases) under its path;
+  the hardware under ``::hardware`` (JSON). Paths are
+  ``'params/conv1/conv/kernel'`` style.
+  """
+  arrays = {}
+  for p, layer in layers.items():
+    arrays[f"{p}::codebook"] = np.asarray(layer.codebook)
+    arrays[f"{p}::index"] = np.asarray(layer.index)
+    arrays[f"{p}::kernel_shape"] = np.asarray(layer.kernel_shape, np.int64)
+  for p, x in rsjax.named_leaves(params):
+    if p not in layers:
+      arrays[p] = np.asarray(x)
+  arrays["::hardware"] = np.asarray(json.dumps(hw.to_dict()))
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  # Temp file + os.replace: a reader sees the old file or the new, never half.
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                             prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(buf.getvalue())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_compressed(path: str):
+  """The inverse of :func:`export_compressed`.
+
+  Returns:
+    ``(params, layers, hw)``: the nested ``{'params': ...}`` with every
+    compressed kernel decompressed, the ``{path: CompressedLayer}`` and the
+    :class:`rsjax.HardwareSpec`.
+  """
+  with np.load(path) as f:
+    items = {k: f[k] for k in f.files}
+  hw = rsjax.HardwareSpec.from_dict(json.loads(str(items.pop("::hardware"))))
+  layers, flat = {}, {}
+  for k, v in items.items():
+    if k.endswith("::codebook"):
+      p = k[:-len("::codebook")]
+      layers[p] = rsjax.CompressedLayer(
+          jnp.asarray(v), jnp.asarray(items[f"{p}::index"]),
+          tuple(int(d) for d in items[f"{p}::kernel_shape"]))
+    elif "::" not in k:
+      flat[k] = jnp.asarray(v)
+  for p, layer in layers.items():
+    flat[p] = layer.to_kernel()
+  params: dict[str, Any] = {}
+  for p, x in flat.items():
+    node = params
+    *parents, last = p.split("/")
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[last] = x
+  return params, layers, hw

@@ -81,8 +81,8 @@ DATASETS = {
         how_to_get=(
             "On a machine with internet, either rerun with "
             "--config.data.download=True, or run `tfds build cifar10 "
-            "--file_format=array_record --data_dir=DATA_DIR` (needs "
-            "TensorFlow there) and copy DATA_DIR/cifar10 here.")),
+            "--file_format=array_record --data_dir=DATA_DIR` there and copy "
+            "DATA_DIR/cifar10 to the same place on this machine.")),
     "imagenet2012": DatasetInfo(
         name="imagenet2012", tfds_name="imagenet2012", num_classes=1000,
         image_shape=(224, 224, 3), mean=(0.485, 0.456, 0.406),
@@ -235,7 +235,7 @@ def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
     raise DatasetNotFoundError(
         f"dataset {info.tfds_name!r} is not prepared in {data_dir} (looked "
         f"for {builder.data_path}), and downloads are off. "
-        f"{info.how_to_get}")
+        f"{info.how_to_get.replace('DATA_DIR', data_dir)}")
   builder.download_and_prepare(file_format="array_record")
   return builder
 

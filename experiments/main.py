@@ -15,7 +15,9 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from experiments import data
 from experiments import pipeline
+from experiments import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and "
                                "results go.", required=True)
@@ -43,8 +45,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tfds.disable_progress_bar()
   logging.info("JAX devices: %s", jax.devices())
-  results = pipeline.run(_CONFIG.value, _WORKDIR.value,
-                         overwrite=_OVERWRITE.value)
+  try:
+    results = pipeline.run(_CONFIG.value, _WORKDIR.value,
+                           overwrite=_OVERWRITE.value)
+  except (pipeline.WorkdirConflictError, data.DatasetNotFoundError,
+          train.NanLossError) as e:
+    # Expected user-facing failures: the message says what to do, a
+    # traceback would only bury it.
+    raise SystemExit(f"error: {e}") from None
   print(pipeline.summary_table(results))
 
 

@@ -455,40 +455,6 @@ def layer_positions(model, params, image_shape) -> dict[str, int]:
   return out
 
 
-def export_compressed(path: str, params, layers) -> None:
-  """``compressed_model.npz``: per layer codebook/index/kernel_shape, and
-  every other parameter as is (atomically)."""
-  arrays = {}
-  for p, layer in layers.items():
-    arrays[f"{p}::codebook"] = np.asarray(layer.codebook)
-    arrays[f"{p}::index"] = np.asarray(layer.index)
-    arrays[f"{p}::kernel_shape"] = np.asarray(layer.kernel_shape, np.int64)
-  for p, x in flatten(params).items():
-    if p not in layers:
-      arrays[p] = np.asarray(x)
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  atomic_write(path, buf.getvalue())
-
-
-def load_compressed(path: str):
-  """The inverse of :func:`export_compressed`: ``(params, layers)``."""
-  with np.load(path) as f:
-    items = {k: f[k] for k in f.files}
-  layers, flat = {}, {}
-  for k, v in items.items():
-    if k.endswith("::codebook"):
-      p = k[:-len("::codebook")]
-      layers[p] = rsjax.CompressedLayer(
-          jnp.asarray(v), jnp.asarray(items[f"{p}::index"]),
-          tuple(int(d) for d in items[f"{p}::kernel_shape"]))
-    elif "::" not in k:
-      flat[k] = jnp.asarray(v)
-  for p, layer in layers.items():
-    flat[p] = layer.to_kernel()
-  return unflatten(flat), layers
-
-
 def _plot_sweep(path, sweep, title):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -544,8 +510,9 @@ def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
     layer_figs = dict(report["layers"])
     if "headline" in report:
       compression["headline"] = report["headline"]
-  export_compressed(os.path.join(run.workdir, "compressed_model.npz"),
-                    params, layers)
+  stages_lib.export_compressed(
+      os.path.join(run.workdir, "compressed_model.npz"), params, layers,
+      run.hw)
   sweep = run.results("adc_sweep")["sweep"]
   results = {
       "model": run.config.model.name,

@@ -60,8 +60,11 @@ def make_optimizer(name: str, learning_rate: float, steps: int,
                    ) -> optax.GradientTransformation:
   """Warmup + cosine decay; AdamW or SGD with Nesterov momentum."""
   warmup_steps = min(warmup_steps, max(steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+  if warmup_steps:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+  else:
+    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
   if name == "adam":
     return optax.adamw(schedule, weight_decay=weight_decay)
   if name == "sgd":

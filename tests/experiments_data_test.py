@@ -76,6 +76,8 @@ def test_mock_data_through_data_source(tmp_path, no_network, name):
   with tfds.testing.mock_data(num_examples=12):
     split = data.load_split(name, "train", data_dir=str(tmp_path),
                             download=True,
+                            source_dir=experiments_fixtures.placeholder_idx_dir(
+                                tmp_path / "idx"),
                             image_size=32 if name == "imagenet2012" else 0)
   assert len(split) == 12
   images, labels = split.get([0, 5, 3])

@@ -46,3 +46,14 @@ def fmnist_data_dir(tmp_path_factory):
       data.prepare("fashion_mnist", data_dir=str(data_dir),
                    source_dir=str(source))
   return str(data_dir)
+
+
+def placeholder_idx_dir(path) -> str:
+  """A folder with empty IDX file names: enough for mocked TFDS builds
+  (tfds.testing.mock_data makes download_and_prepare a no-op), so the mock
+  tests do not depend on the Debian package."""
+  path.mkdir(parents=True, exist_ok=True)
+  for names in data._IDX_FILES.values():
+    for name in names:
+      (path / name).touch()
+  return str(path)

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments import compression_stages
 from experiments import data
 from experiments import models
 from experiments import pipeline
 from experiments import train
 from experiments.configs import default
+import experiments_fixtures
 from experiments_fixtures import fmnist_data_dir  # pylint: disable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,8 +106,9 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
     assert os.path.exists(os.path.join(workdir, "layer_compression.png"))
 
   # The export reloads to the compressed model that was evaluated.
-  params, layers = pipeline.load_compressed(
+  params, layers, hw = compression_stages.load_compressed(
       os.path.join(workdir, "compressed_model.npz"))
+  assert hw == pipeline.hardware(config)
   assert set(layers) == set(state["stages"]["prune"]["results"]["layers"])
   for path, layer in layers.items():
     index = np.asarray(layer.index)
@@ -138,6 +141,8 @@ def test_every_config_trains_under_mock_data(tmp_path, monkeypatch, name):
   config.train.warmup_steps = 1
   # Mocked TFDS "downloads" are no-ops: nothing reaches the network.
   config.data.download = True
+  config.data.source_dir = experiments_fixtures.placeholder_idx_dir(
+      tmp_path / "idx")
   config.data.image_size = min(config.data.image_size or 32, 32)
   with tfds.testing.mock_data(num_examples=8):
     out = pipeline.run(config, str(tmp_path / name), until="train")

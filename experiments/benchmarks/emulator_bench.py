@@ -120,7 +120,7 @@ def main():
     codebook, index = shared_layer(rng, lossy, k, n, s)
     kw = dict(in_features=k, out_features=n)
     sw = rk.prepare_shared(codebook, index, lossy, **kw)
-    t = report(f"shared s={s}, table", sw, t_ref=t_dense)
+    report(f"shared s={s}, table", sw, t_ref=t_dense)
     t_sp = best_time(lambda c: rk.prepare_shared(c, index, lossy, **kw).table,
                      codebook, reps=5)
     sd = rk.prepare_shared(codebook, index, lossy, method="direct", **kw)

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = False
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 3000
+  config.train.steps = 2000
   config.train.batch_size = 128
   config.train.eval_batch_size = 1000
   config.train.optimizer = "adam"  # 'adam' or 'sgd' (Nesterov momentum 0.9)
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 1e-4
   config.train.warmup_steps = 100
   config.train.log_every = 200
-  config.train.checkpoint_every = 1000
+  config.train.checkpoint_every = 500
 
   # Hardware the compressed model is mapped to (rsjax.HardwareSpec fields).
   config.hw = ml_collections.ConfigDict()
@@ -70,8 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.n_init = 4
 
   config.finetune = ml_collections.ConfigDict()
-  config.finetune.steps = 1000
-  config.finetune.learning_rate = 5e-4
+  config.finetune.steps = 800
+  config.finetune.learning_rate = 2e-3
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.
