@@ -7,17 +7,17 @@ from rsjax.kernels.conv import crossbar_conv
 from rsjax.kernels.conv import im2col
 from rsjax.kernels.counters import ou_counts
 from rsjax.kernels.crossbar import apply
-from rsjax.kernels.crossbar import calibrate_adc_range
+from rsjax.kernels.calibrate import calibrate_adc_range
 from rsjax.kernels.crossbar import crossbar_matmul
 from rsjax.kernels.crossbar import prepare
 from rsjax.kernels.crossbar import prepare_shared
 from rsjax.kernels.crossbar import quantize_inputs
 from rsjax.kernels.crossbar import shared_crossbar_matmul
 from rsjax.kernels.model import LayerPlan
-from rsjax.kernels.model import emulate_linen
-from rsjax.kernels.model import emulate_nnx
-from rsjax.kernels.model import prepare_linen
-from rsjax.kernels.model import prepare_nnx
+from rsjax.kernels.linen_model import emulate_linen
+from rsjax.kernels.linen_model import prepare_linen
+from rsjax.kernels.nnx_model import emulate_nnx
+from rsjax.kernels.nnx_model import prepare_nnx
 from rsjax.kernels.ste import emulated_conv
 from rsjax.kernels.ste import emulated_matmul
 

@@ -25,11 +25,11 @@ import functools
 from flax import struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rsjax._src import hardware
 from rsjax.kernels import adc
 from rsjax.kernels import cells as cells_lib
+from rsjax.kernels import checks
 from rsjax.kernels import dataflow
 
 METHODS = ("auto", "exact", "table", "direct")
@@ -73,40 +73,6 @@ class CrossbarWeights:
   @property
   def num_row_blocks(self) -> int:
     return -(-self.in_features // self.hw.ou_rows)
-
-
-def _concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
-def _check_ints(name, a, lo, hi):
-  if not jnp.issubdtype(jnp.result_type(a), jnp.integer):
-    raise ValueError(
-        f"{name} must be integers, got {jnp.result_type(a)}; quantize floats "
-        "first (rsjax.quantize_weights for weights, "
-        "rsjax.kernels.quantize_inputs with an activation scale for inputs)")
-  if _concrete(a) and np.size(a):
-    # NumPy, not jnp: under a caller's jit, jnp on constants gives tracers.
-    host = np.asarray(a)
-    a_lo, a_hi = int(host.min()), int(host.max())
-    if a_lo < lo or a_hi > hi:
-      raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in "
-                       f"[{a_lo}, {a_hi}]")
-
-
-def _check_int32(hw, k):
-  """Raises if int32 shift-and-add could overflow for ``k`` input rows."""
-  num_rb = -(-k // hw.ou_rows)
-  code = min(hw.adc_max, hw.partial_sum_max)
-  slices = sum(2 ** (s * hw.cell_bits) for s in range(hw.slices))
-  cycles = sum(2 ** (t * hw.dac_bits) * (2**hw.dac_bits - 1)
-               for t in range(hw.cycles))
-  bound = max(num_rb * code * slices * cycles,
-              k * (2**hw.input_bits - 1) * 2 ** (hw.weight_bits - 1))
-  if bound >= 2**31:
-    raise ValueError(
-        f"{k} input rows at this precision can overflow the int32 "
-        f"shift-and-add (bound {bound}); split the layer's rows")
 
 
 def _pick_method(hw, nonideal, method, num_rb, cols):
@@ -185,10 +151,10 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   if getattr(w, "ndim", None) != 2:
     raise ValueError(f"w must be a [K, N] crossbar matrix, got shape "
                      f"{getattr(w, 'shape', None)}")
-  _check_ints("w", w, -hw.max_weight, hw.max_weight)
+  checks.check_ints("w", w, -hw.max_weight, hw.max_weight)
   w = jnp.asarray(w, jnp.int32)
   k, n = w.shape
-  _check_int32(hw, k)
+  checks.check_int32(hw, k)
   rng = adc.resolve_range(hw, adc_range)
   num_rb = -(-k // hw.ou_rows)
   method = _pick_method(hw, nonideal, method, num_rb, n)
@@ -237,8 +203,8 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   if index.shape[0] != num_rb:
     raise ValueError(f"index has {index.shape[0]} row-blocks, codebook has "
                      f"{num_rb}")
-  _check_ints("codebook", codebook, -hw.max_weight, hw.max_weight)
-  _check_ints("index", index, -1, slots - 1)
+  checks.check_ints("codebook", codebook, -hw.max_weight, hw.max_weight)
+  checks.check_ints("index", index, -1, slots - 1)
   groups = index.shape[1]
   n = groups * bw if out_features is None else int(out_features)
   k = num_rb * bh if in_features is None else int(in_features)
@@ -248,7 +214,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   if not (num_rb - 1) * bh < k <= num_rb * bh:
     raise ValueError(f"in_features={k} does not match {num_rb} row-blocks "
                      f"of {bh} rows")
-  _check_int32(hw, k)
+  checks.check_int32(hw, k)
   codebook = jnp.asarray(codebook, jnp.int32)
   index = jnp.asarray(index, jnp.int32)
   rng = adc.resolve_range(hw, adc_range)
@@ -322,7 +288,7 @@ def apply(weights: CrossbarWeights, x, *, key=None):
   if getattr(x, "ndim", 0) < 1 or x.shape[-1] != weights.in_features:
     raise ValueError(f"x must be [..., {weights.in_features}], got shape "
                      f"{getattr(x, 'shape', None)}")
-  _check_ints("x", x, 0, 2**hw.input_bits - 1)
+  checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
   if weights.read_sigma and key is None:
     raise ValueError("read noise needs an explicit key")
   lead = x.shape[:-1]
@@ -399,68 +365,3 @@ def quantize_inputs(x, scale, hw: hardware.HardwareSpec):
   top = jnp.float32(2**hw.input_bits - 1)
   return jnp.clip(jnp.round(x / jnp.asarray(scale, jnp.float32)), 0.0,
                   top).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=("hw",))
-def _histogram(levels, active, x, hw):
-  """Counts of each ideal partial-sum value over all conversions of ``x``."""
-  num_arrays, num_rb, rows, cols, slices = levels.shape
-  xr = jnp.transpose(x.reshape(x.shape[0], num_rb, rows), (1, 0, 2))
-  g = levels.astype(jnp.float32).reshape(num_arrays, num_rb, rows,
-                                         cols * slices)
-  live = jnp.repeat(active, slices, axis=1)[None, :, None, :]
-
-  def cycle(hist, t):
-    xt = ((xr >> (t * hw.dac_bits)) & (2**hw.dac_bits - 1)).astype(
-        jnp.float32)
-    p = jnp.einsum("rmi,arik->armk", xt, g,
-                   precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
-    p = jnp.where(jnp.broadcast_to(live, p.shape) > 0, p, 0)
-    return hist + jnp.bincount(p.ravel(), length=hw.partial_sum_max + 1), None
-
-  hist, _ = jax.lax.scan(cycle, jnp.zeros((hw.partial_sum_max + 1,),
-                                          jnp.int32),
-                         jnp.arange(hw.cycles, dtype=jnp.int32))
-  return hist
-
-
-def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
-                        quantile: float = 0.999,
-                        max_rows: int = 256) -> int:
-  """A per-layer ADC range for ``adc_mode='calibrated'`` from sample inputs.
-
-  The range is the ``quantile`` of the layer's nonzero ideal OU partial sums
-  over the sample (all cycles, row-blocks, columns and slices of stored
-  blocks), clamped to ``[adc_max, max(p_max, adc_max)]``: the ADC resolves
-  the common sums and saturates only the rare large ones.
-
-  Args:
-    x: ``[..., K]`` unsigned int sample inputs (the first ``max_rows`` rows
-      are used).
-    w: ``[K, N]`` signed int weights (the decompressed matrix of a shared
-      layer).
-    hw: the hardware.
-    quantile: in ``(0, 1]``.
-    max_rows: sample rows used, to bound memory.
-
-  Returns:
-    The range, a Python int.
-  """
-  if not 0 < quantile <= 1:
-    raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-  if getattr(w, "ndim", None) != 2:
-    raise ValueError("w must be a [K, N] crossbar matrix")
-  _check_ints("w", w, -hw.max_weight, hw.max_weight)
-  _check_ints("x", x, 0, 2**hw.input_bits - 1)
-  k = w.shape[0]
-  x2 = jnp.asarray(x, jnp.int32).reshape(-1, k)[:max_rows]
-  weights = prepare(w, hw.replace(adc_mode="clip"), method="direct")
-  pad = weights.num_row_blocks * hw.ou_rows - k
-  hist = np.asarray(_histogram(weights.cells, weights.active,
-                               jnp.pad(x2, ((0, 0), (0, pad))), hw))[1:]
-  total = hist.sum()
-  if total == 0:
-    return hw.adc_max
-  value = int(np.searchsorted(np.cumsum(hist), quantile * total) + 1)
-  return int(min(max(value, hw.adc_max), max(hw.partial_sum_max,
-                                             hw.adc_max)))

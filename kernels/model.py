@@ -1,5 +1,8 @@
 """Whole-model emulation of Flax Linen and NNX models on crossbars.
 
+Shared machinery; the front ends are :mod:`rsjax.kernels.linen_model` and
+:mod:`rsjax.kernels.nnx_model`.
+
 Two steps, without rewriting the model:
 
 1. ``prepare_linen`` / ``prepare_nnx`` run the float model on a few
@@ -27,17 +30,15 @@ must run in inference mode (``train=False`` / ``model.eval()``).
 
 from __future__ import annotations
 
-import re
-from typing import Any, Iterable
+from typing import Any
 
-from flax import linen as nn
-from flax import nnx
 from flax import struct
 import jax
 import jax.numpy as jnp
 
 from rsjax._src import hardware
 from rsjax._src import quantize
+from rsjax.kernels import calibrate
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
 
@@ -75,7 +76,7 @@ def _hashable_padding(padding):
   return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
-def _conv_config(kernel_size, strides, padding, dilation, input_dilation,
+def conv_config(kernel_size, strides, padding, dilation, input_dilation,
                  groups):
   if groups != 1:
     raise ValueError("grouped convolutions are not supported by the emulator")
@@ -139,7 +140,7 @@ def run_layer(plan: LayerPlan, x, key=None):
   return y[0] if unbatched else y
 
 
-class _Stats:
+class Stats:
   """Running input statistics of the layers (calibration only)."""
 
   def __init__(self):
@@ -173,10 +174,10 @@ def _adc_range(stats, plan_w, hw, x_scale):
   if stats.get("conv") is not None:
     x = conv_lib.im2col(x if x.ndim == 4 else x[None], *stats["conv"])
   q = crossbar.quantize_inputs(x, x_scale, hw)
-  return crossbar.calibrate_adc_range(q, plan_w, hw)
+  return calibrate.calibrate_adc_range(q, plan_w, hw)
 
 
-def _finish(stats: _Stats, hw, per, nonideal, key, method, fold_bn):
+def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn):
   plans = {}
   for i, (name, st) in enumerate(sorted(stats.layers.items())):
     bn_path, bn = stats.bn.get(name, (None, None)) if fold_bn else (None, None)
@@ -195,227 +196,3 @@ def _finish(stats: _Stats, hw, per, nonideal, key, method, fold_bn):
     plans[name] = _plan(st["kernel"], st["bias"], bn, st, hw, per, nonideal,
                         k, method, st.get("conv"), bn_path, adc_range)
   return plans
-
-
-def _linen_name(mod) -> str:
-  return "/".join(str(p) for p in mod.path)
-
-
-def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
-                  hw: hardware.HardwareSpec, *, rules: str = r".*",
-                  per: str = "layer", nonideal=None, key=None,
-                  method: str = "auto", fold_bn: bool = True,
-                  **apply_kwargs) -> dict[str, LayerPlan]:
-  """Calibrates and programs a Linen model's layers (see module).
-
-  Args:
-    model: the Linen module.
-    variables: its variables (``params``, ``batch_stats``...).
-    batches: a few input batches (positional input of ``model.apply``).
-    hw: the hardware.
-    rules: regex over ``'params/<module path>/kernel'``.
-    per: weight scale per ``'layer'`` or ``'column'``.
-    nonideal, key, method: as :func:`rsjax.kernels.prepare`.
-    fold_bn: fold a BatchNorm that directly follows a layer.
-    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
-
-  Returns:
-    ``{module path: LayerPlan}`` for :func:`emulate_linen`.
-  """
-  regex = re.compile(rules)
-  stats = _Stats()
-
-  def record(next_fun, args, kwargs, ctx):
-    mod = ctx.module
-    if ctx.method_name != "__call__" or not args:
-      return next_fun(*args, **kwargs)
-    name = _linen_name(mod)
-    if (isinstance(mod, (nn.Dense, nn.Conv))
-        and regex.search(f"params/{name}/kernel")):
-      p = mod.variables["params"]
-      conv = None
-      if isinstance(mod, nn.Conv):
-        conv = _conv_config(mod.kernel_size, mod.strides, mod.padding,
-                            mod.kernel_dilation, mod.input_dilation,
-                            mod.feature_group_count)
-      stats.see(name, args[0], {"kernel": p["kernel"],
-                                "bias": p.get("bias"), "conv": conv})
-      return stats.output(name, next_fun(*args, **kwargs))
-    if isinstance(mod, nn.BatchNorm):
-      v = mod.variables
-      stats.batchnorm(args[0], name, (
-          v["params"].get("scale", 1.0), v["params"].get("bias", 0.0),
-          v["batch_stats"]["mean"], v["batch_stats"]["var"], mod.epsilon))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    for batch in batches:
-      stats.produced.clear()
-      stats.alive.clear()
-      model.apply(variables, batch, **apply_kwargs)
-  if not stats.layers:
-    raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
-  return _finish(stats, hw, per, nonideal, key, method, fold_bn)
-
-
-def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,
-                  **apply_kwargs):
-  """``model.apply(variables, x)`` with the planned layers on crossbars.
-
-  Args:
-    model, variables: as for :func:`prepare_linen`.
-    x: the input batch.
-    plans: from :func:`prepare_linen`.
-    key: read-noise key (one per layer is folded from it).
-    **apply_kwargs: passed to ``model.apply``.
-
-  Returns:
-    The model output.
-  """
-  order = {name: i for i, name in enumerate(sorted(plans))}
-  folded = {p.folded for p in plans.values() if p.folded is not None}
-
-  def emulate(next_fun, args, kwargs, ctx):
-    if ctx.method_name != "__call__" or not args:
-      return next_fun(*args, **kwargs)
-    name = _linen_name(ctx.module)
-    if name in plans and isinstance(ctx.module, (nn.Dense, nn.Conv)):
-      k = None if key is None else jax.random.fold_in(key, order[name])
-      return run_layer(plans[name], args[0], k)
-    if name in folded and isinstance(ctx.module, nn.BatchNorm):
-      return args[0]
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(emulate):
-    return model.apply(variables, x, **apply_kwargs)
-
-
-class _Recorder(nnx.Module):
-  """Stands in for a layer or BatchNorm during NNX calibration."""
-
-  def __init__(self, inner, name, stats, layer):
-    self.inner = inner
-    self.name = name
-    self.stats = stats
-    self.layer = layer
-
-  def __call__(self, x):
-    m = self.inner
-    if not self.layer:
-      self.stats.batchnorm(x, self.name, (
-          m.scale[...] if m.scale is not None else 1.0,
-          m.bias[...] if m.bias is not None else 0.0,
-          m.mean[...], m.var[...], m.epsilon))
-      return m(x)
-    conv = None
-    if isinstance(m, nnx.Conv):
-      conv = _conv_config(m.kernel_size, m.strides, m.padding,
-                          m.kernel_dilation, m.input_dilation,
-                          m.feature_group_count)
-    self.stats.see(self.name, x, {
-        "kernel": m.kernel[...],
-        "bias": m.bias[...] if m.bias is not None else None, "conv": conv})
-    return self.stats.output(self.name, m(x))
-
-
-class EmulatedLayer(nnx.Module):
-  """An NNX layer replaced by its crossbar emulation."""
-
-  def __init__(self, plan: LayerPlan, index: int, key=None):
-    self.plan = nnx.data(plan)
-    self.index = index
-    self.key = None if key is None else nnx.data(key)
-
-  def __call__(self, x):
-    k = None if self.key is None else jax.random.fold_in(self.key, self.index)
-    return run_layer(self.plan, x, k)
-
-
-class _Identity(nnx.Module):
-
-  def __call__(self, x):
-    return x
-
-
-def _swap(model, make):
-  """Replaces the modules ``make(path, node)`` returns a substitute for."""
-  for path, node in list(nnx.iter_graph(model)):
-    if not path or not isinstance(node, nnx.Module):
-      continue
-    new = make(path, node)
-    if new is None:
-      continue
-    parent = model
-    for p in path[:-1]:
-      parent = parent[p] if isinstance(p, int) else getattr(parent, p)
-    if isinstance(path[-1], int):
-      parent[path[-1]] = new
-    else:
-      setattr(parent, path[-1], new)
-
-
-def _nnx_name(path) -> str:
-  return "/".join(str(p) for p in path)
-
-
-def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
-                hw: hardware.HardwareSpec, *, rules: str = r".*",
-                per: str = "layer", nonideal=None, key=None,
-                method: str = "auto", fold_bn: bool = True
-                ) -> dict[str, LayerPlan]:
-  """Calibrates and programs an NNX model's layers (see module).
-
-  The model is not modified (a clone is calibrated); put it in eval mode.
-  Rules match ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``.
-
-  Returns:
-    ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
-  """
-  regex = re.compile(rules)
-  stats = _Stats()
-  probe = nnx.clone(model)
-
-  def make(path, node):
-    name = _nnx_name(path)
-    if (isinstance(node, (nnx.Linear, nnx.Conv))
-        and regex.search(f"{name}/kernel")):
-      return _Recorder(node, name, stats, True)
-    if isinstance(node, nnx.BatchNorm):
-      return _Recorder(node, name, stats, False)
-    return None
-
-  _swap(probe, make)
-  for batch in batches:
-    stats.produced.clear()
-    stats.alive.clear()
-    probe(batch)
-  if not stats.layers:
-    raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
-  return _finish(stats, hw, per, nonideal, key, method, fold_bn)
-
-
-def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:
-  """A copy of ``model`` whose planned layers run on the emulator.
-
-  Args:
-    model: the NNX model (eval mode).
-    plans: from :func:`prepare_nnx`.
-    key: read-noise key (folded per layer); a fixed part of the copy.
-
-  Returns:
-    The emulated copy; call it like the model (also under ``nnx.jit``).
-  """
-  emulated = nnx.clone(model)
-  order = {name: i for i, name in enumerate(sorted(plans))}
-  folded = {p.folded for p in plans.values() if p.folded is not None}
-
-  def make(path, node):
-    name = _nnx_name(path)
-    if name in plans and isinstance(node, (nnx.Linear, nnx.Conv)):
-      return EmulatedLayer(plans[name], order[name], key)
-    if name in folded and isinstance(node, nnx.BatchNorm):
-      return _Identity()
-    return None
-
-  _swap(emulated, make)
-  return emulated

@@ -8,7 +8,6 @@ import numpy as np
 
 import rsjax
 from rsjax import kernels as rk
-from rsjax.kernels import model as model_lib
 
 # Lossless ADC and fine quantization: the emulated model tracks the float one.
 FINE = rsjax.HardwareSpec(weight_bits=12, input_bits=12, ou_cols=12,
@@ -58,13 +57,13 @@ def _linen():
 
 def test_linen_emulation_tracks_float_and_folds_bn():
   model, variables, batches = _linen()
-  plans = model_lib.prepare_linen(model, variables, batches, FINE,
+  plans = rk.prepare_linen(model, variables, batches, FINE,
                                   train=False)
   assert sorted(plans) == ["Conv_0", "Conv_1", "Dense_0"]
   assert plans["Conv_0"].folded == "BatchNorm_0"
   assert plans["Conv_0"].signed and not plans["Conv_1"].signed
   want = model.apply(variables, batches[0], train=False)
-  got = jax.jit(lambda x: model_lib.emulate_linen(
+  got = jax.jit(lambda x: rk.emulate_linen(
       model, variables, x, plans, train=False))(batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
@@ -72,21 +71,21 @@ def test_linen_emulation_tracks_float_and_folds_bn():
 
 def test_linen_rules_and_lossy_adc():
   model, variables, batches = _linen()
-  plans = model_lib.prepare_linen(model, variables, batches, LOSSY,
+  plans = rk.prepare_linen(model, variables, batches, LOSSY,
                                   rules=r"Conv_1", train=False)
   assert list(plans) == ["Conv_1"]
   assert plans["Conv_1"].weights.method == "table"
-  y = model_lib.emulate_linen(model, variables, batches[0], plans,
+  y = rk.emulate_linen(model, variables, batches[0], plans,
                               train=False)
   assert y.shape == (4, 3) and bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_linen_noise_vmap_over_keys():
   model, variables, batches = _linen()
-  plans = model_lib.prepare_linen(
+  plans = rk.prepare_linen(
       model, variables, batches[:1], LOSSY, rules="Dense",
       nonideal=rk.Nonideal(read_sigma=0.5), train=False)
-  run = lambda k: model_lib.emulate_linen(model, variables, batches[0],
+  run = lambda k: rk.emulate_linen(model, variables, batches[0],
                                           plans, key=k, train=False)
   keys = jax.random.split(jax.random.key(1), 3)
   ys = jax.jit(jax.vmap(run))(keys)
@@ -101,10 +100,10 @@ def test_nnx_emulation_tracks_float():
   model.bn.var[...] = model.bn.var[...] * 2.0
   model.eval()
   batches = _batches()
-  plans = model_lib.prepare_nnx(model, batches, FINE)
+  plans = rk.prepare_nnx(model, batches, FINE)
   assert sorted(plans) == ["conv", "head"]
   assert plans["conv"].folded == "bn"
-  emulated = model_lib.emulate_nnx(model, plans)
+  emulated = rk.emulate_nnx(model, plans)
   want = model(batches[0])
   got = nnx.jit(lambda m, x: m(x))(emulated, batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
@@ -116,13 +115,13 @@ def test_nnx_emulation_tracks_float():
 def test_linen_calibrated_adc_per_column_weights():
   model, variables, batches = _linen()
   hw = LOSSY.replace(adc_mode="calibrated")
-  plans = model_lib.prepare_linen(model, variables, batches, hw,
+  plans = rk.prepare_linen(model, variables, batches, hw,
                                   per="column", train=False)
   for plan in plans.values():
     assert hw.adc_max <= int(plan.weights.adc_range) <= hw.partial_sum_max
     assert plan.w_scale.shape == (plan.weights.out_features,)
   want = model.apply(variables, batches[0], train=False)
-  got = model_lib.emulate_linen(model, variables, batches[0], plans,
+  got = rk.emulate_linen(model, variables, batches[0], plans,
                                 train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 0.1, err
@@ -132,13 +131,13 @@ def test_nnx_noise_keys():
   model = NnxNet(nnx.Rngs(0))
   model.eval()
   batches = _batches()
-  plans = model_lib.prepare_nnx(
+  plans = rk.prepare_nnx(
       model, batches[:1], LOSSY, rules="conv",
       nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
       key=jax.random.key(0))
   assert list(plans) == ["conv"] and plans["conv"].weights.method == "direct"
-  a = model_lib.emulate_nnx(model, plans, key=jax.random.key(1))
-  b = model_lib.emulate_nnx(model, plans, key=jax.random.key(2))
+  a = rk.emulate_nnx(model, plans, key=jax.random.key(1))
+  b = rk.emulate_nnx(model, plans, key=jax.random.key(2))
   np.testing.assert_array_equal(np.asarray(a(batches[0])),
                                 np.asarray(a(batches[0])))
   assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))

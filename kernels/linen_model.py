@@ -1,0 +1,108 @@
+"""Whole-model emulation of Flax Linen models (``nn.intercept_methods``).
+
+See :mod:`rsjax.kernels.model` for what is calibrated, folded and emulated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from flax import linen as nn
+import jax
+
+from rsjax._src import hardware
+from rsjax.kernels import model as model_lib
+
+
+def _linen_name(mod) -> str:
+  return "/".join(str(p) for p in mod.path)
+
+
+def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
+                  hw: hardware.HardwareSpec, *, rules: str = r".*",
+                  per: str = "layer", nonideal=None, key=None,
+                  method: str = "auto", fold_bn: bool = True,
+                  **apply_kwargs) -> dict[str, model_lib.LayerPlan]:
+  """Calibrates and programs a Linen model's layers (see module).
+
+  Args:
+    model: the Linen module.
+    variables: its variables (``params``, ``batch_stats``...).
+    batches: a few input batches (positional input of ``model.apply``).
+    hw: the hardware.
+    rules: regex over ``'params/<module path>/kernel'``.
+    per: weight scale per ``'layer'`` or ``'column'``.
+    nonideal, key, method: as :func:`rsjax.kernels.prepare`.
+    fold_bn: fold a BatchNorm that directly follows a layer.
+    **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
+
+  Returns:
+    ``{module path: LayerPlan}`` for :func:`emulate_linen`.
+  """
+  regex = re.compile(rules)
+  stats = model_lib.Stats()
+
+  def record(next_fun, args, kwargs, ctx):
+    mod = ctx.module
+    if ctx.method_name != "__call__" or not args:
+      return next_fun(*args, **kwargs)
+    name = _linen_name(mod)
+    if (isinstance(mod, (nn.Dense, nn.Conv))
+        and regex.search(f"params/{name}/kernel")):
+      p = mod.variables["params"]
+      conv = None
+      if isinstance(mod, nn.Conv):
+        conv = model_lib.conv_config(
+            mod.kernel_size, mod.strides, mod.padding, mod.kernel_dilation,
+            mod.input_dilation, mod.feature_group_count)
+      stats.see(name, args[0], {"kernel": p["kernel"],
+                                "bias": p.get("bias"), "conv": conv})
+      return stats.output(name, next_fun(*args, **kwargs))
+    if isinstance(mod, nn.BatchNorm):
+      v = mod.variables
+      stats.batchnorm(args[0], name, (
+          v["params"].get("scale", 1.0), v["params"].get("bias", 0.0),
+          v["batch_stats"]["mean"], v["batch_stats"]["var"], mod.epsilon))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    for batch in batches:
+      stats.produced.clear()
+      stats.alive.clear()
+      model.apply(variables, batch, **apply_kwargs)
+  if not stats.layers:
+    raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
+  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn)
+
+
+def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,
+                  **apply_kwargs):
+  """``model.apply(variables, x)`` with the planned layers on crossbars.
+
+  Args:
+    model, variables: as for :func:`prepare_linen`.
+    x: the input batch.
+    plans: from :func:`prepare_linen`.
+    key: read-noise key (one per layer is folded from it).
+    **apply_kwargs: passed to ``model.apply``.
+
+  Returns:
+    The model output.
+  """
+  order = {name: i for i, name in enumerate(sorted(plans))}
+  folded = {p.folded for p in plans.values() if p.folded is not None}
+
+  def emulate(next_fun, args, kwargs, ctx):
+    if ctx.method_name != "__call__" or not args:
+      return next_fun(*args, **kwargs)
+    name = _linen_name(ctx.module)
+    if name in plans and isinstance(ctx.module, (nn.Dense, nn.Conv)):
+      k = None if key is None else jax.random.fold_in(key, order[name])
+      return model_lib.run_layer(plans[name], args[0], k)
+    if name in folded and isinstance(ctx.module, nn.BatchNorm):
+      return args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(emulate):
+    return model.apply(variables, x, **apply_kwargs)

@@ -1,0 +1,146 @@
+"""Whole-model emulation of Flax NNX models (module swapping).
+
+See :mod:`rsjax.kernels.model` for what is calibrated, folded and emulated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from flax import nnx
+import jax
+
+from rsjax._src import hardware
+from rsjax.kernels import model as model_lib
+
+
+class _Recorder(nnx.Module):
+  """Stands in for a layer or BatchNorm during NNX calibration."""
+
+  def __init__(self, inner, name, stats, layer):
+    self.inner = inner
+    self.name = name
+    self.stats = stats
+    self.layer = layer
+
+  def __call__(self, x):
+    m = self.inner
+    if not self.layer:
+      self.stats.batchnorm(x, self.name, (
+          m.scale[...] if m.scale is not None else 1.0,
+          m.bias[...] if m.bias is not None else 0.0,
+          m.mean[...], m.var[...], m.epsilon))
+      return m(x)
+    conv = None
+    if isinstance(m, nnx.Conv):
+      conv = model_lib.conv_config(m.kernel_size, m.strides, m.padding,
+                                   m.kernel_dilation, m.input_dilation,
+                                   m.feature_group_count)
+    self.stats.see(self.name, x, {
+        "kernel": m.kernel[...],
+        "bias": m.bias[...] if m.bias is not None else None, "conv": conv})
+    return self.stats.output(self.name, m(x))
+
+
+class EmulatedLayer(nnx.Module):
+  """An NNX layer replaced by its crossbar emulation."""
+
+  def __init__(self, plan: model_lib.LayerPlan, index: int, key=None):
+    self.plan = nnx.data(plan)
+    self.index = index
+    self.key = None if key is None else nnx.data(key)
+
+  def __call__(self, x):
+    k = None if self.key is None else jax.random.fold_in(self.key, self.index)
+    return model_lib.run_layer(self.plan, x, k)
+
+
+class _Identity(nnx.Module):
+
+  def __call__(self, x):
+    return x
+
+
+def _swap(model, make):
+  """Replaces the modules ``make(path, node)`` returns a substitute for."""
+  for path, node in list(nnx.iter_graph(model)):
+    if not path or not isinstance(node, nnx.Module):
+      continue
+    new = make(path, node)
+    if new is None:
+      continue
+    parent = model
+    for p in path[:-1]:
+      parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(path[-1], int):
+      parent[path[-1]] = new
+    else:
+      setattr(parent, path[-1], new)
+
+
+def _nnx_name(path) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
+                hw: hardware.HardwareSpec, *, rules: str = r".*",
+                per: str = "layer", nonideal=None, key=None,
+                method: str = "auto", fold_bn: bool = True
+                ) -> dict[str, model_lib.LayerPlan]:
+  """Calibrates and programs an NNX model's layers (see module).
+
+  The model is not modified (a clone is calibrated); put it in eval mode.
+  Rules match ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``.
+
+  Returns:
+    ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
+  """
+  regex = re.compile(rules)
+  stats = model_lib.Stats()
+  probe = nnx.clone(model)
+
+  def make(path, node):
+    name = _nnx_name(path)
+    if (isinstance(node, (nnx.Linear, nnx.Conv))
+        and regex.search(f"{name}/kernel")):
+      return _Recorder(node, name, stats, True)
+    if isinstance(node, nnx.BatchNorm):
+      return _Recorder(node, name, stats, False)
+    return None
+
+  _swap(probe, make)
+  for batch in batches:
+    stats.produced.clear()
+    stats.alive.clear()
+    probe(batch)
+  if not stats.layers:
+    raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
+  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn)
+
+
+def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:
+  """A copy of ``model`` whose planned layers run on the emulator.
+
+  Args:
+    model: the NNX model (eval mode).
+    plans: from :func:`prepare_nnx`.
+    key: read-noise key (folded per layer); a fixed part of the copy.
+
+  Returns:
+    The emulated copy; call it like the model (also under ``nnx.jit``).
+  """
+  emulated = nnx.clone(model)
+  order = {name: i for i, name in enumerate(sorted(plans))}
+  folded = {p.folded for p in plans.values() if p.folded is not None}
+
+  def make(path, node):
+    name = _nnx_name(path)
+    if name in plans and isinstance(node, (nnx.Linear, nnx.Conv)):
+      return EmulatedLayer(plans[name], order[name], key)
+    if name in folded and isinstance(node, nnx.BatchNorm):
+      return _Identity()
+    return None
+
+  _swap(emulated, make)
+  return emulated
