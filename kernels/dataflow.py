@@ -99,7 +99,8 @@ def patterns(x, hw: hardware.HardwareSpec):
 
 
 def _lookup(tab, pat, cyc):
-  """``sum_t 2^(t dac) tab[pat[:, t]]``: ``[P, C]``, ``[M, T]`` -> ``[M, C]``."""
+  """``sum_t 2^(t dac) tab[pat[:, t]]``: ``[P, C]``, ``[M, T]`` -> ``[M, C]``.
+  """
   rows = tab.at[pat].get(mode="promise_in_bounds")
   return jnp.sum(jnp.left_shift(rows, cyc[None, :, None]), axis=1)
 
