@@ -203,3 +203,14 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="block_shape"):
     rk.shared_crossbar_matmul(np.zeros((1, 18), np.int32), codebook, index,
                               ISAAC.replace(ou_rows=3))
+
+
+@pytest.mark.parametrize("method", ["exact", "table", "direct"])
+def test_eager_without_jit(method):
+  hw = (ISAAC if method == "exact" else
+        ISAAC_LOSSY.replace(signed="differential", weight_bits=9))
+  rng = np.random.default_rng(7)
+  x, w = _rand(rng, hw, 3, 11, 4)
+  with jax.disable_jit():
+    y = rk.crossbar_matmul(x, w, hw, method=method)
+  _check(y, x, w, hw)
