@@ -23,7 +23,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
                   hw: hardware.HardwareSpec, *, rules: str = r".*",
                   per: str = "layer", nonideal=None, key=None,
                   method: str = "auto", fold_bn: bool = True,
-                  **apply_kwargs) -> dict[str, model_lib.LayerPlan]:
+                  compressed=None, **apply_kwargs) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs a Linen model's layers (see module).
 
   Args:
@@ -35,6 +35,12 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
     per: weight scale per ``'layer'`` or ``'column'``.
     nonideal, key, method: as :func:`rsjax.kernels.prepare`.
     fold_bn: fold a BatchNorm that directly follows a layer.
+    compressed: ``{path: rsjax.CompressedLayer}`` of shared layers (module
+      path, or ``'params/<path>/kernel'``): these run the index-and-add
+      dataflow on their codebook, quantized with one layer scale, and index
+      table (the module's kernel is not used); their BatchNorm stays digital.
+      Calibrate with ``variables`` holding the decompressed kernels, so that
+      downstream input scales see the compressed model's activations.
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
 
   Returns:
@@ -73,7 +79,8 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
       model.apply(variables, batch, **apply_kwargs)
   if not stats.layers:
     raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
-  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn)
+  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
+                          compressed)
 
 
 def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 
 from rsjax._src import hardware
+from rsjax._src import kmeans
+from rsjax._src import lowering
 from rsjax._src import quantize
 from rsjax.kernels import calibrate
 from rsjax.kernels import conv as conv_lib
@@ -90,9 +92,8 @@ def conv_config(kernel_size, strides, padding, dilation, input_dilation,
           _hashable_padding(padding), dilation if dilation is not None else 1)
 
 
-def _plan(kernel, bias, bn, stats, hw, per, nonideal, key, method, conv,
-          bn_path, adc_range):
-  """Folds, quantizes and programs one layer."""
+def _fold(kernel, bias, bn):
+  """The crossbar matrix and bias with a BatchNorm (or None) folded in."""
   n = kernel.shape[-1]
   matrix = jnp.asarray(kernel, jnp.float32).reshape(-1, n)
   bias = (jnp.zeros((n,), jnp.float32) if bias is None
@@ -102,13 +103,13 @@ def _plan(kernel, bias, bn, stats, hw, per, nonideal, key, method, conv,
     s = gamma * jax.lax.rsqrt(var + jnp.float32(eps))
     matrix = matrix * s[None]
     bias = (bias - mean) * s + beta
-  qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
-  top = float(2**hw.input_bits - 1)
-  x_scale = jnp.float32(stats["max"] / top if stats["max"] > 0 else 1.0)
-  weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
-                             key=key, method=method)
-  return LayerPlan(weights, w_scale, x_scale, bias, hw, stats["min"] < 0,
-                   conv, bn_path)
+  return matrix, bias
+
+
+def _layer_name(path: str) -> str:
+  """``'params/a/b/kernel'`` or ``'a/b'`` -> ``'a/b'``."""
+  path = path[len("params/"):] if path.startswith("params/") else path
+  return path[:-len("/kernel")] if path.endswith("/kernel") else path
 
 
 def _last_axis(v, ndim):
@@ -177,22 +178,47 @@ def _adc_range(stats, plan_w, hw, x_scale):
   return calibrate.calibrate_adc_range(q, plan_w, hw)
 
 
-def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn):
+def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
+           compressed=None):
+  """Programs every recorded layer (shared ones from their codebooks)."""
+  compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
+  unknown = sorted(set(compressed) - set(stats.layers))
+  if unknown:
+    raise ValueError(f"compressed layers {unknown} are not among the "
+                     f"emulated layers {sorted(stats.layers)}")
+  top = float(2**hw.input_bits - 1)
   plans = {}
   for i, (name, st) in enumerate(sorted(stats.layers.items())):
-    bn_path, bn = stats.bn.get(name, (None, None)) if fold_bn else (None, None)
+    layer = compressed.get(name)
+    # A shared layer keeps its BatchNorm digital: folding would scale the
+    # columns of a shared block differently and unshare it.
+    bn_path, bn = ((None, None) if not fold_bn or layer is not None
+                   else stats.bn.get(name, (None, None)))
+    matrix, bias = _fold(st["kernel"], st["bias"], bn)
+    x_scale = jnp.float32(st["max"] / top if st["max"] > 0 else 1.0)
+    if layer is None:
+      qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
+    else:
+      if tuple(layer.kernel_shape) != tuple(st["kernel"].shape):
+        raise ValueError(f"compressed layer {name} has kernel shape "
+                         f"{layer.kernel_shape}, the model's is "
+                         f"{tuple(st['kernel'].shape)}")
+      # One layer scale: a stored block serves several output columns.
+      qcb, w_scale = quantize.quantize_weights(layer.codebook, hw.weight_bits,
+                                               per="layer")
+      qw = lowering.from_ous(kmeans.decompress(qcb, layer.index),
+                             matrix.shape)
+    adc_range = (_adc_range(st, qw, hw, x_scale)
+                 if hw.adc_mode == "calibrated" else None)
     k = None if key is None else jax.random.fold_in(key, i)
-    adc_range = None
-    if hw.adc_mode == "calibrated":
-      n = st["kernel"].shape[-1]
-      matrix = jnp.asarray(st["kernel"], jnp.float32).reshape(-1, n)
-      if bn is not None:
-        matrix = matrix * (bn[0] * jax.lax.rsqrt(bn[3] + jnp.float32(bn[4])))[
-            None]
-      qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
-      top = float(2**hw.input_bits - 1)
-      adc_range = _adc_range(st, qw, hw, jnp.float32(
-          st["max"] / top if st["max"] > 0 else 1.0))
-    plans[name] = _plan(st["kernel"], st["bias"], bn, st, hw, per, nonideal,
-                        k, method, st.get("conv"), bn_path, adc_range)
+    if layer is None:
+      weights = crossbar.prepare(qw, hw, adc_range=adc_range,
+                                 nonideal=nonideal, key=k, method=method)
+    else:
+      weights = crossbar.prepare_shared(
+          qcb, layer.index, hw, in_features=matrix.shape[0],
+          out_features=matrix.shape[1], adc_range=adc_range,
+          nonideal=nonideal, key=k, method=method)
+    plans[name] = LayerPlan(weights, w_scale, x_scale, bias, hw,
+                            st["min"] < 0, st.get("conv"), bn_path)
   return plans

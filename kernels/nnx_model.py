@@ -86,12 +86,14 @@ def _nnx_name(path) -> str:
 def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
                 hw: hardware.HardwareSpec, *, rules: str = r".*",
                 per: str = "layer", nonideal=None, key=None,
-                method: str = "auto", fold_bn: bool = True
-                ) -> dict[str, model_lib.LayerPlan]:
+                method: str = "auto", fold_bn: bool = True,
+                compressed=None) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs an NNX model's layers (see module).
 
   The model is not modified (a clone is calibrated); put it in eval mode.
-  Rules match ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``.
+  Arguments as :func:`rsjax.kernels.prepare_linen`; rules match
+  ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``, and ``compressed``
+  is keyed by attribute path.
 
   Returns:
     ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
@@ -116,7 +118,8 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
     probe(batch)
   if not stats.layers:
     raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
-  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn)
+  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
+                          compressed)
 
 
 def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:

@@ -141,3 +141,33 @@ def test_nnx_noise_keys():
   np.testing.assert_array_equal(np.asarray(a(batches[0])),
                                 np.asarray(a(batches[0])))
   assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))
+
+
+def test_linen_compressed_layer_equals_decompressed_dense():
+  model, variables, batches = _linen()
+  rng = np.random.default_rng(3)
+  shape = variables["params"]["Conv_1"]["kernel"].shape  # (3, 3, 4, 4)
+  hw = LOSSY
+  bh, bw = hw.block_shape
+  nrb, ngr = -(-36 // bh), -(-shape[-1] // bw)
+  layer = rsjax.CompressedLayer(
+      jnp.asarray(rng.standard_normal((nrb, 1, bh, bw)), jnp.float32),
+      jnp.asarray(rng.integers(-1, 1, (nrb, ngr)), jnp.int32), shape)
+  dense_vars = jax.tree.map(lambda a: a, variables)
+  dense_vars["params"]["Conv_1"]["kernel"] = layer.to_kernel()
+  # Calibrate on the compressed model's float weights in both cases.
+  shared = rk.prepare_linen(model, dense_vars, batches, hw,
+                            compressed={"params/Conv_1/kernel": layer},
+                            train=False)
+  dense = rk.prepare_linen(model, dense_vars, batches, hw, train=False)
+  assert shared["Conv_1"].weights.route is None  # routed into the table
+  assert shared["Conv_1"].folded is None
+  np.testing.assert_array_equal(
+      np.asarray(shared["Conv_1"].weights.table),
+      np.asarray(dense["Conv_1"].weights.table))
+  y_shared = rk.emulate_linen(model, dense_vars, batches[0], shared,
+                              train=False)
+  y_dense = rk.emulate_linen(model, dense_vars, batches[0], dense,
+                             train=False)
+  np.testing.assert_allclose(np.asarray(y_shared), np.asarray(y_dense),
+                             rtol=1e-5, atol=1e-5)
