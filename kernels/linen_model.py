@@ -23,7 +23,8 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
                   hw: hardware.HardwareSpec, *, rules: str = r".*",
                   per: str = "layer", nonideal=None, key=None,
                   method: str = "auto", fold_bn: bool = True,
-                  compressed=None, **apply_kwargs) -> dict[str, model_lib.LayerPlan]:
+                  compressed=None, **apply_kwargs
+                  ) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs a Linen model's layers (see module).
 
   Args:
