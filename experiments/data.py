@@ -82,7 +82,9 @@ DATASETS = {
             "On a machine with internet, either rerun with "
             "--config.data.download=True, or run `tfds build cifar10 "
             "--file_format=array_record --data_dir=DATA_DIR` there and copy "
-            "DATA_DIR/cifar10 to the same place on this machine.")),
+            "DATA_DIR/cifar10 to the same place on this machine. Building "
+            "needs TensorFlow installed (TFDS encodes the images with it); "
+            "reading the built dataset does not.")),
     "imagenet2012": DatasetInfo(
         name="imagenet2012", tfds_name="imagenet2012", num_classes=1000,
         image_shape=(224, 224, 3), mean=(0.485, 0.456, 0.406),
