@@ -83,7 +83,7 @@ def im2col(x, kernel_size, strides=1, padding: Padding = "SAME",
 
 def conv_apply(weights: crossbar.CrossbarWeights, x, kernel_size,
                strides=1, padding: Padding = "SAME", dilation=1, *,
-               key=None):
+               key=None, signed_inputs: bool = False):
   """Emulated conv of unsigned int NHWC ``x`` on prepared crossbars.
 
   Args:
@@ -92,6 +92,7 @@ def conv_apply(weights: crossbar.CrossbarWeights, x, kernel_size,
     x: ``[B, H, W, cin]`` unsigned ints.
     kernel_size, strides, padding, dilation: as :func:`im2col`.
     key: read-noise key.
+    signed_inputs: two's complement inputs (see :func:`rsjax.kernels.apply`).
 
   Returns:
     ``[B, Ho, Wo, cout]``, as :func:`rsjax.kernels.apply`.
@@ -100,12 +101,14 @@ def conv_apply(weights: crossbar.CrossbarWeights, x, kernel_size,
   if patches.shape[-1] != weights.in_features:
     raise ValueError(f"patches have {patches.shape[-1]} features, the "
                      f"crossbar matrix has {weights.in_features} rows")
-  return crossbar.apply(weights, patches, key=key)
+  return crossbar.apply(weights, patches, key=key,
+                        signed_inputs=signed_inputs)
 
 
 def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                   padding: Padding = "SAME", dilation=1, *, key=None,
-                  adc_range=None, nonideal=None, method: str = "auto"):
+                  adc_range=None, nonideal=None, method: str = "auto",
+                  signed_inputs: bool = False):
   """Emulated ``conv_general_dilated(x, kernel)`` (NHWC, HWIO) on crossbars.
 
   Args:
@@ -114,7 +117,7 @@ def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
     hw: the hardware.
     strides, padding, dilation: as ``jax.lax.conv_general_dilated``
       (``rhs_dilation``).
-    key, adc_range, nonideal, method: as
+    key, adc_range, nonideal, method, signed_inputs: as
       :func:`rsjax.kernels.crossbar_matmul`.
 
   Returns:
@@ -131,4 +134,4 @@ def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                              adc_range=adc_range, nonideal=nonideal,
                              key=k_prog, method=method)
   return conv_apply(weights, x, kernel.shape[:2], strides, padding, dilation,
-                    key=k_read)
+                    key=k_read, signed_inputs=signed_inputs)

@@ -14,8 +14,10 @@ correction. That is what makes the dense emulation of a decompressed layer
 equal to its index-and-add emulation, bit for bit.
 
 Inputs are unsigned ``input_bits`` integers. A signed input (a first layer
-fed normalised pixels) is emulated as two unsigned passes, ``f(x+) - f(x-)``
-(see :mod:`rsjax.kernels.model`).
+fed normalised pixels) is either two's complement with a negative MSB cycle
+(``signed_inputs=True``: one extra cycle) or two unsigned passes,
+``f(x+) - f(x-)``, as the whole-model emulation does (full resolution for
+each sign, twice the cycles).
 """
 
 from __future__ import annotations
@@ -238,23 +240,38 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
                  matrix, k, n)
 
 
-@functools.partial(jax.jit, static_argnames=("rows",))
-def _apply(weights: CrossbarWeights, x, key, rows):
+def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
+  """``S`` of unsigned ``x`` fed as ``hw`` says (its cycles)."""
+  if weights.method == "exact":
+    return dataflow.map_rows(lambda c, _: dataflow.exact_apply(
+        weights.matrix, c, hw), x, rows)
+  pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
+  xp = jnp.pad(x, ((0, 0), (0, pad)))
+  if weights.method == "table":
+    fn = lambda c, _: dataflow.table_apply(weights.table, c, hw)
+  else:
+    fn = lambda c, k: dataflow.direct_apply(
+        weights.cells, weights.route, weights.active, c, hw,
+        weights.adc_range, weights.read_sigma, k)
+  return dataflow.map_rows(fn, xp, rows, key)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "signed"))
+def _apply(weights: CrossbarWeights, x, key, rows, signed):
   hw = weights.hw
   method = weights.method
-  if method == "exact":
-    s = dataflow.map_rows(lambda c, _: dataflow.exact_apply(
-        weights.matrix, c, hw), x, rows)
+  if signed:
+    # Two's complement: the unsigned reading u of the bits, then one more
+    # cycle that feeds the sign bits again, weighted -2^input_bits:
+    # x = u - 2^input_bits * msb.
+    u = x & (2**hw.input_bits - 1)
+    msb = (u >> (hw.input_bits - 1)) & 1
+    k_u, k_msb = (None, None) if key is None else jax.random.split(key)
+    one_cycle = hw.replace(input_bits=hw.dac_bits)
+    s = _codes_sum(weights, u, k_u, rows, hw) - jnp.left_shift(
+        _codes_sum(weights, msb, k_msb, rows, one_cycle), hw.input_bits)
   else:
-    pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
-    xp = jnp.pad(x, ((0, 0), (0, pad)))
-    if method == "table":
-      fn = lambda c, _: dataflow.table_apply(weights.table, c, hw)
-    else:
-      fn = lambda c, k: dataflow.direct_apply(
-          weights.cells, weights.route, weights.active, c, hw,
-          weights.adc_range, weights.read_sigma, k)
-    s = dataflow.map_rows(fn, xp, rows, key)
+    s = _codes_sum(weights, x, key, rows, hw)
   corr = None
   if hw.signed == "offset" and method != "exact":
     pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
@@ -271,13 +288,19 @@ def _apply(weights: CrossbarWeights, x, key, rows):
   return y if corr is None else y - corr.astype(jnp.float32)
 
 
-def apply(weights: CrossbarWeights, x, *, key=None):
+def apply(weights: CrossbarWeights, x, *, key=None,
+          signed_inputs: bool = False):
   """Emulates ``x @ W`` on programmed crossbars.
 
   Args:
     weights: from :func:`prepare` or :func:`prepare_shared`.
-    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``.
+    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``, or with
+      ``signed_inputs`` two's complement ints in
+      ``[-2^(input_bits-1), 2^(input_bits-1))``.
     key: ``jax.random`` key for read noise (required with read noise).
+    signed_inputs: feed the two's complement bits as unsigned cycles plus
+      one extra cycle of the sign bits whose output is weighted
+      ``-2^input_bits`` (a negative MSB cycle): ``x = u - 2^input_bits msb``.
 
   Returns:
     ``[..., N]``: the digital output after ADC, shift-and-add and the signed
@@ -288,7 +311,11 @@ def apply(weights: CrossbarWeights, x, *, key=None):
   if getattr(x, "ndim", 0) < 1 or x.shape[-1] != weights.in_features:
     raise ValueError(f"x must be [..., {weights.in_features}], got shape "
                      f"{getattr(x, 'shape', None)}")
-  checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
+  if signed_inputs:
+    half = 2 ** (hw.input_bits - 1)
+    checks.check_ints("x", x, -half, half - 1)
+  else:
+    checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
   if weights.read_sigma and key is None:
     raise ValueError("read noise needs an explicit key")
   lead = x.shape[:-1]
@@ -300,14 +327,15 @@ def apply(weights: CrossbarWeights, x, *, key=None):
     cols = weights.cells.shape[3]
   rows = dataflow.chunk_rows(hw, weights.method, weights.num_row_blocks,
                              max(cols, weights.out_features))
-  y = _apply(weights, x2, key if weights.read_sigma else None, rows)
+  y = _apply(weights, x2, key if weights.read_sigma else None, rows,
+             bool(signed_inputs))
   return y.reshape(lead + (weights.out_features,))
 
 
 def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
                     adc_range=None,
                     nonideal: cells_lib.Nonideal | None = None,
-                    method: str = "auto"):
+                    method: str = "auto", signed_inputs: bool = False):
   """Emulated ``x @ w`` on ReRAM crossbars (SPEC section 2).
 
   Args:
@@ -319,6 +347,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
     adc_range: per-layer ADC range for ``adc_mode='calibrated'``.
     nonideal: device non-idealities, None for ideal.
     method: see :func:`prepare`.
+    signed_inputs: two's complement inputs, see :func:`apply`.
 
   Returns:
     As :func:`apply`.
@@ -326,14 +355,14 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = prepare(w, hw, adc_range=adc_range, nonideal=nonideal,
                     key=k_prog, method=method)
-  return apply(weights, x, key=k_read)
+  return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 
 def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
                            out_features: int | None = None, key=None,
                            adc_range=None,
                            nonideal: cells_lib.Nonideal | None = None,
-                           method: str = "auto"):
+                           method: str = "auto", signed_inputs: bool = False):
   """Index-and-add emulation of a shared layer (SPEC section 2).
 
   Each stored block is converted once per row-block and cycle and its ADC
@@ -346,7 +375,8 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
     index: ``[R, G]`` int32, ``-1`` = pruned.
     hw: the hardware.
     out_features: N (default ``G * bw``).
-    key, adc_range, nonideal, method: as :func:`crossbar_matmul`.
+    key, adc_range, nonideal, method, signed_inputs: as
+      :func:`crossbar_matmul`.
 
   Returns:
     As :func:`apply`.
@@ -356,7 +386,7 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
   weights = prepare_shared(codebook, index, hw, out_features=out_features,
                            in_features=k, adc_range=adc_range,
                            nonideal=nonideal, key=k_prog, method=method)
-  return apply(weights, x, key=k_read)
+  return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 
 def quantize_inputs(x, scale, hw: hardware.HardwareSpec):

@@ -71,3 +71,13 @@ def test_conv_bad_inputs():
     rk.crossbar_conv(x, np.zeros((3, 3, 3, 1), np.int32), HW)
   with pytest.raises(ValueError, match="padding"):
     rk.im2col(x, 3, 1, "FULL")
+
+
+def test_signed_input_conv_equals_lax():
+  rng = np.random.default_rng(3)
+  x = rng.integers(-128, 128, (1, 5, 5, 3))
+  kernel = rng.integers(-127, 128, (3, 3, 3, 2))
+  y = rk.crossbar_conv(x, kernel, HW, 1, "SAME", method="table",
+                       signed_inputs=True)
+  want = _lax_conv(x, kernel, (1, 1), "SAME")
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(want, np.int64))

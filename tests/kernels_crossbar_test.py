@@ -56,7 +56,7 @@ def specs(draw):
       signed=signed)
 
 
-@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=10, deadline=None, derandomize=True)
 @hypothesis.given(hw=specs(), m=st.integers(1, 3), k=st.integers(1, 13),
                   n=st.integers(1, 5), seed=st.integers(0, 2**16))
 def test_matches_reference_on_random_specs(hw, m, k, n, seed):
@@ -214,3 +214,23 @@ def test_eager_without_jit(method):
   with jax.disable_jit():
     y = rk.crossbar_matmul(x, w, hw, method=method)
   _check(y, x, w, hw)
+
+
+@pytest.mark.parametrize("method", ["exact", "table", "direct"])
+def test_signed_inputs_twos_complement(method):
+  rng = np.random.default_rng(8)
+  lossy = method != "exact"
+  hw = ISAAC_LOSSY.replace(adc_mode="scale") if lossy else ISAAC
+  x = rng.integers(-128, 128, (2, 3, 14))
+  w = rng.integers(-127, 128, (14, 5))
+  y = rk.crossbar_matmul(x, w, hw, method=method, signed_inputs=True)
+  want = ref.crossbar_output_signed(x.reshape(-1, 14), w, hw).reshape(2, 3, 5)
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-6,
+                             atol=1e-6 * np.abs(want).max())
+  if not lossy:
+    np.testing.assert_array_equal(np.asarray(y), x @ w)
+  lossless = rk.crossbar_matmul(x, w, ISAAC, method=method if lossy else
+                                "exact", signed_inputs=True)
+  np.testing.assert_array_equal(np.asarray(lossless), x @ w)
+  with pytest.raises(ValueError, match="lie in"):
+    rk.crossbar_matmul(x * 2, w, hw, signed_inputs=True)

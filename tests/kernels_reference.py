@@ -65,3 +65,19 @@ def crossbar_output(x, w, hw, calibrated=None):
   if hw.adc_mode == "clip":
     return codes - corr
   return codes * step - corr
+
+
+def crossbar_output_signed(x, w, hw, calibrated=None):
+  """Two's complement inputs: ``u`` cycles minus ``2^input_bits`` times one
+  extra cycle of the sign bits."""
+  x = np.asarray(x, np.int64)
+  u = x % 2**hw.input_bits
+  msb = u >> (hw.input_bits - 1)
+  codes_u, corr_u, step = crossbar(u, w, hw, calibrated)
+  one = hw.replace(input_bits=hw.dac_bits)
+  codes_m, corr_m, _ = crossbar(msb, w, one, calibrated)
+  codes = codes_u - 2**hw.input_bits * codes_m
+  corr = corr_u - 2**hw.input_bits * corr_m
+  if hw.adc_mode == "clip":
+    return codes - corr
+  return codes * step - corr
