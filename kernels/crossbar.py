@@ -50,7 +50,9 @@ class CrossbarWeights:
       pattern (``table`` path), else None.
     matrix: ``[K, N]`` int32 weights (``exact`` path), else None.
     route: ``[R, N]`` int32 index table per output column: the stored column
-      it reads in row-block ``r``, ``C`` for pruned; None for a dense layer.
+      it reads in row-block ``r``, ``C`` for pruned (``direct`` path of a
+      shared layer); None for a dense layer and for tables, which are
+      routed when built.
     active: ``[R, N]`` int32, 1 where the block is stored (offset correction).
     adc_range: int32 scalar, the partial sum mapped to the top ADC code.
     hw: the hardware.
