@@ -274,6 +274,8 @@ class _Run:
 
 def _stage_train(run: _Run) -> dict[str, Any]:
   tc = run.config.train
+  if tc.init_checkpoint:
+    return _load_baseline(run, tc.init_checkpoint)
   init_key = jax.random.fold_in(run.key, 0)
   variables = models_lib.init_variables(run.model, init_key,
                                         run.info.image_shape)
@@ -291,6 +293,28 @@ def _stage_train(run: _Run) -> dict[str, Any]:
                                run.mesh)
   return {"accuracy_float": metrics["accuracy"],
           "eval_loss": metrics["loss"], "steps": tc.steps}
+
+
+def _load_baseline(run: _Run, path: str) -> dict[str, Any]:
+  """Takes a trained baseline (e.g. another run's checkpoints/baseline)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"train.init_checkpoint {path} does not exist")
+  baseline = _load_tree(path)
+  expected = jax.eval_shape(
+      lambda: models_lib.init_variables(run.model, jax.random.key(0),
+                                        run.info.image_shape))
+  shapes = lambda t: {p: tuple(x.shape) for p, x in flatten(t).items()}
+  if shapes(baseline) != shapes(expected):
+    raise ValueError(
+        f"train.init_checkpoint {path} does not hold variables of "
+        f"{run.config.model.name} for inputs {run.info.image_shape}")
+  log.info("baseline loaded from %s (no training)", path)
+  _save_tree(os.path.join(run.ckpt, "baseline"), jax.device_get(baseline))
+  metrics = train_lib.evaluate(run.model, baseline, run.eval_batches(),
+                               run.mesh)
+  return {"accuracy_float": metrics["accuracy"],
+          "eval_loss": metrics["loss"], "steps": 0,
+          "init_checkpoint": os.path.abspath(path)}
 
 
 def _stage_prune(run: _Run) -> dict[str, Any]:

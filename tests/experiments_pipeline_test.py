@@ -124,6 +124,16 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   again = pipeline.run(config, workdir)
   assert again["accuracy"] == results["accuracy"]
 
+  # Another compression setting from the same trained baseline.
+  monkeypatch.undo()
+  other = tiny(default.get_config(), fmnist_data_dir)
+  other.train.init_checkpoint = os.path.join(workdir, "checkpoints",
+                                             "baseline")
+  other.prune.ratio = 0.6
+  out = pipeline.run(other, str(tmp_path / "other"), until="prune")
+  assert out["train"]["accuracy_float"] == pytest.approx(acc["float"])
+  assert out["prune"]["zero_weight_fraction"] > 0.5
+
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=() if n in FAST_CONFIGS else pytest.mark.slow)

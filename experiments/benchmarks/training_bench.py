@@ -3,9 +3,9 @@
 Target (issue 3): the step with STE sharing on costs at most 1.3x the plain
 step, re-clustering amortised at its default interval (every 100 steps).
 
-Both steps are jitted, run interleaved in rounds of ``--interval`` steps (so
-each STE round holds exactly one re-clustering), each step timed to
-completion. Reports the median plain step, the median STE step without
+Both steps are jitted and alternate step by step, in rounds of
+``--interval`` steps each (so each STE round holds exactly one
+re-clustering), each step timed to completion. Reports the median plain step, the median STE step without
 re-clustering, the re-clustering step, the amortised ratio
 ``sum(STE round) / sum(plain round)`` and, robust to other load on a shared
 machine, the same from medians:
@@ -131,18 +131,19 @@ def main():
   shared = jax.block_until_ready(ste_step(*shared))
   compile_ste = time.perf_counter() - t0
 
-  def run(step, carry, n):
-    times = []
-    for _ in range(n):
-      t = time.perf_counter()
-      carry = jax.block_until_ready(step(*carry))
-      times.append(time.perf_counter() - t)
-    return carry, np.array(times)
+  def timed(step, carry):
+    t = time.perf_counter()
+    carry = jax.block_until_ready(step(*carry))
+    return carry, time.perf_counter() - t
 
+  # Plain and STE steps alternate, so load from other processes on a shared
+  # machine hits both alike.
   plain_times, ste_times, ratios = [], [], []
   for _ in range(args.rounds):
-    plain, tp = run(plain_step, plain, args.interval)
-    shared, ts = run(ste_step, shared, args.interval)
+    tp, ts = np.zeros(args.interval), np.zeros(args.interval)
+    for i in range(args.interval):
+      plain, tp[i] = timed(plain_step, plain)
+      shared, ts[i] = timed(ste_step, shared)
     plain_times.append(tp)
     ste_times.append(ts)
     ratios.append(ts.sum() / tp.sum())

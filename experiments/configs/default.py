@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = False
 
   config.train = ml_collections.ConfigDict()
+  # A trained baseline to start from instead of training (an orbax
+  # checkpoint of {'params', 'batch_stats'}, e.g. WORKDIR/checkpoints/baseline
+  # of an earlier run); '' trains one.
+  config.train.init_checkpoint = ""
   config.train.steps = 2000
   config.train.batch_size = 128
   config.train.eval_batch_size = 1000
