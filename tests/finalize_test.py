@@ -1,7 +1,6 @@
 """to_compressed: from a training state or from projected params."""
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -10,6 +9,7 @@ import pytest
 import rsjax
 from rsjax._src import blockops
 from rsjax._src import finalize
+from rsjax._src import finetune
 from rsjax._src import rules as rules_lib
 from rsjax._src import sharing
 
@@ -48,7 +48,7 @@ def test_from_params_reads_exact_blocks():
 
 def test_from_state_matches_training_params():
   params = _params()
-  tx = sharing.centroid_finetune(optax.sgd(0.1), RULES, BLOCK)
+  tx = finetune.centroid_finetune(optax.sgd(0.1), RULES, BLOCK)
   state = tx.init(params)
   grads = {"z": {"kernel": jnp.ones((4, 8))},
            "v": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
@@ -87,49 +87,8 @@ def test_errors():
   with pytest.raises(ValueError, match="project"):
     finalize.to_compressed(params, rules=RULES, hw=BLOCK)
   with pytest.raises(ValueError, match="project"):
-    sharing.centroid_finetune(optax.sgd(0.1), RULES, BLOCK).init(params)
+    finetune.centroid_finetune(optax.sgd(0.1), RULES, BLOCK).init(params)
   with pytest.raises(ValueError, match="rules and hw"):
     finalize.to_compressed(params)
   with pytest.raises(ValueError, match="no rsjax training state"):
     finalize.to_compressed(params, optax.sgd(0.1).init(params))
-
-
-def test_nnx_optimizer_finetune_then_export():
-  """The wrappers inside ``nnx.Optimizer``: its state holds ours."""
-
-  class Net(nnx.Module):
-
-    def __init__(self):
-      self.z = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
-
-    def __call__(self, x):
-      return self.z(x)
-
-  model = Net()
-  model.z.kernel[...] = _params()["z"]["kernel"]
-  rules = [rules_lib.Rule("z/kernel", k=2)]
-  opt = nnx.Optimizer(model, sharing.centroid_finetune(optax.sgd(0.1), rules,
-                                                       BLOCK), wrt=nnx.Param)
-  x = jnp.arange(8.0).reshape(2, 4)
-
-  @nnx.jit
-  def step(model, opt):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = nnx.as_pure(opt.opt_state)
-
-    def loss(p):
-      y = nnx.merge(graphdef, sharing.training_params(p, state), rest)(x)
-      return jnp.mean(y ** 2)
-
-    opt.update(model, jax.grad(loss)(params))
-
-  for _ in range(2):
-    step(model, opt)
-  state = nnx.as_pure(opt.opt_state)
-  params = nnx.state(model, nnx.Param)
-  comp = finalize.to_compressed(params, state)
-  np.testing.assert_array_equal(comp["z/kernel"].index, INDEX)
-  trained = sharing.training_params(params, state)
-  np.testing.assert_array_equal(comp["z/kernel"].to_kernel(),
-                                trained["z"]["kernel"])
-  assert not np.array_equal(comp["z/kernel"].codebook, CODEBOOK)

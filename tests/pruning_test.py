@@ -42,7 +42,8 @@ def test_schedule():
 
 def test_layer_and_global_targets():
   params = _params()
-  rules = [rules_lib.Rule("a", sparsity=0.5), rules_lib.Rule("b", sparsity=0.25)]
+  rules = [rules_lib.Rule("a", sparsity=0.5),
+           rules_lib.Rule("b", sparsity=0.25)]
   plan = rules_lib.make_plan(params, rules, BLOCK)
   kernels = pruning.kernels_of(params, plan)
   masks = pruning.prune_masks(kernels, pruning.full_masks(plan), plan, 1.0)

@@ -12,6 +12,7 @@ import pytest
 
 from rsjax._src import blockops
 from rsjax._src import finalize
+from rsjax._src import finetune
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 from rsjax._src import sharing
@@ -170,7 +171,7 @@ def test_ste_then_finetune_then_export(frontend, opt, jit=True):
   check_sparsity(params)
   np.testing.assert_array_equal(apply(params, data[0]), trained)
   with ctx:
-    ft = sharing.centroid_finetune(inner, RULES, BLOCK)
+    ft = finetune.centroid_finetune(inner, RULES, BLOCK)
     ft_params, ft_state = _train(ft, params, apply, 3, data, jit)
   for p, s in ft_state.layers.items():
     np.testing.assert_array_equal(s.mask, masks[p])
@@ -321,7 +322,7 @@ def test_small_cnn_recovers_accuracy():
   params, state = train(ste, float_params, 100)
   params = sharing.project(params, state)
   ste_acc = float(accuracy(params))
-  ft = sharing.centroid_finetune(optax.sgd(0.01, momentum=0.9), rules, BLOCK)
+  ft = finetune.centroid_finetune(optax.sgd(0.01, momentum=0.9), rules, BLOCK)
   params, state = train(ft, params, 30)
   comp = finalize.to_compressed(params, state)
   exported = pruning.map_planned(lambda p, w: comp[p].to_kernel(), params,

@@ -160,8 +160,8 @@ def reduce_to_centroids(grad, index, plan: rules_lib.LayerPlan,
 def decompress(codebook, index):
   """``kmeans.decompress`` without its value checks, which would force
   concrete closed-over arrays inside a caller's ``jit``."""
-  blocks = jnp.take_along_axis(codebook, jnp.maximum(index, 0)[:, :, None, None],
-                               axis=1)
+  safe = jnp.maximum(index, 0)[:, :, None, None]
+  blocks = jnp.take_along_axis(codebook, safe, axis=1)
   return jnp.where((index >= 0)[:, :, None, None], blocks,
                    jnp.zeros((), codebook.dtype))
 
@@ -195,9 +195,9 @@ def exact_codebook(kernel, plan: rules_lib.LayerPlan, slots: int | None = None):
   same = jnp.all(x[:, :, None, :] == x[:, None, :, :], axis=-1)
   first = jnp.argmax(same, axis=-1).astype(jnp.int32)
   unique = jnp.sum(valid & (first == jnp.arange(num_groups)[None]), axis=-1)
-  codebook, index = jax.vmap(
-      kmeans._compact, in_axes=(0, 0, 0, None))(  # pylint: disable=protected-access
-          first, valid, x, slots)
+  compact_one = kmeans._compact  # pylint: disable=protected-access
+  codebook, index = jax.vmap(compact_one, in_axes=(0, 0, 0, None))(
+      first, valid, x, slots)
   return codebook.reshape(num_rows, slots, bh, bw), index, unique
 
 
@@ -208,7 +208,7 @@ def compact(codebook, index):
   """
   num_rows, slots, bh, bw = codebook.shape
   table = codebook.reshape(num_rows, slots, bh * bw)
-  new_cb, new_index = jax.vmap(
-      kmeans._compact, in_axes=(0, 0, 0, None))(  # pylint: disable=protected-access
-          jnp.maximum(index, 0), index >= 0, table, slots)
+  compact_one = kmeans._compact  # pylint: disable=protected-access
+  new_cb, new_index = jax.vmap(compact_one, in_axes=(0, 0, 0, None))(
+      jnp.maximum(index, 0), index >= 0, table, slots)
   return new_cb.reshape(codebook.shape), new_index

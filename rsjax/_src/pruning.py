@@ -162,8 +162,8 @@ def initial_masks(params, plan, schedule: PruneSchedule):
 
 def apply_masks(params, masks, plan):
   """``params`` with every pruned block of the planned kernels zeroed."""
-  return map_planned(lambda p, x: blockops.apply_mask(x, masks[p], plan[p]),
-                     params, plan)
+  return map_planned(lambda p, x: (blockops.apply_mask(x, masks[p], plan[p])
+                                   if plan[p].pruned else x), params, plan)
 
 
 def masked_updates(updates, params, masks, plan):
@@ -174,6 +174,8 @@ def masked_updates(updates, params, masks, plan):
   """
   leaves = kernels_of(params, plan)
   def one(p, u):
+    if not plan[p].pruned:  # its mask is all True: skip the work
+      return u
     w = leaves[p]
     keep = blockops.apply_mask(jnp.ones_like(w, bool), masks[p], plan[p])
     return jnp.where(keep, u, -w)

@@ -118,7 +118,8 @@ def block_shape_of(hw) -> tuple[int, int]:
 
 
 def make_plan(params, rules: Sequence[Rule],
-              hw: hardware.HardwareSpec | Sequence[int]) -> dict[str, LayerPlan]:
+              hw: hardware.HardwareSpec | Sequence[int]
+              ) -> dict[str, LayerPlan]:
   """Resolves ``rules`` over the kernels of ``params``.
 
   Only shapes and paths are read, so this works on tracers and on
@@ -163,8 +164,10 @@ def make_plan(params, rules: Sequence[Rule],
       break
   unused = [r.pattern for r, h in zip(rules, hits) if h == 0]
   if unused:
+    kernels = [p for p, leaf in paths.named_leaves(params)
+               if getattr(leaf, "ndim", None) in (2, 4)]
     raise ValueError(
         f"rule(s) {unused} match no Dense or Conv kernel (that an earlier "
         f"rule did not take); kernel paths are "
-        f"{[p for p, l in paths.named_leaves(params) if getattr(l, 'ndim', 0) in (2, 4)]}")
+        f"{kernels}")
   return plan

@@ -1,0 +1,110 @@
+"""The centroid fine-tune: assignments fixed, the centroids trained.
+
+The last stage after :func:`rsjax.ste_sharing` or
+:func:`rsjax.distance_sharing` and :func:`rsjax.project`: each shared
+kernel's codebook becomes the trainable parameter, so the model stays
+exactly shared (at most ``k`` distinct blocks per row-block, the same index
+table and pruned set) while its accuracy recovers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rsjax._src import blockops
+from rsjax._src import pruning
+from rsjax._src import rules as rules_lib
+from rsjax._src.pruning import LayerState
+from rsjax._src.sharing import FinetuneState
+
+
+def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
+                      reduce: str = "sum") -> optax.GradientTransformation:
+  """Trains the centroids with the assignments fixed.
+
+  ``init`` takes params that are already shared (:func:`project` them
+  first): the codebook is read off the bit-identical blocks, all-zero
+  blocks are pruned, so sparsity and assignments carry over exactly. The
+  inner optimizer runs on a tree like the params with each shared kernel
+  replaced by its codebook; a centroid's gradient is its members' block
+  gradients, summed (``reduce='sum'``, the exact gradient of the shared
+  model) or averaged (``'mean'``: every centroid moves at the rate of a
+  single weight whatever its member count). Non-shared leaves train as
+  usual, pruned blocks stay zero.
+
+  Args:
+    inner: any optax optimizer.
+    rules, hw: as for the sharing stage (the same ``k``).
+    reduce: ``'sum'`` or ``'mean'``.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`FinetuneState`; run the
+    model on :func:`training_params`.
+
+  Raises:
+    ValueError: in ``init``, on concrete params with more than ``k`` distinct
+      blocks in a row-block (not projected).
+  """
+  if reduce not in ("sum", "mean"):
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+  def codebook_tree(params, layers):
+    return pruning.map_planned(
+        lambda p, x: layers[p].codebook if layers[p].codebook is not None
+        else x, params, pruning.plans_of(layers))
+
+  def init(params):
+    plan = rules_lib.make_plan(params, rules, hw)
+    kernels = pruning.kernels_of(params, plan)
+    layers = {}
+    for p, lp in plan.items():
+      ous = blockops.kernel_to_ous(kernels[p], lp)
+      mask = jnp.any(ous != 0, axis=(2, 3))
+      codebook = index = None
+      if lp.shared:
+        codebook, index, unique = blockops.exact_codebook(kernels[p], lp,
+                                                          lp.slots)
+        if not isinstance(unique, jax.core.Tracer) and int(
+            jnp.max(unique)) > lp.slots:
+          raise ValueError(
+              f"{p}: a row-block has {int(jnp.max(unique))} distinct blocks, "
+              f"more than k={lp.k}; project() the params before fine-tuning")
+      layers[p] = LayerState(mask, codebook, index, lp)
+    return FinetuneState(jnp.zeros((), jnp.int32), layers,
+                         inner.init(codebook_tree(params, layers)))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("centroid_finetune needs params in update()")
+    layers = state.layers
+    plan = pruning.plans_of(layers)
+    masks = pruning.masks_of(layers)
+
+    def to_codebook_grad(p, g):
+      s = layers[p]
+      if s.codebook is None:
+        return blockops.apply_mask(g, s.mask, s.plan)
+      return blockops.reduce_to_centroids(g, s.index, s.plan, reduce).astype(
+          s.codebook.dtype)
+
+    grads = pruning.map_planned(to_codebook_grad, updates, plan)
+    tree = codebook_tree(params, layers)
+    cb_updates, inner_state = inner.update(grads, state.inner_state, tree)
+    new_cb = pruning.kernels_of(optax.apply_updates(tree, cb_updates), plan)
+    kernels = pruning.kernels_of(params, plan)
+
+    def to_param_update(p, u):
+      s = layers[p]
+      if s.codebook is None:
+        return u
+      return blockops.shared_kernel(new_cb[p], s.index, s.plan) - kernels[p]
+
+    updates = pruning.map_planned(to_param_update, cb_updates, plan)
+    updates = pruning.masked_updates(updates, params, masks, plan)
+    layers = {p: (s.replace(codebook=new_cb[p]) if s.codebook is not None
+                  else s) for p, s in layers.items()}
+    return updates, FinetuneState(state.count + 1, layers, inner_state)
+
+  return optax.GradientTransformation(init, update)
