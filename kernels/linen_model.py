@@ -23,7 +23,8 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
                   hw: hardware.HardwareSpec, *, rules: str = r".*",
                   per: str = "layer", nonideal=None, key=None,
                   method: str = "auto", fold_bn: bool = True,
-                  compressed=None, **apply_kwargs
+                  compressed=None, signed_scheme: str = "two_pass",
+                  **apply_kwargs
                   ) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs a Linen model's layers (see module).
 
@@ -42,6 +43,8 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
       table (the module's kernel is not used); their BatchNorm stays digital.
       Calibrate with ``variables`` holding the decompressed kernels, so that
       downstream input scales see the compressed model's activations.
+    signed_scheme: how layers with negative inputs are fed: ``'two_pass'``
+      or ``'twos_complement'`` (see :class:`rsjax.kernels.LayerPlan`).
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
 
   Returns:
@@ -81,7 +84,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
   if not stats.layers:
     raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
   return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
-                          compressed)
+                          compressed, signed_scheme)
 
 
 def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,

@@ -24,7 +24,8 @@ Two steps, without rewriting the model:
 A layer's inputs are quantized to unsigned ``input_bits`` integers with its
 calibrated scale (values above the calibrated maximum saturate). A layer fed
 signed inputs (e.g. normalised pixels) is emulated as two unsigned passes,
-``f(relu(x)) - f(relu(-x))``. Biases are added digitally in float. Models
+``f(relu(x)) - f(relu(-x))`` (``signed_scheme='two_pass'``, the default), or
+in two's complement with a negative MSB cycle (``'twos_complement'``). Biases are added digitally in float. Models
 must run in inference mode (``train=False`` / ``model.eval()``).
 """
 
@@ -55,9 +56,13 @@ class LayerPlan:
     x_scale: input scale, a scalar.
     bias: ``[N]`` float32 digital bias.
     hw: the hardware.
-    signed: whether inputs are emulated in two unsigned passes.
+    signed: whether the layer's inputs go negative.
     conv: ``(kernel_size, strides, padding, dilation)`` for a conv, else None.
     folded: the path of the folded BatchNorm, or None.
+    signed_scheme: for signed inputs, ``'two_pass'`` (``f(relu(x)) -
+      f(relu(-x))``, full resolution per sign, twice the cycles) or
+      ``'twos_complement'`` (one pass plus a negative MSB cycle, one bit
+      less of magnitude).
   """
 
   weights: crossbar.CrossbarWeights
@@ -68,6 +73,7 @@ class LayerPlan:
   signed: bool = struct.field(pytree_node=False)
   conv: tuple | None = struct.field(pytree_node=False)
   folded: str | None = struct.field(pytree_node=False, default=None)
+  signed_scheme: str = struct.field(pytree_node=False, default="two_pass")
 
 
 def _hashable_padding(padding):
@@ -134,9 +140,21 @@ def run_layer(plan: LayerPlan, x, key=None):
     return y.astype(jnp.float32) * _last_axis(scale, y.ndim)
 
   keys = (None, None) if key is None else jax.random.split(key)
-  y = one(jnp.maximum(x, 0.0), keys[0])
-  if plan.signed:
-    y = y - one(jnp.maximum(-x, 0.0), keys[1])
+  if plan.signed and plan.signed_scheme == "twos_complement":
+    half = float(2 ** (plan.hw.input_bits - 1))
+    q = jnp.clip(jnp.round(x / plan.x_scale), -half, half - 1).astype(
+        jnp.int32)
+    if plan.conv is None:
+      y = crossbar.apply(plan.weights, q, key=keys[0], signed_inputs=True)
+    else:
+      y = conv_lib.conv_apply(plan.weights, q, *plan.conv, key=keys[0],
+                              signed_inputs=True)
+    y = y.astype(jnp.float32) * _last_axis(plan.x_scale * plan.w_scale,
+                                           y.ndim)
+  else:
+    y = one(jnp.maximum(x, 0.0), keys[0])
+    if plan.signed:
+      y = y - one(jnp.maximum(-x, 0.0), keys[1])
   y = y + _last_axis(plan.bias, y.ndim)
   return y[0] if unbatched else y
 
@@ -178,9 +196,15 @@ def _adc_range(stats, plan_w, hw, x_scale):
   return calibrate.calibrate_adc_range(q, plan_w, hw)
 
 
+SIGNED_SCHEMES = ("two_pass", "twos_complement")
+
+
 def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
-           compressed=None):
+           compressed=None, signed_scheme="two_pass"):
   """Programs every recorded layer (shared ones from their codebooks)."""
+  if signed_scheme not in SIGNED_SCHEMES:
+    raise ValueError(f"signed_scheme must be one of {SIGNED_SCHEMES}, got "
+                     f"{signed_scheme!r}")
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
   unknown = sorted(set(compressed) - set(stats.layers))
   if unknown:
@@ -195,7 +219,10 @@ def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
     bn_path, bn = ((None, None) if not fold_bn or layer is not None
                    else stats.bn.get(name, (None, None)))
     matrix, bias = _fold(st["kernel"], st["bias"], bn)
-    x_scale = jnp.float32(st["max"] / top if st["max"] > 0 else 1.0)
+    signed = st["min"] < 0
+    levels = (2 ** (hw.input_bits - 1) - 1
+              if signed and signed_scheme == "twos_complement" else top)
+    x_scale = jnp.float32(st["max"] / levels if st["max"] > 0 else 1.0)
     if layer is None:
       qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
     else:
@@ -219,6 +246,6 @@ def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
           qcb, layer.index, hw, in_features=matrix.shape[0],
           out_features=matrix.shape[1], adc_range=adc_range,
           nonideal=nonideal, key=k, method=method)
-    plans[name] = LayerPlan(weights, w_scale, x_scale, bias, hw,
-                            st["min"] < 0, st.get("conv"), bn_path)
+    plans[name] = LayerPlan(weights, w_scale, x_scale, bias, hw, signed,
+                            st.get("conv"), bn_path, signed_scheme)
   return plans

@@ -171,3 +171,15 @@ def test_linen_compressed_layer_equals_decompressed_dense():
                              train=False)
   np.testing.assert_allclose(np.asarray(y_shared), np.asarray(y_dense),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_linen_twos_complement_first_layer():
+  model, variables, batches = _linen()
+  plans = rk.prepare_linen(model, variables, batches, FINE,
+                           signed_scheme="twos_complement", train=False)
+  assert plans["Conv_0"].signed
+  assert plans["Conv_0"].signed_scheme == "twos_complement"
+  want = model.apply(variables, batches[0], train=False)
+  got = rk.emulate_linen(model, variables, batches[0], plans, train=False)
+  err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+  assert err < 2e-2, err
