@@ -25,8 +25,9 @@ A layer's inputs are quantized to unsigned ``input_bits`` integers with its
 calibrated scale (values above the calibrated maximum saturate). A layer fed
 signed inputs (e.g. normalised pixels) is emulated as two unsigned passes,
 ``f(relu(x)) - f(relu(-x))`` (``signed_scheme='two_pass'``, the default), or
-in two's complement with a negative MSB cycle (``'twos_complement'``). Biases are added digitally in float. Models
-must run in inference mode (``train=False`` / ``model.eval()``).
+in two's complement with a negative MSB cycle (``'twos_complement'``).
+Biases are added digitally in float. Models must run in inference mode
+(``train=False`` / ``model.eval()``).
 """
 
 from __future__ import annotations
