@@ -270,3 +270,22 @@ def load_compressed(path: str):
       node = node.setdefault(name, {})
     node[last] = x
   return params, layers, hw
+
+
+def export_rsjax(path: str, layers: Mapping[str, rsjax.CompressedLayer],
+                 hw: rsjax.HardwareSpec, metadata: Mapping[str, Any]
+                 ) -> bool:
+  """The compressed layers in rsjax's own format, if rsjax has it yet.
+
+  ``rsjax.save_compressed`` stores the crossbar layers only (codebooks,
+  packed index tables, quantized codebooks), not biases: the full model is
+  in :func:`export_compressed`'s file.
+
+  Returns:
+    Whether the file was written (False: rsjax has no ``save_compressed``).
+  """
+  save_fn = getattr(rsjax, "save_compressed", None)
+  if save_fn is None:
+    return False
+  save_fn(path, dict(layers), hw, metadata=dict(metadata))
+  return True

@@ -17,6 +17,7 @@ Workdir layout::
   adc_sweep.csv        accuracy per ADC resolution
   accuracy_vs_adc_bits.png, layer_compression.png
   compressed_model.npz codebooks, index tables and the other parameters
+  compressed_layers.rsjax.npz  the layers in rsjax's format (once it exists)
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "prune", "share", "finetune", "evaluate", "adc_sweep")
 _OWNED = ("config.json", "state.json", "log.txt", "checkpoints",
           "results.json", "adc_sweep.csv", "accuracy_vs_adc_bits.png",
-          "layer_compression.png", "compressed_model.npz")
+          "layer_compression.png", "compressed_model.npz",
+          "compressed_layers.rsjax.npz")
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
                     "stored_ous", "dense_ous", "index_bits")
 
@@ -538,14 +540,22 @@ def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
       os.path.join(run.workdir, "compressed_model.npz"), params, layers,
       run.hw)
   sweep = run.results("adc_sweep")["sweep"]
+  accuracy = {k: run.results("evaluate")[k] for k in
+              ("float", "quantized", "compressed", "emulated")}
+  if not stages_lib.export_rsjax(
+      os.path.join(run.workdir, "compressed_layers.rsjax.npz"), layers,
+      run.hw, jsonable({"model": run.config.model.name,
+                        "dataset": run.config.data.name,
+                        "accuracy": accuracy})):
+    log.info("rsjax.save_compressed is not available yet: only "
+             "compressed_model.npz is written")
   results = {
       "model": run.config.model.name,
       "dataset": run.config.data.name,
       "config": config_json(run.config),
       "hardware": run.hw.to_dict(),
       "devices": int(run.mesh.devices.size),
-      "accuracy": {k: run.results("evaluate")[k] for k in
-                   ("float", "quantized", "compressed", "emulated")},
+      "accuracy": accuracy,
       "accuracy_detail": {
           "compressed_quantized": run.results("evaluate")[
               "compressed_quantized"],

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import rsjax
 import tensorflow_datasets as tfds
 
 from experiments import compression_stages
@@ -113,6 +114,11 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   for path, layer in layers.items():
     index = np.asarray(layer.index)
     assert index.min() >= -1 and (index == -1).any()  # pruned blocks
+  if hasattr(rsjax, "load_compressed"):
+    saved = rsjax.load_compressed(
+        os.path.join(workdir, "compressed_layers.rsjax.npz"), hw=hw)
+    assert set(saved.layers) == set(layers)
+    assert saved.metadata["model"] == "lenet5"
   free = models.create_model("lenet5", num_classes=10, use_bn=False)
   mesh = train.make_mesh()
   split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
