@@ -232,3 +232,40 @@ def test_jsonable_and_atomic_write(tmp_path):
   pipeline.write_json(path, {"x": 1})
   assert json.load(open(path)) == {"x": 1}
   assert os.listdir(tmp_path) == ["x.json"]  # no temp file left
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path, fmnist_data_dir):
+  """A real kill -9 mid-training: the rerun resumes from the last step
+  checkpoint and finishes."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.main", f"--workdir={workdir}",
+         f"--config.data.data_dir={fmnist_data_dir}",
+         "--config.train.steps=400", "--config.train.checkpoint_every=20",
+         "--config.train.log_every=20", "--config.train.batch_size=16",
+         "--config.finetune.steps=10", "--config.share.n_init=1",
+         "--config.data.eval_limit=500", "--config.train.eval_batch_size=250"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = workdir / "checkpoints" / "train"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpt)
+             if d.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= 40:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "results.json").exists()
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  log = (workdir / "log.txt").read_text()
+  assert "[train] resumed from the checkpoint at step" in log
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["config"]["train"]["steps"] == 400
+  assert "accuracy float" in done.stdout
