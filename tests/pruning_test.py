@@ -98,3 +98,26 @@ def test_ou_pruning_follows_schedule_and_never_drifts(jit):
   # 40 blocks, 50%, linear from step 2 to 6, updated at 2, 4, 6.
   assert counts == [0, 0, 0, 10, 10, 20, 20, 20, 20]
   assert int(state.count) == 9
+
+
+def test_global_scope_in_wrapper_and_masked_params():
+  params = _params()
+  rules = [rules_lib.Rule("a", sparsity=0.5),
+           rules_lib.Rule("b", sparsity=0.25)]
+  tx = pruning.ou_pruning(optax.sgd(0.1), rules, BLOCK,
+                          pruning.PruneSchedule(scope="global"))
+  state = tx.init(params)  # begin == end == 0: pruned at init
+  plan = pruning.plans_of(state.layers)
+  assert sum(int((~s.mask).sum()) for s in state.layers.values()) == 18
+  # Before the first update only the masked view has the zeros.
+  masked = pruning.apply_masks(params, pruning.masks_of(state.layers), plan)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  params = optax.apply_updates(params, updates)
+  for p, lp in plan.items():
+    kernel = pruning.kernels_of(params, plan)[p]
+    np.testing.assert_array_equal(_zero_blocks(kernel, lp),
+                                  ~np.asarray(state.layers[p].mask))
+    np.testing.assert_array_equal(
+        _zero_blocks(pruning.kernels_of(masked, plan)[p], lp),
+        ~np.asarray(state.layers[p].mask))
