@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 from typing import Any, Callable, Iterable, Mapping
@@ -28,7 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import rsjax
 
+log = logging.getLogger(__name__)
+
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Recorded in the results: which sharing algorithm produced them.
+SHARE_IMPLEMENTATION = "adapter: one-shot k-means + projected fine-tune"
 
 
 def _ous(kernel, hw: rsjax.HardwareSpec):
@@ -93,6 +98,8 @@ def share(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec, k: int,
   """
   if method not in ("paper", "ste"):
     raise ValueError(f"share method must be 'paper' or 'ste', got {method!r}")
+  log.info("sharing (%s requested): one-shot k-means per row-block, k=%d; "
+           "the fine-tune stage then trains the shared structure", method, k)
   keys = jax.random.split(key, max(len(kernels), 1))
   return {path: rsjax.compress_kernel(kernel, hw, k, key=sub, n_init=n_init)
           for (path, kernel), sub in zip(sorted(kernels.items()), keys)}

@@ -364,7 +364,8 @@ def _stage_share(run: _Run) -> dict[str, Any]:
   _save_tree(os.path.join(run.ckpt, "share"),
              {"params": params, "layers": _layers_tree(layers)})
   return {"accuracy_shared": run.evaluate(folded_model, params),
-          "method": sc.method, "k": sc.k}
+          "method": sc.method, "k": sc.k,
+          "implementation": stages_lib.SHARE_IMPLEMENTATION}
 
 
 def _stage_finetune(run: _Run) -> dict[str, Any]:
