@@ -101,3 +101,24 @@ def test_compact_drops_emptied_entries():
   np.testing.assert_array_equal(idx, [[0, 0, -1, 0]])
   np.testing.assert_array_equal(cb[0, 0], codebook[0, 1])
   np.testing.assert_array_equal(cb[0, 1], np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("scope", ["row_block", "layer"])
+def test_recluster_many_batches_layers(scope):
+  plans = {"a": rules_lib.LayerPlan("a", (18, 8), (9, 2), 2, 0.5, "a"),
+           "b": rules_lib.LayerPlan("b", (3, 3, 1, 12), (9, 2), 2, 0.0, "b")}
+  kernels = {"a": jax.random.normal(jax.random.key(0), (18, 8)),
+             "b": jax.random.normal(jax.random.key(1), (3, 3, 1, 12))}
+  masks = {"a": jnp.array([[True, False, True, True], [False] * 4]),
+           "b": jnp.ones((1, 6), bool)}
+  out = jax.jit(lambda k, m: blockops.recluster_many(
+      k, m, plans, jax.random.key(2), n_init=2, max_iter=20, scope=scope))(
+          kernels, masks)
+  for p, (codebook, index) in out.items():
+    num_rows, num_groups = plans[p].grid
+    assert codebook.shape == (num_rows, 2, 9, 2)
+    assert index.shape == (num_rows, num_groups)
+    np.testing.assert_array_equal(np.asarray(index) >= 0, masks[p])
+    z = blockops.shared_kernel(codebook, index, plans[p])
+    _, _, unique = blockops.exact_codebook(z, plans[p])
+    assert int(unique.max()) <= 2
