@@ -23,6 +23,7 @@ Workdir layout::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -253,6 +254,13 @@ class _Run:
     return data_lib.eval_batches(self.eval_split,
                                  self.config.train.eval_batch_size)
 
+  def emulation_batches(self):
+    """The first ``eval.emulate_limit`` eval examples (emulation is slow)."""
+    limit = self.config.eval.emulate_limit or len(self.eval_split)
+    split = dataclasses.replace(self.eval_split,
+                                size=min(limit, len(self.eval_split)))
+    return data_lib.eval_batches(split, self.config.train.eval_batch_size)
+
   def evaluate(self, model, variables) -> float:
     return train_lib.evaluate(model, variables, self.eval_batches(),
                               self.mesh)["accuracy"]
@@ -426,7 +434,7 @@ def _stage_evaluate(run: _Run) -> dict[str, Any]:
     log.info("emulated evaluation skipped: eval.emulate is False (the "
              "crossbar emulator is not wired into the experiments yet)")
   emulated = stages_lib.emulated_accuracy(
-      folded_model, params, layers, run.hw, run.eval_batches,
+      folded_model, params, layers, run.hw, run.emulation_batches,
       enabled=run.config.eval.emulate, key=jax.random.fold_in(run.key, 2))
   return {
       "float": run.results("train")["accuracy_float"],
@@ -448,7 +456,8 @@ def _stage_adc_sweep(run: _Run) -> dict[str, Any]:
   for bits in run.config.eval.adc_bits:
     acc = stages_lib.emulated_accuracy(
         folded_model, params, layers, run.hw.replace(adc_bits=int(bits)),
-        run.eval_batches, enabled=True, key=jax.random.fold_in(run.key, 3))
+        run.emulation_batches, enabled=True,
+        key=jax.random.fold_in(run.key, 3))
     log.info("ADC %d bits: accuracy %.4f", bits, acc)
     sweep.append({"adc_bits": int(bits), "accuracy": acc})
   return {"sweep": sweep}
@@ -482,13 +491,18 @@ def layer_positions(model, params, image_shape) -> dict[str, int]:
   return out
 
 
-def _plot_sweep(path, sweep, title):
+def _plot_sweep(path, sweep, title, references):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot([s["adc_bits"] for s in sweep], [s["accuracy"] for s in sweep],
-          "o-")
+  bits = [s["adc_bits"] for s in sweep]
+  ax.plot(bits, [s["accuracy"] for s in sweep], "o-", label="emulated")
+  for (name, value), style in zip(references.items(), ("--", ":")):
+    if value is not None:
+      ax.axhline(value, color="gray", linestyle=style, label=name)
+  ax.set_xticks(bits)
+  ax.legend(fontsize=8)
   ax.set_xlabel("ADC bits")
   ax.set_ylabel("accuracy")
   ax.set_title(title)
@@ -579,7 +593,8 @@ def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
   title = f"{run.config.model.name} / {run.config.data.name}"
   if sweep:
     _plot_sweep(os.path.join(run.workdir, "accuracy_vs_adc_bits.png"), sweep,
-                title)
+                title, {"float": accuracy["float"],
+                        "compressed (float)": accuracy["compressed"]})
   if layer_figs:
     _plot_layers(os.path.join(run.workdir, "layer_compression.png"),
                  layer_figs, title)
