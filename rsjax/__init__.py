@@ -3,6 +3,8 @@
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.export import CompressedModel
+from rsjax._src.finalize import to_compressed
+from rsjax._src.finetune import centroid_finetune
 from rsjax._src.export import load_compressed
 from rsjax._src.export import save_compressed
 from rsjax._src.hardware import HardwareSpec
@@ -16,11 +18,26 @@ from rsjax._src.lowering import to_ous
 from rsjax._src.paths import match_paths
 from rsjax._src.paths import named_leaves
 from rsjax._src.paths import path_str
+from rsjax._src.pruning import LayerState
+from rsjax._src.pruning import PruneSchedule
+from rsjax._src.pruning import apply_masks
+from rsjax._src.pruning import ou_pruning
+from rsjax._src.pruning import prune_masks
 from rsjax._src.quantize import dequantize
 from rsjax._src.quantize import quantize_weights
 from rsjax._src.report import compression_report
 from rsjax._src.report import format_report
 from rsjax._src.report import layer_report
+from rsjax._src.rules import LayerPlan
+from rsjax._src.rules import Rule
+from rsjax._src.rules import make_plan
+from rsjax._src.sharing import distance_loss
+from rsjax._src.sharing import distance_sharing
+from rsjax._src.sharing import project
+from rsjax._src.sharing import recluster
+from rsjax._src.sharing import ste_sharing
+from rsjax._src.sharing import straight_through
+from rsjax._src.sharing import training_params
 
 __version__ = "0.1.0"
 
@@ -28,22 +45,39 @@ __all__ = (
     "CompressedLayer",
     "CompressedModel",
     "HardwareSpec",
+    "LayerPlan",
+    "LayerState",
+    "PruneSchedule",
+    "Rule",
+    "apply_masks",
+    "centroid_finetune",
     "cluster_ous",
     "compress_kernel",
     "compression_report",
     "decompress",
     "dequantize",
+    "distance_loss",
+    "distance_sharing",
     "format_report",
     "from_crossbar_matrix",
     "from_ous",
     "grid_shape",
     "layer_report",
     "load_compressed",
+    "make_plan",
     "match_paths",
     "named_leaves",
+    "ou_pruning",
     "path_str",
+    "project",
+    "prune_masks",
     "quantize_weights",
+    "recluster",
     "save_compressed",
+    "ste_sharing",
+    "straight_through",
+    "to_compressed",
     "to_crossbar_matrix",
     "to_ous",
+    "training_params",
 )

@@ -160,3 +160,16 @@ def test_decompress_checks_the_index():
     rsjax.decompress(codebook, jnp.zeros((3, 2), jnp.int32))
   with pytest.raises(ValueError, match="integer"):
     rsjax.decompress(codebook, jnp.zeros((2, 2)))
+
+
+def test_checks_work_on_arrays_closed_over_in_jit():
+  ous = jax.numpy.asarray(rsjax.to_ous(W, (2, 2)))
+
+  @jax.jit
+  def fn(key):
+    codebook, index = rsjax.cluster_ous(ous, 2, key=key)
+    return rsjax.decompress(codebook, index)
+
+  np.testing.assert_array_equal(
+      rsjax.from_ous(fn(jax.random.key(0)), W.shape)[:, :2], [[1, 5], [2, 4],
+                                                             [7, 2], [1, 4]])

@@ -243,7 +243,10 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
   dtype = jnp.result_type(ous)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"cluster_ous expects float blocks, got dtype {dtype}")
-  if _is_concrete(ous) and not bool(jnp.all(jnp.isfinite(ous))):
+  # NumPy, not jnp: under a caller's trace jnp ops on a closed-over concrete
+  # array would return tracers.
+  if _is_concrete(ous) and not np.isfinite(
+      np.asarray(ous, np.float32)).all():
     raise ValueError("cluster_ous got NaN or inf weights")
   num_rows, num_groups, bh, bw = ous.shape
   num_points = num_groups if scope == "row_block" else num_rows * num_groups
@@ -279,7 +282,7 @@ def decompress(codebook, index):
   if not jnp.issubdtype(jnp.result_type(index), jnp.integer):
     raise ValueError(f"index must be integer, got {jnp.result_type(index)}")
   if _is_concrete(index) and index.size:
-    lo, hi = int(jnp.min(index)), int(jnp.max(index))
+    lo, hi = int(np.min(np.asarray(index))), int(np.max(np.asarray(index)))
     if lo < -1 or hi >= codebook.shape[1]:
       raise ValueError(
           f"index values must be in [-1, {codebook.shape[1] - 1}], got "
