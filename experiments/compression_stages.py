@@ -167,7 +167,8 @@ def quantize(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec
   return out
 
 
-def emulated_accuracy(model, params, layers: Mapping[str, rsjax.CompressedLayer],
+def emulated_accuracy(model, params,
+                      layers: Mapping[str, rsjax.CompressedLayer],
                       hw: rsjax.HardwareSpec,
                       batches: Callable[[], Iterable[Mapping[str, Any]]],
                       *, enabled: bool, key) -> float | None:

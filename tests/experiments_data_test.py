@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 
 from experiments import data
 import experiments_fixtures
-from experiments_fixtures import fmnist_data_dir  # pylint: disable=unused-import
+# The session fixture, imported so pytest finds it in this module.
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
 
 HAS_FMNIST = experiments_fixtures.has_fashion_mnist()
 

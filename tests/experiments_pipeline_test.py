@@ -23,7 +23,8 @@ from experiments import pipeline
 from experiments import train
 from experiments.configs import default
 import experiments_fixtures
-from experiments_fixtures import fmnist_data_dir  # pylint: disable=unused-import
+# The session fixture, imported so pytest finds it in this module.
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f[:-3] for f in os.listdir(

@@ -1,4 +1,4 @@
-"""resnet32 on CIFAR-10 (TFDS 'cifar10'; needs the data, see experiments/data.py)."""
+"""resnet32 on CIFAR-10 (TFDS 'cifar10', see experiments/data.py)."""
 
 import ml_collections
 

@@ -1,4 +1,4 @@
-"""vgg8 on CIFAR-10 (TFDS 'cifar10'; needs the data, see experiments/data.py)."""
+"""vgg8 on CIFAR-10 (TFDS 'cifar10', see experiments/data.py)."""
 
 import ml_collections
 
