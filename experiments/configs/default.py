@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.n_init = 4
 
   config.finetune = ml_collections.ConfigDict()
-  config.finetune.steps = 800
+  config.finetune.steps = 2000
   config.finetune.learning_rate = 2e-3
 
   config.eval = ml_collections.ConfigDict()
