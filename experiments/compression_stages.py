@@ -171,8 +171,14 @@ def emulated_accuracy(model, params,
                       layers: Mapping[str, rsjax.CompressedLayer],
                       hw: rsjax.HardwareSpec,
                       batches: Callable[[], Iterable[Mapping[str, Any]]],
-                      *, enabled: bool, key) -> float | None:
+                      *, enabled: bool, key,
+                      calibration_batches: int = 2) -> float | None:
   """Accuracy with every crossbar layer run on the emulator.
+
+  Dense/Conv layers of ``layers`` run the index-and-add dataflow from their
+  codebook (quantized with one layer scale) and index table; every other
+  Dense/Conv layer runs as a dense crossbar. Input scales are calibrated on
+  the first ``calibration_batches`` batches.
 
   Args:
     model: the BN-free Flax model.
@@ -183,21 +189,27 @@ def emulated_accuracy(model, params,
       ``label``, ``mask``).
     enabled: whether emulation is asked for.
     key: a ``jax.random`` key for non-idealities.
+    calibration_batches: batches used to calibrate the input scales.
 
   Returns:
     The accuracy, or ``None`` when not ``enabled``.
-
-  Raises:
-    NotImplementedError: when ``enabled``, until this adapter is wired to the
-      crossbar emulator ``rsjax.kernels``.
   """
-  del model, params, layers, hw, batches, key
   if not enabled:
     return None
-  raise NotImplementedError(
-      "crossbar emulation is not wired into the experiments yet "
-      "(experiments/compression_stages.py:emulated_accuracy -> rsjax.kernels); "
-      "run with --config.eval.emulate=False")
+  from rsjax import kernels as rk  # pylint: disable=g-import-not-at-top
+  calibration = [b["image"] for _, b in zip(range(calibration_batches),
+                                            batches())]
+  plans = rk.prepare_linen(model, params, calibration, hw,
+                           compressed=dict(layers), key=key, train=False)
+  run = jax.jit(lambda x: rk.emulate_linen(model, params, x, plans,
+                                           train=False))
+  correct = total = 0.0
+  for b in batches():
+    hit = (jnp.argmax(run(b["image"]), -1) == b["label"]).astype(jnp.float32)
+    mask = jnp.asarray(b["mask"], jnp.float32)
+    correct += float(jnp.sum(hit * mask))
+    total += float(jnp.sum(mask))
+  return correct / max(total, 1.0)
 
 
 def compression_report(layers: Mapping[str, rsjax.CompressedLayer],

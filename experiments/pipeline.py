@@ -431,8 +431,7 @@ def _stage_evaluate(run: _Run) -> dict[str, Any]:
   quant = _quantized_params(folded, paths, run.hw)
   comp_quant = _quantized_params(params, paths, run.hw)
   if not run.config.eval.emulate:
-    log.info("emulated evaluation skipped: eval.emulate is False (the "
-             "crossbar emulator is not wired into the experiments yet)")
+    log.info("emulated evaluation skipped: eval.emulate is False")
   emulated = stages_lib.emulated_accuracy(
       folded_model, params, layers, run.hw, run.emulation_batches,
       enabled=run.config.eval.emulate, key=jax.random.fold_in(run.key, 2))
