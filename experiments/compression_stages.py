@@ -1,18 +1,15 @@
-"""ADAPTER: the pipeline's single entry point into compression and emulation.
+"""The pipeline's entry point into compression and emulation.
 
 Every stage of :mod:`experiments.pipeline` that depends on rsjax's training
 transforms (pruning, sharing), the report, or the crossbar emulator
-(``rsjax.kernels``) calls a function of this module and nothing else. The
-bodies here are minimal working implementations built on what rsjax exports
-today (lowering, OU tiling, ``compress_kernel``, ``quantize_weights``); they
-are meant to be replaced by the dedicated APIs without touching the pipeline.
-Keep the signatures.
+(``rsjax.kernels``) goes through this module, so the pipeline stays about
+stages, checkpoints and files.
 
 Kernels are passed as ``{path: kernel}`` dicts (Dense ``[in, out]`` or Conv
 ``[kh, kw, cin, cout]``), compressed layers as ``{path: CompressedLayer}``
-(rsjax's compressed model format). The export (:func:`export_compressed`)
-is a plain ``.npz`` until rsjax's own compressed-model file format replaces
-it here.
+(rsjax's compressed model format). :func:`export_compressed` writes the
+whole model (biases too) as one ``.npz``; :func:`export_rsjax` the crossbar
+layers in rsjax's checksummed format.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
@@ -31,9 +29,6 @@ import rsjax
 
 log = logging.getLogger(__name__)
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-# Recorded in the results: which sharing algorithm produced them.
-SHARE_IMPLEMENTATION = "adapter: one-shot k-means + projected fine-tune"
 
 
 def _ous(kernel, hw: rsjax.HardwareSpec):
@@ -76,81 +71,55 @@ def prune(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec,
   return out
 
 
-def share(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec, k: int,
-          *, key, method: str = "paper", n_init: int = 4
-          ) -> dict[str, rsjax.CompressedLayer]:
-  """OU-level weight sharing: k-means of each row-block's blocks.
+SHARE_METHODS = ("paper", "ste")
 
-  This minimal version clusters once (``rsjax.compress_kernel``) for both
-  methods; the paper loop (regularised training + re-clustering) and the
-  STE variant replace it with the training-transforms API.
+
+def sharing_rules(paths: Iterable[str], k: int, sparsity: float
+                  ) -> list[rsjax.Rule]:
+  """One :class:`rsjax.Rule` per crossbar layer.
 
   Args:
-    kernels: ``{path: kernel}``, pruned blocks all zero.
-    hw: the hardware.
+    paths: kernel paths within the params tree (``'conv1/kernel'``).
     k: stored blocks per row-block.
-    key: a ``jax.random`` key.
-    method: ``'paper'`` or ``'ste'``.
-    n_init: k-means restarts.
+    sparsity: the OU pruning fraction; the prune stage already zeroed
+      exactly these lowest-norm blocks, so the wrapper's masks pick them and
+      keep them zero through sharing, fine-tune and export.
+  """
+  return [rsjax.Rule("^" + re.escape(p) + "$", k=k, sparsity=sparsity)
+          for p in paths]
+
+
+def sharing_transform(method: str, inner, rules, hw: rsjax.HardwareSpec, *,
+                      key, recluster_every: int, lam: float, n_init: int):
+  """The optax wrapper of a sharing method around ``inner``.
+
+  ``'paper'``: :func:`rsjax.distance_sharing` (``lam * ||W - Z||^2``,
+  re-clustering every ``recluster_every`` steps); ``'ste'``:
+  :func:`rsjax.ste_sharing` (forward on Z, straight-through gradient).
+  """
+  if method == "ste":
+    return rsjax.ste_sharing(inner, rules, hw, key=key, n_init=n_init,
+                             recluster_every=recluster_every)
+  if method == "paper":
+    return rsjax.distance_sharing(inner, rules, hw, key=key, lam=lam,
+                                  n_init=n_init,
+                                  recluster_every=recluster_every)
+  raise ValueError(f"share method must be one of {SHARE_METHODS}, got "
+                   f"{method!r}")
+
+
+def finish_sharing(method: str, params, opt_state, *, key, n_init: int):
+  """The hard projection ``W := Z`` that ends the sharing stage.
+
+  The paper's loop re-clusters from the final ``W`` first (its ``Z`` was
+  fixed since the last re-clustering); STE's ``Z`` already follows ``W``.
 
   Returns:
-    ``{path: CompressedLayer}``.
+    ``(projected params, opt_state)``.
   """
-  if method not in ("paper", "ste"):
-    raise ValueError(f"share method must be 'paper' or 'ste', got {method!r}")
-  log.info("sharing (%s requested): one-shot k-means per row-block, k=%d; "
-           "the fine-tune stage then trains the shared structure", method, k)
-  keys = jax.random.split(key, max(len(kernels), 1))
-  return {path: rsjax.compress_kernel(kernel, hw, k, key=sub, n_init=n_init)
-          for (path, kernel), sub in zip(sorted(kernels.items()), keys)}
-
-
-def _cluster_means(ous, index, num_slots: int):
-  """Per row-block means of the blocks assigned to each stored block."""
-  onehot = jax.nn.one_hot(index, num_slots, dtype=ous.dtype)  # -1 -> zeros
-  sums = jnp.einsum("rgk,rgij->rkij", onehot, ous, precision=_HIGHEST)
-  counts = jnp.sum(onehot, axis=1)
-  means = sums / jnp.maximum(counts, 1.0)[:, :, None, None]
-  return onehot, means
-
-
-def project(kernels: Mapping[str, jax.Array],
-            layers: Mapping[str, rsjax.CompressedLayer],
-            hw: rsjax.HardwareSpec) -> dict[str, jax.Array]:
-  """Re-imposes the shared structure: each block := its cluster's mean.
-
-  Assignments stay fixed (no re-clustering); pruned blocks stay zero. Pure
-  and jit-able: the fine-tune step applies it after every update.
-
-  Args:
-    kernels: ``{path: kernel}`` for every path of ``layers``.
-    layers: the compressed layers giving each block's assignment.
-    hw: the hardware.
-
-  Returns:
-    ``{path: projected kernel}``.
-  """
-  out = {}
-  for path, layer in layers.items():
-    kernel = kernels[path]
-    ous = _ous(kernel, hw)
-    onehot, means = _cluster_means(ous, layer.index, layer.codebook.shape[1])
-    ous = jnp.einsum("rgk,rkij->rgij", onehot, means, precision=_HIGHEST)
-    out[path] = _from_ous(ous, tuple(kernel.shape))
-  return out
-
-
-def to_compressed(kernels: Mapping[str, jax.Array],
-                  layers: Mapping[str, rsjax.CompressedLayer],
-                  hw: rsjax.HardwareSpec) -> dict[str, rsjax.CompressedLayer]:
-  """The compressed layers of fine-tuned kernels (same index tables)."""
-  out = {}
-  for path, layer in layers.items():
-    ous = _ous(kernels[path], hw)
-    _, means = _cluster_means(ous, layer.index, layer.codebook.shape[1])
-    out[path] = rsjax.CompressedLayer(means.astype(layer.codebook.dtype),
-                                      layer.index, layer.kernel_shape)
-  return out
+  if method == "paper":
+    opt_state = rsjax.recluster(params, opt_state, key, n_init=n_init)
+  return rsjax.project(params, opt_state), opt_state
 
 
 def quantize(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec

@@ -358,57 +358,77 @@ def _layers_from_tree(tree, params_flat, paths):
       tuple(int(d) for d in params_flat[p].shape)) for p in paths}
 
 
+def _params_path(path: str) -> str:
+  """``'params/conv1/kernel'`` -> ``'conv1/kernel'`` (the optimizer's tree)."""
+  return path[len("params/"):] if path.startswith("params/") else path
+
+
+def _sharing_rules(run: _Run) -> list[rsjax.Rule]:
+  paths = run.results("prune")["layers"]
+  return stages_lib.sharing_rules([_params_path(p) for p in paths],
+                                  run.config.share.k, run.config.prune.ratio)
+
+
+def _train_with(run: _Run, name: str, model, variables, tx, steps: int):
+  """Trains ``variables`` with a sharing wrapper ``tx`` (forward on Z)."""
+  state = train_lib.create_state(model, variables, tx)
+  if steps > 0:
+    tc = run.config.train
+    loop = train_lib.TrainLoop(
+        name, steps, run.get_batch_fn(), os.path.join(run.ckpt, name),
+        tc.checkpoint_every, tc.log_every, step_callback=run.step_callback,
+        view=rsjax.training_params)
+    state = loop.run(state, run.mesh)
+  return state
+
+
+def _compressed_layers(params, opt_state):
+  """``{'params/...': CompressedLayer}`` from a sharing wrapper's state."""
+  return {f"params/{p}": layer
+          for p, layer in rsjax.to_compressed(params, opt_state).items()}
+
+
 def _stage_share(run: _Run) -> dict[str, Any]:
   folded_model, _ = run.folded()
-  params = _load_tree(os.path.join(run.ckpt, "prune"))
-  flat = flatten(params)
-  paths = run.results("prune")["layers"]
-  sc = run.config.share
-  layers = stages_lib.share({p: flat[p] for p in paths}, run.hw, sc.k,
-                            key=jax.random.fold_in(run.key, 1),
-                            method=sc.method, n_init=sc.n_init)
-  flat.update({p: layers[p].to_kernel() for p in paths})
-  params = unflatten(flat)
+  variables = _load_tree(os.path.join(run.ckpt, "prune"))
+  sc, tc = run.config.share, run.config.train
+  inner = train_lib.make_optimizer(tc.optimizer, sc.learning_rate,
+                                   max(sc.steps, 1), 0, tc.weight_decay)
+  tx = stages_lib.sharing_transform(
+      sc.method, inner, _sharing_rules(run), run.hw,
+      key=jax.random.fold_in(run.key, 1), recluster_every=sc.recluster_every,
+      lam=sc.lam, n_init=sc.n_init)
+  state = _train_with(run, "share", folded_model, variables, tx, sc.steps)
+  params, opt_state = stages_lib.finish_sharing(
+      sc.method, state.params, state.opt_state,
+      key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
+  layers = _compressed_layers(params, opt_state)
+  variables = jax.device_get({**variables, "params": params})
   _save_tree(os.path.join(run.ckpt, "share"),
-             {"params": params, "layers": _layers_tree(layers)})
-  return {"accuracy_shared": run.evaluate(folded_model, params),
-          "method": sc.method, "k": sc.k,
-          "implementation": stages_lib.SHARE_IMPLEMENTATION}
+             {"params": variables, "layers": _layers_tree(layers)})
+  return {"accuracy_shared": run.evaluate(folded_model, variables),
+          "method": sc.method, "k": sc.k, "steps": sc.steps,
+          "implementation": {"paper": "rsjax.distance_sharing",
+                             "ste": "rsjax.ste_sharing"}[sc.method]}
 
 
 def _stage_finetune(run: _Run) -> dict[str, Any]:
   folded_model, _ = run.folded()
-  saved = _load_tree(os.path.join(run.ckpt, "share"))
-  params = saved["params"]
-  paths = run.results("prune")["layers"]
-  layers = _layers_from_tree(saved["layers"], flatten(params), paths)
-  hw = run.hw
-
-  def constraint(p):
-    flat = flatten({"params": p})
-    flat.update(stages_lib.project({q: flat[q] for q in paths}, layers, hw))
-    return unflatten(flat)["params"]
-
+  variables = _load_tree(os.path.join(run.ckpt, "share"))["params"]
   fc, tc = run.config.finetune, run.config.train
-  if fc.steps > 0:
-    tx = train_lib.make_optimizer(tc.optimizer, fc.learning_rate, fc.steps,
-                                  0, tc.weight_decay)
-    state = train_lib.create_state(folded_model, params, tx)
-    loop = train_lib.TrainLoop(
-        "finetune", fc.steps, run.get_batch_fn(),
-        os.path.join(run.ckpt, "finetune"), tc.checkpoint_every,
-        tc.log_every, constraint=constraint,
-        step_callback=run.step_callback)
-    state = loop.run(state, run.mesh)
-    params = jax.device_get(train_lib.state_variables(state))
-  flat = flatten(params)
-  layers = stages_lib.to_compressed({p: flat[p] for p in paths}, layers, hw)
-  flat.update({p: layers[p].to_kernel() for p in paths})
-  params = unflatten(flat)
+  inner = train_lib.make_optimizer(tc.optimizer, fc.learning_rate,
+                                   max(fc.steps, 1), 0, tc.weight_decay)
+  tx = rsjax.centroid_finetune(inner, _sharing_rules(run), run.hw,
+                               reduce=fc.reduce)
+  state = _train_with(run, "finetune", folded_model, variables, tx, fc.steps)
+  layers = _compressed_layers(state.params, state.opt_state)
+  flat = flatten({**variables, "params": jax.device_get(state.params)})
+  flat.update({p: layer.to_kernel() for p, layer in layers.items()})
+  variables = unflatten(flat)
   _save_tree(os.path.join(run.ckpt, "compressed"),
-             {"params": params, "layers": _layers_tree(layers)})
-  return {"accuracy_finetuned": run.evaluate(folded_model, params),
-          "steps": fc.steps}
+             {"params": variables, "layers": _layers_tree(layers)})
+  return {"accuracy_finetuned": run.evaluate(folded_model, variables),
+          "steps": fc.steps, "reduce": fc.reduce}
 
 
 def _compressed(run: _Run):

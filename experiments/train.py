@@ -94,7 +94,8 @@ def cross_entropy(logits, labels):
 
 
 def train_step(state: TrainState, batch, *,
-               constraint: Callable[[Any], Any] | None = None):
+               constraint: Callable[[Any], Any] | None = None,
+               view: Callable[[Any, Any], Any] | None = None):
   """One SGD step on the global batch; returns ``(state, metrics)``.
 
   Args:
@@ -102,10 +103,14 @@ def train_step(state: TrainState, batch, *,
     batch: ``{'image', 'label'}`` sharded along the batch.
     constraint: applied to the params after the update (e.g. the
       fine-tune's projection onto the pruned/shared structure).
+    view: ``(params, opt_state) -> params`` the forward pass runs on (e.g.
+      ``rsjax.training_params``: the shared weights of a sharing wrapper).
   """
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):
+    if view is not None:
+      params = view(params, state.opt_state)
     variables = {"params": params}
     if has_bn:
       variables["batch_stats"] = state.batch_stats
@@ -184,6 +189,7 @@ class TrainLoop:
     checkpoint_every: steps between checkpoints (the last step always is).
     log_every: steps between progress logs and NaN checks.
     constraint: optional params projection applied after every update.
+    view: optional ``(params, opt_state) -> params`` for the forward pass.
     step_callback: ``(name, step)`` called after each finished step (tests
       use it to simulate a kill).
   """
@@ -196,6 +202,7 @@ class TrainLoop:
   log_every: int = 100
   constraint: Callable[[Any], Any] | None = None
   step_callback: Callable[[str, int], None] | None = None
+  view: Callable[[Any, Any], Any] | None = None
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -224,7 +231,8 @@ class TrainLoop:
         log.info("[%s] resumed from the checkpoint at step %d",
                      self.name, latest)
       step_fn = jax.jit(
-          functools.partial(train_step, constraint=self.constraint),
+          functools.partial(train_step, constraint=self.constraint,
+                            view=self.view),
           donate_argnums=0, out_shardings=(replicated, replicated))
       start = int(state.step)
       last_good = latest

@@ -47,6 +47,8 @@ def tiny(config, data_dir):
   config.train.log_every = 2
   config.train.checkpoint_every = 3
   config.finetune.steps = 5
+  config.share.steps = 4
+  config.share.recluster_every = 2
   config.share.n_init = 1
   return config
 
@@ -267,6 +269,7 @@ def test_sigkill_then_resume(tmp_path, fmnist_data_dir):
          "--config.train.steps=400", "--config.train.checkpoint_every=20",
          "--config.train.log_every=20", "--config.train.batch_size=16",
          "--config.finetune.steps=10", "--config.share.n_init=1",
+         "--config.share.steps=10",
          "--config.data.eval_limit=500", "--config.train.eval_batch_size=250"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)

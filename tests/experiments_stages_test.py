@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import rsjax
 
@@ -36,29 +37,34 @@ def test_prune_zeroes_smallest_blocks():
     stages.prune(kernels, HW, 1.0)
 
 
-def test_share_project_and_compress_are_consistent():
-  pruned = stages.prune(_kernels(), HW, 0.3)
-  layers = stages.share(pruned, HW, 2, key=jax.random.key(1), n_init=2)
-  shared = {p: l.to_kernel() for p, l in layers.items()}
-  # The shared kernels are a fixed point of the projection...
-  projected = stages.project(shared, layers, HW)
-  for p in shared:
-    np.testing.assert_allclose(projected[p], shared[p], atol=1e-6)
-  # ...and a perturbed kernel projects back onto the same structure.
-  noisy = {p: k + 0.1 for p, k in shared.items()}
-  projected = stages.project(noisy, layers, HW)
-  again = stages.to_compressed(projected, layers, HW)
-  for p, layer in again.items():
-    np.testing.assert_array_equal(layer.index, layers[p].index)
-    np.testing.assert_allclose(layer.to_kernel(), projected[p], atol=1e-6)
-    zero = np.asarray(layer.index) == -1
-    ous = np.asarray(rsjax.to_ous(rsjax.to_crossbar_matrix(projected[p]),
+@pytest.mark.parametrize("method", ["paper", "ste"])
+def test_sharing_keeps_the_pruned_blocks_and_k(method):
+  kernels = stages.prune(_kernels(), HW, 0.3)
+  params = {p[len("params/"):]: k for p, k in kernels.items()}
+  params = {"a": {"kernel": params["a/kernel"]},
+            "b": {"kernel": params["b/kernel"]}}
+  rules = stages.sharing_rules(["a/kernel", "b/kernel"], 2, 0.3)
+  tx = stages.sharing_transform(method, optax.sgd(0.1), rules, HW,
+                                key=jax.random.key(0), recluster_every=5,
+                                lam=1e-3, n_init=1)
+  opt_state = tx.init(params)
+  shared, opt_state = stages.finish_sharing(method, params, opt_state,
+                                            key=jax.random.key(1), n_init=1)
+  layers = rsjax.to_compressed(shared, opt_state)
+  for p, path in (("a/kernel", "params/a/kernel"),
+                  ("b/kernel", "params/b/kernel")):
+    ous = np.asarray(rsjax.to_ous(rsjax.to_crossbar_matrix(kernels[path]),
                                   HW.block_shape))
-    assert np.all(ous[zero] == 0)  # pruned blocks stay pruned
-  # The projection is jit-able (the fine-tune step applies it).
-  jitted = jax.jit(lambda k: stages.project(k, layers, HW))(noisy)
-  for p in jitted:
-    np.testing.assert_allclose(jitted[p], projected[p], atol=1e-6)
+    pruned = ~ous.any(axis=(2, 3))
+    # The wrapper's masks are exactly the prune stage's zero blocks.
+    np.testing.assert_array_equal(np.asarray(layers[p].index) == -1, pruned)
+    assert layers[p].stored_per_row_block().max() <= 2
+    np.testing.assert_array_equal(layers[p].to_kernel(),
+                                  shared[p.split("/")[0]]["kernel"])
+  with pytest.raises(ValueError, match="share method"):
+    stages.sharing_transform("greedy", optax.sgd(0.1), rules, HW,
+                             key=jax.random.key(0), recluster_every=5,
+                             lam=1e-3, n_init=1)
 
 
 def test_quantize_uses_weight_bits():
@@ -78,7 +84,8 @@ def test_emulation_disabled_returns_none():
 
 def test_export_roundtrip(tmp_path):
   pruned = stages.prune(_kernels(), HW, 0.3)
-  layers = stages.share(pruned, HW, 2, key=jax.random.key(1), n_init=2)
+  layers = {p: rsjax.compress_kernel(k, HW, 2, key=jax.random.key(1))
+            for p, k in pruned.items()}
   params = {"params": {"a": {"kernel": layers["params/a/kernel"].to_kernel(),
                              "bias": jnp.arange(6.0)},
                        "b": {"kernel": layers["params/b/kernel"].to_kernel()}}}

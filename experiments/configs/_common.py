@@ -25,6 +25,9 @@ def cifar10(model: str) -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 500
   config.train.checkpoint_every = 2000
   config.train.log_every = 100
+  config.share.steps = 8000
+  config.share.learning_rate = 0.01
+  config.share.recluster_every = 500
   config.finetune.steps = 4000
   config.finetune.learning_rate = 1e-3
   config.share.k = 8

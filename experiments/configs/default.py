@@ -68,18 +68,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.ratio = 0.3
 
   config.share = ml_collections.ConfigDict()
-  config.share.method = "paper"  # 'paper' (k-means loop) or 'ste'
+  # 'paper': the lam * ||W - Z||^2 loop (rsjax.distance_sharing);
+  # 'ste': forward on the shared weights, straight-through gradient to the
+  # dense latent weights (rsjax.ste_sharing).
+  config.share.method = "ste"
   # Stored blocks per row-block (k-means clusters).
   config.share.k = 8
   config.share.n_init = 4
+  # Training steps with the sharing wrapper (0: one-shot k-means).
+  config.share.steps = 1000
+  config.share.learning_rate = 1e-3
+  config.share.recluster_every = 100
+  # The paper loop's regulariser weight.
+  config.share.lam = 1e-3
 
+  # Centroid fine-tune with fixed assignments (rsjax.centroid_finetune).
   config.finetune = ml_collections.ConfigDict()
-  config.finetune.steps = 2000
-  config.finetune.learning_rate = 2e-3
+  config.finetune.steps = 1000
+  config.finetune.learning_rate = 1e-3
+  # Member gradients into a centroid: 'sum' (exact) or 'mean'.
+  config.finetune.reduce = "sum"
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.
-  config.eval.emulate = False
+  config.eval.emulate = True
   config.eval.adc_bits = (3, 4, 5, 6, 7, 8)
   # Examples emulated per evaluation (emulation is ~500x a float matmul).
   config.eval.emulate_limit = 1000

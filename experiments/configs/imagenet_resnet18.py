@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 5000
   config.train.checkpoint_every = 5000
   config.train.log_every = 100
+  config.share.steps = 20_000
+  config.share.learning_rate = 0.01
+  config.share.recluster_every = 1000
   config.finetune.steps = 20_000
   config.finetune.learning_rate = 1e-3
   config.share.k = 16
