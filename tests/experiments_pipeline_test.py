@@ -50,6 +50,7 @@ def tiny(config, data_dir):
   config.share.steps = 4
   config.share.recluster_every = 2
   config.share.n_init = 1
+  config.eval.emulate = False  # the emulated run below turns it on
   return config
 
 
