@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Fashion-MNIST runs behind RESULTS.md (issue 6, first slice): MLP and LeNet-5,
+# float baseline, prune only, share only, prune + share ('paper' and 'ste').
+#
+# Usage (from the repository root):
+#   nohup bash experiments/configs/results_fmnist.sh > runs/results_fmnist.log 2>&1 &
+#   python -m experiments.results --runs_dir=runs --out=RESULTS.md
+#
+# Each point is one workdir runs/MODEL_VARIANT_p<prune>_k<k>; a finished one
+# (results.json present) is skipped, an unfinished one resumes (the pipeline
+# checkpoints every stage), so the script can be rerun after an interruption.
+# Compression points reuse their model's float baseline through
+# --config.train.init_checkpoint (no retraining).
+#
+# "Prune only" uses share.steps=0 and share.k=1024: k is clamped per
+# row-block to its number of column groups, so one-shot k-means keeps every
+# non-pruned block as its own centroid (no sharing); the centroid fine-tune
+# then fine-tunes the pruned weights with the pruned blocks held at zero.
+# "Share only" is prune.ratio=0.
+#
+# The points are ordered so that an interrupted run still has two points of
+# every variant for both models; the third points come last.
+set -u
+RUNS=${RUNS:-runs}
+mkdir -p "$RUNS"
+
+config_of() {
+  case "$1" in
+    mlp) echo experiments/configs/fashion_mnist_mlp.py ;;
+    lenet5) echo experiments/configs/default.py ;;
+  esac
+}
+
+# run NAME MODEL [--config.x=y ...]
+run() {
+  local name=$1 model=$2
+  shift 2
+  if [ -f "$RUNS/$name/results.json" ]; then
+    echo "skip $name (done)"
+    return
+  fi
+  echo "$(date +%T) start $name"
+  python -m experiments.main --config="$(config_of "$model")" \
+    --workdir="$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1 \
+    && echo "$(date +%T) done $name" || echo "$(date +%T) FAILED $name"
+}
+
+# point MODEL VARIANT PRUNE K
+point() {
+  local model=$1 variant=$2 p=$3 k=$4
+  local base="$RUNS/${model}_base/checkpoints/baseline"
+  case "$variant" in
+    prune) run "${model}_prune_p${p}" "$model" \
+        --config.train.init_checkpoint="$base" --config.prune.ratio="$p" \
+        --config.share.k=1024 --config.share.steps=0 ;;
+    share) run "${model}_share_k${k}" "$model" \
+        --config.train.init_checkpoint="$base" --config.prune.ratio=0.0 \
+        --config.share.k="$k" ;;
+    paper|ste) run "${model}_${variant}_p${p}_k${k}" "$model" \
+        --config.train.init_checkpoint="$base" --config.prune.ratio="$p" \
+        --config.share.k="$k" --config.share.method="$variant" ;;
+  esac
+}
+
+two_points() {
+  local m=$1
+  point "$m" prune 0.5 0
+  point "$m" share 0 4
+  point "$m" paper 0.3 8
+  point "$m" ste 0.3 8
+  point "$m" prune 0.7 0
+  point "$m" share 0 2
+  point "$m" paper 0.6 4
+  point "$m" ste 0.6 4
+}
+
+third_point() {
+  local m=$1
+  point "$m" ste 0.8 2
+  point "$m" paper 0.8 2
+  point "$m" prune 0.85 0
+  point "$m" share 0 1
+}
+
+run mlp_base mlp
+two_points mlp
+run lenet5_base lenet5
+two_points lenet5
+third_point mlp
+third_point lenet5
