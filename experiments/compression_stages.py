@@ -41,6 +41,18 @@ def _from_ous(ous, kernel_shape):
   return rsjax.from_crossbar_matrix(matrix, kernel_shape)
 
 
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """Nested dicts from ``{'params/conv1/kernel': leaf}`` (see named_leaves)."""
+  out: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return out
+
+
 def prune(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec,
           ratio: float) -> dict[str, jax.Array]:
   """Zeroes the fraction ``ratio`` of OU blocks of smallest L2 norm per layer.
@@ -251,14 +263,7 @@ def load_compressed(path: str):
       flat[k] = jnp.asarray(v)
   for p, layer in layers.items():
     flat[p] = layer.to_kernel()
-  params: dict[str, Any] = {}
-  for p, x in flat.items():
-    node = params
-    *parents, last = p.split("/")
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[last] = x
-  return params, layers, hw
+  return unflatten(flat), layers, hw
 
 
 def export_rsjax(path: str, layers: Mapping[str, rsjax.CompressedLayer],

@@ -70,16 +70,7 @@ def flatten(tree) -> dict[str, Any]:
   return dict(rsjax.named_leaves(tree))
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """The inverse of :func:`flatten` for nested dicts."""
-  out: dict[str, Any] = {}
-  for path, leaf in flat.items():
-    node = out
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return out
+unflatten = stages_lib.unflatten  # the inverse of flatten
 
 
 def select_kernels(variables, include: str, exclude: str) -> list[str]:
