@@ -55,7 +55,7 @@ def test_variants_and_rows(tmp_path):
       "lenet5_share_k2", "lenet5_ste_p0.8_k2", "mlp_share_k4"]
   rows = {r["name"]: results.row(r) for r in runs}
   assert rows["lenet5_prune_p0.5"]["variant"] == "prune only"
-  assert rows["lenet5_prune_p0.5"]["k"] is None
+  assert rows["lenet5_prune_p0.5"]["k"] == "-"
   assert rows["lenet5_share_k2"]["variant"] == "share only"
   assert rows["lenet5_paper_p0.6_k4"]["variant"] == "prune + share paper"
   assert rows["lenet5_base"]["variant"] == "prune + share ste"
