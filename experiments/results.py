@@ -190,12 +190,14 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   models = sorted({r["model"] for r in rows})
   fig, axes = plt.subplots(1, max(len(models), 1),
                            figsize=(5.5 * max(len(models), 1), 4.2),
                            squeeze=False)
   markers = dict(zip(VARIANTS[1:], "o^sD"))
+  colors = dict(zip(VARIANTS[1:], ("C0", "C1", "C2", "C3")))
   for ax, model in zip(axes[0], models):
     mrows = [r for r in rows if r["model"] == model]
     for v in VARIANTS[1:]:
@@ -205,7 +207,7 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
                    key=lambda r: r["ou_ratio"])
       if pts:
         ax.plot([r["ou_ratio"] for r in pts], [r["compressed"] for r in pts],
-                marker=markers[v], label=v)
+                marker=markers[v], color=colors[v], label=v)
     front = pareto_front(mrows)
     if front:
       ax.plot([r["ou_ratio"] for r in front], [r["compressed"] for r in front],
@@ -217,6 +219,9 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
       ax.axhline(f - MAX_LOSS_PP / 100, color="r", linestyle=":", linewidth=1,
                  label=f"float - {MAX_LOSS_PP} pp")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("ou_ratio (dense OUs / stored OUs)")
     ax.set_ylabel("test accuracy (compressed, float eval)")
     ax.set_title(f"{model} / {mrows[0]['dataset']}")
