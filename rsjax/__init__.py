@@ -8,6 +8,7 @@ from rsjax._src.finetune import centroid_finetune
 from rsjax._src.export import load_compressed
 from rsjax._src.export import save_compressed
 from rsjax._src.hardware import HardwareSpec
+from rsjax._src.kmeans import cluster_layers
 from rsjax._src.kmeans import cluster_ous
 from rsjax._src.kmeans import decompress
 from rsjax._src.lowering import from_crossbar_matrix
@@ -51,6 +52,7 @@ __all__ = (
     "Rule",
     "apply_masks",
     "centroid_finetune",
+    "cluster_layers",
     "cluster_ous",
     "compress_kernel",
     "compression_report",

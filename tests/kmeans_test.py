@@ -173,3 +173,25 @@ def test_checks_work_on_arrays_closed_over_in_jit():
   np.testing.assert_array_equal(
       rsjax.from_ous(fn(jax.random.key(0)), W.shape)[:, :2], [[1, 5], [2, 4],
                                                              [7, 2], [1, 4]])
+
+
+def test_cluster_layers_batches_layers_of_one_width():
+  key = jax.random.key(9)
+  a = np.array(jax.random.normal(jax.random.key(1), (3, 8, 3, 2)))
+  a[0, :3] = 0  # pruned blocks
+  b = np.asarray(jax.random.normal(jax.random.key(2), (5, 8, 3, 2)))
+  c = np.asarray(jax.random.normal(jax.random.key(3), (2, 4, 3, 2)))
+  out = rsjax.cluster_layers({"a": a, "b": b, "c": c}, 3, key=key, n_init=2)
+  for i, (name, ous) in enumerate((("a", a), ("b", b), ("c", c))):
+    ref = rsjax.cluster_ous(ous, 3, key=jax.random.fold_in(key, i), n_init=2)
+    np.testing.assert_array_equal(out[name][1], ref[1])
+    np.testing.assert_array_equal(out[name][0], ref[0])
+  # A k per layer: each row-block keeps its own.
+  out = rsjax.cluster_layers({"a": a, "b": b}, {"a": 1, "b": 4}, key=key)
+  assert out["a"][0].shape == (3, 1, 3, 2) and out["b"][0].shape == (5, 4, 3, 2)
+  _numpy_fixed_point(a, *out["a"])
+  _numpy_fixed_point(b, *out["b"])
+  with pytest.raises(ValueError, match="no k"):
+    rsjax.cluster_layers({"a": a}, {"b": 2}, key=key)
+  with pytest.raises(ValueError, match=r"cluster_layers\['a'\]"):
+    rsjax.cluster_layers({"a": a[0]}, 2, key=key)

@@ -2,8 +2,9 @@ r"""Clustering a ResNet-18-sized parameter tree: rsjax vs scikit-learn.
 
 Every conv/dense kernel of an ImageNet ResNet-18 (11.7M weights) is lowered,
 tiled into the default hardware's (9, 2) OU blocks and clustered into one
-codebook per row-block with ``k = G // sharing`` clusters. rsjax clusters all
-row-blocks of a layer in one jitted call; the baseline runs scikit-learn
+codebook per row-block with ``k = G // sharing`` clusters. rsjax clusters
+them with ``rsjax.cluster_layers``: the row-blocks of all layers of one width
+in one jitted call; the baseline runs scikit-learn
 ``KMeans`` once per row-block on the same blocks, with the same number of
 k-means++ restarts. Both run in this process, so the ratio is what counts.
 
@@ -62,13 +63,16 @@ def main(argv):
         f"{sum(o.shape[0] for o in layers.values())} row-blocks, "
         f"blocks {hw.block_shape}, n_init={_N_INIT.value}")
 
+  ks = {name: max(1, ous.shape[1] // _SHARING.value)
+        for name, ous in layers.items()}
+
   def run_rsjax():
+    # One call: layers of the same width share a compiled k-means.
+    out = rsjax.cluster_layers(layers, ks, key=jax.random.key(0),
+                               n_init=_N_INIT.value)
     inertia = 0.0
-    for i, ous in enumerate(layers.values()):
-      k = max(1, ous.shape[1] // _SHARING.value)
-      codebook, index = rsjax.cluster_ous(ous, k, key=jax.random.key(i),
-                                          n_init=_N_INIT.value)
-      z = np.asarray(rsjax.decompress(codebook, index))
+    for name, ous in layers.items():
+      z = np.asarray(rsjax.decompress(*out[name]))
       inertia += float(((ous - z) ** 2).sum())
     return inertia
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +168,23 @@ def _compact(labels, valid, table, num_out):
   return codebook[:num_out], index
 
 
+@functools.partial(jax.jit, static_argnames=("num_slots", "max_iter",
+                                             "n_trials"))
+def _cluster_rows(x, keys, k_rows, *, num_slots, max_iter, n_trials,
+                  tol=1e-4):
+  """Per-row-block k-means of ``x [R, G, D]``, a ``k`` for each row-block.
+
+  ``keys [R, n_init]``; ``k_rows [R]`` may differ by row-block (rows of
+  several layers stacked into one call), ``num_slots >= max(k_rows)``.
+  """
+  valid = jnp.any(x != 0, axis=-1)
+  run = functools.partial(_kmeans_restarts, num_slots=num_slots,
+                          max_iter=max_iter, tol=tol, n_trials=n_trials)
+  centroids, labels, _ = jax.vmap(run)(keys, x, valid, k_rows)
+  return jax.vmap(_compact, in_axes=(0, 0, 0, None))(
+      labels, valid, centroids, num_slots)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter",
                                              "scope", "n_trials"))
 def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials, tol=1e-4):
@@ -175,12 +193,10 @@ def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials, tol=1e-4):
   valid = jnp.any(x != 0, axis=-1)
   num_out = min(k, num_groups)
   if scope == "row_block":
-    keys = jax.random.split(key, (num_rows, n_init))
-    run = functools.partial(_kmeans_restarts, k=k, num_slots=num_out,
-                            max_iter=max_iter, tol=tol, n_trials=n_trials)
-    centroids, labels, _ = jax.vmap(run)(keys, x, valid)
-    return jax.vmap(_compact, in_axes=(0, 0, 0, None))(
-        labels, valid, centroids, num_out)
+    return _cluster_rows(
+        x, jax.random.split(key, (num_rows, n_init)),
+        jnp.full((num_rows,), k, jnp.int32), num_slots=num_out,
+        max_iter=max_iter, n_trials=n_trials, tol=tol)
   # scope == "layer": one codebook for the whole layer; each row-block then
   # stores the subset of it that it uses.
   keys = jax.random.split(key, n_init)
@@ -193,6 +209,27 @@ def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials, tol=1e-4):
 
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
+
+
+def _check_args(ous, k, n_init, max_iter, name: str = "cluster_ous"):
+  """The argument checks of :func:`cluster_ous` (value checks if concrete)."""
+  if getattr(ous, "ndim", None) != 4:
+    raise ValueError(
+        f"{name} expects OU blocks [R, G, bh, bw], got shape "
+        f"{getattr(ous, 'shape', None)}")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be an int >= 1, got {k!r}")
+  if n_init < 1 or max_iter < 1:
+    raise ValueError(
+        f"n_init and max_iter must be >= 1, got {n_init} and {max_iter}")
+  dtype = jnp.result_type(ous)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} expects float blocks, got dtype {dtype}")
+  # NumPy, not jnp: under a caller's trace jnp ops on a closed-over concrete
+  # array would return tracers.
+  if _is_concrete(ous) and not np.isfinite(
+      np.asarray(ous, np.float32)).all():
+    raise ValueError(f"{name} got NaN or inf weights")
 
 
 def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
@@ -229,25 +266,10 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
       dtype, or NaN/inf blocks (checked when ``ous`` is concrete, i.e. not
       under a caller's ``jit``).
   """
-  if getattr(ous, "ndim", None) != 4:
-    raise ValueError(
-        f"cluster_ous expects OU blocks [R, G, bh, bw], got shape "
-        f"{getattr(ous, 'shape', None)}")
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be an int >= 1, got {k!r}")
+  _check_args(ous, k, n_init, max_iter)
   if scope not in SCOPES:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-  if n_init < 1 or max_iter < 1:
-    raise ValueError(
-        f"n_init and max_iter must be >= 1, got {n_init} and {max_iter}")
   dtype = jnp.result_type(ous)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"cluster_ous expects float blocks, got dtype {dtype}")
-  # NumPy, not jnp: under a caller's trace jnp ops on a closed-over concrete
-  # array would return tracers.
-  if _is_concrete(ous) and not np.isfinite(
-      np.asarray(ous, np.float32)).all():
-    raise ValueError("cluster_ous got NaN or inf weights")
   num_rows, num_groups, bh, bw = ous.shape
   num_points = num_groups if scope == "row_block" else num_rows * num_groups
   if n_trials is None:
@@ -258,6 +280,64 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
                              n_trials=int(n_trials), tol=float(tol))
   codebook = codebook.reshape(num_rows, -1, bh, bw).astype(dtype)
   return codebook, index
+
+
+def cluster_layers(layers: Mapping[str, Any], k: int | Mapping[str, int], *,
+                   key, n_init: int = 8, max_iter: int = 100,
+                   tol: float = 1e-4, n_trials: int | None = None
+                   ) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """Row-block k-means of many layers, one compiled call per block grid width.
+
+  Layers with the same number of column groups G and block shape have their
+  row-blocks stacked into one batched call (each row-block keeps its own
+  ``k``), so a network compiles a handful of shapes instead of one per
+  layer. Layer ``i`` (in ``layers`` order) gets the key
+  ``jax.random.fold_in(key, i)``: with the same ``n_trials`` its result is
+  that of ``cluster_ous(ous, k, key=fold_in(key, i))``.
+
+  Args:
+    layers: ``{name: ous [R, G, bh, bw]}``.
+    k: one ``k`` for all layers, or ``{name: k}``.
+    key: a ``jax.random`` key.
+    n_init, max_iter, tol: as :func:`cluster_ous`.
+    n_trials: k-means++ candidates (default ``2 + floor(ln K)`` with ``K``
+      the largest ``min(k, G)`` of the batch).
+
+  Returns:
+    ``{name: (codebook [R, min(k, G), bh, bw], index [R, G])}``.
+  """
+  ks = dict(k) if isinstance(k, Mapping) else {name: k for name in layers}
+  missing = sorted(set(layers) - set(ks))
+  if missing:
+    raise ValueError(f"no k given for layers {missing}")
+  batches: dict[tuple[int, ...], list[str]] = {}
+  for name, ous in layers.items():
+    _check_args(ous, ks[name], n_init, max_iter, f"cluster_layers[{name!r}]")
+    batches.setdefault(tuple(ous.shape[1:]), []).append(name)
+  position = {name: i for i, name in enumerate(layers)}
+  out = {}
+  for (num_groups, bh, bw), names in batches.items():
+    num_slots = min(max(int(ks[n]) for n in names), num_groups)
+    trials = n_trials or 2 + int(math.log(max(num_slots, 1)))
+    x = jnp.concatenate([jnp.asarray(layers[n], jnp.float32).reshape(
+        -1, num_groups, bh * bw) for n in names])
+    keys = jnp.concatenate([jax.random.split(
+        jax.random.fold_in(key, position[n]), (layers[n].shape[0], n_init))
+                            for n in names])
+    k_rows = jnp.concatenate([jnp.full((layers[n].shape[0],), ks[n],
+                                       jnp.int32) for n in names])
+    codebook, index = _cluster_rows(x, keys, k_rows, num_slots=num_slots,
+                                    max_iter=int(max_iter), n_trials=trials,
+                                    tol=float(tol))
+    start = 0
+    for n in names:
+      rows = layers[n].shape[0]
+      slots = min(int(ks[n]), num_groups)
+      out[n] = (codebook[start:start + rows, :slots].reshape(
+          rows, slots, bh, bw).astype(jnp.result_type(layers[n])),
+                index[start:start + rows])
+      start += rows
+  return {name: out[name] for name in layers}
 
 
 def decompress(codebook, index):
