@@ -41,6 +41,23 @@ def _from_ous(ous, kernel_shape):
   return rsjax.from_crossbar_matrix(matrix, kernel_shape)
 
 
+def atomic_write(path: str, payload: bytes | str) -> None:
+  """Writes a file so readers see the old or the new one, never half."""
+  mode = "wb" if isinstance(payload, bytes) else "w"
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, mode) as f:
+      f.write(payload)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   """Nested dicts from ``{'params/conv1/kernel': leaf}`` (see named_leaves)."""
   out: dict[str, Any] = {}
@@ -228,17 +245,7 @@ def export_compressed(path: str, params, layers: Mapping[
   arrays["::hardware"] = np.asarray(json.dumps(hw.to_dict()))
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  # Temp file + os.replace: a reader sees the old file or the new, never half.
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(buf.getvalue())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_write(path, buf.getvalue())
 
 
 def load_compressed(path: str):

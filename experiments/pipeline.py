@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from typing import Any, Callable, Mapping
 
@@ -105,21 +104,7 @@ def jsonable(x):
   return x
 
 
-def atomic_write(path: str, payload: bytes | str) -> None:
-  """Writes a file so readers see the old or the new one, never half."""
-  mode = "wb" if isinstance(payload, bytes) else "w"
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, mode) as f:
-      f.write(payload)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+atomic_write = stages_lib.atomic_write
 
 
 def write_json(path: str, obj) -> None:
