@@ -157,18 +157,9 @@ def reduce_to_centroids(grad, index, plan: rules_lib.LayerPlan,
   return out.reshape(num_rows, plan.slots, bh, bw)
 
 
-def decompress(codebook, index):
-  """``kmeans.decompress`` without its value checks, which would force
-  concrete closed-over arrays inside a caller's ``jit``."""
-  safe = jnp.maximum(index, 0)[:, :, None, None]
-  blocks = jnp.take_along_axis(codebook, safe, axis=1)
-  return jnp.where((index >= 0)[:, :, None, None], blocks,
-                   jnp.zeros((), codebook.dtype))
-
-
 def shared_kernel(codebook, index, plan: rules_lib.LayerPlan):
   """Z: every block replaced by its centroid, pruned blocks zero (exact)."""
-  return ous_to_kernel(decompress(codebook, index), plan)
+  return ous_to_kernel(kmeans.decompress(codebook, index), plan)
 
 
 def exact_codebook(kernel, plan: rules_lib.LayerPlan, slots: int | None = None):
