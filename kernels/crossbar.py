@@ -34,7 +34,7 @@ from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import checks
 from rsjax.kernels import dataflow
 
-METHODS = ("auto", "exact", "table", "direct")
+METHODS = ("auto", "sliced", "exact", "table", "direct")
 TABLE_MAX_PATTERNS = 4096
 TABLE_MAX_BYTES = 64 << 20
 
@@ -91,9 +91,11 @@ def _pick_method(hw, nonideal, method, num_rb, cols):
                             or pats > TABLE_MAX_PATTERNS):
     raise ValueError("method='table' needs no read noise and at most "
                      f"{TABLE_MAX_PATTERNS} input patterns per row-block")
-  if method != "auto":
+  if method not in ("auto", "sliced"):
     return method
-  if not noisy and hw.adc_lossless:
+  # 'sliced' never short-cuts to the integer matmul: it is how a lossless
+  # ADC is checked against 'exact' through the bit-sliced dataflow.
+  if method == "auto" and not noisy and hw.adc_lossless:
     return "exact"
   if (not reads and pats is not None and pats <= TABLE_MAX_PATTERNS
       and num_rb * pats * cols * 4 <= TABLE_MAX_BYTES):
@@ -146,8 +148,10 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
     key: ``jax.random`` key for the programming non-idealities.
     method: ``'auto'`` (exact if lossless and ideal; else the table if there
       is no read noise, at most ``TABLE_MAX_PATTERNS`` input patterns per
-      row-block and the table fits ``TABLE_MAX_BYTES``; else direct), or
-      force one (``'table'`` ignores the size limit).
+      row-block and the table fits ``TABLE_MAX_BYTES``; else direct),
+      ``'sliced'`` (as ``'auto'`` but never exact: the bit-sliced dataflow
+      even where the ADC is lossless), or force one (``'table'`` ignores
+      the size limit).
 
   Returns:
     The :class:`CrossbarWeights`.

@@ -86,7 +86,8 @@ def test_isaac_lossy_all_modes(signed, mode):
   assert not np.array_equal(np.asarray(y), lossless)
 
 
-@pytest.mark.parametrize("method", ["auto", "exact", "table", "direct"])
+@pytest.mark.parametrize("method", ["auto", "sliced", "exact", "table",
+                                    "direct"])
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_lossless_is_integer_matmul(method, use_jit):
   rng = np.random.default_rng(2)
@@ -98,6 +99,9 @@ def test_lossless_is_integer_matmul(method, use_jit):
   y = f(jnp.asarray(x, jnp.int32))
   assert y.shape == (2, 3, 5, 13) and y.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(y), x @ w)
+  # 'sliced' is 'auto' without the integer-matmul short cut.
+  want = {"auto": "exact", "sliced": "table"}.get(method, method)
+  assert weights.method == want
 
 
 def test_differential_lossless_scale_is_exact():
