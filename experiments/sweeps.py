@@ -1,0 +1,340 @@
+"""Emulation sweeps of a finished run's compressed model (RESULTS.md).
+
+  python -m experiments.sweeps --run=runs/lenet5_base \
+      --out=runs/sweeps/lenet5_base.json
+
+Loads the model a pipeline run exported (``compressed_model.npz``: codebooks,
+index tables, biases and the hardware) and runs three studies on the crossbar
+emulator, every one on the same first ``--limit`` test images, with input
+scales calibrated on the first ``--calibration`` *training* images:
+
+``grid``
+  Accuracy vs ADC bits for every (OU height, cell bits). The sharing was
+  done for the run's own OU block shape (``hw.block_shape``); another OU
+  height or cell resolution tiles the matrix into other blocks, so there the
+  compressed weights are programmed as dense crossbars of that hardware
+  (index-and-add is defined only at the run's hardware, and ``equality``
+  shows it computes the same numbers). At each hardware the lossless ADC
+  resolution (``2^bits - 1 >= p_max``) is run through the bit-sliced
+  dataflow (``method='sliced'``) and compared logit for logit with the
+  integer matmul of the same quantized weights and inputs
+  (``method='exact'``): the quantized model.
+``equality``
+  At the run's hardware, for every ADC resolution: the index-and-add
+  dataflow on the codebooks and index tables against the decompressed
+  matrix programmed densely; accuracy of both and the largest logit
+  difference (0 means bit-identical).
+``faults``
+  Stuck-at faults (half stuck at the lowest level, half at the highest) and
+  programming variation (Gaussian, in cell levels), ``--seeds`` keys each;
+  mean and standard deviation of the accuracy, for the shared layout (a
+  faulty cell of a stored block hits every output that reuses the block)
+  and for the dense layout of the same weights.
+
+The result is one JSON file; :mod:`experiments.sweep_report` turns a folder
+of them into RESULTS.md sections and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rsjax
+from rsjax import kernels as rk
+
+from experiments import compression_stages
+from experiments import data as data_lib
+from experiments import models as models_lib
+
+STUDIES = ("grid", "equality", "faults")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+  """A run's compressed model and the images it is emulated on."""
+
+  name: str
+  model: Any
+  params: Any
+  layers: dict[str, rsjax.CompressedLayer]
+  hw: rsjax.HardwareSpec
+  images: np.ndarray  # [N, H, W, C] float32, normalised
+  labels: np.ndarray  # [N] int32
+  calibration: np.ndarray  # [M, H, W, C] float32, training images
+
+
+def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
+                 data_dir: str | None = None,
+                 source_dir: str | None = None) -> Subject:
+  """Reads a finished run's export and its test images.
+
+  Args:
+    workdir: the run's workdir (``config.json``, ``compressed_model.npz``).
+    limit: how many test images (the first ones; 0: all).
+    calibration: how many training images calibrate the input scales.
+    data_dir, source_dir: override the run's data locations.
+
+  Returns:
+    The :class:`Subject`.
+  """
+  export = os.path.join(workdir, "compressed_model.npz")
+  config_path = os.path.join(workdir, "config.json")
+  for path in (export, config_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"{path} is missing: --run must be the workdir of a finished "
+          "pipeline run (experiments/main.py)")
+  with open(config_path) as f:
+    dc = json.load(f)
+  data_cfg = dc["data"]
+  kwargs = dict(data_dir=data_dir or data_cfg["data_dir"] or None,
+                source_dir=source_dir or data_cfg["source_dir"],
+                image_size=data_cfg["image_size"] or None)
+  test = data_lib.load_split(data_cfg["name"], "eval", limit=limit or None,
+                             **kwargs)
+  train = data_lib.load_split(data_cfg["name"], "train", limit=calibration,
+                              **kwargs)
+  params, layers, hw = compression_stages.load_compressed(export)
+  model = models_lib.create_model(dc["model"]["name"],
+                                  num_classes=test.info.num_classes,
+                                  use_bn=False)
+  images, labels = test.get(np.arange(len(test)))
+  calib, _ = train.get(np.arange(len(train)))
+  return Subject(os.path.basename(os.path.normpath(workdir)), model, params,
+                 layers, hw, data_lib.normalize(images, test.info),
+                 np.asarray(labels, np.int32),
+                 data_lib.normalize(calib, train.info))
+
+
+class Emulator:
+  """Emulated and float logits of one :class:`Subject`, batch by batch.
+
+  The jitted functions take the plans as an argument, so one compilation
+  serves every plan of the same hardware (e.g. all fault seeds).
+  """
+
+  def __init__(self, subject: Subject, batch_size: int = 500):
+    self.subject = subject
+    self.batch_size = batch_size
+    model, params = subject.model, subject.params
+    self._emulate = jax.jit(lambda plans, x: rk.emulate_linen(
+        model, params, x, plans, train=False))
+    self._float = jax.jit(lambda x: model.apply(params, x, train=False))
+
+  def plans(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
+            key=None, method: str = "auto"):
+    """Programs the model on ``hw`` (index-and-add if ``shared``)."""
+    s = self.subject
+    batches = [s.calibration[i:i + self.batch_size]
+               for i in range(0, len(s.calibration), self.batch_size)]
+    return rk.prepare_linen(s.model, s.params, batches, hw,
+                            compressed=s.layers if shared else None,
+                            nonideal=nonideal, key=key, method=method,
+                            train=False)
+
+  def _batched(self, fn) -> np.ndarray:
+    images, b = self.subject.images, self.batch_size
+    out = []
+    for start in range(0, len(images), b):
+      x = images[start:start + b]
+      n = len(x)
+      if n < b:  # one batch shape, one compilation
+        x = np.concatenate([x, np.zeros((b - n, *x.shape[1:]), x.dtype)])
+      out.append(np.asarray(fn(jnp.asarray(x)))[:n])
+    return np.concatenate(out)
+
+  def logits(self, plans) -> np.ndarray:
+    return self._batched(lambda x: self._emulate(plans, x))
+
+  def float_logits(self) -> np.ndarray:
+    return self._batched(self._float)
+
+  def accuracy(self, logits: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == self.subject.labels))
+
+
+def lossless_adc_bits(hw: rsjax.HardwareSpec) -> int:
+  """The fewest ADC bits that convert every OU partial sum exactly."""
+  return max(1, math.ceil(math.log2(hw.partial_sum_max + 1)))
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+  return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def grid(em: Emulator, *, ou_rows: Sequence[int], cell_bits: Sequence[int],
+         adc_bits: Sequence[int]) -> list[dict[str, Any]]:
+  """Accuracy vs ADC bits per (OU height, cell bits), dense layout."""
+  rows = []
+  for o in ou_rows:
+    for c in cell_bits:
+      hw = em.subject.hw.replace(ou_rows=int(o), cell_bits=int(c))
+      lossless = lossless_adc_bits(hw)
+      exact = em.logits(em.plans(hw.replace(adc_bits=lossless), shared=False,
+                                 method="exact"))
+      row = {"ou_rows": int(o), "cell_bits": int(c),
+             "block_shape": list(hw.block_shape),
+             "p_max": hw.partial_sum_max, "lossless_adc_bits": lossless,
+             "quantized": em.accuracy(exact), "adc": []}
+      for b in sorted({int(x) for x in adc_bits} | {lossless}):
+        logits = em.logits(em.plans(hw.replace(adc_bits=b), shared=False,
+                                    method="sliced"))
+        point = {"adc_bits": b, "accuracy": em.accuracy(logits),
+                 "lossless": b >= lossless}
+        if b >= lossless:
+          point["max_abs_diff_vs_quantized"] = _max_diff(logits, exact)
+        row["adc"].append(point)
+      rows.append(row)
+  return rows
+
+
+def equality(em: Emulator, adc_bits: Sequence[int]) -> list[dict[str, Any]]:
+  """Index-and-add vs the dense layout of the same weights."""
+  out = []
+  for b in sorted({int(x) for x in adc_bits}):
+    hw = em.subject.hw.replace(adc_bits=b)
+    shared = em.logits(em.plans(hw, shared=True, method="sliced"))
+    dense = em.logits(em.plans(hw, shared=False, method="sliced"))
+    out.append({"adc_bits": b, "shared": em.accuracy(shared),
+                "dense": em.accuracy(dense),
+                "max_abs_diff": _max_diff(shared, dense)})
+  return out
+
+
+def _nonideal(kind: str, value: float) -> rk.Nonideal:
+  if kind == "stuck":
+    return rk.Nonideal(stuck_at_0=value / 2, stuck_at_1=value / 2)
+  if kind == "program_sigma":
+    return rk.Nonideal(program_sigma=value)
+  raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def faults(em: Emulator, *, stuck_rates: Sequence[float],
+           program_sigmas: Sequence[float], seeds: int,
+           layouts: Sequence[str] = ("shared", "dense")
+           ) -> list[dict[str, Any]]:
+  """Accuracy over ``seeds`` keys per fault setting and layout."""
+  out = []
+  settings = ([("stuck", float(r)) for r in stuck_rates]
+              + [("program_sigma", float(s)) for s in program_sigmas])
+  for layout in layouts:
+    for kind, value in settings:
+      accs = []
+      for seed in range(seeds):
+        plans = em.plans(em.subject.hw, shared=layout == "shared",
+                         nonideal=_nonideal(kind, value),
+                         key=jax.random.key(seed))
+        accs.append(em.accuracy(em.logits(plans)))
+      out.append({"layout": layout, "kind": kind, "value": value,
+                  "seeds": seeds, "mean": float(np.mean(accs)),
+                  "std": float(np.std(accs, ddof=1)) if seeds > 1 else 0.0,
+                  "min": float(np.min(accs)), "max": float(np.max(accs)),
+                  "accuracies": accs})
+  return out
+
+
+def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
+               ou_rows: Sequence[int] = (8, 9, 16, 32),
+               cell_bits: Sequence[int] = (1, 2, 4),
+               adc_bits: Sequence[int] = (3, 4, 5, 6, 7, 8),
+               stuck_rates: Sequence[float] = (0.001, 0.005, 0.01, 0.02,
+                                               0.05),
+               program_sigmas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+               seeds: int = 16, batch_size: int = 500,
+               log=print) -> dict[str, Any]:
+  """All asked-for studies on one subject; a JSON-able dict."""
+  unknown = sorted(set(studies) - set(STUDIES))
+  if unknown:
+    raise ValueError(f"unknown studies {unknown}; known: {list(STUDIES)}")
+  em = Emulator(subject, batch_size)
+  start = time.perf_counter()
+  float_logits = em.float_logits()
+  result = {"run": subject.name, "hardware": subject.hw.to_dict(),
+            "images": len(subject.images),
+            "calibration_images": len(subject.calibration),
+            "float": em.accuracy(float_logits), "timing_s": {}}
+  if subject.layers:
+    result["compression"] = rsjax.compression_report(
+        subject.layers, subject.hw)["total"]
+  fns = {
+      "grid": lambda: grid(em, ou_rows=ou_rows, cell_bits=cell_bits,
+                           adc_bits=adc_bits),
+      "equality": lambda: equality(em, adc_bits),
+      "faults": lambda: faults(em, stuck_rates=stuck_rates,
+                               program_sigmas=program_sigmas, seeds=seeds),
+  }
+  for study in STUDIES:
+    if study in studies:
+      t = time.perf_counter()
+      result[study] = fns[study]()
+      result["timing_s"][study] = time.perf_counter() - t
+      log(f"{subject.name}: {study} done in "
+          f"{result['timing_s'][study]:.0f} s")
+  result["timing_s"]["total"] = time.perf_counter() - start
+  return result
+
+
+def _main(argv):
+  del argv
+  subject = load_subject(_RUN.value, limit=_LIMIT.value,
+                         calibration=_CALIBRATION.value,
+                         data_dir=_DATA_DIR.value or None,
+                         source_dir=_SOURCE_DIR.value or None)
+  result = run_sweeps(
+      subject, studies=_STUDIES.value,
+      ou_rows=[int(x) for x in _OU_ROWS.value],
+      cell_bits=[int(x) for x in _CELL_BITS.value],
+      adc_bits=[int(x) for x in _ADC_BITS.value],
+      stuck_rates=[float(x) for x in _STUCK.value],
+      program_sigmas=[float(x) for x in _SIGMA.value], seeds=_SEEDS.value,
+      batch_size=_BATCH.value)
+  result["command"] = " ".join(["python -m experiments.sweeps"]
+                               + sys.argv[1:])
+  out = _OUT.value or os.path.join(
+      os.path.dirname(os.path.normpath(_RUN.value)), "sweeps",
+      subject.name + ".json")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  compression_stages.atomic_write(out, json.dumps(result, indent=1))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  _RUN = flags.DEFINE_string("run", None, "A finished run's workdir.",
+                             required=True)
+  _OUT = flags.DEFINE_string(
+      "out", "", "JSON to write; '' is RUNS_DIR/sweeps/NAME.json.")
+  _LIMIT = flags.DEFINE_integer("limit", 2000, "Test images (0: all).")
+  _CALIBRATION = flags.DEFINE_integer(
+      "calibration", 1000, "Training images for the input scales.")
+  _STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run.")
+  _OU_ROWS = flags.DEFINE_list("ou_rows", ["8", "9", "16", "32"],
+                               "OU heights of the grid.")
+  _CELL_BITS = flags.DEFINE_list("cell_bits", ["1", "2", "4"],
+                                 "Cell resolutions of the grid.")
+  _ADC_BITS = flags.DEFINE_list("adc_bits", ["3", "4", "5", "6", "7", "8"],
+                                "ADC resolutions.")
+  _STUCK = flags.DEFINE_list("stuck_rates",
+                             ["0.001", "0.005", "0.01", "0.02", "0.05"],
+                             "Stuck-at fault rates (half SA0, half SA1).")
+  _SIGMA = flags.DEFINE_list("program_sigmas",
+                             ["0.05", "0.1", "0.2", "0.3", "0.5"],
+                             "Programming variation, in cell levels.")
+  _SEEDS = flags.DEFINE_integer("seeds", 16, "Keys per fault setting.")
+  _BATCH = flags.DEFINE_integer("batch_size", 500, "Emulation batch size.")
+  _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override the TFDS dir.")
+  _SOURCE_DIR = flags.DEFINE_string("source_dir", "",
+                                    "Override the Fashion-MNIST IDX dir.")
+  app.run(_main)

@@ -1,0 +1,139 @@
+"""Tests of experiments/sweeps.py on a small synthetic compressed model, and
+its command line on an exported LeNet-5 with real Fashion-MNIST images."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rsjax
+
+from experiments import compression_stages
+from experiments import models
+from experiments import sweeps
+from experiments.configs import default
+# The session fixture, imported so pytest finds it in this module.
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HW = rsjax.HardwareSpec()
+
+
+def _subject(shared_layers=True, n=64):
+  """An MLP 36-24-10 whose first layer is shared (k=2), random inputs."""
+  model = models.create_model("mlp", num_classes=10, hidden=(24,),
+                              use_bn=False)
+  variables = models.init_variables(model, jax.random.key(0), (6, 6, 1))
+  params = jax.tree_util.tree_map(lambda x: x, variables)
+  path = "params/fc1/dense/kernel"
+  layer = rsjax.compress_kernel(params["params"]["fc1"]["dense"]["kernel"],
+                                HW, k=2, key=jax.random.key(1))
+  params["params"]["fc1"]["dense"]["kernel"] = layer.to_kernel()
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
+  # Labels from the float model, so accuracy starts at 1 and faults show.
+  labels = np.asarray(jnp.argmax(model.apply(params, images), -1), np.int32)
+  calibration = rng.normal(size=(32, 6, 6, 1)).astype(np.float32)
+  return sweeps.Subject("tiny", model, params,
+                        {path: layer} if shared_layers else {}, HW, images,
+                        labels, calibration)
+
+
+def test_grid_lossless_point_equals_quantized_model():
+  em = sweeps.Emulator(_subject(), batch_size=40)  # 64 = 40 + padded 24
+  # OU height 9: the tabulated dataflow; 16: too many input patterns for a
+  # table, so the direct one.
+  rows = sweeps.grid(em, ou_rows=(9, 16), cell_bits=(4,), adc_bits=(3,))
+  assert [(r["ou_rows"], r["cell_bits"]) for r in rows] == [(9, 4), (16, 4)]
+  for r in rows:
+    hw = HW.replace(ou_rows=r["ou_rows"], cell_bits=r["cell_bits"])
+    assert r["lossless_adc_bits"] == sweeps.lossless_adc_bits(hw)
+    assert 2 ** r["lossless_adc_bits"] - 1 >= hw.partial_sum_max
+    assert 2 ** (r["lossless_adc_bits"] - 1) - 1 < hw.partial_sum_max
+    bits = [p["adc_bits"] for p in r["adc"]]
+    assert bits == [3, r["lossless_adc_bits"]]
+    lossless = r["adc"][-1]
+    assert lossless["lossless"] and lossless["max_abs_diff_vs_quantized"] == 0
+    assert lossless["accuracy"] == r["quantized"]
+    assert not r["adc"][0]["lossless"]
+
+
+def test_lossless_adc_bits():
+  assert sweeps.lossless_adc_bits(HW) == 5  # p_max 27 (SPEC section 5)
+  assert sweeps.lossless_adc_bits(HW.replace(ou_rows=32, cell_bits=4)) == 9
+
+
+def test_index_and_add_equals_dense_layout():
+  em = sweeps.Emulator(_subject(), batch_size=64)
+  out = sweeps.equality(em, adc_bits=(3, 5, 4))
+  assert [o["adc_bits"] for o in out] == [3, 4, 5]
+  for o in out:
+    assert o["max_abs_diff"] == 0 and o["shared"] == o["dense"]
+
+
+def test_faults_are_seeded_and_hurt():
+  em = sweeps.Emulator(_subject(), batch_size=64)
+  kwargs = dict(stuck_rates=(0.0, 0.3), program_sigmas=(1.0,), seeds=3)
+  out = sweeps.faults(em, **kwargs)
+  again = sweeps.faults(em, **kwargs)
+  assert out == again
+  by = {(o["layout"], o["kind"], o["value"]): o for o in out}
+  assert set(by) == {(layout, kind, v) for layout in ("shared", "dense")
+                     for kind, v in (("stuck", 0.0), ("stuck", 0.3),
+                                     ("program_sigma", 1.0))}
+  ideal = em.accuracy(em.logits(em.plans(HW, shared=True)))
+  for layout in ("shared", "dense"):
+    clean = by[(layout, "stuck", 0.0)]
+    assert clean["accuracies"] == [ideal] * 3 and clean["std"] == 0
+    hurt = by[(layout, "stuck", 0.3)]
+    assert hurt["mean"] < ideal and len(set(hurt["accuracies"])) > 1
+    assert hurt["min"] <= hurt["mean"] <= hurt["max"]
+    assert hurt["std"] == pytest.approx(np.std(hurt["accuracies"], ddof=1))
+
+
+def test_unknown_study_and_fault_kind():
+  with pytest.raises(ValueError, match="unknown studies"):
+    sweeps.run_sweeps(_subject(), studies=["grid", "nope"])
+  with pytest.raises(ValueError, match="unknown fault kind"):
+    sweeps._nonideal("melted", 0.1)
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="compressed_model.npz"):
+    sweeps.load_subject(str(tmp_path), limit=10)
+
+
+def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
+  """A workdir as the pipeline leaves it (config.json and the export)."""
+  config = default.get_config()
+  config.data.data_dir = fmnist_data_dir
+  run = tmp_path / "runs" / "lenet5_x"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps(config.to_dict()))
+  model = models.create_model("lenet5", num_classes=10, use_bn=False)
+  params = models.init_variables(model, jax.random.key(0), (28, 28, 1))
+  path = "params/fc2/dense/kernel"
+  layer = rsjax.compress_kernel(params["params"]["fc2"]["dense"]["kernel"],
+                                HW, k=3, key=jax.random.key(1))
+  params["params"]["fc2"]["dense"]["kernel"] = layer.to_kernel()
+  compression_stages.export_compressed(str(run / "compressed_model.npz"),
+                                       params, {path: layer}, HW)
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.sweeps", f"--run={run}",
+       "--limit=50", "--calibration=20", "--batch_size=25",
+       "--studies=equality", "--adc_bits=4"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((tmp_path / "runs" / "sweeps" / "lenet5_x.json")
+                   .read_text())
+  assert out["run"] == "lenet5_x" and out["images"] == 50
+  assert out["calibration_images"] == 20 and "grid" not in out
+  assert [e["adc_bits"] for e in out["equality"]] == [4]
+  assert out["equality"][0]["max_abs_diff"] == 0
+  assert out["command"].startswith("python -m experiments.sweeps --run=")
+  assert out["compression"]["stored_ous"] < out["compression"]["dense_ous"]
