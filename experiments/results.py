@@ -234,6 +234,78 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   os.replace(tmp, path)
 
 
+# The layouts of the hardware cost table and the variants they are taken from.
+COST_LAYOUTS = (("pruned", ("prune only",)), ("shared", ("share only",)),
+                ("pruned + shared", ("prune + share paper",
+                                     "prune + share ste")))
+
+
+def representative(rows: Sequence[Mapping[str, Any]],
+                   max_loss_pp: float = MAX_LOSS_PP
+                   ) -> tuple[Mapping[str, Any] | None, bool]:
+  """The headline row of ``rows``, else the one with the smallest loss.
+
+  Returns:
+    ``(row, within)``: ``within`` tells whether it meets ``max_loss_pp``.
+  """
+  h = headline(rows, max_loss_pp)
+  if h is not None:
+    return h, True
+  ok = [r for r in rows if r["loss_pp"] is not None]
+  return (min(ok, key=lambda r: r["loss_pp"]), False) if ok else (None, False)
+
+
+def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
+  """Per-inference hardware cost of one model's layouts (Markdown).
+
+  ``dense`` is the baseline's dense mapping; every other layout is its
+  variant's :func:`representative` point. Adds are the digital additions
+  that accumulate ADC outputs into output columns: one per ADC output
+  routed to a kept (non-pruned) logical OU, i.e. the pruned mapping's
+  conversions; index-and-add saves conversions, not additions.
+  """
+  by_name = {r["name"]: r for r in runs}
+  rows = [row(r) for r in runs]
+  head = ("| layout | run | loss (pp) | crossbars | OU activations | "
+          "ADC conversions | adds | index bits | stored bits |")
+  lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+  base = next((r for r in rows if r["baseline"]), None)
+  if base is None:
+    return ""
+  dense = by_name[base["name"]]["compression"]
+  if "ou_activations_dense" not in dense:  # a report without the figures
+    return ""
+
+  def cell(value, ref):
+    if value is None:
+      return "n/a"
+    if not ref or value == ref:
+      return f"{value:,.0f}"
+    return f"{value:,.0f} ({ref / value:.2f}x)" if value else "0"
+
+  d_act, d_adc = dense["ou_activations_dense"], dense["adc_conversions_dense"]
+  lines.append(
+      f"| dense | {base['name']} | - | {cell(dense['dense_crossbars'], 0)} | "
+      f"{cell(d_act, 0)} | {cell(d_adc, 0)} | {cell(d_adc, 0)} | 0 | "
+      f"{cell(dense['dense_bits'], 0)} |")
+  for layout, variants in COST_LAYOUTS:
+    rep, within = representative([r for r in rows if r["variant"] in variants])
+    if rep is None:
+      lines.append(f"| {layout} | no run | | | | | | | |")
+      continue
+    c = by_name[rep["name"]]["compression"]
+    mark = "" if within else f" (none within {MAX_LOSS_PP} pp)"
+    lines.append("| " + " | ".join([
+        layout, rep["name"] + mark, _fmt(rep["loss_pp"], "+.2f"),
+        cell(c.get("packed_crossbars"), dense["dense_crossbars"]),
+        cell(c.get("ou_activations_shared"), d_act),
+        cell(c.get("adc_conversions_shared"), d_adc),
+        cell(c.get("adc_conversions_pruned"), d_adc),
+        cell(c.get("index_bits"), 0),
+        cell(c.get("compressed_bits"), dense["dense_bits"])]) + " |")
+  return "\n".join(lines)
+
+
 def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
   """The generated Markdown: headlines, one table per model, the plot."""
   rows = [row(r) for r in runs]
@@ -260,6 +332,9 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
     out += [f"## {m} / {mrows[0]['dataset']}", "",
             f"{len(mrows)} runs, {_time(total)} (m:s) of run time in all.", "",
             model_table(mrows), ""]
+    costs = cost_table([r for r in runs if r["model"] == m])
+    if costs:
+      out += [f"### {m}: hardware cost per inference", "", costs, ""]
   if plot_name:
     out += ["## Pareto plot", "", f"![accuracy vs ou_ratio]({plot_name})", ""]
   return "\n".join(out)

@@ -109,3 +109,49 @@ def test_entry_point(tmp_path):
   text = open(out).read()
   assert text.startswith(results.BEGIN_MARK)
   assert "![accuracy vs ou_ratio](R_pareto.png)" in text
+
+
+def _costed(name, *, prune, k, steps=1000, compressed, base=False,
+            kept=80, stored=40):
+  """A results dict with the hardware figures of a 100-OU model."""
+  return {
+      "name": name, "model": "vgg8", "dataset": "fashion_mnist",
+      "config": {"prune": {"ratio": prune},
+                 "share": {"k": k, "method": "paper", "steps": steps},
+                 "train": {"init_checkpoint": "" if base else "ckpt"}},
+      "accuracy": {"float": 0.9, "compressed": compressed},
+      "compression": {
+          "ou_ratio": 100 / stored, "dense_crossbars": 10,
+          "packed_crossbars": 5, "ou_activations_dense": 1000,
+          "ou_activations_pruned": kept * 10,
+          "ou_activations_shared": stored * 10,
+          "adc_conversions_dense": 8000,
+          "adc_conversions_pruned": kept * 80,
+          "adc_conversions_shared": stored * 80, "index_bits": 300,
+          "dense_bits": 6400, "compressed_bits": 3200},
+  }
+
+
+def test_cost_table_rows_and_ratios():
+  runs = [
+      _costed("b", prune=0.2, k=8, compressed=0.89, base=True),
+      _costed("p", prune=0.5, k=1024, steps=0, compressed=0.898, kept=50,
+              stored=50),
+      _costed("s", prune=0.0, k=4, compressed=0.80, kept=100, stored=25),
+      _costed("s2", prune=0.0, k=8, compressed=0.85, kept=100, stored=40),
+  ]
+  table = results.cost_table(runs).splitlines()
+  assert table[0].startswith("| layout | run |")
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
+  assert [c[0] for c in cells] == ["dense", "pruned", "shared",
+                                   "pruned + shared"]
+  assert cells[0][3:8] == ["10", "1,000", "8,000", "8,000", "0"]
+  # Prune only within 0.5 pp: 50 stored OUs = 2x fewer activations.
+  assert cells[1][1] == "p" and cells[1][4] == "500 (2.00x)"
+  # No share-only point within 0.5 pp: the smallest loss is shown, marked.
+  assert cells[2][1] == "s2 (none within 0.5 pp)"
+  assert cells[2][5] == "3,200 (2.50x)" and cells[2][6] == "8,000"
+  # The baseline run is the only prune + share point (1 pp loss).
+  assert cells[3][1].startswith("b (none within")
+  assert cells[3][6] == "6,400 (1.25x)"
+  assert results.cost_table([runs[1]]) == ""  # no baseline: no table
