@@ -125,11 +125,12 @@ def headline(rows: Iterable[Mapping[str, Any]],
   return max(ok, key=lambda r: r["ou_ratio"]) if ok else None
 
 
-def pareto_front(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-  """Rows not beaten in both ``ou_ratio`` and compressed accuracy."""
+def pareto_front(rows: Iterable[Mapping[str, Any]],
+                 metric: str = "ou_ratio") -> list[Mapping[str, Any]]:
+  """Rows not beaten in both ``metric`` and compressed accuracy."""
   pts = [r for r in rows
-         if r["ou_ratio"] is not None and r["compressed"] is not None]
-  pts.sort(key=lambda r: (-r["ou_ratio"], -r["compressed"]))
+         if r[metric] is not None and r["compressed"] is not None]
+  pts.sort(key=lambda r: (-r[metric], -r["compressed"]))
   front, best = [], -math.inf
   for r in pts:
     if r["compressed"] > best:
@@ -184,52 +185,60 @@ def model_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+PARETO_METRICS = (("ou_ratio", "dense OUs / stored OUs"),
+                  ("bit_ratio", "dense bits / stored bits + index"),
+                  ("crossbar_ratio", "dense / packed crossbars"))
+
+
 def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-  """Compressed accuracy vs ``ou_ratio``, one panel per model, one series
-  per variant, the float baseline and the 0.5 pp line dashed."""
+  """Compressed accuracy vs each of :data:`PARETO_METRICS` (one row of
+  panels per metric, one column per model), one series per variant, the
+  float baseline and the 0.5 pp line dashed."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   models = sorted({r["model"] for r in rows})
-  fig, axes = plt.subplots(1, max(len(models), 1),
-                           figsize=(5.5 * max(len(models), 1), 4.2),
+  cols = max(len(models), 1)
+  fig, axes = plt.subplots(len(PARETO_METRICS), cols,
+                           figsize=(5.5 * cols, 4.2 * len(PARETO_METRICS)),
                            squeeze=False)
   markers = dict(zip(VARIANTS[1:], "o^sD"))
   colors = dict(zip(VARIANTS[1:], ("C0", "C1", "C2", "C3")))
-  for ax, model in zip(axes[0], models):
-    mrows = [r for r in rows if r["model"] == model]
-    for v in VARIANTS[1:]:
-      pts = sorted((r for r in mrows if r["variant"] == v
-                    and r["ou_ratio"] is not None
-                    and r["compressed"] is not None),
-                   key=lambda r: r["ou_ratio"])
-      if pts:
-        ax.plot([r["ou_ratio"] for r in pts], [r["compressed"] for r in pts],
-                marker=markers[v], color=colors[v], label=v)
-    front = pareto_front(mrows)
-    if front:
-      ax.plot([r["ou_ratio"] for r in front], [r["compressed"] for r in front],
-              color="k", alpha=0.3, linewidth=4, label="Pareto front")
-    floats = [r["float"] for r in mrows if r["float"] is not None]
-    if floats:
-      f = floats[0]
-      ax.axhline(f, color="k", linestyle="--", linewidth=1, label="float")
-      ax.axhline(f - MAX_LOSS_PP / 100, color="r", linestyle=":", linewidth=1,
-                 label=f"float - {MAX_LOSS_PP} pp")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("ou_ratio (dense OUs / stored OUs)")
-    ax.set_ylabel("test accuracy (compressed, float eval)")
-    ax.set_title(f"{model} / {mrows[0]['dataset']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+  for (metric, meaning), ax_row in zip(PARETO_METRICS, axes):
+    for ax, model in zip(ax_row, models):
+      mrows = [r for r in rows if r["model"] == model]
+      for v in VARIANTS[1:]:
+        pts = sorted((r for r in mrows if r["variant"] == v
+                      and r[metric] is not None
+                      and r["compressed"] is not None),
+                     key=lambda r: r[metric])
+        if pts:
+          ax.plot([r[metric] for r in pts], [r["compressed"] for r in pts],
+                  marker=markers[v], color=colors[v], label=v)
+      front = pareto_front(mrows, metric)
+      if front:
+        ax.plot([r[metric] for r in front], [r["compressed"] for r in front],
+                color="k", alpha=0.3, linewidth=4, label="Pareto front")
+      floats = [r["float"] for r in mrows if r["float"] is not None]
+      if floats:
+        f = floats[0]
+        ax.axhline(f, color="k", linestyle="--", linewidth=1, label="float")
+        ax.axhline(f - MAX_LOSS_PP / 100, color="r", linestyle=":",
+                   linewidth=1, label=f"float - {MAX_LOSS_PP} pp")
+      ax.set_xscale("log")
+      ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+      ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+      ax.set_xlabel(f"{metric} ({meaning})")
+      ax.set_ylabel("test accuracy (compressed, float eval)")
+      ax.set_title(f"{model} / {mrows[0]['dataset']}")
+      ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize=7)
   fig.tight_layout()
   tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
+  fig.savefig(tmp, dpi=90)
   plt.close(fig)
   os.replace(tmp, path)
 
@@ -336,7 +345,11 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
     if costs:
       out += [f"### {m}: hardware cost per inference", "", costs, ""]
   if plot_name:
-    out += ["## Pareto plot", "", f"![accuracy vs ou_ratio]({plot_name})", ""]
+    out += ["## Pareto plots", "",
+            "Compressed accuracy vs `ou_ratio`, `bit_ratio` and "
+            "`crossbar_ratio` (rows), one column per model.", "",
+            f"![accuracy vs ou_ratio, bit_ratio, crossbar_ratio]({plot_name})",
+            ""]
   return "\n".join(out)
 
 
