@@ -109,7 +109,7 @@ def test_entry_point(tmp_path):
   text = open(out).read()
   assert text.startswith(results.BEGIN_MARK)
   assert ("![accuracy vs ou_ratio, bit_ratio, crossbar_ratio](R_pareto.png)"
-            in text)
+          in text)
 
 
 def _costed(name, *, prune, k, steps=1000, compressed, base=False,
