@@ -55,7 +55,9 @@ def grid_table(sweep: Mapping[str, Any]) -> str:
     checks = [p for p in r["adc"] if p["lossless"]]
     same = all(p["max_abs_diff_vs_quantized"] == 0
                and p["accuracy"] == r["quantized"] for p in checks)
-    verdict = (f"yes, bit-identical logits ({len(checks)} points)" if same
+    plural = "s" if len(checks) > 1 else ""
+    verdict = (f"yes, bit-identical logits ({len(checks)} ADC point{plural})"
+               if same
                else "NO: " + ", ".join(
                    f"ADC {p['adc_bits']}: max diff "
                    f"{p['max_abs_diff_vs_quantized']:g}" for p in checks))

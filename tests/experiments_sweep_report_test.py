@@ -39,9 +39,9 @@ def test_tables():
   grid = sweep_report.grid_table(s).splitlines()
   assert grid[0].startswith("| OU rows | cell bits | block | p_max | ADC 3 |")
   assert len(grid) == 4
-  assert "**88.00**" in grid[2] and "yes, bit-identical logits (3 points)" in (
+  assert "**88.00**" in grid[2] and "yes, bit-identical logits (3 ADC points)" in (
       grid[2])
-  assert "yes, bit-identical logits (1 points)" in grid[3]
+  assert "yes, bit-identical logits (1 ADC point)" in grid[3]
   broken = sweep_report.grid_table(_sweep(broken=True))
   assert "NO: ADC 5: max diff 0.5" in broken
   assert sweep_report.equality_table(s).splitlines()[2] == (

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Emulation sweeps behind RESULTS.md (issue 6): ADC bits x OU height x cell
+# bits, index-and-add vs dense, stuck-at faults and programming variation
+# (16 seeds), on the compressed models of finished runs.
+#
+# Usage (from the repository root, after results_fmnist.sh and, for
+# ResNet-20 / VGG-8, results_fmnist_gpu.sh):
+#   nohup bash experiments/configs/results_sweeps.sh > runs/sweeps.log 2>&1 &
+#   python -m experiments.sweep_report --sweeps_dir=runs/sweeps --out=RESULTS.md
+#
+# A sweep whose JSON exists is skipped. Times on the 2-core CPU are in
+# RESULTS.md (each JSON records its own).
+set -u
+RUNS=${RUNS:-runs}
+mkdir -p "$RUNS/sweeps"
+
+# sweep RUN [flags...]
+sweep() {
+  local name=$1
+  shift
+  if [ -f "$RUNS/sweeps/$name.json" ]; then
+    echo "skip $name (done)"
+    return
+  fi
+  if [ ! -f "$RUNS/$name/compressed_model.npz" ]; then
+    echo "skip $name (no finished run)"
+    return
+  fi
+  echo "$(date +%T) start $name"
+  python -m experiments.sweeps --run="$RUNS/$name" \
+    --out="$RUNS/sweeps/$name.json" "$@" > "$RUNS/sweeps/$name.log" 2>&1 \
+    && echo "$(date +%T) done $name" || echo "$(date +%T) FAILED $name"
+}
+
+# The full study on the main job's model (LeNet-5, prune 0.3 + STE k = 8)
+# and on the MLP's headline point: 2000 test images, 16 fault seeds.
+sweep lenet5_base
+sweep mlp_paper_p0.5_k16
+
+# The larger CNNs emulate about 10-50x slower on the CPU: fewer images, the
+# grid at the run's own OU height and cell bits plus OU 16 / 4-bit cells,
+# and 16 fault seeds on 500 images.
+for run in resnet20_base vgg8_base; do
+  sweep "$run" --limit=500 --ou_rows=9,16 --cell_bits=2,4 \
+    --stuck_rates=0.001,0.01,0.05 --program_sigmas=0.1,0.3
+done
