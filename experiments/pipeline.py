@@ -253,6 +253,19 @@ class _Run:
     baseline = _load_tree(os.path.join(self.ckpt, "baseline"))
     return models_lib.fold_batchnorm(self.model, baseline)
 
+  def compress_base(self):
+    """The model and variables that pruning and sharing work on.
+
+    ``compress.fold_bn`` (the default): the BN-free model, BatchNorm folded
+    into the kernels. Otherwise the model as trained, BatchNorm kept: the
+    kernels are shared before BN's per-channel scale, BN keeps training
+    (batch statistics) through sharing and fine-tune, and the emulator runs
+    it digitally after the crossbars of shared layers.
+    """
+    if self.config.compress.fold_bn:
+      return self.folded()
+    return self.model, _load_tree(os.path.join(self.ckpt, "baseline"))
+
   def kernel_paths(self, variables) -> list[str]:
     cc = self.config.compress
     return select_kernels(variables, cc.include, cc.exclude)
@@ -304,7 +317,7 @@ def _load_baseline(run: _Run, path: str) -> dict[str, Any]:
 
 
 def _stage_prune(run: _Run) -> dict[str, Any]:
-  folded_model, folded = run.folded()
+  folded_model, folded = run.compress_base()
   flat = flatten(folded)
   paths = run.kernel_paths(folded)
   if not paths:
@@ -365,7 +378,7 @@ def _compressed_layers(params, opt_state):
 
 
 def _stage_share(run: _Run) -> dict[str, Any]:
-  folded_model, _ = run.folded()
+  folded_model, _ = run.compress_base()
   variables = _load_tree(os.path.join(run.ckpt, "prune"))
   sc, tc = run.config.share, run.config.train
   inner = train_lib.make_optimizer(tc.optimizer, sc.learning_rate,
@@ -379,7 +392,9 @@ def _stage_share(run: _Run) -> dict[str, Any]:
       sc.method, state.params, state.opt_state,
       key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
   layers = _compressed_layers(params, opt_state)
-  variables = jax.device_get({**variables, "params": params})
+  # The state's batch statistics (BatchNorm kept) with the shared params.
+  variables = jax.device_get({**train_lib.state_variables(state),
+                              "params": params})
   _save_tree(os.path.join(run.ckpt, "share"),
              {"params": variables, "layers": _layers_tree(layers)})
   return {"accuracy_shared": run.evaluate(folded_model, variables),
@@ -389,7 +404,7 @@ def _stage_share(run: _Run) -> dict[str, Any]:
 
 
 def _stage_finetune(run: _Run) -> dict[str, Any]:
-  folded_model, _ = run.folded()
+  folded_model, _ = run.compress_base()
   variables = _load_tree(os.path.join(run.ckpt, "share"))["params"]
   fc, tc = run.config.finetune, run.config.train
   inner = train_lib.make_optimizer(tc.optimizer, fc.learning_rate,
@@ -398,7 +413,7 @@ def _stage_finetune(run: _Run) -> dict[str, Any]:
                                reduce=fc.reduce)
   state = _train_with(run, "finetune", folded_model, variables, tx, fc.steps)
   layers = _compressed_layers(state.params, state.opt_state)
-  flat = flatten({**variables, "params": jax.device_get(state.params)})
+  flat = flatten(jax.device_get(train_lib.state_variables(state)))
   flat.update({p: layer.to_kernel() for p, layer in layers.items()})
   variables = unflatten(flat)
   _save_tree(os.path.join(run.ckpt, "compressed"),
@@ -421,7 +436,7 @@ def _quantized_params(params, paths, hw):
 
 
 def _stage_evaluate(run: _Run) -> dict[str, Any]:
-  folded_model, folded = run.folded()
+  folded_model, folded = run.compress_base()
   paths = run.results("prune")["layers"]
   params, layers = _compressed(run)
   quant = _quantized_params(folded, paths, run.hw)
@@ -445,7 +460,7 @@ def _stage_adc_sweep(run: _Run) -> dict[str, Any]:
     log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
              "eval.emulate is False")
     return {"sweep": [], "skipped": "eval.emulate is False"}
-  folded_model, _ = run.folded()
+  folded_model, _ = run.compress_base()
   params, layers = _compressed(run)
   sweep = []
   for bits in run.config.eval.adc_bits:
@@ -532,7 +547,7 @@ def _save_fig(fig, path):
 
 def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
   """Writes results.json, the CSV, plots and the export; returns results."""
-  folded_model, _ = run.folded()
+  folded_model, _ = run.compress_base()
   params, layers = _compressed(run)
   positions = layer_positions(folded_model, params, run.info.image_shape)
   report = stages_lib.compression_report(layers, run.hw, positions)

@@ -68,15 +68,27 @@ def _number(x) -> float | None:
   return float(x)
 
 
+BN_KEPT = " (BN kept)"
+
+
 def variant(results: Mapping[str, Any]) -> str:
-  """The variant of a compression point, from its config (module doc)."""
+  """The variant of a compression point, from its config (module doc).
+
+  Runs with ``compress.fold_bn=False`` get the suffix :data:`BN_KEPT`.
+  """
   config = results["config"]
   share, prune = config["share"], config["prune"]
+  kept = BN_KEPT if config.get("compress", {}).get("fold_bn") is False else ""
   if share["steps"] == 0 and share["k"] >= PRUNE_ONLY_K:
-    return "prune only"
+    return "prune only" + kept
   if prune["ratio"] == 0:
-    return "share only"
-  return f"prune + share {share['method']}"
+    return "share only" + kept
+  return f"prune + share {share['method']}" + kept
+
+
+def base_variant(name: str) -> str:
+  """A variant without the :data:`BN_KEPT` suffix."""
+  return name[:-len(BN_KEPT)] if name.endswith(BN_KEPT) else name
 
 
 def is_baseline(results: Mapping[str, Any]) -> bool:
@@ -172,8 +184,9 @@ def model_table(rows: Sequence[Mapping[str, Any]]) -> str:
         f"| {r['name']} | float baseline | - | - | - | {_fmt(r['float'], '.4f')}"
         " | - | - | - | 1.00 | 1.00 | 1.00 | "
         f"{_time(r['train_s'])} (training) |")
-  for r in sorted(rows, key=lambda r: (order[r["variant"]],
-                                       r["ou_ratio"] or 0.0, r["name"])):
+  for r in sorted(rows, key=lambda r: (order[base_variant(r["variant"])],
+                                       r["variant"], r["ou_ratio"] or 0.0,
+                                       r["name"])):
     lines.append("| " + " | ".join([
         r["name"] + (" (baseline run)" if r["baseline"] else ""),
         r["variant"], _fmt(r["prune"], "g"), _fmt(r["k"], "d"),
@@ -209,14 +222,17 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   for (metric, meaning), ax_row in zip(PARETO_METRICS, axes):
     for ax, model in zip(ax_row, models):
       mrows = [r for r in rows if r["model"] == model]
-      for v in VARIANTS[1:]:
+      for v in sorted({r["variant"] for r in mrows}):
         pts = sorted((r for r in mrows if r["variant"] == v
                       and r[metric] is not None
                       and r["compressed"] is not None),
                      key=lambda r: r[metric])
-        if pts:
+        b = base_variant(v)
+        if pts and b in markers:
           ax.plot([r[metric] for r in pts], [r["compressed"] for r in pts],
-                  marker=markers[v], color=colors[v], label=v)
+                  marker=markers[b], color=colors[b], label=v,
+                  linestyle="--" if v != b else "-",
+                  fillstyle="none" if v != b else "full")
       front = pareto_front(mrows, metric)
       if front:
         ax.plot([r[metric] for r in front], [r["compressed"] for r in front],
@@ -298,7 +314,8 @@ def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
       f"{cell(d_act, 0)} | {cell(d_adc, 0)} | {cell(d_adc, 0)} | 0 | "
       f"{cell(dense['dense_bits'], 0)} |")
   for layout, variants in COST_LAYOUTS:
-    rep, within = representative([r for r in rows if r["variant"] in variants])
+    rep, within = representative([r for r in rows
+                                  if base_variant(r["variant"]) in variants])
     if rep is None:
       lines.append(f"| {layout} | no run | | | | | | | |")
       continue

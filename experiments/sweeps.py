@@ -105,9 +105,10 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
   train = data_lib.load_split(data_cfg["name"], "train", limit=calibration,
                               **kwargs)
   params, layers, hw = compression_stages.load_compressed(export)
+  # A run with compress.fold_bn=False exports its BatchNorm statistics.
   model = models_lib.create_model(dc["model"]["name"],
                                   num_classes=test.info.num_classes,
-                                  use_bn=False)
+                                  use_bn="batch_stats" in params)
   images, labels = test.get(np.arange(len(test)))
   calib, _ = train.get(np.arange(len(train)))
   return Subject(os.path.basename(os.path.normpath(workdir)), model, params,

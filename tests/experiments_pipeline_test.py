@@ -294,3 +294,43 @@ def test_sigkill_then_resume(tmp_path, fmnist_data_dir):
   results = json.loads((workdir / "results.json").read_text())
   assert results["config"]["train"]["steps"] == 400
   assert "accuracy float" in done.stdout
+
+
+def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
+  """compress.fold_bn=False: kernels shared before BatchNorm, BN trained
+  through sharing and fine-tune, exported, and digital in the emulator."""
+  config = tiny(default.get_config(), fmnist_data_dir)
+  config.compress.fold_bn = False
+  config.eval.emulate = True
+  config.eval.emulate_limit = 250
+  config.eval.adc_bits = (5,)
+  workdir = str(tmp_path / "bn")
+  res = pipeline.run(config, workdir)
+  stages = json.load(open(os.path.join(workdir, "state.json")))["stages"]
+  # Nothing is folded: the kept-BN model is the baseline itself.
+  assert stages["prune"]["results"]["accuracy_folded"] == (
+      stages["train"]["results"]["accuracy_float"])
+  params, layers, _ = compression_stages.load_compressed(
+      os.path.join(workdir, "compressed_model.npz"))
+  assert set(params) == {"params", "batch_stats"}
+  assert "bn" in params["params"]["conv1"]
+  # The compressed kernels are the shared ones (before BN's scale).
+  for path, layer in layers.items():
+    names = path.split("/")[1:]
+    kernel = params["params"]
+    for n in names:
+      kernel = kernel[n]
+    np.testing.assert_array_equal(np.asarray(kernel),
+                                  np.asarray(layer.to_kernel()))
+  model = models.create_model("lenet5", num_classes=10)
+  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
+                          limit=500)
+  got = train.evaluate(model, params, data.eval_batches(split, 250),
+                       train.make_mesh())
+  assert got["accuracy"] == pytest.approx(res["accuracy"]["compressed"],
+                                          abs=1e-6)
+  # Lossless ADC: the emulation (BN digital after shared crossbars) is
+  # close to the float evaluation of the same model.
+  assert res["accuracy"]["emulated"] == pytest.approx(
+      res["accuracy"]["compressed"], abs=0.04)
+  assert res["adc_sweep"][0]["accuracy"] == res["accuracy"]["emulated"]

@@ -156,3 +156,19 @@ def test_cost_table_rows_and_ratios():
   assert cells[3][1].startswith("b (none within")
   assert cells[3][6] == "6,400 (1.25x)"
   assert results.cost_table([runs[1]]) == ""  # no baseline: no table
+
+
+def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
+  runs = _fixture(tmp_path)
+  _write(runs, "lenet5_bn_share_k2", prune=0.0, k=2, compressed=0.897,
+         ou_ratio=6.0)
+  path = os.path.join(runs, "lenet5_bn_share_k2", "results.json")
+  payload = json.load(open(path))
+  payload["config"]["compress"] = {"fold_bn": False}
+  json.dump(payload, open(path, "w"))
+  loaded = {r["name"]: r for r in results.load_runs(runs)}
+  assert results.variant(loaded["lenet5_bn_share_k2"]) == (
+      "share only (BN kept)")
+  assert results.variant(loaded["lenet5_share_k2"]) == "share only"
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| lenet5_bn_share_k2 | share only (BN kept) |" in text

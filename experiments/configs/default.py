@@ -62,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Regex (re.search) over parameter paths selecting the crossbar layers.
   config.compress.include = r"kernel$"
   config.compress.exclude = r"^$"
+  # Prune and share the BN-free model (BatchNorm folded into the kernels);
+  # False keeps BatchNorm: kernels shared before its per-channel scale, BN
+  # trained through sharing and fine-tune and run digitally after shared
+  # crossbars.
+  config.compress.fold_bn = True
 
   config.prune = ml_collections.ConfigDict()
   # Fraction of OU blocks zeroed per layer (smallest L2 norm first).
