@@ -389,19 +389,33 @@ def write_report(runs_dir: str, out: str, plot: str | None = None) -> str:
   if runs:
     pareto_plot([row(r) for r in runs], plot)
   generated = render(runs, rel if runs else None)
-  text = f"{BEGIN_MARK}\n{generated}\n{END_MARK}\n"
+  write_generated(out, generated, BEGIN_MARK, END_MARK)
+  return generated
+
+
+def write_generated(out: str, generated: str, begin: str, end: str,
+                    append: bool = False) -> None:
+  """Writes ``generated`` between the marks ``begin``/``end`` of ``out``.
+
+  The rest of an existing ``out`` is kept. Without the marks, the marked
+  block is appended (``append``) or replaces the file. Written atomically.
+  """
+  block = f"{begin}\n{generated}\n{end}"
+  text = ""
   if os.path.exists(out):
     with open(out) as f:
-      old = f.read()
-    if BEGIN_MARK in old and END_MARK in old:
-      head, rest = old.split(BEGIN_MARK, 1)
-      tail = rest.split(END_MARK, 1)[1]
-      text = head + text.rstrip("\n") + tail
+      text = f.read()
+  if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    text = head + block + rest.split(end, 1)[1]
+  elif append and text:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+  else:
+    text = block + "\n"
   tmp = out + ".tmp"
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, out)
-  return generated
 
 
 def _main(argv):
