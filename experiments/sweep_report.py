@@ -181,7 +181,8 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
     hw = s["hardware"]
     timing = s.get("timing_s", {})
     parts += [
-        f"### Emulation sweeps of `{s['run']}`", "",
+        f"### Emulation sweeps of `{s['run']}`: " + ", ".join(
+            k for k in ("grid", "equality", "faults") if k in s), "",
         f"{s['images']} test images (the first ones), input scales "
         f"calibrated on {s['calibration_images']} training images; float "
         f"accuracy on the same images {_pct(s['float'])} %. Run hardware: "
