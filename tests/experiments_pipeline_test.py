@@ -303,7 +303,7 @@ def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
   config.compress.fold_bn = False
   config.eval.emulate = True
   config.eval.emulate_limit = 250
-  config.eval.adc_bits = (5,)
+  config.eval.adc_bits = ()  # the sweep is tested above; one emulation here
   workdir = str(tmp_path / "bn")
   res = pipeline.run(config, workdir)
   stages = json.load(open(os.path.join(workdir, "state.json")))["stages"]
@@ -333,4 +333,4 @@ def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
   # close to the float evaluation of the same model.
   assert res["accuracy"]["emulated"] == pytest.approx(
       res["accuracy"]["compressed"], abs=0.04)
-  assert res["adc_sweep"][0]["accuracy"] == res["accuracy"]["emulated"]
+  assert res["adc_sweep"] == []
