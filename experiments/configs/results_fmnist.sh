@@ -145,11 +145,13 @@ extra_points lenet5
 bn_points mlp
 bn_points lenet5
 bn_extra_points
-# ResNet-20 with BN kept: one point on the CPU (about 65 min on 2 cores
+# ResNet-20 with BN kept: two points on the CPU (35-55 min each on 2 cores
 # shared with other runs), from the baseline results_fmnist_gpu.sh trained.
 if [ -d "$RUNS/resnet20_base/checkpoints/baseline" ]; then
-  run resnet20_bn_share_k4 resnet20 \
-    --config.train.init_checkpoint="$RUNS/resnet20_base/checkpoints/baseline" \
-    --config.prune.ratio=0.0 --config.share.k=4 --config.compress.fold_bn=False \
-    "--config.eval.adc_bits=(4, 6)"
+  for k in 4 8; do
+    run "resnet20_bn_share_k$k" resnet20 \
+      --config.train.init_checkpoint="$RUNS/resnet20_base/checkpoints/baseline" \
+      --config.prune.ratio=0.0 --config.share.k="$k" \
+      --config.compress.fold_bn=False "--config.eval.adc_bits=(4, 6)"
+  done
 fi
