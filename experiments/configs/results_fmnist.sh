@@ -145,6 +145,22 @@ extra_points lenet5
 bn_points mlp
 bn_points lenet5
 bn_extra_points
+# The two CPU headlines again with seeds 1 and 2 (k-means keys and batch
+# order; the baseline is the same): how much one seed tells.
+seed_points() {
+  local seed
+  for seed in 1 2; do
+    run "lenet5_bn_share_k8_s$seed" lenet5 --config.seed="$seed" \
+      --config.train.init_checkpoint="$RUNS/lenet5_base/checkpoints/baseline" \
+      --config.prune.ratio=0.0 --config.share.k=8 --config.compress.fold_bn=False
+    run "mlp_bn_paper_p0.5_k10_s$seed" mlp --config.seed="$seed" \
+      --config.train.init_checkpoint="$RUNS/mlp_base/checkpoints/baseline" \
+      --config.prune.ratio=0.5 --config.share.k=10 --config.share.method=paper \
+      --config.compress.fold_bn=False
+  done
+}
+seed_points
+
 # ResNet-20 with BN kept: two points on the CPU (35-55 min each on 2 cores
 # shared with other runs), from the baseline results_fmnist_gpu.sh trained.
 if [ -d "$RUNS/resnet20_base/checkpoints/baseline" ]; then
