@@ -266,6 +266,13 @@ class _Run:
       return self.folded()
     return self.model, _load_tree(os.path.join(self.ckpt, "baseline"))
 
+  @property
+  def compress_model(self):
+    """The model of :meth:`compress_base`, without reading the checkpoint."""
+    if self.config.compress.fold_bn:
+      return self.model.clone(use_bn=False)  # what fold_batchnorm returns
+    return self.model
+
   def kernel_paths(self, variables) -> list[str]:
     cc = self.config.compress
     return select_kernels(variables, cc.include, cc.exclude)
@@ -317,9 +324,9 @@ def _load_baseline(run: _Run, path: str) -> dict[str, Any]:
 
 
 def _stage_prune(run: _Run) -> dict[str, Any]:
-  folded_model, folded = run.compress_base()
-  flat = flatten(folded)
-  paths = run.kernel_paths(folded)
+  model, base = run.compress_base()
+  flat = flatten(base)
+  paths = run.kernel_paths(base)
   if not paths:
     raise ValueError(
         f"compress.include={run.config.compress.include!r} selects no kernel")
@@ -330,8 +337,8 @@ def _stage_prune(run: _Run) -> dict[str, Any]:
   _save_tree(os.path.join(run.ckpt, "prune"), params)
   zero = sum(int(jnp.sum(pruned[p] == 0)) for p in paths)
   total = sum(int(pruned[p].size) for p in paths)
-  return {"accuracy_folded": run.evaluate(folded_model, folded),
-          "accuracy_pruned": run.evaluate(folded_model, params),
+  return {"accuracy_folded": run.evaluate(model, base),
+          "accuracy_pruned": run.evaluate(model, params),
           "layers": paths, "zero_weight_fraction": zero / max(total, 1)}
 
 
@@ -378,7 +385,7 @@ def _compressed_layers(params, opt_state):
 
 
 def _stage_share(run: _Run) -> dict[str, Any]:
-  folded_model, _ = run.compress_base()
+  model = run.compress_model
   variables = _load_tree(os.path.join(run.ckpt, "prune"))
   sc, tc = run.config.share, run.config.train
   inner = train_lib.make_optimizer(tc.optimizer, sc.learning_rate,
@@ -387,7 +394,7 @@ def _stage_share(run: _Run) -> dict[str, Any]:
       sc.method, inner, _sharing_rules(run), run.hw,
       key=jax.random.fold_in(run.key, 1), recluster_every=sc.recluster_every,
       lam=sc.lam, n_init=sc.n_init)
-  state = _train_with(run, "share", folded_model, variables, tx, sc.steps)
+  state = _train_with(run, "share", model, variables, tx, sc.steps)
   params, opt_state = stages_lib.finish_sharing(
       sc.method, state.params, state.opt_state,
       key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
@@ -397,28 +404,28 @@ def _stage_share(run: _Run) -> dict[str, Any]:
                               "params": params})
   _save_tree(os.path.join(run.ckpt, "share"),
              {"params": variables, "layers": _layers_tree(layers)})
-  return {"accuracy_shared": run.evaluate(folded_model, variables),
+  return {"accuracy_shared": run.evaluate(model, variables),
           "method": sc.method, "k": sc.k, "steps": sc.steps,
           "implementation": {"paper": "rsjax.distance_sharing",
                              "ste": "rsjax.ste_sharing"}[sc.method]}
 
 
 def _stage_finetune(run: _Run) -> dict[str, Any]:
-  folded_model, _ = run.compress_base()
+  model = run.compress_model
   variables = _load_tree(os.path.join(run.ckpt, "share"))["params"]
   fc, tc = run.config.finetune, run.config.train
   inner = train_lib.make_optimizer(tc.optimizer, fc.learning_rate,
                                    max(fc.steps, 1), 0, tc.weight_decay)
   tx = rsjax.centroid_finetune(inner, _sharing_rules(run), run.hw,
                                reduce=fc.reduce)
-  state = _train_with(run, "finetune", folded_model, variables, tx, fc.steps)
+  state = _train_with(run, "finetune", model, variables, tx, fc.steps)
   layers = _compressed_layers(state.params, state.opt_state)
   flat = flatten(jax.device_get(train_lib.state_variables(state)))
   flat.update({p: layer.to_kernel() for p, layer in layers.items()})
   variables = unflatten(flat)
   _save_tree(os.path.join(run.ckpt, "compressed"),
              {"params": variables, "layers": _layers_tree(layers)})
-  return {"accuracy_finetuned": run.evaluate(folded_model, variables),
+  return {"accuracy_finetuned": run.evaluate(model, variables),
           "steps": fc.steps, "reduce": fc.reduce}
 
 
@@ -436,21 +443,21 @@ def _quantized_params(params, paths, hw):
 
 
 def _stage_evaluate(run: _Run) -> dict[str, Any]:
-  folded_model, folded = run.compress_base()
+  model, base = run.compress_base()
   paths = run.results("prune")["layers"]
   params, layers = _compressed(run)
-  quant = _quantized_params(folded, paths, run.hw)
+  quant = _quantized_params(base, paths, run.hw)
   comp_quant = _quantized_params(params, paths, run.hw)
   if not run.config.eval.emulate:
     log.info("emulated evaluation skipped: eval.emulate is False")
   emulated = stages_lib.emulated_accuracy(
-      folded_model, params, layers, run.hw, run.emulation_batches,
+      model, params, layers, run.hw, run.emulation_batches,
       enabled=run.config.eval.emulate, key=jax.random.fold_in(run.key, 2))
   return {
       "float": run.results("train")["accuracy_float"],
-      "quantized": run.evaluate(folded_model, quant),
-      "compressed": run.evaluate(folded_model, params),
-      "compressed_quantized": run.evaluate(folded_model, comp_quant),
+      "quantized": run.evaluate(model, quant),
+      "compressed": run.evaluate(model, params),
+      "compressed_quantized": run.evaluate(model, comp_quant),
       "emulated": emulated,
   }
 
@@ -460,12 +467,12 @@ def _stage_adc_sweep(run: _Run) -> dict[str, Any]:
     log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
              "eval.emulate is False")
     return {"sweep": [], "skipped": "eval.emulate is False"}
-  folded_model, _ = run.compress_base()
+  model = run.compress_model
   params, layers = _compressed(run)
   sweep = []
   for bits in run.config.eval.adc_bits:
     acc = stages_lib.emulated_accuracy(
-        folded_model, params, layers, run.hw.replace(adc_bits=int(bits)),
+        model, params, layers, run.hw.replace(adc_bits=int(bits)),
         run.emulation_batches, enabled=True,
         key=jax.random.fold_in(run.key, 3))
     log.info("ADC %d bits: accuracy %.4f", bits, acc)
@@ -547,9 +554,9 @@ def _save_fig(fig, path):
 
 def _report(run: _Run, timing: Mapping[str, float]) -> dict[str, Any]:
   """Writes results.json, the CSV, plots and the export; returns results."""
-  folded_model, _ = run.compress_base()
+  model = run.compress_model
   params, layers = _compressed(run)
-  positions = layer_positions(folded_model, params, run.info.image_shape)
+  positions = layer_positions(model, params, run.info.image_shape)
   report = stages_lib.compression_report(layers, run.hw, positions)
   if report is None:
     log.info("rsjax.compression_report is not available yet: compression "
