@@ -103,8 +103,43 @@ def prune(kernels: Mapping[str, jax.Array], hw: rsjax.HardwareSpec,
 SHARE_METHODS = ("paper", "ste")
 
 
-def sharing_rules(paths: Iterable[str], k: int, sparsity: float
-                  ) -> list[rsjax.Rule]:
+def parse_layer_k(spec: str) -> list[tuple[str, int]]:
+  """``'conv1=1024,head=16'`` -> ``[('conv1', 1024), ('head', 16)]``.
+
+  Each comma-separated ``REGEX=K`` entry gives the layers whose kernel path
+  (``'conv1/conv/kernel'``) ``re.search``-es ``REGEX`` their own ``k``; the
+  first matching entry wins. A ``K`` at least the layer's column-group count
+  leaves the layer unshared (every block stored), as prune-only runs do.
+
+  Raises:
+    ValueError: naming the entry, for a missing ``=``, a bad regex or a ``K``
+      that is not an integer >= 1.
+  """
+  out = []
+  for entry in (e.strip() for e in spec.split(",")):
+    if not entry:
+      continue
+    pattern, sep, k = entry.rpartition("=")
+    if not sep or not pattern:
+      raise ValueError(f"share.layer_k entry {entry!r} is not REGEX=K")
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(f"share.layer_k entry {entry!r}: bad regex: {e}"
+                       ) from None
+    try:
+      k_int = int(k)
+    except ValueError:
+      k_int = 0
+    if k_int < 1:
+      raise ValueError(f"share.layer_k entry {entry!r}: K must be an integer "
+                       f">= 1, got {k!r}")
+    out.append((pattern, k_int))
+  return out
+
+
+def sharing_rules(paths: Iterable[str], k: int, sparsity: float,
+                  layer_k: str = "") -> list[rsjax.Rule]:
   """One :class:`rsjax.Rule` per crossbar layer.
 
   Args:
@@ -113,9 +148,32 @@ def sharing_rules(paths: Iterable[str], k: int, sparsity: float
     sparsity: the OU pruning fraction; the prune stage already zeroed
       exactly these lowest-norm blocks, so the wrapper's masks pick them and
       keep them zero through sharing, fine-tune and export.
+    layer_k: per-layer ``k`` overrides, ``'REGEX=K,...'`` (see
+      :func:`parse_layer_k`); '' gives every layer ``k``.
+
+  Raises:
+    ValueError: if ``layer_k`` is malformed or one of its entries matches
+      none of ``paths`` (a typo would silently share that layer at ``k``).
   """
-  return [rsjax.Rule("^" + re.escape(p) + "$", k=k, sparsity=sparsity)
-          for p in paths]
+  paths = list(paths)
+  overrides = parse_layer_k(layer_k)
+  used = set()
+  rules = []
+  for p in paths:
+    layer_k_of_p = k
+    for pattern, override in overrides:
+      if re.search(pattern, p):
+        layer_k_of_p = override
+        used.add(pattern)
+        break
+    rules.append(rsjax.Rule("^" + re.escape(p) + "$", k=layer_k_of_p,
+                            sparsity=sparsity))
+  unused = [pattern for pattern, _ in overrides if pattern not in used]
+  if unused:
+    raise ValueError(f"share.layer_k entries {unused} match no crossbar "
+                     f"layer (that an earlier entry did not take); layers "
+                     f"are {paths}")
+  return rules
 
 
 def sharing_transform(method: str, inner, rules, hw: rsjax.HardwareSpec, *,

@@ -362,7 +362,8 @@ def _params_path(path: str) -> str:
 def _sharing_rules(run: _Run) -> list[rsjax.Rule]:
   paths = run.results("prune")["layers"]
   return stages_lib.sharing_rules([_params_path(p) for p in paths],
-                                  run.config.share.k, run.config.prune.ratio)
+                                  run.config.share.k, run.config.prune.ratio,
+                                  run.config.share.get("layer_k", ""))
 
 
 def _train_with(run: _Run, name: str, model, variables, tx, steps: int):
@@ -670,6 +671,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   """
   if until is not None and until not in STAGES:
     raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+  # A malformed override fails now, not after the baseline has trained.
+  stages_lib.parse_layer_k(config.share.get("layer_k", ""))
   t_start = time.perf_counter()
   prepare_workdir(workdir, config, overwrite)
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))

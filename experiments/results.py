@@ -91,6 +91,13 @@ def base_variant(name: str) -> str:
   return name[:-len(BN_KEPT)] if name.endswith(BN_KEPT) else name
 
 
+def _k_label(share: Mapping[str, Any]) -> int | str:
+  """``share.k``, or ``'4; conv1=1024,head=1024'`` with per-layer overrides."""
+  if share.get("layer_k"):
+    return f"{share['k']}; {share['layer_k']}"
+  return share["k"]
+
+
 def is_baseline(results: Mapping[str, Any]) -> bool:
   """Whether the run trained its own float baseline."""
   return not results["config"]["train"]["init_checkpoint"]
@@ -114,7 +121,7 @@ def row(results: Mapping[str, Any]) -> dict[str, Any]:
       "variant": v,
       "baseline": is_baseline(results),
       "prune": config["prune"]["ratio"],
-      "k": "-" if v == "prune only" else config["share"]["k"],
+      "k": "-" if v == "prune only" else _k_label(config["share"]),
       "method": "-" if v == "prune only" else config["share"]["method"],
       "float": float_acc,
       "compressed": compressed,

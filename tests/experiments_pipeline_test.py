@@ -248,6 +248,14 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_bad_layer_k_fails_before_training(tmp_path):
+  config = default.get_config()
+  config.share.layer_k = "conv1=all"
+  with pytest.raises(ValueError, match="conv1=all"):
+    pipeline.run(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_jsonable_and_atomic_write(tmp_path):
   out = pipeline.jsonable({"a": np.float32(1.5), "b": float("inf"),
                            "c": jnp.arange(2), "d": (np.int64(3),)})
@@ -304,6 +312,7 @@ def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
   config.eval.emulate = True
   config.eval.emulate_limit = 250
   config.eval.adc_bits = ()  # the sweep is tested above; one emulation here
+  config.share.layer_k = "conv1=1024"  # the first conv left unshared
   workdir = str(tmp_path / "bn")
   res = pipeline.run(config, workdir)
   stages = json.load(open(os.path.join(workdir, "state.json")))["stages"]
@@ -322,6 +331,13 @@ def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
       kernel = kernel[n]
     np.testing.assert_array_equal(np.asarray(kernel),
                                   np.asarray(layer.to_kernel()))
+    # share.k stores at most k blocks per row-block; conv1 keeps all of its.
+    kept = np.asarray(layer.index >= 0).sum(axis=1)
+    stored = layer.stored_per_row_block()
+    if path.startswith("params/conv1/"):
+      np.testing.assert_array_equal(stored, kept)
+    else:
+      assert stored.max() <= config.share.k
   model = models.create_model("lenet5", num_classes=10)
   split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
                           limit=500)

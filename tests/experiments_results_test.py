@@ -30,6 +30,16 @@ def _write(runs_dir, name, *, model="lenet5", prune=0.3, k=8, method="ste",
     json.dump(payload, f)
 
 
+def _update_config(runs_dir, name, section, **values):
+  """Sets ``config[section][key] = value`` in run NAME's results.json."""
+  path = os.path.join(runs_dir, name, "results.json")
+  with open(path) as f:
+    payload = json.load(f)
+  payload["config"].setdefault(section, {}).update(values)
+  with open(path, "w") as f:
+    json.dump(payload, f)
+
+
 def _fixture(tmp_path):
   runs = str(tmp_path / "runs")
   os.makedirs(runs)
@@ -162,13 +172,22 @@ def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
   runs = _fixture(tmp_path)
   _write(runs, "lenet5_bn_share_k2", prune=0.0, k=2, compressed=0.897,
          ou_ratio=6.0)
-  path = os.path.join(runs, "lenet5_bn_share_k2", "results.json")
-  payload = json.load(open(path))
-  payload["config"]["compress"] = {"fold_bn": False}
-  json.dump(payload, open(path, "w"))
+  _update_config(runs, "lenet5_bn_share_k2", "compress", fold_bn=False)
   loaded = {r["name"]: r for r in results.load_runs(runs)}
   assert results.variant(loaded["lenet5_bn_share_k2"]) == (
       "share only (BN kept)")
   assert results.variant(loaded["lenet5_share_k2"]) == "share only"
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| lenet5_bn_share_k2 | share only (BN kept) |" in text
+
+
+def test_per_layer_k_is_shown_in_the_k_column(tmp_path):
+  runs = _fixture(tmp_path)
+  _write(runs, "lenet5_share_k2_lk", prune=0.0, k=2, compressed=0.897,
+         ou_ratio=5.0)
+  _update_config(runs, "lenet5_share_k2_lk", "share", layer_k="conv1=1024")
+  rows = {r["name"]: results.row(r) for r in results.load_runs(runs)}
+  assert rows["lenet5_share_k2_lk"]["k"] == "2; conv1=1024"
+  assert rows["lenet5_share_k2"]["k"] == 2
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| share only | 0 | 2; conv1=1024 | ste |" in text

@@ -1,5 +1,7 @@
 """Tests for the adapter experiments/compression_stages.py."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +67,46 @@ def test_sharing_keeps_the_pruned_blocks_and_k(method):
     stages.sharing_transform("greedy", optax.sgd(0.1), rules, HW,
                              key=jax.random.key(0), recluster_every=5,
                              lam=1e-3, n_init=1)
+
+
+def test_layer_k_overrides_k_per_layer():
+  kernels = stages.prune(_kernels(), HW, 0.3)
+  params = {"a": {"kernel": kernels["params/a/kernel"]},
+            "b": {"kernel": kernels["params/b/kernel"]}}
+  # 'b' (5 column groups) at k = 1024: unshared, every kept block stored.
+  rules = stages.sharing_rules(["a/kernel", "b/kernel"], 1, 0.3,
+                               layer_k=" b/=1024 , a=2")
+  assert [(r.k, r.sparsity) for r in rules] == [(2, 0.3), (1024, 0.3)]
+  tx = stages.sharing_transform("ste", optax.sgd(0.1), rules, HW,
+                                key=jax.random.key(0), recluster_every=5,
+                                lam=1e-3, n_init=1)
+  opt_state = tx.init(params)
+  shared, opt_state = stages.finish_sharing("ste", params, opt_state,
+                                            key=jax.random.key(1), n_init=1)
+  layers = rsjax.to_compressed(shared, opt_state)
+  assert layers["a/kernel"].stored_per_row_block().max() <= 2
+  np.testing.assert_array_equal(layers["b/kernel"].to_kernel(),
+                                kernels["params/b/kernel"])
+  # First match wins: 'kernel' takes both layers, 'a' is never reached.
+  with pytest.raises(ValueError, match=r"\['a'\] match no crossbar layer"):
+    stages.sharing_rules(["a/kernel", "b/kernel"], 4, 0.0, "kernel=2,a=3")
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("conv1", "is not REGEX=K"), ("=4", "is not REGEX=K"),
+    ("conv(=4", "bad regex"), ("conv1=0", "integer >= 1"),
+    ("conv1=two", "integer >= 1"), ("conv1=2.5", "integer >= 1")])
+def test_layer_k_rejects_bad_entries(spec, problem):
+  with pytest.raises(ValueError, match=re.escape(problem)):
+    stages.parse_layer_k(spec)
+
+
+def test_parse_layer_k():
+  assert stages.parse_layer_k("") == []
+  assert stages.parse_layer_k("conv1=64, head=1024,") == [("conv1", 64),
+                                                         ("head", 1024)]
+  # The last '=' splits, so a regex may hold '=' (lookbehind).
+  assert stages.parse_layer_k("(?<=x)a=3") == [("(?<=x)a", 3)]
 
 
 def test_quantize_uses_weight_bits():

@@ -55,7 +55,8 @@ BUDGET_S=${BUDGET_S:-515}
 MAX_JOBS=${MAX_JOBS:-10}
 SOURCE_DIR=${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}
 DATA_DIR=${DATA_DIR:-$RUNS/tfds}
-EXTRA=${EXTRA:-}
+EXTRA=${EXTRA:-}  # flags for every run
+BASE_EXTRA=${BASE_EXTRA:-}  # flags for the baseline runs only
 BENCH_EXTRA=${BENCH_EXTRA:---steps=20 --eval_batches=3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 BENCH_CONFIGS=${BENCH_CONFIGS-cifar10_resnet20 cifar10_vgg8 imagenet_resnet18}
@@ -125,30 +126,50 @@ run() {
   fi
 }
 
-# The finished runs so far (no checkpoints) as $OUT/finished_runs.tgz, so
-# a call killed before the final packing still returns them.
+# The finished runs so far (no checkpoints, no rsjax-format layer files:
+# compressed_model.npz holds them, and no prune-only compressed model: it
+# stores every block, 38 MB for VGG-8) as $OUT/finished_runs.tgz.NN parts of at
+# most 15 MiB (the device tool returns files of up to 16 MiB), so a call
+# killed before the end still returns them. One packer at a time (flock).
 pack_finished() {
-  local tmp="$OUT/.finished.$BASHPID.tgz"
-  (cd "$RUNS" && tar czf "$tmp" --exclude=checkpoints \
-     $(for d in */results.json; do dirname "$d"; done) 2>/dev/null) \
-    && mv -f "$tmp" "$OUT/finished_runs.tgz" || rm -f "$tmp"
+  (
+    flock 9
+    local tmp="$RUNS/.pack.$BASHPID"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    # shellcheck disable=SC2046
+    if (cd "$RUNS" && tar czf - --exclude=checkpoints \
+          --exclude='*.rsjax.npz' \
+          --exclude='*_prune_p*/compressed_model.npz' \
+          $(for d in */results.json; do dirname "$d"; done) 2>/dev/null) \
+        | split -b 15m -d - "$tmp/finished_runs.tgz."; then
+      rm -f "$OUT"/finished_runs.tgz.*
+      mv "$tmp"/finished_runs.tgz.* "$OUT"/
+    fi
+    rm -rf "$tmp"
+  ) 9> "$RUNS/pack.lock"
 }
 
-# point MODEL VARIANT PRUNE K
+# point MODEL VARIANT PRUNE K [TAG [FLAG...]]: TAG (e.g. 'bn') goes into the
+# run's name after the model ('-' for none), the FLAGs to experiments.main.
 point() {
-  local model=$1 variant=$2 p=$3 k=$4
+  local model=$1 variant=$2 p=$3 k=$4 tag=${5:--}
+  shift 4
+  [ $# -gt 0 ] && shift
+  local prefix=$model
+  [ "$tag" != "-" ] && prefix="${model}_${tag}"
   local base="$RUNS/${model}_base/checkpoints/baseline"
   local common=(--config.train.init_checkpoint="$base"
-                "--config.eval.adc_bits=(4, 6)")
+                "--config.eval.adc_bits=(4, 6)" "$@")
   case "$variant" in
-    prune) run "${model}_prune_p${p}" "$model" "${common[@]}" \
+    prune) run "${prefix}_prune_p${p}" "$model" "${common[@]}" \
         --config.prune.ratio="$p" --config.share.k=1024 \
         --config.share.steps=0 ;;
-    share) run "${model}_share_k${k}" "$model" "${common[@]}" \
+    share) run "${prefix}_share_k${k}" "$model" "${common[@]}" \
         --config.prune.ratio=0.0 --config.share.k="$k" ;;
-    paper|ste) run "${model}_${variant}_p${p}_k${k}" "$model" \
+    paper|ste) run "${prefix}_${variant}_p${p}_k${k}" "$model" \
         "${common[@]}" --config.prune.ratio="$p" --config.share.k="$k" \
         --config.share.method="$variant" ;;
+    *) echo "$(date +%T) unknown variant $variant" ;;
   esac
 }
 
@@ -172,10 +193,11 @@ fmnist() {
     cut -d' ' -f5 "/proc/$$/stat" > "$RUNS/fmnist.pgid"  # our process group
   fi
   for m in $MODELS; do
-    (run "${m}_base" "$m"; touch "$RUNS/${m}_base.done") &
+    # shellcheck disable=SC2086
+    (run "${m}_base" "$m" $BASE_EXTRA; touch "$RUNS/${m}_base.done") &
   done
   local n=0
-  while read -r model variant p k; do
+  while read -r model variant p k tag flags; do
     [ -z "$model" ] && continue
     n=$((n + 1))
     [ "$n" -gt "$POINTS_LIMIT" ] && break
@@ -186,7 +208,8 @@ fmnist() {
     while [ "$(jobs -rp | wc -l)" -ge $((MAX_JOBS + 2)) ]; do
       wait -n
     done
-    point "$model" "$variant" "$p" "$k" &
+    # shellcheck disable=SC2086  # the flags are split into words on purpose
+    point "$model" "$variant" "$p" "$k" "${tag:--}" $flags &
   done <<< "$POINTS"
   wait
   echo "$(date +%T) fashion-mnist part finished"
@@ -251,11 +274,12 @@ done
 wait "$FMNIST_PID"
 cat "$RUNS/fmnist.log"
 echo "$(date +%T) packing ($(( $(date +%s) - START ))s since start)"
-(cd "$RUNS" && tar czf "$OUT/bench.tgz" bench_*.json bench_*.log fmnist.log)
-(cd "$RUNS" && tar czf "$OUT/runs_resnet20.tgz" --exclude='checkpoints' \
-   resnet20_* && ls resnet20_base/checkpoints/baseline >/dev/null 2>&1 && \
+pack_finished
+# Every run's log and state (unfinished ones too), the benchmark output.
+(cd "$RUNS" && tar czf "$OUT/logs.tgz" --exclude=checkpoints \
+   --exclude='*.npz' --exclude='*.png' ./*.log ./*/state.json ./*/log.txt \
+   $(ls bench_*.json 2>/dev/null) 2>/dev/null)
+(cd "$RUNS" && ls resnet20_base/checkpoints/baseline >/dev/null 2>&1 && \
    tar czf "$OUT/resnet20_base_ckpt.tgz" resnet20_base/checkpoints/baseline)
-(cd "$RUNS" && tar czf - --exclude='checkpoints' vgg8_* \
-   | split -b 15m -d - "$OUT/runs_vgg8.tgz.")
 ls -la "$OUT"
 echo "$(date +%T) end ($(( $(date +%s) - START ))s)"
