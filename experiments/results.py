@@ -114,6 +114,7 @@ def row(results: Mapping[str, Any]) -> dict[str, Any]:
   if float_acc is not None and compressed is not None:
     loss = 100.0 * (float_acc - compressed)
   v = variant(results)
+  prune_only = base_variant(v) == "prune only"
   return {
       "name": results["name"],
       "model": results["model"],
@@ -121,8 +122,8 @@ def row(results: Mapping[str, Any]) -> dict[str, Any]:
       "variant": v,
       "baseline": is_baseline(results),
       "prune": config["prune"]["ratio"],
-      "k": "-" if v == "prune only" else _k_label(config["share"]),
-      "method": "-" if v == "prune only" else config["share"]["method"],
+      "k": "-" if prune_only else _k_label(config["share"]),
+      "method": "-" if prune_only else config["share"]["method"],
       "float": float_acc,
       "compressed": compressed,
       "emulated": _number(acc.get("emulated")),

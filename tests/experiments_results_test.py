@@ -179,6 +179,10 @@ def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
   assert results.variant(loaded["lenet5_share_k2"]) == "share only"
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| lenet5_bn_share_k2 | share only (BN kept) |" in text
+  # A prune-only run with BN kept has no k and no sharing method either.
+  _update_config(runs, "lenet5_prune_p0.5", "compress", fold_bn=False)
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| lenet5_prune_p0.5 | prune only (BN kept) | 0.5 | - | - |" in text
 
 
 def test_per_layer_k_is_shown_in_the_k_column(tmp_path):

@@ -7,7 +7,8 @@
 #   python -m experiments.results --runs_dir=runs --out=/tmp/r.md
 #
 # It ran twice on one NVIDIA H200 (16 CPU cores) through this workplace's
-# device tool, see experiments/benchmarks/GPU_RUNS.md. Device-specific there:
+# device tool, and twice more with the points of results_fmnist_gpu_bn.sh,
+# see experiments/benchmarks/GPU_RUNS.md. Device-specific there:
 #   * no package index: the missing Python packages travelled as wheels in
 #     .whl/ (WHEELS=.whl installs them into /tmp/site, on PYTHONPATH);
 #   * rsjax was not installed: LINK_KERNELS=1 links kernels/ to
@@ -71,7 +72,8 @@ config_of() {
 }
 
 MODELS=${MODELS:-resnet20 vgg8}
-# The compression points, most wanted first: MODEL VARIANT PRUNE K.
+# The compression points, most wanted first: MODEL VARIANT PRUNE K [TAG
+# [FLAG...]] (see point() below).
 POINTS=${POINTS:-"
 vgg8 share 0 4
 vgg8 ste 0.5 4
