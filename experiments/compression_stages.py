@@ -108,8 +108,12 @@ def parse_layer_k(spec: str) -> list[tuple[str, int]]:
 
   Each comma-separated ``REGEX=K`` entry gives the layers whose kernel path
   (``'conv1/conv/kernel'``) ``re.search``-es ``REGEX`` their own ``k``; the
-  first matching entry wins. A ``K`` at least the layer's column-group count
-  leaves the layer unshared (every block stored), as prune-only runs do.
+  first matching entry wins. The search is unanchored (``conv1`` also
+  matches ``stage1_block0/conv1/kernel``), so anchor where it matters:
+  ``^conv1/``. A regex cannot hold a comma; the last ``=`` splits. A ``K`` at
+  least the layer's column-group count leaves the layer unshared (every
+  block stored), as prune-only runs do. Spaces around entries and ``=`` are
+  ignored.
 
   Raises:
     ValueError: naming the entry, for a missing ``=``, a bad regex or a ``K``
@@ -120,6 +124,7 @@ def parse_layer_k(spec: str) -> list[tuple[str, int]]:
     if not entry:
       continue
     pattern, sep, k = entry.rpartition("=")
+    pattern, k = pattern.strip(), k.strip()
     if not sep or not pattern:
       raise ValueError(f"share.layer_k entry {entry!r} is not REGEX=K")
     try:
@@ -152,8 +157,9 @@ def sharing_rules(paths: Iterable[str], k: int, sparsity: float,
       :func:`parse_layer_k`); '' gives every layer ``k``.
 
   Raises:
-    ValueError: if ``layer_k`` is malformed or one of its entries matches
-      none of ``paths`` (a typo would silently share that layer at ``k``).
+    ValueError: if ``layer_k`` is malformed or one of its entries takes no
+      layer (a typo would silently share that layer at ``k``; an entry after
+      one that already took its layers would silently do nothing).
   """
   paths = list(paths)
   overrides = parse_layer_k(layer_k)
@@ -161,14 +167,15 @@ def sharing_rules(paths: Iterable[str], k: int, sparsity: float,
   rules = []
   for p in paths:
     layer_k_of_p = k
-    for pattern, override in overrides:
+    for i, (pattern, override) in enumerate(overrides):
       if re.search(pattern, p):
         layer_k_of_p = override
-        used.add(pattern)
+        used.add(i)
         break
     rules.append(rsjax.Rule("^" + re.escape(p) + "$", k=layer_k_of_p,
                             sparsity=sparsity))
-  unused = [pattern for pattern, _ in overrides if pattern not in used]
+  unused = [pattern for i, (pattern, _) in enumerate(overrides)
+            if i not in used]
   if unused:
     raise ValueError(f"share.layer_k entries {unused} match no crossbar "
                      f"layer (that an earlier entry did not take); layers "

@@ -647,6 +647,37 @@ def summary_table(results: Mapping[str, Any]) -> str:
   return "\n".join([line] + [f"{a:<{width}}  {b}" for a, b in rows] + [line])
 
 
+def check_layer_k(config: ml_collections.ConfigDict) -> None:
+  """Checks ``share.layer_k`` against the model's crossbar layers.
+
+  Run before anything is trained or written: a malformed entry, or one that
+  takes no layer of the compression model (``compress.include`` /
+  ``exclude``, BN folded or not), would otherwise fail only at the share
+  stage, after the baseline trained. Only shapes are traced.
+
+  Raises:
+    ValueError: naming the entry and the layers.
+  """
+  spec = config.share.get("layer_k", "")
+  if not spec:
+    return
+  stages_lib.parse_layer_k(spec)  # syntax first: no model needed for it
+  info = data_lib.get_info(config.data.name)
+  shape = info.image_shape
+  if config.data.image_size:
+    shape = (config.data.image_size, config.data.image_size, shape[2])
+  model = models_lib.create_model(config.model.name,
+                                  num_classes=info.num_classes,
+                                  use_bn=not config.compress.fold_bn)
+  variables = jax.eval_shape(
+      lambda key: models_lib.init_variables(model, key, shape),
+      jax.random.key(0))
+  paths = select_kernels(variables, config.compress.include,
+                         config.compress.exclude)
+  stages_lib.sharing_rules([_params_path(p) for p in paths], config.share.k,
+                           config.prune.ratio, spec)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         overwrite: bool = False,
         step_callback: Callable[[str, int], None] | None = None,
@@ -671,8 +702,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   """
   if until is not None and until not in STAGES:
     raise ValueError(f"until must be one of {STAGES}, got {until!r}")
-  # A malformed override fails now, not after the baseline has trained.
-  stages_lib.parse_layer_k(config.share.get("layer_k", ""))
+  check_layer_k(config)
   t_start = time.perf_counter()
   prepare_workdir(workdir, config, overwrite)
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))

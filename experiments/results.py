@@ -92,9 +92,10 @@ def base_variant(name: str) -> str:
 
 
 def _k_label(share: Mapping[str, Any]) -> int | str:
-  """``share.k``, or ``'4; conv1=1024,head=1024'`` with per-layer overrides."""
+  """``share.k``, or ``'4; conv1=1024,head=1024'`` with per-layer overrides
+  (a regex's ``|`` escaped: it would split the Markdown table's cell)."""
   if share.get("layer_k"):
-    return f"{share['k']}; {share['layer_k']}"
+    return f"{share['k']}; " + share["layer_k"].replace("|", "\\|")
   return share["k"]
 
 

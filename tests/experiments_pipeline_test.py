@@ -248,12 +248,21 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_bad_layer_k_fails_before_training(tmp_path):
+@pytest.mark.parametrize("layer_k, problem", [
+    ("conv1=all", "conv1=all"),
+    # LeNet-5 has conv1, conv2 and dense layers: no conv9.
+    ("conv1=4,conv9=4", r"\['conv9'\] match no crossbar layer"),
+])
+def test_bad_layer_k_fails_before_training(tmp_path, layer_k, problem):
   config = default.get_config()
-  config.share.layer_k = "conv1=all"
-  with pytest.raises(ValueError, match="conv1=all"):
+  config.share.layer_k = layer_k
+  with pytest.raises(ValueError, match=problem):
     pipeline.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+  # With BN kept the layer paths differ (conv1/conv/kernel): still checked.
+  config.compress.fold_bn = False
+  config.share.layer_k = "^conv1/conv/=8"
+  pipeline.check_layer_k(config)
 
 
 def test_jsonable_and_atomic_write(tmp_path):

@@ -195,3 +195,7 @@ def test_per_layer_k_is_shown_in_the_k_column(tmp_path):
   assert rows["lenet5_share_k2"]["k"] == 2
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| share only | 0 | 2; conv1=1024 | ste |" in text
+  # A regex's '|' is escaped so the table keeps its columns.
+  _update_config(runs, "lenet5_share_k2_lk", "share", layer_k="conv1|fc=64")
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| share only | 0 | 2; conv1\\|fc=64 | ste |" in text

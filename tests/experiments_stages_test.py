@@ -107,6 +107,13 @@ def test_parse_layer_k():
                                                          ("head", 1024)]
   # The last '=' splits, so a regex may hold '=' (lookbehind).
   assert stages.parse_layer_k("(?<=x)a=3") == [("(?<=x)a", 3)]
+  assert stages.parse_layer_k(" conv1 = 4 ") == [("conv1", 4)]
+
+
+def test_layer_k_entry_that_never_applies_is_an_error():
+  # The second 'b' entry can never win: an error, not a silent no-op.
+  with pytest.raises(ValueError, match=r"\['b'\] match no crossbar layer"):
+    stages.sharing_rules(["a/kernel", "b/kernel"], 4, 0.0, "b=2,b=3")
 
 
 def test_quantize_uses_weight_bits():

@@ -260,7 +260,8 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
 
   # Share: the recluster step is the one after the timed steps.
   rules = stages_lib.sharing_rules([pipeline._params_path(p) for p in paths],  # pylint: disable=protected-access
-                                   sc.k, config.prune.ratio)
+                                   sc.k, config.prune.ratio,
+                                   sc.get("layer_k", ""))
   inner = train_lib.make_optimizer(tc.optimizer, sc.learning_rate,
                                    max(sc.steps, 1), 0, tc.weight_decay)
   share_tx = stages_lib.sharing_transform(

@@ -79,9 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.method = "ste"
   # Stored blocks per row-block (k-means clusters).
   config.share.k = 8
-  # Per-layer k: 'REGEX=K,...' over kernel paths ('conv1/conv/kernel'), the
-  # first match wins; a K of at least the layer's column groups (e.g. 1024)
-  # leaves it unshared. '' : every layer gets share.k.
+  # Per-layer k: 'REGEX=K,...' over kernel paths ('conv1/conv/kernel'),
+  # re.search-ed (anchor: '^conv1/=1024,^head/=1024'), the first match wins;
+  # a K of at least the layer's column groups (e.g. 1024) leaves it
+  # unshared. '': every layer gets share.k.
   config.share.layer_k = ""
   config.share.n_init = 4
   # Training steps with the sharing wrapper (0: one-shot k-means).

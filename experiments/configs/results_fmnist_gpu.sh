@@ -135,17 +135,22 @@ run() {
 # killed before the end still returns them. One packer at a time (flock).
 pack_finished() {
   (
+    set -o pipefail  # a failed tar must not replace the parts with nothing
+    shopt -s nullglob
     flock 9
-    local tmp="$RUNS/.pack.$BASHPID"
+    local out
+    out=$(mkdir -p "$OUT" && cd "$OUT" && pwd) || exit 1  # OUT may be relative
+    cd "$RUNS" || exit 1
+    local finished=(*/results.json)
+    [ ${#finished[@]} -gt 0 ] || exit 0
+    local tmp=".pack.$BASHPID"
     rm -rf "$tmp" && mkdir -p "$tmp"
-    # shellcheck disable=SC2046
-    if (cd "$RUNS" && tar czf - --exclude=checkpoints \
-          --exclude='*.rsjax.npz' \
+    if tar czf - --exclude=checkpoints --exclude='*.rsjax.npz' \
           --exclude='*_prune_p*/compressed_model.npz' \
-          $(for d in */results.json; do dirname "$d"; done) 2>/dev/null) \
+          "${finished[@]%/results.json}" \
         | split -b 15m -d - "$tmp/finished_runs.tgz."; then
-      rm -f "$OUT"/finished_runs.tgz.*
-      mv "$tmp"/finished_runs.tgz.* "$OUT"/
+      rm -f "$out"/finished_runs.tgz.*
+      mv "$tmp"/finished_runs.tgz.* "$out"/
     fi
     rm -rf "$tmp"
   ) 9> "$RUNS/pack.lock"
@@ -157,6 +162,10 @@ point() {
   local model=$1 variant=$2 p=$3 k=$4 tag=${5:--}
   shift 4
   [ $# -gt 0 ] && shift
+  case "$tag" in
+    -?*) echo "$(date +%T) bad point '$model $variant $p $k $tag ...': a" \
+           "flag where the TAG goes ('-' for none)"; return ;;
+  esac
   local prefix=$model
   [ "$tag" != "-" ] && prefix="${model}_${tag}"
   local base="$RUNS/${model}_base/checkpoints/baseline"
@@ -225,6 +234,7 @@ fi
 START=$(date +%s)
 export DEADLINE=$((START + BUDGET_S))
 mkdir -p "$RUNS" "$OUT"
+OUT=$(cd "$OUT" && pwd); export OUT  # the packing runs in $RUNS
 echo "$(date -u +%FT%TZ) start; deadline in ${BUDGET_S}s"
 
 if [ -n "${WHEELS:-}" ]; then

@@ -12,8 +12,9 @@
 # again (about 30 s on an H200: its checkpoint is 38 MB).
 #
 # The VGG-8 points (emulation off: the emulator's compiles for VGG-8 took
-# 3-4 min a run on the GPU machine's CPUs; the chosen points are emulated
-# afterwards by experiments.sweeps) leave conv1 (64 column groups) and the
+# 3-4 min a run on the GPU machine's CPUs; chosen share points are emulated
+# afterwards by experiments.sweeps from their compressed_model.npz, which
+# prune-only runs do not bring back: 38 MB) leave conv1 (64 column groups) and the
 # head (5) unshared with share.layer_k: together 634 of VGG-8's 516,730
 # dense OUs, so k = 4 elsewhere still stores 66x fewer. Names: 'bn' = BN
 # kept, 'lk' = that layer_k, 'lr3e-4' = sharing and fine-tune learning rate,
@@ -50,7 +51,8 @@ resnet20 share 0 2 bn $BN
 # CALL=2: the second call, after the first put the k = 4 points at 0.7-1.2
 # pp: the longer schedule (4000 + 3000 steps) on the prune + share points,
 # data augmentation (crop and flip) against the fine-tune's over-fitting
-# (train accuracy 0.98-0.99), a lower fine-tune learning rate, a seed.
+# (last training batches at 0.94-0.99 against 0.92-0.94 test accuracy), a
+# lower fine-tune learning rate, a seed.
 LONG="--config.share.steps=4000 --config.finetune.steps=3000"
 AUG=--config.data.augment=True
 if [ "${CALL:-1}" = 2 ]; then
