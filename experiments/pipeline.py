@@ -115,6 +115,20 @@ def write_json(path: str, obj) -> None:
 # --- Workdir -----------------------------------------------------------------
 
 
+# Config fields added after runs were stored, with the value that keeps
+# the old behaviour: a workdir written before them resumes unless the new
+# config sets them otherwise.
+ADDED_FIELDS = {("compress", "fold_bn"): True, ("share", "layer_k"): ""}
+
+
+def _with_added_fields(stored: dict[str, Any]) -> dict[str, Any]:
+  out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+  for (section, key), value in ADDED_FIELDS.items():
+    if isinstance(out.get(section), dict):
+      out[section].setdefault(key, value)
+  return out
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
                     overwrite: bool) -> None:
   """Creates the workdir, or checks it holds a run of this same config.
@@ -128,7 +142,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
   current = config_json(config)
   if os.path.exists(path):
     with open(path) as f:
-      stored = json.load(f)
+      stored = _with_added_fields(json.load(f))
     if stored != current and not overwrite:
       diff = _config_diff(stored, current)
       raise WorkdirConflictError(

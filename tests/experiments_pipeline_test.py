@@ -207,6 +207,23 @@ def test_foreign_workdir_is_refused(tmp_path):
   assert stored["train"]["steps"] == 7
 
 
+def test_workdir_from_before_a_new_config_field_resumes(tmp_path):
+  workdir = str(tmp_path / "w")
+  config = default.get_config()
+  pipeline.prepare_workdir(workdir, config, overwrite=False)
+  path = os.path.join(workdir, "config.json")
+  stored = json.load(open(path))
+  del stored["share"]["layer_k"], stored["compress"]["fold_bn"]
+  json.dump(stored, open(path, "w"))
+  open(os.path.join(workdir, "results.json"), "w").write("{}")
+  pipeline.prepare_workdir(workdir, config, overwrite=False)  # the defaults
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+  json.dump(stored, open(path, "w"))
+  config.share.layer_k = "conv1=2"  # not what the old run did
+  with pytest.raises(pipeline.WorkdirConflictError, match="layer_k"):
+    pipeline.prepare_workdir(workdir, config, overwrite=False)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   model = models.create_model("mlp", num_classes=3, hidden=(8,))
   variables = models.init_variables(model, jax.random.key(0), (4, 4, 1))
