@@ -677,14 +677,13 @@ def check_layer_k(config: ml_collections.ConfigDict) -> None:
     return
   stages_lib.parse_layer_k(spec)  # syntax first: no model needed for it
   info = data_lib.get_info(config.data.name)
-  shape = info.image_shape
-  if config.data.image_size:
-    shape = (config.data.image_size, config.data.image_size, shape[2])
   model = models_lib.create_model(config.model.name,
                                   num_classes=info.num_classes,
                                   use_bn=not config.compress.fold_bn)
+  # Only the kernel paths are used, and they do not depend on the image size
+  # (data.image_size), so the dataset's own shape does.
   variables = jax.eval_shape(
-      lambda key: models_lib.init_variables(model, key, shape),
+      lambda key: models_lib.init_variables(model, key, info.image_shape),
       jax.random.key(0))
   paths = select_kernels(variables, config.compress.include,
                          config.compress.exclude)
