@@ -71,3 +71,18 @@ def test_write_report_keeps_text_and_writes_plots(tmp_path):
   assert second.count(sweep_report.BEGIN_MARK) == 1
   assert second.endswith("\ntail text\n")
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_plots_are_named_after_the_file_not_the_run(tmp_path):
+  # Two files of one run (a first grid, then a wider one) must not
+  # overwrite each other's plot.
+  sweeps = tmp_path / "sweeps"
+  sweeps.mkdir()
+  (sweeps / "lenet5_x.json").write_text(json.dumps(_sweep()))
+  (sweeps / "lenet5_x_grid.json").write_text(json.dumps(_sweep()))
+  out = tmp_path / "R.md"
+  sweep_report.write_report(str(sweeps), str(out))
+  text = out.read_text()
+  for png in ("R_sweep_lenet5_x.png", "R_sweep_lenet5_x_grid.png"):
+    assert (tmp_path / png).stat().st_size > 1000
+    assert f"]({png})" in text
