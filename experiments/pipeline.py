@@ -118,7 +118,9 @@ def write_json(path: str, obj) -> None:
 # Config fields added after runs were stored, with the value that keeps
 # the old behaviour: a workdir written before them resumes unless the new
 # config sets them otherwise.
-ADDED_FIELDS = {("compress", "fold_bn"): True, ("share", "layer_k"): ""}
+ADDED_FIELDS = {("compress", "fold_bn"): True, ("share", "layer_k"): "",
+                ("compress", "distill_weight"): 0.0,
+                ("compress", "distill_temperature"): 4.0}
 
 
 def _with_added_fields(stored: dict[str, Any]) -> dict[str, Any]:
@@ -380,15 +382,58 @@ def _sharing_rules(run: _Run) -> list[rsjax.Rule]:
                                   run.config.share.get("layer_k", ""))
 
 
+def distill_settings(config: ml_collections.ConfigDict
+                     ) -> tuple[float, float] | None:
+  """``(weight, temperature)`` of the compression stages' distillation.
+
+  Returns:
+    None when ``compress.distill_weight`` is 0 (off).
+
+  Raises:
+    ValueError: a weight outside [0, 1] or a temperature <= 0, naming the
+      config field.
+  """
+  cc = config.compress
+  weight = float(cc.get("distill_weight", 0.0))
+  temperature = float(cc.get("distill_temperature", 4.0))
+  if not 0.0 <= weight <= 1.0:
+    raise ValueError(
+        f"compress.distill_weight must be in [0, 1], got {weight}")
+  if not temperature > 0:
+    raise ValueError(
+        f"compress.distill_temperature must be > 0, got {temperature}")
+  return (weight, temperature) if weight > 0 else None
+
+
+def _teacher(run: _Run):
+  """The float baseline as teacher: ``(Distillation or None, variables)``.
+
+  It is the compression stages' own starting point (BN folded or kept), the
+  same function as the float baseline at inference.
+  """
+  settings = distill_settings(run.config)
+  if settings is None:
+    return None, None
+  model, base = run.compress_base()
+  distill = train_lib.Distillation(
+      lambda variables, x: model.apply(variables, x, train=False), *settings)
+  return distill, base
+
+
 def _train_with(run: _Run, name: str, model, variables, tx, steps: int):
-  """Trains ``variables`` with a sharing wrapper ``tx`` (forward on Z)."""
+  """Trains ``variables`` with a sharing wrapper ``tx`` (forward on Z).
+
+  With ``compress.distill_weight`` > 0 the float baseline is the teacher.
+  """
   state = train_lib.create_state(model, variables, tx)
   if steps > 0:
     tc = run.config.train
+    distill, teacher_variables = _teacher(run)
     loop = train_lib.TrainLoop(
         name, steps, run.get_batch_fn(), os.path.join(run.ckpt, name),
         tc.checkpoint_every, tc.log_every, step_callback=run.step_callback,
-        view=rsjax.training_params)
+        view=rsjax.training_params, distill=distill,
+        teacher_variables=teacher_variables)
     state = loop.run(state, run.mesh)
   return state
 
@@ -716,6 +761,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if until is not None and until not in STAGES:
     raise ValueError(f"until must be one of {STAGES}, got {until!r}")
   check_layer_k(config)
+  distill_settings(config)  # bad settings fail before anything trains
   t_start = time.perf_counter()
   prepare_workdir(workdir, config, overwrite)
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))

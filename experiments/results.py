@@ -104,6 +104,17 @@ def is_baseline(results: Mapping[str, Any]) -> bool:
   return not results["config"]["train"]["init_checkpoint"]
 
 
+def _method_label(config: Mapping[str, Any], prune_only: bool) -> str:
+  """The sharing method, ``'+ KD 0.5 (T=4)'`` with distillation."""
+  method = "-" if prune_only else config["share"]["method"]
+  weight = config.get("compress", {}).get("distill_weight", 0.0)
+  if not weight:
+    return method
+  kd = (f"KD {weight:g} "
+        f"(T={config['compress'].get('distill_temperature', 4.0):g})")
+  return kd if prune_only else f"{method} + {kd}"
+
+
 def row(results: Mapping[str, Any]) -> dict[str, Any]:
   """The table row of one run (numbers, None where absent)."""
   config = results["config"]
@@ -124,7 +135,7 @@ def row(results: Mapping[str, Any]) -> dict[str, Any]:
       "baseline": is_baseline(results),
       "prune": config["prune"]["ratio"],
       "k": "-" if prune_only else _k_label(config["share"]),
-      "method": "-" if prune_only else config["share"]["method"],
+      "method": _method_label(config, prune_only),
       "float": float_acc,
       "compressed": compressed,
       "emulated": _number(acc.get("emulated")),

@@ -93,20 +93,66 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy(logits, one_hot)
 
 
-def train_step(state: TrainState, batch, *,
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """Knowledge distillation from a fixed teacher (Hinton et al., 2015).
+
+  The loss becomes ``(1 - weight) * CE(labels) + weight * T^2 *
+  KL(softmax(teacher / T) || softmax(student / T))``: the compressed model
+  learns the float model's whole output distribution, not only the label,
+  which the sharing and fine-tune stages (few free parameters, a training
+  set they soon fit) otherwise over-fit.
+
+  Attributes:
+    apply_fn: ``(variables, images) -> logits`` of the teacher, inference
+      mode (its variables are an argument of the step, not a constant).
+    weight: in ``[0, 1]``.
+    temperature: ``T > 0``; the ``T^2`` keeps the soft term's gradient
+      scale independent of ``T``.
+  """
+
+  apply_fn: Callable[[Any, Any], Any]
+  weight: float
+  temperature: float = 4.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.weight <= 1.0:
+      raise ValueError(
+          f"distillation weight must be in [0, 1], got {self.weight}")
+    if not self.temperature > 0:
+      raise ValueError(
+          f"distillation temperature must be > 0, got {self.temperature}")
+
+
+def distillation_loss(logits, teacher_logits, temperature: float):
+  """Per-example ``T^2 * KL(softmax(teacher / T) || softmax(logits / T))``."""
+  return temperature**2 * optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(logits / temperature),
+      jax.nn.log_softmax(teacher_logits / temperature))
+
+
+def train_step(state: TrainState, batch, teacher_variables=None, *,
                constraint: Callable[[Any], Any] | None = None,
-               view: Callable[[Any, Any], Any] | None = None):
+               view: Callable[[Any, Any], Any] | None = None,
+               distill: Distillation | None = None):
   """One SGD step on the global batch; returns ``(state, metrics)``.
 
   Args:
     state: the replicated train state.
     batch: ``{'image', 'label'}`` sharded along the batch.
+    teacher_variables: the teacher's variables (with ``distill``).
     constraint: applied to the params after the update (e.g. the
       fine-tune's projection onto the pruned/shared structure).
     view: ``(params, opt_state) -> params`` the forward pass runs on (e.g.
       ``rsjax.training_params``: the shared weights of a sharing wrapper).
+    distill: distil from a teacher (see :class:`Distillation`).
   """
   has_bn = bool(state.batch_stats)
+  if distill is not None:
+    if teacher_variables is None:
+      raise ValueError("distill needs the teacher_variables")
+    teacher_logits = jax.lax.stop_gradient(
+        distill.apply_fn(teacher_variables, batch["image"]))
 
   def loss_fn(params):
     if view is not None:
@@ -120,6 +166,10 @@ def train_step(state: TrainState, batch, *,
       logits, updates = state.apply_fn(variables, batch["image"],
                                        train=True), {}
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
+    if distill is not None:
+      soft = jnp.mean(distillation_loss(logits, teacher_logits,
+                                        distill.temperature))
+      loss = (1.0 - distill.weight) * loss + distill.weight * soft
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(
@@ -192,6 +242,9 @@ class TrainLoop:
     view: optional ``(params, opt_state) -> params`` for the forward pass.
     step_callback: ``(name, step)`` called after each finished step (tests
       use it to simulate a kill).
+    distill: optional distillation from a teacher (:class:`Distillation`).
+    teacher_variables: the teacher's variables for ``distill`` (not
+      checkpointed: a resumed loop gets them again from its caller).
   """
 
   name: str
@@ -203,6 +256,8 @@ class TrainLoop:
   constraint: Callable[[Any], Any] | None = None
   step_callback: Callable[[str, int], None] | None = None
   view: Callable[[Any, Any], Any] | None = None
+  distill: Distillation | None = None
+  teacher_variables: Any = None
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -232,8 +287,13 @@ class TrainLoop:
                      self.name, latest)
       step_fn = jax.jit(
           functools.partial(train_step, constraint=self.constraint,
-                            view=self.view),
+                            view=self.view, distill=self.distill),
           donate_argnums=0, out_shardings=(replicated, replicated))
+      teacher = None
+      if self.distill is not None:
+        if self.teacher_variables is None:
+          raise ValueError(f"[{self.name}] distill needs teacher_variables")
+        teacher = jax.device_put(self.teacher_variables, replicated)
       start = int(state.step)
       last_good = latest
       t0, s0 = time.perf_counter(), start
@@ -241,7 +301,8 @@ class TrainLoop:
       for step in range(start, self.steps):
         batch = self.get_batch(step)
         check_batch(batch["image"].shape[0], mesh)
-        state, metrics = step_fn(state, jax.device_put(dict(batch), sharded))
+        state, metrics = step_fn(state, jax.device_put(dict(batch), sharded),
+                                 teacher)
         pending.append(metrics)
         done = step + 1
         is_ckpt = done % self.checkpoint_every == 0 or done == self.steps

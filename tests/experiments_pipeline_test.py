@@ -214,6 +214,8 @@ def test_workdir_from_before_a_new_config_field_resumes(tmp_path):
   path = os.path.join(workdir, "config.json")
   stored = json.load(open(path))
   del stored["share"]["layer_k"], stored["compress"]["fold_bn"]
+  del stored["compress"]["distill_weight"]
+  del stored["compress"]["distill_temperature"]
   json.dump(stored, open(path, "w"))
   open(os.path.join(workdir, "results.json"), "w").write("{}")
   pipeline.prepare_workdir(workdir, config, overwrite=False)  # the defaults
@@ -280,6 +282,45 @@ def test_bad_layer_k_fails_before_training(tmp_path, layer_k, problem):
   config.compress.fold_bn = False
   config.share.layer_k = "^conv1/conv/=8"
   pipeline.check_layer_k(config)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("distill_weight", 1.5), ("distill_temperature", 0.0)])
+def test_bad_distillation_fails_before_training(tmp_path, field, value):
+  config = default.get_config()
+  config.compress[field] = value
+  with pytest.raises(ValueError, match=f"compress.{field}"):
+    pipeline.run(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_distillation_from_the_baseline_resumes_after_a_kill(
+    tmp_path, fmnist_data_dir):
+  """compress.distill_weight > 0: sharing and fine-tune learn from the
+  float baseline; the teacher is not checkpointed, so a run killed in the
+  fine-tune gets it again and ends where an uninterrupted run does."""
+  config = tiny(default.get_config(), fmnist_data_dir)
+  config.compress.distill_weight = 0.7
+  config.compress.distill_temperature = 3.0
+  whole = pipeline.run(config, str(tmp_path / "whole"), until="finetune")
+  workdir = str(tmp_path / "killed")
+  with pytest.raises(Killed):
+    pipeline.run(config, workdir, step_callback=kill_at("finetune", 4))
+  resumed = pipeline.run(config, workdir, until="finetune")
+  assert resumed["finetune"]["accuracy_finetuned"] == pytest.approx(
+      whole["finetune"]["accuracy_finetuned"], abs=1e-6)
+  # Distillation changed the training: another weight, another model.
+  config.compress.distill_weight = 0.0
+  plain = pipeline.run(config, str(tmp_path / "plain"), until="share")
+  a = pipeline._load_tree(os.path.join(str(tmp_path / "whole"),
+                                       "checkpoints", "share"))
+  b = pipeline._load_tree(os.path.join(str(tmp_path / "plain"),
+                                       "checkpoints", "share"))
+  assert plain["share"]["steps"] == whole["share"]["steps"]
+  assert any(
+      not np.allclose(np.asarray(x), np.asarray(y))
+      for x, y in zip(jax.tree_util.tree_leaves(a["params"]),
+                      jax.tree_util.tree_leaves(b["params"])))
 
 
 def test_jsonable_and_atomic_write(tmp_path):

@@ -199,3 +199,14 @@ def test_per_layer_k_is_shown_in_the_k_column(tmp_path):
   _update_config(runs, "lenet5_share_k2_lk", "share", layer_k="conv1|fc=64")
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| share only | 0 | 2; conv1\\|fc=64 | ste |" in text
+
+
+def test_distillation_is_shown_in_the_method_column(tmp_path):
+  runs = _fixture(tmp_path)
+  _update_config(runs, "lenet5_share_k2", "compress", distill_weight=0.5,
+                 distill_temperature=2.0)
+  _update_config(runs, "lenet5_prune_p0.5", "compress", distill_weight=0.7)
+  rows = {r["name"]: results.row(r) for r in results.load_runs(runs)}
+  assert rows["lenet5_share_k2"]["method"] == "ste + KD 0.5 (T=2)"
+  assert rows["lenet5_prune_p0.5"]["method"] == "KD 0.7 (T=4)"
+  assert rows["lenet5_paper_p0.6_k4"]["method"] == "paper"

@@ -67,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   # trained through sharing and fine-tune and run digitally after shared
   # crossbars.
   config.compress.fold_bn = True
+  # Knowledge distillation from the float baseline in the sharing and
+  # fine-tune stages: loss = (1 - w) * CE + w * T^2 * KL(teacher || student)
+  # at temperature T. 0: plain cross-entropy.
+  config.compress.distill_weight = 0.0
+  config.compress.distill_temperature = 4.0
 
   config.prune = ml_collections.ConfigDict()
   # Fraction of OU blocks zeroed per layer (smallest L2 norm first).

@@ -1,0 +1,98 @@
+"""Tests of experiments/train.py's distillation (the loop itself is covered
+end to end by experiments_pipeline_test.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import models
+from experiments import train
+
+
+def _np_distillation(logits, teacher, t):
+  """T^2 * KL(softmax(teacher / T) || softmax(logits / T)) in float64."""
+  def log_softmax(z):
+    z = z / t
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  lp, lq = log_softmax(teacher), log_softmax(logits)
+  return t * t * (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distillation_loss_matches_numpy(jit, temperature):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 7)).astype(np.float32) * 3
+  teacher = rng.normal(size=(5, 7)).astype(np.float32) * 3
+  fn = lambda a, b: train.distillation_loss(a, b, temperature)
+  if jit:
+    fn = jax.jit(fn)
+  got = np.asarray(fn(jnp.asarray(logits), jnp.asarray(teacher)))
+  np.testing.assert_allclose(
+      got, _np_distillation(logits.astype(np.float64),
+                            teacher.astype(np.float64), temperature),
+      rtol=1e-4, atol=1e-5)
+  same = np.asarray(fn(jnp.asarray(teacher), jnp.asarray(teacher)))
+  np.testing.assert_allclose(same, 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight, temperature, problem", [
+    (1.5, 4.0, "weight must be in"),
+    (-0.1, 4.0, "weight must be in"),
+    (0.5, 0.0, "temperature must be > 0"),
+])
+def test_distillation_rejects_bad_settings(weight, temperature, problem):
+  with pytest.raises(ValueError, match=problem):
+    train.Distillation(lambda v, x: x, weight, temperature)
+
+
+def _setup():
+  model = models.create_model("mlp", num_classes=4, hidden=(8,),
+                              use_bn=False)  # train and eval mode agree
+  variables = models.init_variables(model, jax.random.key(0), (3, 3, 1))
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.normal(size=(6, 3, 3, 1)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 4, size=(6,)), jnp.int32)}
+  teacher = models.init_variables(model, jax.random.key(1), (3, 3, 1))
+  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  return model, variables, batch, teacher, apply_fn
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_train_step_loss_mixes_cross_entropy_and_distillation(jit):
+  model, variables, batch, teacher, apply_fn = _setup()
+  tx = train.make_optimizer("sgd", 0.0, 10, 0, 0.0)  # loss only
+  logits = apply_fn(variables, batch["image"])
+  ce = float(jnp.mean(train.cross_entropy(logits, batch["label"])))
+  soft = float(np.mean(_np_distillation(
+      np.asarray(logits, np.float64),
+      np.asarray(apply_fn(teacher, batch["image"]), np.float64), 2.0)))
+  for weight in (0.0, 0.3, 1.0):
+    distill = train.Distillation(apply_fn, weight, 2.0)
+    step = lambda s, b, t, d=distill: train.train_step(s, b, t, distill=d)
+    if jit:
+      step = jax.jit(step)
+    state = train.create_state(model, variables, tx)
+    _, metrics = step(state, batch, teacher)
+    assert float(metrics["loss"]) == pytest.approx(
+        (1 - weight) * ce + weight * soft, rel=1e-4)
+
+
+def test_distilling_from_itself_leaves_the_student_unchanged():
+  # weight 1 and the teacher equal to the student: KL(p || p) = 0 and its
+  # gradient is 0, so an SGD step (no weight decay) changes nothing.
+  model, variables, batch, _, apply_fn = _setup()
+  tx = train.make_optimizer("sgd", 0.5, 10, 0, 0.0)
+  state = train.create_state(model, variables, tx)
+  distill = train.Distillation(apply_fn, 1.0, 3.0)
+  new, metrics = jax.jit(lambda s, b, t: train.train_step(
+      s, b, t, distill=distill))(state, batch, variables)
+  assert float(metrics["loss"]) == pytest.approx(0.0, abs=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(new.params),
+                  jax.tree_util.tree_leaves(variables["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  # Without the teacher's variables the step says what is missing.
+  with pytest.raises(ValueError, match="teacher_variables"):
+    train.train_step(state, batch, None, distill=distill)
