@@ -179,6 +179,23 @@ def fault_plot(sweep: Mapping[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def _parallel_note(sweep: Mapping[str, Any]) -> str:
+  n = len(sweep.get("commands", ()))
+  return f" (the sum over {n} parts)" if n > 1 else ""
+
+
+def _command_note(sweep: Mapping[str, Any]) -> str:
+  """The command, or for a merge of parts the first part's and the count."""
+  commands = sweep.get("commands") or [
+      sweep.get("command", "python -m experiments.sweeps --run=...")]
+  if len(commands) == 1:
+    return f"Command: `{commands[0]}`"
+  return (f"Merged from {len(commands)} parts "
+          "(experiments/configs/results_sweeps_parts.sh, one "
+          "`python -m experiments.sweeps` per grid row, equality and fault "
+          f"setting); the first part: `{commands[0]}`")
+
+
 def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
   """The Markdown of all sweeps; writes their plots next to ``out``."""
   stem = os.path.splitext(out)[0]
@@ -195,8 +212,8 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
         f"OU {hw['ou_rows']}x{hw['ou_cols']}, {hw['cell_bits']}-bit cells, "
         f"{hw['weight_bits']}-bit weights, {hw['input_bits']}-bit inputs, "
         f"{hw['dac_bits']}-bit DAC, ADC {hw['adc_mode']}. Sweep time "
-        f"{timing.get('total', 0) / 60:.1f} min. Command: "
-        f"`{s.get('command', 'python -m experiments.sweeps --run=...')}`", ""]
+        f"{timing.get('total', 0) / 60:.1f} min{_parallel_note(s)}. "
+        + _command_note(s), ""]
     if "grid" in s:
       name = f"{stem}_sweep_{s.get('source', s['run'])}.png"
       grid_plot(s, name)

@@ -32,7 +32,11 @@ scales calibrated on the first ``--calibration`` *training* images:
   and for the dense layout of the same weights.
 
 The result is one JSON file; :mod:`experiments.sweep_report` turns a folder
-of them into RESULTS.md sections and plots.
+of them into RESULTS.md sections and plots. A large study can run in parts
+(e.g. one process per OU height and cell resolution, in parallel on a GPU,
+or one part a session on a CPU, each its own JSON) that ``--merge`` joins::
+
+  python -m experiments.sweeps --merge=part1.json,part2.json --out=all.json
 """
 
 from __future__ import annotations
@@ -285,8 +289,81 @@ def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
   return result
 
 
+# What every part of one study must agree on to be merged.
+_SAME_IN_PARTS = ("run", "hardware", "images", "calibration_images", "float")
+# The key of a study's entry: two parts measuring the same one is an error.
+_ENTRY_KEYS = {
+    "grid": lambda e: (e["ou_rows"], e["cell_bits"]),
+    "equality": lambda e: e["adc_bits"],
+    "faults": lambda e: (e["layout"], e["kind"], e["value"]),
+}
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Joins the JSON results of parts of one study into one.
+
+  Args:
+    parts: results of :func:`run_sweeps` on the same run, hardware, images
+      and calibration (e.g. one per OU height), in the order wanted.
+
+  Returns:
+    One result: every study's entries in part order, the times summed, the
+    parts' commands in ``'commands'`` (and joined in ``'command'``).
+
+  Raises:
+    ValueError: no parts, parts of different runs or settings, or one entry
+      (e.g. the grid row of an OU height and cell resolution) in two parts.
+  """
+  if not parts:
+    raise ValueError("nothing to merge")
+  first = parts[0]
+  for i, part in enumerate(parts[1:], 1):
+    for key in _SAME_IN_PARTS:
+      if part.get(key) != first.get(key):
+        raise ValueError(
+            f"part {i} has another {key} ({part.get(key)!r}) than part 0 "
+            f"({first.get(key)!r}): only parts of one study merge")
+  out = {key: first[key] for key in _SAME_IN_PARTS if key in first}
+  if "compression" in first:
+    out["compression"] = first["compression"]
+  timing: dict[str, float] = {}
+  for study, key_of in _ENTRY_KEYS.items():
+    entries, seen = [], {}
+    for i, part in enumerate(parts):
+      for entry in part.get(study, []):
+        key = key_of(entry)
+        if key in seen:
+          raise ValueError(f"{study} entry {key} is in part {seen[key]} and "
+                           f"part {i}")
+        seen[key] = i
+        entries.append(entry)
+    if any(study in part for part in parts):
+      out[study] = entries
+  for part in parts:
+    for k, v in part.get("timing_s", {}).items():
+      timing[k] = timing.get(k, 0.0) + v
+  out["timing_s"] = timing
+  out["commands"] = [c for part in parts
+                     for c in part.get("commands", [part.get("command", "")])]
+  out["command"] = " ; ".join(out["commands"])
+  return out
+
+
 def _main(argv):
   del argv
+  if _MERGE.value:
+    if not _OUT.value:
+      raise app.UsageError("--merge needs --out")
+    parts = []
+    for path in _MERGE.value:
+      with open(path) as f:
+        parts.append(json.load(f))
+    compression_stages.atomic_write(_OUT.value,
+                                    json.dumps(merge(parts), indent=1))
+    print(f"wrote {_OUT.value}")
+    return
+  if not _RUN.value:
+    raise app.UsageError("--run is required (or --merge)")
   subject = load_subject(_RUN.value, limit=_LIMIT.value,
                          calibration=_CALIBRATION.value,
                          data_dir=_DATA_DIR.value or None,
@@ -313,8 +390,10 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  _RUN = flags.DEFINE_string("run", None, "A finished run's workdir.",
-                             required=True)
+  _RUN = flags.DEFINE_string("run", None, "A finished run's workdir.")
+  _MERGE = flags.DEFINE_list(
+      "merge", [], "Instead of a run: sweep JSON files (parts of one study) "
+      "to merge into --out.")
   _OUT = flags.DEFINE_string(
       "out", "", "JSON to write; '' is RUNS_DIR/sweeps/NAME.json.")
   _LIMIT = flags.DEFINE_integer("limit", 2000, "Test images (0: all).")

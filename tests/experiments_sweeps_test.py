@@ -123,11 +123,11 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   compression_stages.export_compressed(str(run / "compressed_model.npz"),
                                        params, {path: layer}, HW)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.sweeps", f"--run={run}",
-       "--limit=50", "--calibration=20", "--batch_size=25",
-       "--studies=equality", "--adc_bits=4"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  common = [sys.executable, "-m", "experiments.sweeps", f"--run={run}",
+            "--limit=50", "--calibration=20", "--batch_size=25",
+            "--studies=equality"]
+  proc = subprocess.run(common + ["--adc_bits=4"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads((tmp_path / "runs" / "sweeps" / "lenet5_x.json")
                    .read_text())
@@ -137,3 +137,52 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   assert out["equality"][0]["max_abs_diff"] == 0
   assert out["command"].startswith("python -m experiments.sweeps --run=")
   assert out["compression"]["stored_ous"] < out["compression"]["dense_ous"]
+
+  # A second part (another ADC resolution), then both merged into one.
+  part2 = tmp_path / "part2.json"
+  proc = subprocess.run(common + ["--adc_bits=5", f"--out={part2}"],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  merged = tmp_path / "merged.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.sweeps",
+       f"--merge={tmp_path / 'runs' / 'sweeps' / 'lenet5_x.json'},{part2}",
+       f"--out={merged}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  both = json.loads(merged.read_text())
+  assert [e["adc_bits"] for e in both["equality"]] == [4, 5]
+  assert len(both["commands"]) == 2 and "--adc_bits=5" in both["command"]
+
+
+def _part(**over):
+  part = {"run": "r", "hardware": {"ou_rows": 9}, "images": 10,
+          "calibration_images": 5, "float": 0.9,
+          "timing_s": {"grid": 2.0, "total": 3.0}, "command": "c1",
+          "grid": [{"ou_rows": 9, "cell_bits": 2, "adc": []}]}
+  part.update(over)
+  return part
+
+
+def test_merge_joins_parts_and_refuses_mismatches():
+  b = _part(grid=[{"ou_rows": 16, "cell_bits": 2, "adc": []}],
+            faults=[{"layout": "shared", "kind": "stuck", "value": 0.01}],
+            timing_s={"grid": 1.0, "faults": 4.0, "total": 5.5},
+            command="c2")
+  out = sweeps.merge([_part(), b])
+  assert [(g["ou_rows"], g["cell_bits"]) for g in out["grid"]] == [
+      (9, 2), (16, 2)]
+  assert len(out["faults"]) == 1 and "equality" not in out
+  assert out["timing_s"] == {"grid": 3.0, "faults": 4.0, "total": 8.5}
+  assert out["commands"] == ["c1", "c2"] and out["command"] == "c1 ; c2"
+  # A merged file merges again: its commands carry over.
+  again = sweeps.merge([out, _part(grid=[], command="c3")])
+  assert again["commands"] == ["c1", "c2", "c3"]
+  with pytest.raises(ValueError, match="nothing to merge"):
+    sweeps.merge([])
+  with pytest.raises(ValueError, match="another images"):
+    sweeps.merge([_part(), _part(images=11, grid=[])])
+  with pytest.raises(ValueError, match=r"grid entry \(9, 2\) is in part 0 "
+                     "and part 1"):
+    sweeps.merge([_part(), _part()])

@@ -161,6 +161,31 @@ seed_points() {
 }
 seed_points
 
+# Knowledge distillation from the float baseline (compress.distill_weight=W,
+# temperature 4) at BN-kept points that lost more than 0.5 pp without it:
+# kd_point MODEL VARIANT PRUNE K W, named MODEL_bn_kdW_VARIANT_p<prune>_k<k>
+# (share: MODEL_bn_kdW_share_k<k>).
+kd_point() {
+  local model=$1 variant=$2 p=$3 k=$4 w=$5
+  local base="$RUNS/${model}_base/checkpoints/baseline"
+  local name="${model}_bn_kd${w}_${variant}_p${p}_k${k}"
+  [ "$variant" = share ] && name="${model}_bn_kd${w}_share_k${k}"
+  run "$name" "$model" --config.train.init_checkpoint="$base" \
+    --config.prune.ratio="$p" --config.share.k="$k" \
+    --config.share.method="$([ "$variant" = share ] && echo ste || echo "$variant")" \
+    --config.compress.fold_bn=False --config.compress.distill_weight="$w"
+}
+kd_points() {
+  kd_point lenet5 share 0 4 0.7
+  kd_point mlp paper 0.6 4 0.7
+  kd_point lenet5 share 0 6 0.7
+  kd_point mlp paper 0.5 8 0.7
+  kd_point mlp paper 0.6 6 0.7
+  kd_point lenet5 share 0 2 0.7
+  kd_point mlp share 0 4 0.7
+}
+kd_points
+
 # ResNet-20 with BN kept: two points on the CPU (35-55 min each on 2 cores
 # shared with other runs), from the baseline results_fmnist_gpu.sh trained.
 if [ -d "$RUNS/resnet20_base/checkpoints/baseline" ]; then
