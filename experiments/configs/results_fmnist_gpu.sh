@@ -29,8 +29,14 @@
 #      BENCH_CONFIGS, in parallel: their compiles overlap, their timed
 #      sections take a lock and SIGSTOP the Fashion-MNIST process group, so
 #      the step rates are measured with the GPU to themselves;
-#   4. packs the run folders without checkpoints (except ResNet-20's small
-#      checkpoints/baseline) and the benchmark figures into $OUT.
+#   4. meanwhile, for each finished run in SWEEP_RUNS (workdirs, e.g. carried
+#      along), its whole emulation study in parts
+#      (results_sweeps_parts.sh: SWEEP_PARALLEL processes, SWEEP_LIMIT test
+#      images, SWEEP_CALIBRATION training images, SWEEP_BATCH a batch,
+#      killed at the deadline), into $RUNS/sweeps;
+#   5. packs the run folders without checkpoints (except ResNet-20's small
+#      checkpoints/baseline), the benchmark figures and the sweeps (parts
+#      and merged JSON, $OUT/sweeps.tgz) into $OUT.
 #
 # Point names and flags follow results_fmnist.sh, so experiments/results.py
 # tabulates them. The points use their config's schedule
@@ -71,10 +77,10 @@ config_of() {
   echo "experiments/configs/fashion_mnist_$1.py"
 }
 
-MODELS=${MODELS:-resnet20 vgg8}
+MODELS=${MODELS-resnet20 vgg8}  # set but empty: no baseline (e.g. sweeps only)
 # The compression points, most wanted first: MODEL VARIANT PRUNE K [TAG
 # [FLAG...]] (see point() below).
-POINTS=${POINTS:-"
+POINTS=${POINTS-"
 vgg8 share 0 4
 vgg8 ste 0.5 4
 resnet20 share 0 4
@@ -262,6 +268,22 @@ fi
 FMNIST_PID=$!
 for _ in $(seq 50); do [ -s "$RUNS/fmnist.pgid" ] && break; sleep 0.2; done
 
+SWEEP_PIDS=()
+for sweep_run in ${SWEEP_RUNS:-}; do
+  if [ ! -f "$sweep_run/compressed_model.npz" ]; then
+    echo "$(date +%T) no sweep of $sweep_run: not a finished run"
+    continue
+  fi
+  RUN="$sweep_run" LIMIT="${SWEEP_LIMIT:-2000}" BATCH="${SWEEP_BATCH:-500}" \
+    CALIBRATION="${SWEEP_CALIBRATION:-1000}" \
+    PARALLEL="${SWEEP_PARALLEL:-6}" SWEEPS="$RUNS/sweeps" \
+    PARTS="$RUNS/sweep_parts/$(basename "$sweep_run")_full" \
+    DATA_DIR="$DATA_DIR" SOURCE_DIR="$SOURCE_DIR" PYTHON="$PYTHON" \
+    bash "$(dirname "$0")/results_sweeps_parts.sh" \
+    > "$RUNS/sweeps_$(basename "$sweep_run").log" 2>&1 &
+  SWEEP_PIDS+=($!)
+done
+
 BENCH_PIDS=()
 for c in $BENCH_CONFIGS; do
   # shellcheck disable=SC2086
@@ -285,6 +307,16 @@ done
 
 wait "$FMNIST_PID"
 cat "$RUNS/fmnist.log"
+for pid in "${SWEEP_PIDS[@]}"; do
+  wait "$pid"
+done
+for sweep_run in ${SWEEP_RUNS:-}; do
+  tail -5 "$RUNS/sweeps_$(basename "$sweep_run").log" 2>/dev/null
+done
+if [ -d "$RUNS/sweeps" ]; then
+  (cd "$RUNS" && tar czf "$OUT/sweeps.tgz" sweeps sweep_parts ./sweeps_*.log \
+     2>/dev/null)
+fi
 echo "$(date +%T) packing ($(( $(date +%s) - START ))s since start)"
 pack_finished
 # Every run's log and state (unfinished ones too), the benchmark output.

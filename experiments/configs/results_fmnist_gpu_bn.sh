@@ -26,7 +26,7 @@ BN=--config.compress.fold_bn=False
 LK=--config.share.layer_k=conv1=1024,head=1024
 VGG="$BN --config.eval.emulate=False --config.share.steps=2000 --config.finetune.steps=2000"
 LR3="--config.share.learning_rate=1e-3 --config.finetune.learning_rate=1e-3"
-export MODELS=${MODELS:-vgg8}
+export MODELS=${MODELS-vgg8}
 export BASE_EXTRA=${BASE_EXTRA:---config.eval.emulate=False}
 export BENCH_CONFIGS=${BENCH_CONFIGS-}
 export MAX_JOBS=${MAX_JOBS:-13}
@@ -66,5 +66,34 @@ vgg8 share 0 4 bn_lk_long_ft3e-4 $VGG $LK $LR3 $LONG --config.finetune.learning_
 vgg8 ste 0.5 4 bn_lk2_long $VGG $LK,conv2=8 $LR3 $LONG
 vgg8 share 0 4 bn_lk_long_s1 $VGG $LK $LR3 $LONG --config.seed=1
 "}
+fi
+# CALL=3 (prepared for the next device session, not yet run): knowledge
+# distillation from the float baseline (compress.distill_weight) against
+# that over-fitting, with the long schedule, at the 69x point (prune 0.5 +
+# STE k = 4) and the 62x one (conv2 at k = 8), the long STE point again
+# (killed 15 s short in the fourth call), a seed. Five points: seven long
+# ones side by side did not finish in 290 s. On the 2-core CPU, KD did not
+# help LeNet-5 or the MLP (RESULTS.md), whose compressed models under-fit
+# (training accuracy about the test accuracy) instead.
+KD="--config.compress.distill_weight"
+if [ "${CALL:-1}" = 3 ]; then
+  export BUDGET_S=${CALL3_BUDGET_S:-480}
+  export POINTS=${CALL3_POINTS:-"
+vgg8 ste 0.5 4 bn_lk_kd0.5_long $VGG $LK $LR3 $LONG $KD=0.5
+vgg8 ste 0.5 4 bn_lk_long $VGG $LK $LR3 $LONG
+vgg8 ste 0.5 4 bn_lk_kd0.9_long $VGG $LK $LR3 $LONG $KD=0.9
+vgg8 ste 0.5 4 bn_lk2_kd0.5_long $VGG $LK,conv2=8 $LR3 $LONG $KD=0.5
+vgg8 ste 0.5 4 bn_lk_kd0.5_long_s1 $VGG $LK $LR3 $LONG $KD=0.5 --config.seed=1
+"}
+fi
+# CALL=4 (prepared, not yet run): no training; the whole emulation study
+# (OU heights 8-32 x cell bits 1-4 x ADC 3-8 bits, index-and-add equality,
+# 10 fault settings x 16 seeds x both layouts) of VGG-8's 69.04x point on
+# 2000 test images, in parallel parts; carry runs/vgg8_bn_lk_ste_p0.5_k4.
+if [ "${CALL:-1}" = 4 ]; then
+  export BUDGET_S=${CALL4_BUDGET_S:-480} MODELS="" POINTS=""
+  export SWEEP_RUNS=${SWEEP_RUNS:-${RUNS:-runs}/vgg8_bn_lk_ste_p0.5_k4}
+  export SWEEP_PARALLEL=${SWEEP_PARALLEL:-8} SWEEP_BATCH=${SWEEP_BATCH:-100}
+  export SWEEP_CALIBRATION=${SWEEP_CALIBRATION:-500}
 fi
 exec bash "$here/results_fmnist_gpu.sh" "$@"

@@ -22,7 +22,9 @@
 # 0.2 0.3 0.5"), STUDIES ("grid equality faults"), PARALLEL (1), SWEEPS
 # (the merged file's folder, runs/sweeps), PARTS (where the parts go,
 # runs/sweep_parts/NAME), DATA_DIR / SOURCE_DIR (override the run's data
-# locations), PYTHON (python3), TIMEOUT (seconds per part, none).
+# locations), PYTHON (python3), TIMEOUT (seconds per part, none),
+# DEADLINE (epoch seconds: parts are killed then and none starts within 20
+# s of it; the parts finished by then are still merged).
 set -u
 : "${RUN:?RUN=the workdir of a finished pipeline run}"
 NAME=${NAME:-$(basename "$RUN")_full}
@@ -67,9 +69,18 @@ part() {
     echo "skip $stem (done)"
     return
   fi
-  echo "$(date +%T) start $stem"
+  local t=$TIMEOUT
+  if [ -n "${DEADLINE:-}" ]; then
+    local left=$(( DEADLINE - $(date +%s) ))
+    if [ "$left" -lt 20 ]; then
+      echo "$(date +%T) not started $stem (deadline)"
+      return
+    fi
+    { [ "$t" = 0 ] || [ "$t" -gt "$left" ]; } && t=$left
+  fi
   local limit=()
-  [ "$TIMEOUT" != 0 ] && limit=(timeout -k 5 "$TIMEOUT")
+  [ "$t" != 0 ] && limit=(timeout -k 5 "$t")
+  echo "$(date +%T) start $stem"
   if "${limit[@]}" "$PYTHON" -m experiments.sweeps --run="$RUN" \
       --out="$PARTS/$stem.json" --limit="$LIMIT" \
       --calibration="$CALIBRATION" --batch_size="$BATCH" \
