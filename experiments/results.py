@@ -352,6 +352,51 @@ def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def seed_groups(runs: Sequence[Mapping[str, Any]]
+                ) -> list[list[Mapping[str, Any]]]:
+  """Runs that differ only in ``config.seed``, in groups of 2 or more.
+
+  Runs group when their model, dataset, config without ``seed`` and float
+  accuracy are equal (the last: a baseline trained again under the same
+  checkpoint path is another starting point).
+  """
+  groups: dict[str, list[Mapping[str, Any]]] = {}
+  for r in runs:
+    config = {k: v for k, v in r["config"].items() if k != "seed"}
+    key = json.dumps([r["model"], r["dataset"], config,
+                      r["accuracy"]["float"]], sort_keys=True)
+    groups.setdefault(key, []).append(r)
+  return sorted((g for g in groups.values() if len(g) > 1),
+                key=lambda g: (g[0]["model"], g[0]["name"]))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  n = len(values)
+  mean = sum(values) / n
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
+  """Mean ± std (n - 1) over seeds of every point run with several."""
+  lines = ["| model | runs | variant | k | method | seeds | ou_ratio | "
+           "compressed (mean ± std) | loss pp (mean ± std) | loss pp "
+           "min-max |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for group in seed_groups(runs):
+    rows = [row(r) for r in group]
+    seeds = [r["config"].get("seed", 0) for r in group]
+    comp = _mean_std([r["compressed"] for r in rows])
+    loss = _mean_std([r["loss_pp"] for r in rows])
+    first = rows[0]
+    lines.append("| " + " | ".join([
+        first["model"], ", ".join(r["name"] for r in rows), first["variant"],
+        str(first["k"]), first["method"],
+        ", ".join(str(s) for s in seeds), _fmt(first["ou_ratio"], ".2f"),
+        f"{comp[0]:.4f} ± {comp[1]:.4f}", f"{loss[0]:+.2f} ± {loss[1]:.2f}",
+        f"{min(r['loss_pp'] for r in rows):+.2f} to "
+        f"{max(r['loss_pp'] for r in rows):+.2f}"]) + " |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
   """The generated Markdown: headlines, one table per model, the plot."""
   rows = [row(r) for r in runs]
@@ -372,6 +417,11 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
         _fmt(h["float"], ".4f"), _fmt(h["compressed"], ".4f"),
         _fmt(h["loss_pp"], "+.2f")]) + " |")
   out.append("")
+  seeds = seed_table(runs)
+  if seeds:
+    out += ["## Seeds: points run with several seeds", "",
+            "The same config but `seed` (k-means keys, batch order) from the "
+            "same baseline; std over seeds (n - 1).", "", seeds, ""]
   for m in models:
     mrows = [r for r in rows if r["model"] == m]
     total = sum(r["time_s"] or 0.0 for r in mrows)

@@ -210,3 +210,28 @@ def test_distillation_is_shown_in_the_method_column(tmp_path):
   assert rows["lenet5_share_k2"]["method"] == "ste + KD 0.5 (T=2)"
   assert rows["lenet5_prune_p0.5"]["method"] == "KD 0.7 (T=4)"
   assert rows["lenet5_paper_p0.6_k4"]["method"] == "paper"
+
+
+def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
+  runs = _fixture(tmp_path)
+  for seed, comp in ((1, 0.890), (2, 0.887)):
+    name = f"lenet5_share_k2_s{seed}"
+    _write(runs, name, prune=0.0, k=2, compressed=comp, ou_ratio=6.0)
+    path = os.path.join(runs, name, "results.json")
+    payload = json.load(open(path))
+    payload["config"]["seed"] = seed
+    json.dump(payload, open(path, "w"))
+  # Same config and seed but another baseline (float accuracy): not grouped.
+  _write(runs, "lenet5_share_k2_rebased", prune=0.0, k=2, float_acc=0.91)
+  loaded = results.load_runs(runs)
+  groups = results.seed_groups(loaded)
+  assert [[r["name"] for r in g] for g in groups] == [
+      ["lenet5_share_k2", "lenet5_share_k2_s1", "lenet5_share_k2_s2"]]
+  table = results.seed_table(loaded).splitlines()
+  # Losses 0.7, 1.0, 1.3 pp: mean 1.00, std 0.30.
+  assert table[2].startswith(
+      "| lenet5 | lenet5_share_k2, lenet5_share_k2_s1, lenet5_share_k2_s2 "
+      "| share only | 2 | ste | 0, 1, 2 | 6.00 | 0.8900 ± 0.0030 | "
+      "+1.00 ± 0.30 | +0.70 to +1.30 |")
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "## Seeds: points run with several seeds" in text

@@ -48,29 +48,36 @@ run() {
     && echo "$(date +%T) done $name" || echo "$(date +%T) FAILED $name"
 }
 
-# point MODEL VARIANT PRUNE K
+# point MODEL VARIANT PRUNE K [SEED]: a SEED (other than the config's 0)
+# adds --config.seed and '_s<SEED>' to the name.
 point() {
-  local model=$1 variant=$2 p=$3 k=$4
+  local model=$1 variant=$2 p=$3 k=$4 seed=${5:-}
   local base="$RUNS/${model}_base/checkpoints/baseline"
+  local name flags=(--config.train.init_checkpoint="$base")
   case "$variant" in
-    prune) run "${model}_prune_p${p}" "$model" \
-        --config.train.init_checkpoint="$base" --config.prune.ratio="$p" \
-        --config.share.k=1024 --config.share.steps=0 ;;
-    share) run "${model}_share_k${k}" "$model" \
-        --config.train.init_checkpoint="$base" --config.prune.ratio=0.0 \
-        --config.share.k="$k" ;;
-    paper|ste) run "${model}_${variant}_p${p}_k${k}" "$model" \
-        --config.train.init_checkpoint="$base" --config.prune.ratio="$p" \
-        --config.share.k="$k" --config.share.method="$variant" ;;
+    prune) name="${model}_prune_p${p}"
+      flags+=(--config.prune.ratio="$p" --config.share.k=1024
+              --config.share.steps=0) ;;
+    share) name="${model}_share_k${k}"
+      flags+=(--config.prune.ratio=0.0 --config.share.k="$k") ;;
+    paper|ste) name="${model}_${variant}_p${p}_k${k}"
+      flags+=(--config.prune.ratio="$p" --config.share.k="$k"
+              --config.share.method="$variant") ;;
     # BatchNorm kept (compress.fold_bn=False): kernels shared before BN.
-    bn_share) run "${model}_bn_share_k${k}" "$model" \
-        --config.train.init_checkpoint="$base" --config.prune.ratio=0.0 \
-        --config.share.k="$k" --config.compress.fold_bn=False ;;
-    bn_paper|bn_ste) run "${model}_${variant}_p${p}_k${k}" "$model" \
-        --config.train.init_checkpoint="$base" --config.prune.ratio="$p" \
-        --config.share.k="$k" --config.share.method="${variant#bn_}" \
-        --config.compress.fold_bn=False ;;
+    bn_share) name="${model}_bn_share_k${k}"
+      flags+=(--config.prune.ratio=0.0 --config.share.k="$k"
+              --config.compress.fold_bn=False) ;;
+    bn_paper|bn_ste) name="${model}_${variant}_p${p}_k${k}"
+      flags+=(--config.prune.ratio="$p" --config.share.k="$k"
+              --config.share.method="${variant#bn_}"
+              --config.compress.fold_bn=False) ;;
+    *) echo "unknown variant $variant"; return ;;
   esac
+  if [ -n "$seed" ]; then
+    name="${name}_s${seed}"
+    flags+=(--config.seed="$seed")
+  fi
+  run "$name" "$model" "${flags[@]}"
 }
 
 two_points() {
@@ -150,16 +157,25 @@ bn_extra_points
 seed_points() {
   local seed
   for seed in 1 2; do
-    run "lenet5_bn_share_k8_s$seed" lenet5 --config.seed="$seed" \
-      --config.train.init_checkpoint="$RUNS/lenet5_base/checkpoints/baseline" \
-      --config.prune.ratio=0.0 --config.share.k=8 --config.compress.fold_bn=False
-    run "mlp_bn_paper_p0.5_k10_s$seed" mlp --config.seed="$seed" \
-      --config.train.init_checkpoint="$RUNS/mlp_base/checkpoints/baseline" \
-      --config.prune.ratio=0.5 --config.share.k=10 --config.share.method=paper \
-      --config.compress.fold_bn=False
+    point lenet5 bn_share 0 8 "$seed"
+    point mlp bn_paper 0.5 10 "$seed"
   done
 }
 seed_points
+# Seeds 1 and 2 of the rest of the BN-kept Pareto points of both models
+# (the "Seeds" table of RESULTS.md: mean ± std per point).
+more_seed_points() {
+  local seed
+  for seed in 1 2; do
+    point lenet5 bn_share 0 6 "$seed"
+    point mlp bn_paper 0.5 12 "$seed"
+    point lenet5 bn_share 0 4 "$seed"
+    point mlp bn_paper 0.5 16 "$seed"
+    point mlp bn_share 0 8 "$seed"
+    point lenet5 bn_paper 0.3 8 "$seed"
+    point mlp bn_paper 0.5 8 "$seed"
+  done
+}
 
 # Knowledge distillation from the float baseline (compress.distill_weight=W,
 # temperature 4) at BN-kept points that lost more than 0.5 pp without it:
@@ -185,6 +201,7 @@ kd_points() {
   kd_point mlp share 0 4 0.7
 }
 kd_points
+more_seed_points
 
 # ResNet-20 with BN kept: two points on the CPU (35-55 min each on 2 cores
 # shared with other runs), from the baseline results_fmnist_gpu.sh trained.
