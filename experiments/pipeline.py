@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 import rsjax
 
 from experiments import compression_stages as stages_lib
+from experiments import config_fields
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import train as train_lib
@@ -115,20 +116,9 @@ def write_json(path: str, obj) -> None:
 # --- Workdir -----------------------------------------------------------------
 
 
-# Config fields added after runs were stored, with the value that keeps
-# the old behaviour: a workdir written before them resumes unless the new
-# config sets them otherwise.
-ADDED_FIELDS = {("compress", "fold_bn"): True, ("share", "layer_k"): "",
-                ("compress", "distill_weight"): 0.0,
-                ("compress", "distill_temperature"): 4.0}
-
-
-def _with_added_fields(stored: dict[str, Any]) -> dict[str, Any]:
-  out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
-  for (section, key), value in ADDED_FIELDS.items():
-    if isinstance(out.get(section), dict):
-      out[section].setdefault(key, value)
-  return out
+# Kept under its old names: see experiments/config_fields.py.
+ADDED_FIELDS = config_fields.ADDED_FIELDS
+_with_added_fields = config_fields.with_added_fields
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,

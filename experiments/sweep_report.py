@@ -188,12 +188,15 @@ def _command_note(sweep: Mapping[str, Any]) -> str:
   """The command, or for a merge of parts the first part's and the count."""
   commands = sweep.get("commands") or [
       sweep.get("command", "python -m experiments.sweeps --run=...")]
+  missing = sweep.get("missing_parts", [])
+  note = (f" **Incomplete: {len(missing)} parts did not finish ("
+          + ", ".join(missing) + ").**" if missing else "")
   if len(commands) == 1:
-    return f"Command: `{commands[0]}`"
+    return f"Command: `{commands[0]}`" + note
   return (f"Merged from {len(commands)} parts "
           "(experiments/configs/results_sweeps_parts.sh, one "
           "`python -m experiments.sweeps` per grid row, equality and fault "
-          f"setting); the first part: `{commands[0]}`")
+          f"setting); the first part: `{commands[0]}`" + note)
 
 
 def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:

@@ -289,8 +289,10 @@ def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
   return result
 
 
-# What every part of one study must agree on to be merged.
-_SAME_IN_PARTS = ("run", "hardware", "images", "calibration_images", "float")
+# What every part of one study must agree on to be merged (the float
+# accuracy too, to within one image: GPU kernels chosen per process may
+# round one borderline image differently).
+_SAME_IN_PARTS = ("run", "hardware", "images", "calibration_images")
 # The key of a study's entry: two parts measuring the same one is an error.
 _ENTRY_KEYS = {
     "grid": lambda e: (e["ou_rows"], e["cell_bits"]),
@@ -299,20 +301,26 @@ _ENTRY_KEYS = {
 }
 
 
-def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def merge(parts: Sequence[dict[str, Any]],
+          missing: Sequence[str] = ()) -> dict[str, Any]:
   """Joins the JSON results of parts of one study into one.
 
   Args:
     parts: results of :func:`run_sweeps` on the same run, hardware, images
       and calibration (e.g. one per OU height), in the order wanted.
+    missing: names of parts that did not finish (recorded as
+      ``'missing_parts'``, so a partial study does not pass for a whole one).
 
   Returns:
     One result: every study's entries in part order, the times summed, the
-    parts' commands in ``'commands'`` (and joined in ``'command'``).
+    parts' commands in ``'commands'`` (and joined in ``'command'``); the
+    first part's float accuracy, and every part's in ``'float_parts'`` when
+    they differ (by at most one image).
 
   Raises:
-    ValueError: no parts, parts of different runs or settings, or one entry
-      (e.g. the grid row of an OU height and cell resolution) in two parts.
+    ValueError: no parts, parts of different runs or settings, float
+      accuracies more than one image apart, or one entry (e.g. the grid row
+      of an OU height and cell resolution) in two parts.
   """
   if not parts:
     raise ValueError("nothing to merge")
@@ -323,7 +331,16 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError(
             f"part {i} has another {key} ({part.get(key)!r}) than part 0 "
             f"({first.get(key)!r}): only parts of one study merge")
+    one_image = 1.0 / max(int(first.get("images") or 1), 1)
+    if abs(part["float"] - first["float"]) > one_image + 1e-9:
+      raise ValueError(
+          f"part {i} has float accuracy {part['float']} and part 0 "
+          f"{first['float']}: more than one image apart, not one model")
   out = {key: first[key] for key in _SAME_IN_PARTS if key in first}
+  out["float"] = first["float"]
+  floats = [part["float"] for part in parts]
+  if len(set(floats)) > 1:
+    out["float_parts"] = floats
   if "compression" in first:
     out["compression"] = first["compression"]
   timing: dict[str, float] = {}
@@ -346,6 +363,10 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
   out["commands"] = [c for part in parts
                      for c in part.get("commands", [part.get("command", "")])]
   out["command"] = " ; ".join(out["commands"])
+  gone = [m for part in parts for m in part.get("missing_parts", [])]
+  gone += list(missing)
+  if gone:
+    out["missing_parts"] = gone
   return out
 
 
@@ -358,8 +379,8 @@ def _main(argv):
     for path in _MERGE.value:
       with open(path) as f:
         parts.append(json.load(f))
-    compression_stages.atomic_write(_OUT.value,
-                                    json.dumps(merge(parts), indent=1))
+    compression_stages.atomic_write(
+        _OUT.value, json.dumps(merge(parts, _MERGE_MISSING.value), indent=1))
     print(f"wrote {_OUT.value}")
     return
   if not _RUN.value:
@@ -394,6 +415,9 @@ if __name__ == "__main__":
   _MERGE = flags.DEFINE_list(
       "merge", [], "Instead of a run: sweep JSON files (parts of one study) "
       "to merge into --out.")
+  _MERGE_MISSING = flags.DEFINE_list(
+      "merge_missing", [], "With --merge: parts that did not finish (noted "
+      "in the merged file).")
   _OUT = flags.DEFINE_string(
       "out", "", "JSON to write; '' is RUNS_DIR/sweeps/NAME.json.")
   _LIMIT = flags.DEFINE_integer("limit", 2000, "Test images (0: all).")

@@ -101,7 +101,8 @@ class Distillation:
   KL(softmax(teacher / T) || softmax(student / T))``: the compressed model
   learns the float model's whole output distribution, not only the label,
   which the sharing and fine-tune stages (few free parameters, a training
-  set they soon fit) otherwise over-fit.
+  set they soon fit) otherwise over-fit. The logged training loss is then
+  this mixed loss.
 
   Attributes:
     apply_fn: ``(variables, images) -> logits`` of the teacher, inference

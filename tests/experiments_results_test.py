@@ -19,6 +19,7 @@ def _write(runs_dir, name, *, model="lenet5", prune=0.3, k=8, method="ste",
       "model": model, "dataset": "fashion_mnist",
       "config": {"prune": {"ratio": prune},
                  "share": {"k": k, "method": method, "steps": steps},
+                 "compress": {"include": "kernel$"},
                  "train": {"init_checkpoint": init}},
       "accuracy": {"float": float_acc, "quantized": float_acc,
                    "compressed": compressed, "emulated": emulated},
@@ -220,7 +221,15 @@ def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
     path = os.path.join(runs, name, "results.json")
     payload = json.load(open(path))
     payload["config"]["seed"] = seed
+    # Newer runs store fields the seed-0 run predates, at their old values.
+    payload["config"]["compress"].update(fold_bn=True, distill_weight=0.0)
     json.dump(payload, open(path, "w"))
+  # A rerun of seed 1 under another name is not another seed.
+  _write(runs, "lenet5_share_k2_s1_rerun", prune=0.0, k=2, compressed=0.5)
+  path = os.path.join(runs, "lenet5_share_k2_s1_rerun", "results.json")
+  payload = json.load(open(path))
+  payload["config"]["seed"] = 1
+  json.dump(payload, open(path, "w"))
   # Same config and seed but another baseline (float accuracy): not grouped.
   _write(runs, "lenet5_share_k2_rebased", prune=0.0, k=2, float_acc=0.91)
   loaded = results.load_runs(runs)

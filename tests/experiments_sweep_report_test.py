@@ -79,7 +79,8 @@ def test_plots_are_named_after_the_file_not_the_run(tmp_path):
   sweeps = tmp_path / "sweeps"
   sweeps.mkdir()
   (sweeps / "lenet5_x.json").write_text(json.dumps(_sweep()))
-  merged = dict(_sweep(), commands=["c1 --part=1", "c2", "c3"])
+  merged = dict(_sweep(), commands=["c1 --part=1", "c2", "c3"],
+                missing_parts=["faults_sigma0.5"])
   (sweeps / "lenet5_x_grid.json").write_text(json.dumps(merged))
   out = tmp_path / "R.md"
   sweep_report.write_report(str(sweeps), str(out))
@@ -90,3 +91,4 @@ def test_plots_are_named_after_the_file_not_the_run(tmp_path):
   # A merge of parts names its first part's command and how many there are.
   assert "(the sum over 3 parts). Merged from 3 parts" in text
   assert "the first part: `c1 --part=1`" in text
+  assert "**Incomplete: 1 parts did not finish (faults_sigma0.5).**" in text

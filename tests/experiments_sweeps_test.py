@@ -183,6 +183,19 @@ def test_merge_joins_parts_and_refuses_mismatches():
     sweeps.merge([])
   with pytest.raises(ValueError, match="another images"):
     sweeps.merge([_part(), _part(images=11, grid=[])])
+  # Float accuracy one image apart (10 images: 0.1) merges and is recorded;
+  # two images apart is another model.
+  near = sweeps.merge([_part(), _part(float=0.8, grid=[])])
+  assert near["float"] == 0.9 and near["float_parts"] == [0.9, 0.8]
+  assert "float_parts" not in out
+  with pytest.raises(ValueError, match="more than one image apart"):
+    sweeps.merge([_part(), _part(float=0.7, grid=[])])
+  # Parts that did not finish are named in the result, also after a
+  # second merge.
+  partial = sweeps.merge([_part()], missing=["faults_stuck0.01"])
+  assert partial["missing_parts"] == ["faults_stuck0.01"]
+  assert sweeps.merge([partial, b])["missing_parts"] == ["faults_stuck0.01"]
+  assert "missing_parts" not in out
   with pytest.raises(ValueError, match=r"grid entry \(9, 2\) is in part 0 "
                      "and part 1"):
     sweeps.merge([_part(), _part()])

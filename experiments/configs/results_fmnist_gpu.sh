@@ -28,7 +28,8 @@
 #   3. meanwhile the config run-time benchmark (config_runtime_bench.py) of
 #      BENCH_CONFIGS, in parallel: their compiles overlap, their timed
 #      sections take a lock and SIGSTOP the Fashion-MNIST process group, so
-#      the step rates are measured with the GPU to themselves;
+#      the step rates are measured with the GPU to themselves (not from
+#      the sweeps of step 4, which are not paused: do not set both);
 #   4. meanwhile, for each finished run in SWEEP_RUNS (workdirs, e.g. carried
 #      along), its whole emulation study in parts
 #      (results_sweeps_parts.sh: SWEEP_PARALLEL processes, SWEEP_LIMIT test
@@ -277,7 +278,7 @@ for sweep_run in ${SWEEP_RUNS:-}; do
   RUN="$sweep_run" LIMIT="${SWEEP_LIMIT:-2000}" BATCH="${SWEEP_BATCH:-500}" \
     CALIBRATION="${SWEEP_CALIBRATION:-1000}" \
     PARALLEL="${SWEEP_PARALLEL:-6}" SWEEPS="$RUNS/sweeps" \
-    PARTS="$RUNS/sweep_parts/$(basename "$sweep_run")_full" \
+    PARTS_DIR="$RUNS/sweep_parts" \
     DATA_DIR="$DATA_DIR" SOURCE_DIR="$SOURCE_DIR" PYTHON="$PYTHON" \
     bash "$(dirname "$0")/results_sweeps_parts.sh" \
     > "$RUNS/sweeps_$(basename "$sweep_run").log" 2>&1 &
@@ -307,7 +308,7 @@ done
 
 wait "$FMNIST_PID"
 cat "$RUNS/fmnist.log"
-for pid in "${SWEEP_PIDS[@]}"; do
+for pid in ${SWEEP_PIDS[@]+"${SWEEP_PIDS[@]}"}; do
   wait "$pid"
 done
 for sweep_run in ${SWEEP_RUNS:-}; do

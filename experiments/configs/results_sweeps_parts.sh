@@ -14,17 +14,23 @@
 #     bash experiments/configs/results_sweeps_parts.sh
 #   python -m experiments.sweep_report --sweeps_dir=runs/sweeps --out=RESULTS.md
 #
-# Settings (environment): RUN (required), NAME (the merged file's name,
-# default: the run's folder name + _full), LIMIT test images (2000),
-# CALIBRATION training images (1000), BATCH emulation batch (500), SEEDS
-# (16), OU_ROWS ("8 9 16 32"), CELL_BITS ("1 2 4"), ADC_BITS
-# ("3,4,5,6,7,8"), STUCK ("0.001 0.005 0.01 0.02 0.05"), SIGMAS ("0.05 0.1
-# 0.2 0.3 0.5"), STUDIES ("grid equality faults"), PARALLEL (1), SWEEPS
-# (the merged file's folder, runs/sweeps), PARTS (where the parts go,
-# runs/sweep_parts/NAME), DATA_DIR / SOURCE_DIR (override the run's data
-# locations), PYTHON (python3), TIMEOUT (seconds per part, none),
-# DEADLINE (epoch seconds: parts are killed then and none starts within 20
-# s of it; the parts finished by then are still merged).
+# Settings (environment):
+#   RUN          the finished run (required)
+#   NAME         the merged file's name (the run's folder name + _full)
+#   LIMIT        test images (2000); CALIBRATION training images (1000)
+#   BATCH        emulation batch (500); SEEDS per fault setting (16)
+#   OU_ROWS      "8 9 16 32"; CELL_BITS "1 2 4"; ADC_BITS "3,4,5,6,7,8"
+#   STUCK        "0.001 0.005 0.01 0.02 0.05"; SIGMAS "0.05 0.1 0.2 0.3 0.5"
+#   STUDIES      "grid equality faults"; PARALLEL processes (1)
+#   SWEEPS       the merged file's folder (runs/sweeps)
+#   PARTS        the parts' folder (PARTS_DIR/NAME_<LIMIT, CALIBRATION,
+#                SEEDS, ADC_BITS>, so parts of other settings are not
+#                reused; PARTS_DIR runs/sweep_parts)
+#   DATA_DIR, SOURCE_DIR  override the run's data locations
+#   PYTHON (python3); TIMEOUT seconds per part (0: none)
+#   DEADLINE     epoch seconds: parts are killed then, none starts within
+#                20 s of it; the finished ones are merged, the rest named
+#                in the merged file ('missing_parts') and the exit status 1
 set -u
 : "${RUN:?RUN=the workdir of a finished pipeline run}"
 NAME=${NAME:-$(basename "$RUN")_full}
@@ -39,8 +45,15 @@ STUCK=${STUCK:-0.001 0.005 0.01 0.02 0.05}
 SIGMAS=${SIGMAS:-0.05 0.1 0.2 0.3 0.5}
 STUDIES=${STUDIES:-grid equality faults}
 PARALLEL=${PARALLEL:-1}
+case "$PARALLEL" in
+  ''|*[!0-9]*|0) echo "PARALLEL must be a whole number >= 1, got '$PARALLEL'"
+                 exit 1 ;;
+esac
 SWEEPS=${SWEEPS:-runs/sweeps}
-PARTS=${PARTS:-runs/sweep_parts/$NAME}
+# The settings are in the parts' folder name, so a rerun with other ones
+# does not take (and merge) parts measured with these.
+PARTS_DIR=${PARTS_DIR:-runs/sweep_parts}
+PARTS=${PARTS:-$PARTS_DIR/${NAME}_n${LIMIT}_cal${CALIBRATION}_seeds${SEEDS}_adc${ADC_BITS//,/-}}
 PYTHON=${PYTHON:-python3}
 TIMEOUT=${TIMEOUT:-0}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
@@ -81,10 +94,13 @@ part() {
   local limit=()
   [ "$t" != 0 ] && limit=(timeout -k 5 "$t")
   echo "$(date +%T) start $stem"
-  if "${limit[@]}" "$PYTHON" -m experiments.sweeps --run="$RUN" \
+  # ${a[@]+"${a[@]}"}: an empty array is an unbound variable under set -u
+  # in bash before 4.4.
+  if ${limit[@]+"${limit[@]}"} "$PYTHON" -m experiments.sweeps --run="$RUN" \
       --out="$PARTS/$stem.json" --limit="$LIMIT" \
       --calibration="$CALIBRATION" --batch_size="$BATCH" \
-      --adc_bits="$ADC_BITS" --seeds="$SEEDS" "${data_flags[@]}" "$@" \
+      --adc_bits="$ADC_BITS" --seeds="$SEEDS" \
+      ${data_flags[@]+"${data_flags[@]}"} "$@" \
       > "$PARTS/$stem.log" 2>&1; then
     echo "$(date +%T) done $stem"
   else
@@ -125,18 +141,23 @@ wait
 
 shopt -s nullglob
 files=()
+missing=()
 for job in "${jobs_list[@]}"; do
   stem=${job%% *}
-  [ -f "$PARTS/$stem.json" ] && files+=("$PARTS/$stem.json")
+  if [ -f "$PARTS/$stem.json" ]; then
+    files+=("$PARTS/$stem.json")
+  else
+    missing+=("$stem")
+  fi
 done
-missing=$(( ${#jobs_list[@]} - ${#files[@]} ))
 if [ ${#files[@]} -eq 0 ]; then
   echo "no part finished"
   exit 1
 fi
 list=$(IFS=,; echo "${files[*]}")
-"$PYTHON" -m experiments.sweeps --merge="$list" \
+gone=$(IFS=,; echo "${missing[*]+${missing[*]}}")
+"$PYTHON" -m experiments.sweeps --merge="$list" --merge_missing="$gone" \
   --out="$SWEEPS/$NAME.json" || exit 1
 echo "$(date +%T) merged ${#files[@]} parts into $SWEEPS/$NAME.json" \
-  "($missing missing)"
-[ "$missing" = 0 ]
+  "(${#missing[@]} missing${gone:+: $gone})"
+[ ${#missing[@]} -eq 0 ]
