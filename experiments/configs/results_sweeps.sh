@@ -38,18 +38,26 @@ sweep() {
 sweep lenet5_base
 sweep mlp_paper_p0.5_k16
 
-# ResNet-20 emulates about 10x slower than LeNet-5 on the CPU: 500 images,
-# the grid at the run's own hardware (9-row OUs, 2-bit cells) and the
-# index-and-add equality; no fault study.
+# ResNet-20 emulates about 10x slower than LeNet-5 on the CPU: 500 images.
+# First the grid at the run's own hardware (9-row OUs, 2-bit cells) and the
+# index-and-add equality; then, in files of their own, the whole OU/cell
+# grid and the fault study (16 seeds, all ten settings).
 sweep resnet20_base --limit=500 --ou_rows=9 --cell_bits=2 \
   --studies=grid,equality
-# Its fault study (16 seeds, 500 images, two settings) in its own file.
-if [ ! -f "$RUNS/sweeps/resnet20_base_faults.json" ]; then
+# resnet20_study NAME FLAGS...: one more study of resnet20_base into sweeps/NAME.json.
+resnet20_study() {
+  local name=$1
+  shift
+  [ -f "$RUNS/sweeps/$name.json" ] && { echo "skip $name (done)"; return; }
+  [ -f "$RUNS/resnet20_base/compressed_model.npz" ] || return
+  echo "$(date +%T) start $name"
   python -m experiments.sweeps --run="$RUNS/resnet20_base" \
-    --out="$RUNS/sweeps/resnet20_base_faults.json" --limit=500 \
-    --studies=faults --stuck_rates=0.01 --program_sigmas=0.2 \
-    > "$RUNS/sweeps/resnet20_base_faults.log" 2>&1
-fi
+    --out="$RUNS/sweeps/$name.json" --limit=500 "$@" \
+    > "$RUNS/sweeps/$name.log" 2>&1 \
+    && echo "$(date +%T) done $name" || echo "$(date +%T) FAILED $name"
+}
+resnet20_study resnet20_base_grid --studies=grid
+resnet20_study resnet20_base_faults --studies=faults
 
 # VGG-8's highest-ratio point (BN kept, conv1 and head unshared, prune 0.5
 # + STE k = 4: 69.04x; trained on the GPU, results_fmnist_gpu_bn.sh). It
@@ -58,3 +66,14 @@ fi
 # hardware's ADC sweep only.
 sweep vgg8_bn_lk_ste_p0.5_k4 --limit=200 --batch_size=100 --calibration=500 \
   --ou_rows=9 --cell_bits=2 --studies=grid
+# Its index-and-add equality on 100 images at the lossless (5) and a lossy
+# (4) ADC resolution. The whole study (other OU heights and cell bits,
+# faults) is CPU-hours here: results_sweeps_parts.sh, on a GPU
+# (results_fmnist_gpu_bn.sh CALL=4) or a part at a time.
+if [ ! -f "$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.json" ] \
+    && [ -f "$RUNS/vgg8_bn_lk_ste_p0.5_k4/compressed_model.npz" ]; then
+  python -m experiments.sweeps --run="$RUNS/vgg8_bn_lk_ste_p0.5_k4" \
+    --out="$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.json" --limit=100 \
+    --batch_size=50 --calibration=500 --adc_bits=4,5 --studies=equality \
+    > "$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.log" 2>&1
+fi
