@@ -17,7 +17,9 @@ model's table. The variant of a run is read from its config:
 Accuracy loss is ``float - compressed`` in percentage points against the
 float accuracy of the same run (every point of a model reuses one
 baseline). The headline per model is the highest ``ou_ratio`` with a loss of
-at most ``MAX_LOSS_PP``.
+at most ``MAX_LOSS_PP``; a point run with several seeds counts with its mean
+loss over them (:func:`point_rows`), and the "Seeds" table lists those
+points.
 
 If ``--out`` exists and holds the markers ``BEGIN_MARK`` and ``END_MARK``,
 only the text between them is replaced, so hand-written notes around the
@@ -306,20 +308,21 @@ def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
   """Per-inference hardware cost of one model's layouts (Markdown).
 
   ``dense`` is the baseline's dense mapping; every other layout is its
-  variant's :func:`representative` point. Adds are the digital additions
+  variant's :func:`representative` point (a point with several seeds: its
+  mean loss, the first seed's costs). Adds are the digital additions
   that accumulate ADC outputs into output columns: one per ADC output
   routed to a kept (non-pruned) logical OU, i.e. the pruned mapping's
   conversions; index-and-add saves conversions, not additions.
   """
   by_name = {r["name"]: r for r in runs}
-  rows = [row(r) for r in runs]
+  rows = point_rows(runs)
   head = ("| layout | run | loss (pp) | crossbars | OU activations | "
           "ADC conversions | adds | index bits | stored bits |")
   lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
   base = next((r for r in rows if r["baseline"]), None)
   if base is None:
     return ""
-  dense = by_name[base["name"]]["compression"]
+  dense = by_name[base["run"]]["compression"]
   if "ou_activations_dense" not in dense:  # a report without the figures
     return ""
 
@@ -341,7 +344,7 @@ def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
     if rep is None:
       lines.append(f"| {layout} | no run | | | | | | | |")
       continue
-    c = by_name[rep["name"]]["compression"]
+    c = by_name[rep["run"]]["compression"]
     mark = "" if within else f" (none within {MAX_LOSS_PP} pp)"
     lines.append("| " + " | ".join([
         layout, rep["name"] + mark, _fmt(rep["loss_pp"], "+.2f"),
@@ -402,9 +405,35 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """One row per compression point, for the headline and cost tables.
+
+  A point run with several seeds (:func:`seed_groups`) is one row with the
+  mean compressed and emulated accuracy and loss over its seeds (named
+  ``'RUN (mean of N seeds)'``), so the headline cannot pick a lucky seed.
+  Every row's ``'run'`` is the workdir whose files stand for it (the first
+  seed's for a group).
+  """
+  rows = {r["name"]: row(r) for r in runs}
+  out, grouped = [], set()
+  for group in seed_groups(runs):
+    members = [rows[r["name"]] for r in group]
+    point = dict(members[0], run=members[0]["name"],
+                 name=f"{members[0]['name']} (mean of {len(members)} seeds)")
+    for key in ("compressed", "emulated", "loss_pp"):
+      values = [m[key] for m in members if m[key] is not None]
+      point[key] = (sum(values) / len(values)
+                    if len(values) == len(members) else None)
+    out.append(point)
+    grouped.update(m["name"] for m in members)
+  out += [dict(r, run=name) for name, r in rows.items() if name not in grouped]
+  return out
+
+
 def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
   """The generated Markdown: headlines, one table per model, the plot."""
   rows = [row(r) for r in runs]
+  points = point_rows(runs)
   models = sorted({r["model"] for r in rows})
   out = ["## Headline: highest `ou_ratio` at <= "
          f"{MAX_LOSS_PP} pp accuracy loss", "",
@@ -412,7 +441,7 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
          "crossbar_ratio | float | compressed | loss (pp) |",
          "|---|---|---|---|---|---|---|---|---|---|"]
   for m in models:
-    h = headline(r for r in rows if r["model"] == m)
+    h = headline(r for r in points if r["model"] == m)
     if h is None:
       out.append(f"| {m} | | none within {MAX_LOSS_PP} pp | | | | | | | |")
       continue

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,3 +246,30 @@ def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
       "+1.00 ± 0.30 | +0.70 to +1.30 |")
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "## Seeds: points run with several seeds" in text
+
+
+def test_headline_takes_the_mean_over_seeds(tmp_path):
+  # A 20x point whose seed 0 loses 0.2 pp and seeds 1-2 lose 1.0 and
+  # 1.3 pp (mean 0.83): not a headline, though one seed alone would be.
+  runs = _fixture(tmp_path)
+  for seed, comp in ((0, 0.898), (1, 0.890), (2, 0.887)):
+    name = f"lenet5_share_k1_s{seed}"
+    _write(runs, name, prune=0.0, k=1, compressed=comp, ou_ratio=20.0)
+    _update_config(runs, name, "compress", fold_bn=True)
+    path = os.path.join(runs, name, "results.json")
+    payload = json.load(open(path))
+    payload["config"]["seed"] = seed
+    json.dump(payload, open(path, "w"))
+  loaded = results.load_runs(runs)
+  points = {p["name"]: p for p in results.point_rows(loaded)}
+  mean = points["lenet5_share_k1_s0 (mean of 3 seeds)"]
+  assert mean["run"] == "lenet5_share_k1_s0"
+  assert mean["loss_pp"] == pytest.approx((0.2 + 1.0 + 1.3) / 3)
+  assert "lenet5_share_k1_s1" not in points
+  lenet = [p for p in points.values() if p["model"] == "lenet5"]
+  assert results.headline(lenet)["name"] == "lenet5_paper_p0.6_k4"
+  # Seed 0 alone would have been the headline.
+  rows = [results.row(r) for r in loaded if r["model"] == "lenet5"]
+  assert results.headline(rows)["name"] == "lenet5_share_k1_s0"
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| lenet5 | fashion_mnist | lenet5_paper_p0.6_k4 |" in text
