@@ -1,4 +1,5 @@
-"""Data-parallel training on 4 emulated CPU devices matches 1 device."""
+"""Data-parallel training (with and without distillation) on 4 emulated CPU
+devices matches 1 device."""
 
 import json
 import os
@@ -31,6 +32,19 @@ with tempfile.TemporaryDirectory() as d:
   loop = train.TrainLoop("train", 5, get_batch, d, checkpoint_every=5,
                          log_every=1)
   state = loop.run(state, mesh)
+# The same with distillation from the initial variables (a teacher
+# replicated over the mesh, the student's batch sharded); fresh copies, as
+# the first loop donated its state's buffers.
+variables = models.init_variables(model, jax.random.key(0), (28, 28, 1))
+teacher = models.init_variables(model, jax.random.key(0), (28, 28, 1))
+distill = train.Distillation(
+    lambda v, x: model.apply(v, x, train=False), 0.5, 2.0)
+with tempfile.TemporaryDirectory() as d:
+  kd_loop = train.TrainLoop("kd", 3, get_batch, d, checkpoint_every=3,
+                            log_every=1, distill=distill,
+                            teacher_variables=teacher)
+  kd_state = kd_loop.run(train.create_state(model, variables, tx), mesh)
+kd_flat = jax.tree_util.tree_leaves(train.state_variables(kd_state))
 evals = train.evaluate(model, train.state_variables(state),
                        iter([dict(get_batch(99), mask=np.ones(16, bool))]),
                        mesh)
@@ -40,6 +54,7 @@ print("RESULT" + json.dumps({
     "sharding": str(state.params["conv1"]["conv"]["kernel"].sharding),
     "eval_loss": evals["loss"],
     "params": [float(np.asarray(x, np.float64).sum()) for x in flat],
+    "kd_params": [float(np.asarray(x, np.float64).sum()) for x in kd_flat],
 }))
 """
 
@@ -64,3 +79,6 @@ def test_four_devices_match_one():
   np.testing.assert_allclose(four["eval_loss"], one["eval_loss"], rtol=1e-4)
   np.testing.assert_allclose(four["params"], one["params"], rtol=1e-4,
                              atol=1e-4)
+  np.testing.assert_allclose(four["kd_params"], one["kd_params"], rtol=1e-4,
+                             atol=1e-4)
+  assert not np.allclose(one["kd_params"], one["params"])
