@@ -138,12 +138,15 @@ class Emulator:
 
   def plans(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
             key=None, method: str = "auto"):
-    """Programs the model on ``hw`` (index-and-add if ``shared``)."""
+    """Programs the model on ``hw``: index-and-add if ``shared``, else the
+    dense layout of the same compressed model (same quantized numbers, a
+    shared layer's BatchNorm kept digital as in index-and-add; folding it
+    into the decompressed kernel would be another quantized model)."""
     s = self.subject
     batches = [s.calibration[i:i + self.batch_size]
                for i in range(0, len(s.calibration), self.batch_size)]
     return rk.prepare_linen(s.model, s.params, batches, hw,
-                            compressed=s.layers if shared else None,
+                            compressed=s.layers, index_and_add=shared,
                             nonideal=nonideal, key=key, method=method,
                             train=False)
 

@@ -24,7 +24,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
                   per: str = "layer", nonideal=None, key=None,
                   method: str = "auto", fold_bn: bool = True,
                   compressed=None, signed_scheme: str = "two_pass",
-                  **apply_kwargs
+                  index_and_add: bool = True, **apply_kwargs
                   ) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs a Linen model's layers (see module).
 
@@ -45,6 +45,11 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
       downstream input scales see the compressed model's activations.
     signed_scheme: how layers with negative inputs are fed: ``'two_pass'``
       or ``'twos_complement'`` (see :class:`rsjax.kernels.LayerPlan`).
+    index_and_add: False programs the ``compressed`` layers densely
+      instead: the same decompressed, quantized matrix and digital
+      BatchNorm as index-and-add, on any hardware (the dense layout of the
+      same compressed model, e.g. to compare dataflows or to map it onto
+      other OU shapes).
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
 
   Returns:
@@ -84,7 +89,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
   if not stats.layers:
     raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
   return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
-                          compressed, signed_scheme)
+                          compressed, signed_scheme, index_and_add)
 
 
 def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,

@@ -201,8 +201,15 @@ SIGNED_SCHEMES = ("two_pass", "twos_complement")
 
 
 def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
-           compressed=None, signed_scheme="two_pass"):
-  """Programs every recorded layer (shared ones from their codebooks)."""
+           compressed=None, signed_scheme="two_pass", index_and_add=True):
+  """Programs every recorded layer (shared ones from their codebooks).
+
+  With ``index_and_add=False`` a compressed layer is programmed densely: its
+  decompressed matrix, quantized exactly as for index-and-add (the
+  codebook, one layer scale) and with its BatchNorm kept digital, so the
+  two layouts hold the same numbers and differ only in the dataflow (and
+  the hardware need not be the one the layer was shared for).
+  """
   if signed_scheme not in SIGNED_SCHEMES:
     raise ValueError(f"signed_scheme must be one of {SIGNED_SCHEMES}, got "
                      f"{signed_scheme!r}")
@@ -239,7 +246,7 @@ def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
     adc_range = (_adc_range(st, qw, hw, x_scale)
                  if hw.adc_mode == "calibrated" else None)
     k = None if key is None else jax.random.fold_in(key, i)
-    if layer is None:
+    if layer is None or not index_and_add:
       weights = crossbar.prepare(qw, hw, adc_range=adc_range,
                                  nonideal=nonideal, key=k, method=method)
     else:

@@ -87,7 +87,8 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
                 hw: hardware.HardwareSpec, *, rules: str = r".*",
                 per: str = "layer", nonideal=None, key=None,
                 method: str = "auto", fold_bn: bool = True,
-                compressed=None, signed_scheme: str = "two_pass"
+                compressed=None, signed_scheme: str = "two_pass",
+                index_and_add: bool = True
                 ) -> dict[str, model_lib.LayerPlan]:
   """Calibrates and programs an NNX model's layers (see module).
 
@@ -120,7 +121,7 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
   if not stats.layers:
     raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
   return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
-                          compressed, signed_scheme)
+                          compressed, signed_scheme, index_and_add)
 
 
 def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:

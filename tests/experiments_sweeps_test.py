@@ -23,12 +23,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HW = rsjax.HardwareSpec()
 
 
-def _subject(shared_layers=True, n=64):
-  """An MLP 36-24-10 whose first layer is shared (k=2), random inputs."""
+def _subject(shared_layers=True, n=64, use_bn=False):
+  """An MLP 36-24-10 whose first layer is shared (k=2), random inputs;
+  with ``use_bn`` a BatchNorm (non-trivial statistics) follows it."""
   model = models.create_model("mlp", num_classes=10, hidden=(24,),
-                              use_bn=False)
+                              use_bn=use_bn)
   variables = models.init_variables(model, jax.random.key(0), (6, 6, 1))
   params = jax.tree_util.tree_map(lambda x: x, variables)
+  if use_bn:  # per-channel statistics, so that folding is not a uniform
+    # scale (which would quantize to the same integers)
+    stats_rng = np.random.default_rng(5)
+    params["batch_stats"] = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(stats_rng.uniform(0.3, 3.0, a.shape),
+                              a.dtype), params["batch_stats"])
   path = "params/fc1/dense/kernel"
   layer = rsjax.compress_kernel(params["params"]["fc1"]["dense"]["kernel"],
                                 HW, k=2, key=jax.random.key(1))
@@ -67,8 +74,11 @@ def test_lossless_adc_bits():
   assert sweeps.lossless_adc_bits(HW.replace(ou_rows=32, cell_bits=4)) == 9
 
 
-def test_index_and_add_equals_dense_layout():
-  em = sweeps.Emulator(_subject(), batch_size=64)
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_index_and_add_equals_dense_layout(use_bn):
+  # With BatchNorm kept after the shared layer, the dense layout must keep
+  # it digital too (folding it in quantizes another matrix).
+  em = sweeps.Emulator(_subject(use_bn=use_bn), batch_size=64)
   out = sweeps.equality(em, adc_bits=(3, 5, 4))
   assert [o["adc_bits"] for o in out] == [3, 4, 5]
   for o in out:

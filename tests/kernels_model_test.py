@@ -173,6 +173,59 @@ def test_linen_compressed_layer_equals_decompressed_dense():
                              rtol=1e-5, atol=1e-5)
 
 
+def test_linen_compressed_layer_before_batchnorm_dense_layout():
+  """index_and_add=False: the same numbers as index-and-add (BatchNorm kept
+  digital, codebook quantization), only the dataflow differs; folding BN
+  into the decompressed kernel instead would be another model."""
+  model, variables, batches = _linen()
+  rng = np.random.default_rng(4)
+  shape = variables["params"]["Conv_0"]["kernel"].shape  # (3, 3, 2, 4)
+  hw = LOSSY  # a lossy ADC: the dataflows must agree conversion by conversion
+  bh, bw = hw.block_shape
+  nrb, ngr = -(-18 // bh), -(-shape[-1] // bw)
+  layer = rsjax.CompressedLayer(
+      jnp.asarray(rng.standard_normal((nrb, 1, bh, bw)), jnp.float32),
+      jnp.asarray(rng.integers(-1, 1, (nrb, ngr)), jnp.int32), shape)
+  variables = jax.tree.map(lambda a: a, variables)
+  variables["params"]["Conv_0"]["kernel"] = layer.to_kernel()
+  # Per-channel BatchNorm statistics: folding them is not a uniform scale
+  # (which would quantize to the same integers).
+  variables["batch_stats"] = jax.tree.map(
+      lambda a: jnp.asarray(rng.uniform(0.3, 3.0, a.shape), a.dtype),
+      variables["batch_stats"])
+  compressed = {"params/Conv_0/kernel": layer}
+  shared = rk.prepare_linen(model, variables, batches, hw,
+                            compressed=compressed, train=False)
+  dense = rk.prepare_linen(model, variables, batches, hw,
+                           compressed=compressed, index_and_add=False,
+                           train=False)
+  folded = rk.prepare_linen(model, variables, batches, hw, train=False)
+  assert shared["Conv_0"].folded is None and dense["Conv_0"].folded is None
+  assert folded["Conv_0"].folded is not None
+  run = lambda plans: np.asarray(rk.emulate_linen(
+      model, variables, batches[0], plans, train=False))
+  np.testing.assert_array_equal(run(shared), run(dense))
+  # The direct dataflow keeps the index table as a route: index-and-add in
+  # one, a dense matrix in the other, the same outputs.
+  direct = {name: rk.prepare_linen(
+      model, variables, batches, hw, compressed=compressed, method="direct",
+      index_and_add=flag, train=False) for name, flag in (("shared", True),
+                                                           ("dense", False))}
+  assert direct["shared"]["Conv_0"].weights.route is not None
+  assert direct["dense"]["Conv_0"].weights.route is None
+  np.testing.assert_array_equal(run(direct["shared"]), run(direct["dense"]))
+  np.testing.assert_array_equal(run(direct["shared"]), run(shared))
+  gap = np.max(np.abs(run(shared) - run(folded)))
+  assert gap > 1e-3 * np.max(np.abs(run(shared))), gap
+  # The dense layout maps onto other OU shapes too (index-and-add cannot).
+  other = rk.prepare_linen(model, variables, batches, FINE,
+                           compressed=compressed, index_and_add=False,
+                           train=False)
+  want = model.apply(variables, batches[0], train=False)
+  err = float(jnp.max(jnp.abs(run(other) - want)) / jnp.max(jnp.abs(want)))
+  assert err < 2e-2, err
+
+
 def test_linen_twos_complement_first_layer():
   model, variables, batches = _linen()
   plans = rk.prepare_linen(model, variables, batches, FINE,
