@@ -143,16 +143,23 @@ def test_nnx_noise_keys():
   assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))
 
 
+def _random_shared_layer(shape, hw, rng):
+  """A conv kernel of ``shape`` shared down to one random block per
+  row-block (index 0) or pruned (-1)."""
+  bh, bw = hw.block_shape
+  rows = int(np.prod(shape[:-1]))
+  nrb, ngr = -(-rows // bh), -(-shape[-1] // bw)
+  return rsjax.CompressedLayer(
+      jnp.asarray(rng.standard_normal((nrb, 1, bh, bw)), jnp.float32),
+      jnp.asarray(rng.integers(-1, 1, (nrb, ngr)), jnp.int32), shape)
+
+
 def test_linen_compressed_layer_equals_decompressed_dense():
   model, variables, batches = _linen()
   rng = np.random.default_rng(3)
-  shape = variables["params"]["Conv_1"]["kernel"].shape  # (3, 3, 4, 4)
   hw = LOSSY
-  bh, bw = hw.block_shape
-  nrb, ngr = -(-36 // bh), -(-shape[-1] // bw)
-  layer = rsjax.CompressedLayer(
-      jnp.asarray(rng.standard_normal((nrb, 1, bh, bw)), jnp.float32),
-      jnp.asarray(rng.integers(-1, 1, (nrb, ngr)), jnp.int32), shape)
+  layer = _random_shared_layer(
+      variables["params"]["Conv_1"]["kernel"].shape, hw, rng)
   dense_vars = jax.tree.map(lambda a: a, variables)
   dense_vars["params"]["Conv_1"]["kernel"] = layer.to_kernel()
   # Calibrate on the compressed model's float weights in both cases.
@@ -179,13 +186,9 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
   into the decompressed kernel instead would be another model."""
   model, variables, batches = _linen()
   rng = np.random.default_rng(4)
-  shape = variables["params"]["Conv_0"]["kernel"].shape  # (3, 3, 2, 4)
   hw = LOSSY  # a lossy ADC: the dataflows must agree conversion by conversion
-  bh, bw = hw.block_shape
-  nrb, ngr = -(-18 // bh), -(-shape[-1] // bw)
-  layer = rsjax.CompressedLayer(
-      jnp.asarray(rng.standard_normal((nrb, 1, bh, bw)), jnp.float32),
-      jnp.asarray(rng.integers(-1, 1, (nrb, ngr)), jnp.int32), shape)
+  layer = _random_shared_layer(
+      variables["params"]["Conv_0"]["kernel"].shape, hw, rng)
   variables = jax.tree.map(lambda a: a, variables)
   variables["params"]["Conv_0"]["kernel"] = layer.to_kernel()
   # Per-channel BatchNorm statistics: folding them is not a uniform scale
