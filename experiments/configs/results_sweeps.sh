@@ -61,19 +61,10 @@ resnet20_study resnet20_base_faults --studies=faults
 
 # VGG-8's highest-ratio point (BN kept, conv1 and head unshared, prune 0.5
 # + STE k = 4: 69.04x; trained on the GPU, results_fmnist_gpu_bn.sh). It
-# emulates about 10x slower than ResNet-20 here (a run with 300 images and
-# the equality study too was stopped after an hour): 200 images, its own
-# hardware's ADC sweep only.
-sweep vgg8_bn_lk_ste_p0.5_k4 --limit=200 --batch_size=100 --calibration=500 \
-  --ou_rows=9 --cell_bits=2 --studies=grid
-# Its index-and-add equality on 100 images at the lossless (5) and a lossy
-# (4) ADC resolution. The whole study (other OU heights and cell bits,
+# emulates about 10x slower than ResNet-20 here (about 100 s a plan for 100
+# images): its own hardware's ADC sweep and the index-and-add equality on
+# 100 images (55 min). The whole study (other OU heights and cell bits,
 # faults) is CPU-hours here: results_sweeps_parts.sh, on a GPU
 # (results_fmnist_gpu_bn.sh CALL=4) or a part at a time.
-if [ ! -f "$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.json" ] \
-    && [ -f "$RUNS/vgg8_bn_lk_ste_p0.5_k4/compressed_model.npz" ]; then
-  python -m experiments.sweeps --run="$RUNS/vgg8_bn_lk_ste_p0.5_k4" \
-    --out="$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.json" --limit=100 \
-    --batch_size=50 --calibration=500 --adc_bits=4,5 --studies=equality \
-    > "$RUNS/sweeps/vgg8_bn_lk_ste_p0.5_k4_equality.log" 2>&1
-fi
+sweep vgg8_bn_lk_ste_p0.5_k4 --limit=100 --batch_size=50 --calibration=500 \
+  --ou_rows=9 --cell_bits=2 --studies=grid,equality
