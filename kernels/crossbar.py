@@ -34,7 +34,7 @@ from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import checks
 from rsjax.kernels import dataflow
 
-METHODS = ("auto", "sliced", "exact", "table", "direct")
+METHODS = ("auto", "sliced", "exact", "table", "streamed", "direct")
 TABLE_MAX_PATTERNS = 4096
 TABLE_MAX_BYTES = 64 << 20
 
@@ -45,18 +45,18 @@ class CrossbarWeights:
 
   Attributes:
     cells: ``[arrays, R, ou_rows, C, slices]`` float32 conductances of the
-      ``C`` stored columns (``direct`` path), else None.
+      ``C`` stored columns (``streamed`` and ``direct`` paths), else None.
     table: ``[R, 2^(dac_bits ou_rows), C]`` int32 ADC outputs per input
       pattern (``table`` path), else None.
     matrix: ``[K, N]`` int32 weights (``exact`` path), else None.
     route: ``[R, N]`` int32 index table per output column: the stored column
-      it reads in row-block ``r``, ``C`` for pruned (``direct`` path of a
-      shared layer); None for a dense layer and for tables, which are
-      routed when built.
+      it reads in row-block ``r``, ``C`` for pruned (``streamed`` and
+      ``direct`` paths of a shared layer); None for a dense layer and for
+      tables, which are routed when built.
     active: ``[R, N]`` int32, 1 where the block is stored (offset correction).
     adc_range: int32 scalar, the partial sum mapped to the top ADC code.
     hw: the hardware.
-    method: ``'exact'``, ``'table'`` or ``'direct'``.
+    method: ``'exact'``, ``'table'``, ``'streamed'`` or ``'direct'``.
     in_features: K.
     out_features: N.
     read_sigma: read noise std (``direct`` path only).
@@ -87,9 +87,9 @@ def _pick_method(hw, nonideal, method, num_rb, cols):
   pats = dataflow.num_patterns(hw) if hw.dac_bits * hw.ou_rows <= 24 else None
   if method == "exact" and (noisy or not hw.adc_lossless):
     raise ValueError("method='exact' needs a lossless ADC and no noise")
-  if method == "table" and (reads or pats is None
-                            or pats > TABLE_MAX_PATTERNS):
-    raise ValueError("method='table' needs no read noise and at most "
+  if method in ("table", "streamed") and (reads or pats is None
+                                         or pats > TABLE_MAX_PATTERNS):
+    raise ValueError(f"method={method!r} needs no read noise and at most "
                      f"{TABLE_MAX_PATTERNS} input patterns per row-block")
   if method not in ("auto", "sliced"):
     return method
@@ -97,10 +97,10 @@ def _pick_method(hw, nonideal, method, num_rb, cols):
   # ADC is checked against 'exact' through the bit-sliced dataflow.
   if method == "auto" and not noisy and hw.adc_lossless:
     return "exact"
-  if (not reads and pats is not None and pats <= TABLE_MAX_PATTERNS
-      and num_rb * pats * cols * 4 <= TABLE_MAX_BYTES):
-    return "table"
-  return "direct"
+  if reads or pats is None or pats > TABLE_MAX_PATTERNS:
+    return "direct"
+  # A table too large to keep is built row-block by row-block per call.
+  return "table" if num_rb * pats * cols * 4 <= TABLE_MAX_BYTES else "streamed"
 
 
 @functools.partial(jax.jit, static_argnames=("hw", "nonideal", "method"))
@@ -146,9 +146,10 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
     adc_range: the layer's ADC range, for ``adc_mode='calibrated'`` only.
     nonideal: device non-idealities (programming ones are drawn here).
     key: ``jax.random`` key for the programming non-idealities.
-    method: ``'auto'`` (exact if lossless and ideal; else the table if there
-      is no read noise, at most ``TABLE_MAX_PATTERNS`` input patterns per
-      row-block and the table fits ``TABLE_MAX_BYTES``; else direct),
+    method: ``'auto'`` (exact if lossless and ideal; else, without read
+      noise and with at most ``TABLE_MAX_PATTERNS`` input patterns per
+      row-block, the table if it fits ``TABLE_MAX_BYTES`` and the streamed
+      table (built per row-block in each call) if not; else direct),
       ``'sliced'`` (as ``'auto'`` but never exact: the bit-sliced dataflow
       even where the ADC is lossless), or force one (``'table'`` ignores
       the size limit).
@@ -255,6 +256,10 @@ def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
   xp = jnp.pad(x, ((0, 0), (0, pad)))
   if weights.method == "table":
     fn = lambda c, _: dataflow.table_apply(weights.table, c, hw)
+  elif weights.method == "streamed":
+    fn = lambda c, _: dataflow.streamed_apply(
+        weights.cells, weights.route, weights.active, c, hw,
+        weights.adc_range)
   else:
     fn = lambda c, k: dataflow.direct_apply(
         weights.cells, weights.route, weights.active, c, hw,

@@ -1,6 +1,6 @@
 """Jitted emulation dataflows behind :func:`rsjax.kernels.apply`.
 
-Three ways to get the same numbers (SPEC section 2):
+Four ways to get the same numbers (SPEC section 2):
 
 * ``table``: with ``dac_bits * ou_rows`` small (1-bit DAC, 9-row OUs: 512
   input patterns per row-block), the ADC outputs of every input pattern are
@@ -12,6 +12,16 @@ Three ways to get the same numbers (SPEC section 2):
   conversion per stored block, pattern and slice) and its index table routes
   the tabulated outputs to the output columns once per weight set, so the
   per-input call is the same lookups as a dense layer's.
+* ``streamed``: the table dataflow for layers whose whole table is too large
+  to keep (a dense VGG layer's is hundreds of MiB): each row-block's table
+  is built from the programmed cells inside the call, then looked up for
+  every row of the chunk. Building costs ``2^(dac_bits ou_rows)`` partial
+  sums per stored column and slice, whatever the batch, so large chunks
+  amortise it; still far fewer conversions than ``direct``'s one per row,
+  cycle and column for a batch of convolution positions. A shared layer
+  tabulates each output column from its stored column's cells (the same
+  codes as routing the stored block's, since the ADC is deterministic on
+  this path). Bit-exact with ``table``.
 * ``direct``: per cycle, all OU partial sums of a chunk of rows as a batched
   float32 matmul (exact small integers), read noise, ADC, shift-and-add. Used
   with read noise (fresh per conversion, so nothing can be tabulated) and when
@@ -37,6 +47,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Bound the memory of one chunk's intermediates (the 256 MiB budget of the
 # benchmark leaves room for inputs, outputs and the table).
 _CHUNK_BYTES = 32 << 20
+# The streamed tables are rebuilt per chunk, so its chunks are larger.
+_STREAM_CHUNK_BYTES = 256 << 20
 
 
 def _weights(hw: hardware.HardwareSpec):
@@ -73,18 +85,31 @@ def build_table(cells, hw: hardware.HardwareSpec, adc_range):
     signed, shift-added ADC codes of the ``C`` stored columns.
   """
   num_arrays, _, rows, cols, slices = cells.shape
-  pats = num_patterns(hw)
-  level = jnp.arange(rows, dtype=jnp.int32) * hw.dac_bits
-  digits = ((jnp.arange(pats, dtype=jnp.int32)[:, None] >> level[None])
-            & (2**hw.dac_bits - 1)).astype(jnp.float32)
-
-  def one(g):
-    p = jnp.einsum("pi,aics->apcs", digits, g, precision=_HIGHEST)
-    return _combine(adc.codes(p, hw, adc_range), hw)
-
-  per_block = num_arrays * pats * cols * slices * 4
+  digits = _digits(rows, hw)
+  per_block = num_arrays * num_patterns(hw) * cols * slices * 4
   batch = max(1, min(cells.shape[1], _CHUNK_BYTES // per_block))
-  return jax.lax.map(one, jnp.moveaxis(cells, 1, 0), batch_size=batch)
+  return jax.lax.map(lambda g: _tabulate(g, digits, hw, adc_range),
+                     jnp.moveaxis(cells, 1, 0), batch_size=batch)
+
+
+def _digits(rows: int, hw: hardware.HardwareSpec):
+  """``[P, rows]`` float32 DAC levels of every input pattern."""
+  level = jnp.arange(rows, dtype=jnp.int32) * hw.dac_bits
+  return ((jnp.arange(num_patterns(hw), dtype=jnp.int32)[:, None]
+           >> level[None]) & (2**hw.dac_bits - 1)).astype(jnp.float32)
+
+
+def _tabulate(g, digits, hw, adc_range):
+  """One row-block's table: ``g [A, rows, C, S]`` -> ``[P, C]`` int32."""
+  num_arrays, rows, cols, slices = g.shape
+  # A plain [P, rows] @ [rows, A C S] matmul: its row-major result keeps the
+  # table's rows contiguous for the lookups (an einsum straight to
+  # [A, P, C, S] let XLA CPU pick a layout that made every gathered row
+  # strided, 4x slower in the streamed dataflow).
+  p = jnp.dot(digits, jnp.moveaxis(g, 1, 0).reshape(rows, -1),
+              precision=_HIGHEST)
+  p = jnp.moveaxis(p.reshape(-1, num_arrays, cols, slices), 1, 0)
+  return _combine(adc.codes(p, hw, adc_range), hw)
 
 
 def patterns(x, hw: hardware.HardwareSpec):
@@ -115,6 +140,49 @@ def table_apply(table, x, hw: hardware.HardwareSpec):
 
   acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], table.shape[2]),
                                         jnp.int32), (table, pats))
+  return acc
+
+
+def streamed_apply(cells, route, active, x, hw: hardware.HardwareSpec,
+                   adc_range):
+  """``S`` for ``x [M, R * ou_rows]``, tabulating row-block by row-block.
+
+  Args:
+    cells: ``[A, R, ou_rows, C, S]`` programmed conductances.
+    route: ``[R, N]`` stored column per output column (``C`` = pruned) of a
+      shared layer, or None for a dense one.
+    active: ``[R, N]`` int32, 1 where the block is stored.
+    x: the unsigned int inputs.
+    hw: the hardware.
+    adc_range: int32 scalar ADC range.
+
+  Returns:
+    ``[M, N]`` int32, equal to :func:`table_apply` on the whole table.
+  """
+  digits = _digits(cells.shape[2], hw)
+  cyc = jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits
+  n = active.shape[1]
+
+  def body(acc, xs):
+    g, pat, route_r, active_r = xs
+    if route is not None:
+      # Each output column tabulates its stored column's cells: the same
+      # codes as converting the stored block once and routing them (the ADC
+      # is deterministic here), in a table whose rows the lookups read
+      # contiguously (routing the table's columns instead left XLA CPU a
+      # layout that made the lookups 5x slower).
+      g = jnp.take(g, jnp.minimum(route_r, g.shape[2] - 1), axis=2)
+    tab = _tabulate(g, digits, hw, adc_range) * active_r[None, :]
+    # A cycle at a time: no [M, cycles, N] intermediate.
+    for t in range(hw.cycles):
+      acc = acc + jnp.left_shift(
+          tab.at[pat[:, t]].get(mode="promise_in_bounds"), cyc[t])
+    return acc, None
+
+  rts = active if route is None else route
+  acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], n), jnp.int32),
+                        (jnp.moveaxis(cells, 1, 0), patterns(x, hw), rts,
+                         active))
   return acc
 
 
@@ -191,6 +259,10 @@ def chunk_rows(hw: hardware.HardwareSpec, method: str, num_rb: int,
   if method == "table":
     # Pattern ids and the accumulator; XLA fuses the digit extraction.
     per_row = num_rb * hw.cycles * 4 * 2 + cols * 4 * 2
+  elif method == "streamed":
+    # Every chunk builds all the tables again: big chunks amortise that.
+    per_row = num_rb * hw.cycles * 4 + cols * 4 * 3
+    return int(max(8, min(1 << 16, _STREAM_CHUNK_BYTES // per_row)))
   elif method == "direct":
     per_row = hw.arrays * num_rb * cols * hw.slices * 4 * 3
   else:

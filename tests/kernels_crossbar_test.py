@@ -64,7 +64,7 @@ def test_matches_reference_on_random_specs(hw, m, k, n, seed):
   x, w = _rand(rng, hw, m, k, n, zero_blocks=seed % 2 == 0)
   calibrated = int(rng.integers(1, 2 * hw.partial_sum_max + 2))
   arg = calibrated if hw.adc_mode == "calibrated" else None
-  for method in ("table", "direct"):
+  for method in ("table", "streamed", "direct"):
     y = rk.crossbar_matmul(x, w, hw, adc_range=arg, method=method)
     _check(y, x, w, hw, calibrated)
 
@@ -79,7 +79,7 @@ def test_isaac_lossy_all_modes(signed, mode):
   x = rng.integers(200, 256, (6, 23))
   w = rng.integers(-hw.max_weight, hw.max_weight + 1, (23, 9))
   lossless = ref.crossbar_output(x, w, hw.replace(adc_bits=5, adc_mode="clip"))
-  for method in ("table", "direct"):
+  for method in ("table", "streamed", "direct"):
     y = rk.crossbar_matmul(x, w, hw, adc_range=20 if mode == "calibrated"
                            else None, method=method)
     _check(y, x, w, hw, 20)
@@ -87,7 +87,7 @@ def test_isaac_lossy_all_modes(signed, mode):
 
 
 @pytest.mark.parametrize("method", ["auto", "sliced", "exact", "table",
-                                    "direct"])
+                                    "streamed", "direct"])
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_lossless_is_integer_matmul(method, use_jit):
   rng = np.random.default_rng(2)
@@ -109,7 +109,7 @@ def test_differential_lossless_scale_is_exact():
                           adc_mode="scale", adc_bits=5)
   rng = np.random.default_rng(3)
   x, w = _rand(rng, hw, 4, 19, 6)
-  for method in ("exact", "table", "direct"):
+  for method in ("exact", "table", "streamed", "direct"):
     y = rk.crossbar_matmul(x, w, hw, method=method)
     np.testing.assert_array_equal(np.asarray(y), (x @ w).astype(np.float32))
 
@@ -126,7 +126,7 @@ def _shared_layer(rng, hw, k, n, slots):
 
 
 @pytest.mark.parametrize("signed", ["offset", "differential"])
-@pytest.mark.parametrize("method", ["exact", "table", "direct"])
+@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
 def test_shared_equals_dense_bit_exact(signed, method):
   hw = rsjax.HardwareSpec(adc_bits=5 if method == "exact" else 4,
                           signed=signed,
@@ -209,7 +209,7 @@ def test_bad_inputs():
                               ISAAC.replace(ou_rows=3))
 
 
-@pytest.mark.parametrize("method", ["exact", "table", "direct"])
+@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
 def test_eager_without_jit(method):
   hw = (ISAAC if method == "exact" else
         ISAAC_LOSSY.replace(signed="differential", weight_bits=9))
@@ -220,7 +220,7 @@ def test_eager_without_jit(method):
   _check(y, x, w, hw)
 
 
-@pytest.mark.parametrize("method", ["exact", "table", "direct"])
+@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
 def test_signed_inputs_twos_complement(method):
   rng = np.random.default_rng(8)
   lossy = method != "exact"
@@ -238,3 +238,31 @@ def test_signed_inputs_twos_complement(method):
   np.testing.assert_array_equal(np.asarray(lossless), x @ w)
   with pytest.raises(ValueError, match="lie in"):
     rk.crossbar_matmul(x * 2, w, hw, signed_inputs=True)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_streamed_when_table_too_large_and_in_chunks(monkeypatch, shared):
+  # A table over TABLE_MAX_BYTES is built per row-block in each call; many
+  # small chunks (each building all tables again) give the same numbers.
+  hw = ISAAC_LOSSY.replace(signed="differential", weight_bits=9)
+  rng = np.random.default_rng(9)
+  k, n = 40, 21
+  codebook, index, dense = _shared_layer(rng, hw, k, n, slots=3)
+  x = rng.integers(0, 256, (50, k))
+
+  def prepare(method):
+    if shared:
+      return rk.prepare_shared(codebook, index, hw, out_features=n,
+                               in_features=k, method=method)
+    return rk.prepare(dense, hw, method=method)
+
+  want = np.asarray(rk.apply(prepare("table"), x))
+  monkeypatch.setattr(rk.crossbar, "TABLE_MAX_BYTES", 1024)
+  weights = prepare("sliced")
+  assert weights.method == "streamed" and weights.table is None
+  np.testing.assert_array_equal(np.asarray(rk.apply(weights, x)), want)
+  monkeypatch.setattr(rk.dataflow, "_STREAM_CHUNK_BYTES", 1)
+  assert rk.dataflow.chunk_rows(hw, "streamed", 5, n) == 8
+  got = jax.jit(lambda a: rk.apply(weights, a))(jnp.asarray(x, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(got), want)
+  _check(got, x, dense, hw)

@@ -18,7 +18,7 @@ def _data(seed=0, m=6, k=20, n=5):
           rng.integers(-127, 128, (k, n)))
 
 
-@pytest.mark.parametrize("method", ["table", "direct"])
+@pytest.mark.parametrize("method", ["table", "streamed", "direct"])
 def test_zero_noise_equals_ideal(method):
   x, w = _data()
   ideal = rk.crossbar_matmul(x, w, HW, method=method)
@@ -137,3 +137,21 @@ def test_calibrated_range_from_data():
   assert hw.adc_max <= lo <= hi <= hw.partial_sum_max
   y = rk.crossbar_matmul(x, w, hw, adc_range=hi)
   assert y.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("nonideal", [
+    rk.Nonideal(program_sigma=0.2),
+    rk.Nonideal(stuck_at_0=0.05, stuck_at_1=0.05),
+])
+def test_programming_faults_same_in_every_dataflow(nonideal):
+  # The cells are drawn once at programming; table, streamed and direct then
+  # read the same faulty cells.
+  x, w = _data(5, m=9, k=30, n=7)
+  key = jax.random.key(6)
+  outs = [np.asarray(rk.crossbar_matmul(x, w, HW, key=key, nonideal=nonideal,
+                                        method=m))
+          for m in ("table", "streamed", "direct")]
+  ideal = np.asarray(rk.crossbar_matmul(x, w, HW))
+  assert not np.array_equal(outs[0], ideal)
+  for out in outs[1:]:
+    np.testing.assert_array_equal(out, outs[0])

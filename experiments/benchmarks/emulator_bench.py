@@ -18,6 +18,11 @@ the same shape on the same machine and load. What is counted:
   each against the dense layer's.
 * memory: XLA's compiled memory analysis of ``jit(apply)`` (arguments +
   outputs + temporaries; the table is an argument).
+* a large layer (``--big-k`` x ``--big-n``, by default a VGG 3x3 conv with
+  256 input and output channels) whose table exceeds
+  ``rsjax.kernels.crossbar.TABLE_MAX_BYTES``: the streamed table (each
+  row-block's table built inside the call), the whole table forced
+  (``method='table'``) and the direct path, each per input row.
 """
 
 from __future__ import annotations
@@ -70,6 +75,11 @@ def main():
   parser.add_argument("--reps", type=int, default=20)
   parser.add_argument("--direct-rows", type=int, default=128,
                       help="rows of x for the (slow) direct-path timings")
+  parser.add_argument("--big-m", type=int, default=9800,
+                      help="rows of x for the large layer (50 images of "
+                      "14x14 positions)")
+  parser.add_argument("--big-k", type=int, default=2304)
+  parser.add_argument("--big-n", type=int, default=256)
   args = parser.parse_args()
   m, k, n = args.m, args.k, args.n
   rng = np.random.default_rng(0)
@@ -130,6 +140,36 @@ def main():
           f" target 1.5/s = {1.5 / s:.3f})")
     assert np.array_equal(np.asarray(apply(sd, direct_x)),
                           np.asarray(apply(sw, direct_x)))
+  large_layer(args, rng, lossy, apply)
+
+
+def large_layer(args, rng, hw, apply):
+  """Streamed vs whole table vs direct on a layer too large to tabulate."""
+  m, k, n = args.big_m, args.big_k, args.big_n
+  x = jnp.asarray(rng.integers(0, 256, (m, k)), jnp.int32)
+  w = jnp.asarray(rng.integers(-127, 128, (k, n)), jnp.int32)
+  table_mib = -(-k // hw.ou_rows) * 512 * n * 4 / 2**20
+  print(f"large layer x [{m}, {k}] @ w [{k}, {n}] (whole table "
+        f"{table_mib:.0f} MiB), per 1000 rows:")
+  streamed = rk.prepare(w, hw)
+  assert streamed.method == "streamed"
+  t_s = best_time(apply, streamed, x, reps=3)
+  whole = rk.prepare(w, hw, method="table")
+  t_t = best_time(apply, whole, x, reps=3)
+  t_prep = best_time(lambda a: rk.prepare(a, hw, method="table").table, w,
+                     reps=2)
+  direct = rk.prepare(w, hw, method="direct")
+  rows = args.direct_rows
+  t_d = best_time(apply, direct, x[:rows], reps=2)
+  per = lambda t, r: t / r * 1000 * 1e3
+  print(f"  streamed {per(t_s, m):8.2f} ms   whole table "
+        f"{per(t_t, m):8.2f} ms (+ prepare {t_prep * 1e3:.0f} ms once)   "
+        f"direct {per(t_d, rows):8.2f} ms ({rows} rows)")
+  print(f"  streamed / whole table {t_s / t_t:5.2f}x; direct / streamed "
+        f"{per(t_d, rows) / per(t_s, m):6.1f}x")
+  got = np.asarray(apply(streamed, x[:rows]))
+  assert np.array_equal(got, np.asarray(apply(direct, x[:rows])))
+  assert np.array_equal(got, np.asarray(apply(whole, x[:rows])))
 
 
 if __name__ == "__main__":
