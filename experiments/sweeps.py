@@ -125,7 +125,8 @@ class Emulator:
   """Emulated and float logits of one :class:`Subject`, batch by batch.
 
   The jitted functions take the plans as an argument, so one compilation
-  serves every plan of the same hardware (e.g. all fault seeds).
+  serves every plan of the same hardware (e.g. all fault seeds); the model
+  is calibrated once, on the first plan, and programmed for every plan.
   """
 
   def __init__(self, subject: Subject, batch_size: int = 500):
@@ -135,6 +136,18 @@ class Emulator:
     self._emulate = jax.jit(lambda plans, x: rk.emulate_linen(
         model, params, x, plans, train=False))
     self._float = jax.jit(lambda x: model.apply(params, x, train=False))
+    self._calibration = None
+
+  @property
+  def calibration(self) -> rk.Calibration:
+    """The subject's calibration (run on first use)."""
+    if self._calibration is None:
+      s = self.subject
+      batches = [s.calibration[i:i + self.batch_size]
+                 for i in range(0, len(s.calibration), self.batch_size)]
+      self._calibration = rk.calibrate_linen(s.model, s.params, batches,
+                                             train=False)
+    return self._calibration
 
   def plans(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
             key=None, method: str = "auto"):
@@ -142,13 +155,9 @@ class Emulator:
     dense layout of the same compressed model (same quantized numbers, a
     shared layer's BatchNorm kept digital as in index-and-add; folding it
     into the decompressed kernel would be another quantized model)."""
-    s = self.subject
-    batches = [s.calibration[i:i + self.batch_size]
-               for i in range(0, len(s.calibration), self.batch_size)]
-    return rk.prepare_linen(s.model, s.params, batches, hw,
-                            compressed=s.layers, index_and_add=shared,
-                            nonideal=nonideal, key=key, method=method,
-                            train=False)
+    return rk.program(self.calibration, hw, compressed=self.subject.layers,
+                      index_and_add=shared, nonideal=nonideal, key=key,
+                      method=method)
 
   def _batched(self, fn) -> np.ndarray:
     images, b = self.subject.images, self.batch_size

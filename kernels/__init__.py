@@ -13,20 +13,27 @@ from rsjax.kernels.crossbar import prepare
 from rsjax.kernels.crossbar import prepare_shared
 from rsjax.kernels.crossbar import quantize_inputs
 from rsjax.kernels.crossbar import shared_crossbar_matmul
+from rsjax.kernels.model import Calibration
 from rsjax.kernels.model import LayerPlan
+from rsjax.kernels.model import program
+from rsjax.kernels.linen_model import calibrate_linen
 from rsjax.kernels.linen_model import emulate_linen
 from rsjax.kernels.linen_model import prepare_linen
+from rsjax.kernels.nnx_model import calibrate_nnx
 from rsjax.kernels.nnx_model import emulate_nnx
 from rsjax.kernels.nnx_model import prepare_nnx
 from rsjax.kernels.ste import emulated_conv
 from rsjax.kernels.ste import emulated_matmul
 
 __all__ = (
+    "Calibration",
     "CrossbarWeights",
     "LayerPlan",
     "Nonideal",
     "apply",
     "calibrate_adc_range",
+    "calibrate_linen",
+    "calibrate_nnx",
     "conv_apply",
     "crossbar_conv",
     "im2col",
@@ -40,6 +47,7 @@ __all__ = (
     "prepare_linen",
     "prepare_nnx",
     "prepare_shared",
+    "program",
     "quantize_inputs",
     "shared_crossbar_matmul",
 )

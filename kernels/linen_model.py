@@ -55,6 +55,30 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
   Returns:
     ``{module path: LayerPlan}`` for :func:`emulate_linen`.
   """
+  calib = calibrate_linen(model, variables, batches, rules=rules,
+                          **apply_kwargs)
+  return model_lib.program(
+      calib, hw, per=per, nonideal=nonideal, key=key, method=method,
+      fold_bn=fold_bn, compressed=compressed, signed_scheme=signed_scheme,
+      index_and_add=index_and_add)
+
+
+def calibrate_linen(model: nn.Module, variables, batches: Iterable[Any], *,
+                    rules: str = r".*", **apply_kwargs
+                    ) -> model_lib.Calibration:
+  """Runs a Linen model on calibration batches and records its layers.
+
+  The first half of :func:`prepare_linen`, for programming one model many
+  times with :func:`rsjax.kernels.program` (other hardware, fault seeds)
+  without running it again.
+
+  Args:
+    model, variables, batches, rules, **apply_kwargs: as
+      :func:`prepare_linen`.
+
+  Returns:
+    The :class:`rsjax.kernels.Calibration`.
+  """
   regex = re.compile(rules)
   stats = model_lib.Stats()
 
@@ -88,8 +112,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
       model.apply(variables, batch, **apply_kwargs)
   if not stats.layers:
     raise ValueError(f"no Dense/Conv layer matched the rules {rules!r}")
-  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
-                          compressed, signed_scheme, index_and_add)
+  return model_lib.calibration(stats)
 
 
 def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,

@@ -17,6 +17,10 @@ Two steps, without rewriting the model:
    Weights are quantized to ``weight_bits`` (per layer or per column) and
    programmed with :func:`rsjax.kernels.prepare`: the per-weight work is done
    once, here.
+   Step 1 is also two calls, for programming one model many times (other
+   hardware, fault seeds): ``calibrate_linen`` / ``calibrate_nnx`` record a
+   :class:`Calibration` (the float model's statistics, hardware-free) and
+   :func:`program` programs it on a ``HardwareSpec``.
 2. ``emulate_linen`` (through ``flax.linen.intercept_methods``) /
    ``emulate_nnx`` (a copy of the model with the layers swapped for
    emulated ones) then run inference; both work under ``jax.jit``.
@@ -32,6 +36,7 @@ Biases are added digitally in float. Models must run in inference mode
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flax import struct
@@ -188,6 +193,28 @@ class Stats:
       self.bn[name] = (bn_path, params)
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """What calibration recorded of a model (independent of the hardware).
+
+  Attributes:
+    layers: ``{layer path: stats}`` of the emulated layers: the largest input
+      magnitude (``max``), the smallest input (``min``; negative means
+      signed inputs), the first calibration batch's input (``sample``, for
+      ``adc_mode='calibrated'``), ``kernel``, ``bias`` and ``conv``.
+    bn: ``{layer path: (BatchNorm path, (gamma, beta, mean, var, eps))}``
+      of the BatchNorms that directly consume a layer's output.
+  """
+
+  layers: dict[str, dict[str, Any]]
+  bn: dict[str, tuple[str, tuple]]
+
+
+def calibration(stats: Stats) -> Calibration:
+  """The finished record of ``stats``."""
+  return Calibration(dict(stats.layers), dict(stats.bn))
+
+
 def _adc_range(stats, plan_w, hw, x_scale):
   """The calibrated ADC range from the first calibration batch."""
   x = jnp.maximum(jnp.asarray(stats["sample"], jnp.float32), 0.0)
@@ -200,16 +227,37 @@ def _adc_range(stats, plan_w, hw, x_scale):
 SIGNED_SCHEMES = ("two_pass", "twos_complement")
 
 
-def finish(stats: Stats, hw, per, nonideal, key, method, fold_bn,
-           compressed=None, signed_scheme="two_pass", index_and_add=True):
-  """Programs every recorded layer (shared ones from their codebooks).
+def program(calib: Calibration, hw: hardware.HardwareSpec, *,
+            per: str = "layer", nonideal=None, key=None,
+            method: str = "auto", fold_bn: bool = True, compressed=None,
+            signed_scheme: str = "two_pass", index_and_add: bool = True
+            ) -> dict[str, LayerPlan]:
+  """Programs every calibrated layer on ``hw`` (shared ones from codebooks).
 
-  With ``index_and_add=False`` a compressed layer is programmed densely: its
-  decompressed matrix, quantized exactly as for index-and-add (the
-  codebook, one layer scale) and with its BatchNorm kept digital, so the
-  two layouts hold the same numbers and differ only in the dataflow (and
-  the hardware need not be the one the layer was shared for).
+  The second half of ``prepare_linen`` / ``prepare_nnx``: one calibration
+  programmed many times (other hardware, fault seeds) gives the same plans
+  as preparing each from scratch, without running the model again.
+
+  Args:
+    calib: from :func:`rsjax.kernels.calibrate_linen` or
+      :func:`rsjax.kernels.calibrate_nnx`.
+    hw: the hardware.
+    per, nonideal, key, method, fold_bn, compressed, signed_scheme,
+      index_and_add: as :func:`rsjax.kernels.prepare_linen`. With
+      ``index_and_add=False`` a compressed layer is programmed densely: its
+      decompressed matrix, quantized exactly as for index-and-add (the
+      codebook, one layer scale) and with its BatchNorm kept digital, so the
+      two layouts hold the same numbers and differ only in the dataflow (and
+      the hardware need not be the one the layer was shared for).
+
+  Returns:
+    ``{layer path: LayerPlan}``.
   """
+  if not isinstance(calib, Calibration):
+    raise TypeError(f"calib must be a rsjax.kernels.Calibration (from "
+                    f"calibrate_linen / calibrate_nnx), got "
+                    f"{type(calib).__name__}")
+  stats = calib
   if signed_scheme not in SIGNED_SCHEMES:
     raise ValueError(f"signed_scheme must be one of {SIGNED_SCHEMES}, got "
                      f"{signed_scheme!r}")

@@ -100,6 +100,26 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
   Returns:
     ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
   """
+  return model_lib.program(
+      calibrate_nnx(model, batches, rules=rules), hw, per=per,
+      nonideal=nonideal, key=key, method=method, fold_bn=fold_bn,
+      compressed=compressed, signed_scheme=signed_scheme,
+      index_and_add=index_and_add)
+
+
+def calibrate_nnx(model: nnx.Module, batches: Iterable[Any], *,
+                  rules: str = r".*") -> model_lib.Calibration:
+  """Runs an NNX model on calibration batches and records its layers.
+
+  The first half of :func:`prepare_nnx` (see
+  :func:`rsjax.kernels.calibrate_linen`); the model is not modified.
+
+  Args:
+    model, batches, rules: as :func:`prepare_nnx`.
+
+  Returns:
+    The :class:`rsjax.kernels.Calibration`.
+  """
   regex = re.compile(rules)
   stats = model_lib.Stats()
   probe = nnx.clone(model)
@@ -120,8 +140,7 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
     probe(batch)
   if not stats.layers:
     raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
-  return model_lib.finish(stats, hw, per, nonideal, key, method, fold_bn,
-                          compressed, signed_scheme, index_and_add)
+  return model_lib.calibration(stats)
 
 
 def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:

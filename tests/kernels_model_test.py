@@ -5,6 +5,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import rsjax
 from rsjax import kernels as rk
@@ -239,3 +240,28 @@ def test_linen_twos_complement_first_layer():
   got = rk.emulate_linen(model, variables, batches[0], plans, train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
+
+
+def test_calibrate_once_program_many_equals_prepare():
+  # One calibration programmed on two hardware specs (and with faults) gives
+  # the very plans prepare_* makes from scratch, for Linen and NNX.
+  model, variables, batches = _linen()
+  calib = rk.calibrate_linen(model, variables, batches, train=False)
+  assert sorted(calib.layers) == ["Conv_0", "Conv_1", "Dense_0"]
+  faults = dict(nonideal=rk.Nonideal(program_sigma=0.1),
+                key=jax.random.key(3))
+  for hw, kw in ((LOSSY, {}), (FINE, {}), (LOSSY, faults)):
+    want = rk.prepare_linen(model, variables, batches, hw, train=False, **kw)
+    got = rk.program(calib, hw, **kw)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  nnx_model = NnxNet(nnx.Rngs(0))
+  nnx_model.eval()
+  calib = rk.calibrate_nnx(nnx_model, _batches())
+  want = rk.prepare_nnx(nnx_model, _batches(), LOSSY)
+  got = rk.program(calib, LOSSY)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(TypeError, match="Calibration"):
+    rk.program({"Conv_0": {}}, LOSSY)
