@@ -155,3 +155,10 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
   assert not np.array_equal(outs[0], ideal)
   for out in outs[1:]:
     np.testing.assert_array_equal(out, outs[0])
+  # And vmapped over keys (a batch of fault seeds in one compiled call).
+  keys = jax.random.split(key, 2)
+  batch = {m: np.asarray(jax.jit(jax.vmap(
+      lambda k, m=m: rk.crossbar_matmul(x, w, HW, key=k, nonideal=nonideal,
+                                        method=m)))(keys))
+           for m in ("table", "streamed")}
+  np.testing.assert_array_equal(batch["streamed"], batch["table"])

@@ -1,9 +1,11 @@
-"""Emulated vs float evaluation time of ResNet-20 (CIFAR shapes), issue 4.
+"""Emulated vs float evaluation time of a whole model, issue 4.
 
-Run: ``python -m experiments.benchmarks.emulator_resnet_bench``
+Run: ``python -m experiments.benchmarks.emulator_resnet_bench`` (ResNet-20,
+CIFAR shapes) or ``... --model vgg8 --shape 28,28,1`` (VGG-8 on Fashion-MNIST
+shapes, whose 3x3 convs with 256-512 channels take the streamed dataflow).
 
-ResNet-20 from ``experiments.models`` with random weights and BatchNorm
-statistics (timing does not depend on accuracy) on random 32x32x3 images.
+A model from ``experiments.models`` with random weights and BatchNorm
+statistics (timing does not depend on accuracy) on random images.
 Every Conv and Dense layer runs on the emulated crossbars (ISAAC-like,
 4-bit clip ADC: the lossy table path; the stem gets signed inputs and so two
 unsigned passes); BatchNorms are folded. Both evaluations are jitted per
@@ -32,17 +34,25 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--adc-bits", type=int, default=4)
+  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--shape", default="32,32,3",
+                      help="image height,width,channels")
+  parser.add_argument("--method", default="auto",
+                      help="dataflow for every layer (rsjax.kernels.prepare)")
   args = parser.parse_args()
+  shape = tuple(int(v) for v in args.shape.split(","))
+  if len(shape) != 3 or args.images % args.batch:
+    raise SystemExit("--shape is H,W,C and --images a multiple of --batch")
   hw = rsjax.HardwareSpec(adc_bits=args.adc_bits)
-  model = models.create_model("resnet20", num_classes=10)
-  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  model = models.create_model(args.model, num_classes=10)
+  variables = models.init_variables(model, jax.random.key(0), shape)
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.standard_normal((args.images, 32, 32, 3)),
+  images = jnp.asarray(rng.standard_normal((args.images, *shape)),
                        jnp.float32)
-  batches = images.reshape(-1, args.batch, 32, 32, 3)
+  batches = images.reshape(-1, args.batch, *shape)
   start = time.perf_counter()
   plans = rk.prepare_linen(model, variables, list(batches[:2]), hw,
-                           train=False)
+                           method=args.method, train=False)
   t_prep = time.perf_counter() - start
   float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
   emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
@@ -61,7 +71,8 @@ def main():
   t_float = run(float_eval)
   t_emu = run(emu_eval)
   methods = sorted({p.weights.method for p in plans.values()})
-  print(f"jax {jax.__version__}, ResNet-20, {args.images} images in batches "
+  print(f"jax {jax.__version__}, {args.model} {shape}, {args.images} images "
+        f"in batches "
         f"of {args.batch}, {len(plans)} emulated layers ({methods}), "
         f"adc_bits={args.adc_bits}")
   print(f"float eval    {t_float:8.3f} s")

@@ -60,11 +60,20 @@ resnet20_study resnet20_base_grid --studies=grid
 resnet20_study resnet20_base_faults --studies=faults
 
 # VGG-8's highest-ratio point (BN kept, conv1 and head unshared, prune 0.5
-# + STE k = 4: 69.04x; trained on the GPU, results_fmnist_gpu_bn.sh). It
-# emulates about 10x slower than ResNet-20 here (about 100 s a plan for 100
-# images): its own hardware's ADC sweep and the index-and-add equality on
-# 100 images (55 min). The whole study (other OU heights and cell bits,
-# faults) is CPU-hours here: results_sweeps_parts.sh, on a GPU
-# (results_fmnist_gpu_bn.sh CALL=4) or a part at a time.
-sweep vgg8_bn_lk_ste_p0.5_k4 --limit=100 --batch_size=50 --calibration=500 \
-  --ou_rows=9 --cell_bits=2 --studies=grid,equality
+# + STE k = 4: 69.04x; trained on the GPU, results_fmnist_gpu_bn.sh): the
+# whole study in parts (results_sweeps_parts.sh, resumable part by part).
+# Since the streamed table dataflow it emulates at about 4 s per 100 images
+# a plan here: the 12-point OU/cell grid and the equality on 500 images
+# (about 45 min), the ten fault settings x 16 seeds x 2 layouts on 200
+# (about 60 min).
+vgg8=vgg8_bn_lk_ste_p0.5_k4
+if [ -f "$RUNS/$vgg8/compressed_model.npz" ]; then
+  RUN="$RUNS/$vgg8" LIMIT=500 CALIBRATION=500 BATCH=500 \
+    STUDIES="grid equality" SWEEPS="$RUNS/sweeps" \
+    PARTS_DIR="$RUNS/sweep_parts" \
+    bash experiments/configs/results_sweeps_parts.sh
+  RUN="$RUNS/$vgg8" NAME=${vgg8}_faults LIMIT=200 CALIBRATION=500 \
+    BATCH=200 STUDIES=faults SWEEPS="$RUNS/sweeps" \
+    PARTS_DIR="$RUNS/sweep_parts" \
+    bash experiments/configs/results_sweeps_parts.sh
+fi
