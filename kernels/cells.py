@@ -11,7 +11,12 @@ Non-idealities act on the programmed conductances, in units of one cell level
 (level ``v`` of a cell conducts ``v`` units; level 0 conducts nothing):
 
 * programming variation: every cell gets ``g = max(v + program_sigma * e, 0)``,
-  ``e ~ N(0, 1)`` i.i.d. (a zero-level cell may then leak a little);
+  ``e ~ N(0, 1)`` i.i.d. (a zero-level cell may then leak a little), rounded
+  to a multiple of ``2^-f`` (:func:`conductance_step`: f = 14-17 bits below
+  one level for the usual OUs) so that every OU partial sum is an exact
+  float32 sum: the dataflows add the same terms in different orders and
+  must give the same ADC codes (a sum landing on a rounding boundary would
+  otherwise convert differently in each);
 * stuck-at faults: with probability ``stuck_at_0`` a cell is stuck at level 0
   (high resistance), with ``stuck_at_1`` at the top level ``2^cell_bits - 1``
   (low resistance); a stuck cell has no programming variation;
@@ -102,6 +107,17 @@ def signed_to_cells(w, hw: hardware.HardwareSpec):
   return slice_levels(stored, hw)
 
 
+def conductance_step(hw: hardware.HardwareSpec) -> float:
+  """The grid ``2^-f`` programmed conductances are rounded to.
+
+  Partial sums of up to ``ou_rows`` terms ``DAC level x conductance`` stay
+  exact in float32 (24-bit significand) while below
+  ``2 * ou_rows * dac_max * 2^cell_bits``, twice the largest ideal sum.
+  """
+  bound = 2 * hw.ou_rows * (2**hw.dac_bits - 1) * 2**hw.cell_bits
+  return 2.0 ** -(24 - (bound - 1).bit_length())
+
+
 def program(levels, hw: hardware.HardwareSpec, nonideal: Nonideal | None,
             key):
   """Programmed conductances (float32) of ideal ``levels`` (any shape).
@@ -126,6 +142,8 @@ def program(levels, hw: hardware.HardwareSpec, nonideal: Nonideal | None,
   if nonideal.program_sigma:
     e = jax.random.normal(k_var, g.shape, jnp.float32)
     g = jnp.maximum(g + jnp.float32(nonideal.program_sigma) * e, 0.0)
+    step = jnp.float32(conductance_step(hw))
+    g = jnp.round(g / step) * step
   if nonideal.stuck_at_0 or nonideal.stuck_at_1:
     u = jax.random.uniform(k_fault, g.shape, jnp.float32)
     top = jnp.float32(2**hw.cell_bits - 1)

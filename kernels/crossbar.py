@@ -2,8 +2,9 @@
 
 :func:`prepare` (dense) and :func:`prepare_shared` (codebook and index table)
 do the per-weight work: signed mapping, bit slicing, programming
-non-idealities and, where the input patterns are few, the table of ADC
-outputs. :func:`apply` is the per-input call. :func:`crossbar_matmul` and
+non-idealities and, where the input patterns are few and the table fits
+``TABLE_MAX_BYTES``, the table of ADC outputs (a larger one is built per
+row-block in each call: the ``streamed`` dataflow). :func:`apply` is the per-input call. :func:`crossbar_matmul` and
 :func:`shared_crossbar_matmul` do both.
 
 Zero blocks: an all-zero ``(ou_rows, ou_cols // slices)`` weight block of the
@@ -247,6 +248,12 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
                  matrix, k, n)
 
 
+def _dense_direct(weights: CrossbarWeights) -> bool:
+  """Whether the direct path runs row-block-major (dense, no read noise)."""
+  return (weights.method == "direct" and weights.route is None
+          and not weights.read_sigma)
+
+
 def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
   """``S`` of unsigned ``x`` fed as ``hw`` says (its cycles)."""
   if weights.method == "exact":
@@ -260,6 +267,9 @@ def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
     fn = lambda c, _: dataflow.streamed_apply(
         weights.cells, weights.route, weights.active, c, hw,
         weights.adc_range)
+  elif _dense_direct(weights):
+    fn = lambda c, _: dataflow.direct_dense_apply(
+        weights.cells, weights.active, c, hw, weights.adc_range)
   else:
     fn = lambda c, k: dataflow.direct_apply(
         weights.cells, weights.route, weights.active, c, hw,
@@ -336,8 +346,9 @@ def apply(weights: CrossbarWeights, x, *, key=None,
     cols = weights.table.shape[2]
   elif weights.cells is not None:
     cols = weights.cells.shape[3]
-  rows = dataflow.chunk_rows(hw, weights.method, weights.num_row_blocks,
-                             max(cols, weights.out_features))
+  rows = dataflow.chunk_rows(
+      hw, "direct_dense" if _dense_direct(weights) else weights.method,
+      weights.num_row_blocks, max(cols, weights.out_features))
   y = _apply(weights, x2, key if weights.read_sigma else None, rows,
              bool(signed_inputs))
   return y.reshape(lead + (weights.out_features,))

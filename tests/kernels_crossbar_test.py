@@ -266,3 +266,28 @@ def test_streamed_when_table_too_large_and_in_chunks(monkeypatch, shared):
   got = jax.jit(lambda a: rk.apply(weights, a))(jnp.asarray(x, jnp.int32))
   np.testing.assert_array_equal(np.asarray(got), want)
   _check(got, x, dense, hw)
+
+
+@pytest.mark.parametrize("signed", ["offset", "differential"])
+def test_direct_dense_row_block_major_equals_direct(signed):
+  # 16-row OUs (2^16 patterns: no table): a dense layer without read noise
+  # runs the direct path row-block by row-block; the same numbers as the
+  # chunk-major direct path (which shared layers and read noise use), with
+  # programming faults and zero blocks.
+  hw = rsjax.HardwareSpec(ou_rows=16, adc_bits=4, signed=signed,
+                          weight_bits=8 if signed == "offset" else 9)
+  rng = np.random.default_rng(10)
+  x, w = _rand(rng, hw, 21, 45, 11, zero_blocks=True)
+  weights = rk.prepare(w, hw, nonideal=rk.Nonideal(program_sigma=0.05),
+                       key=jax.random.key(1))
+  assert weights.method == "direct" and rk.crossbar._dense_direct(weights)
+  pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
+  xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), (0, pad)))
+  args = (weights.cells, weights.active, xp, hw, weights.adc_range)
+  want = rk.dataflow.direct_apply(weights.cells, None, weights.active, xp,
+                                  hw, weights.adc_range, 0.0, None)
+  for fn in (rk.dataflow.direct_dense_apply,
+             jax.jit(rk.dataflow.direct_dense_apply, static_argnums=3)):
+    np.testing.assert_array_equal(np.asarray(fn(*args)), np.asarray(want))
+  ideal = rk.crossbar_matmul(x, w, hw)
+  _check(ideal, x, w, hw)

@@ -148,7 +148,8 @@ def large_layer(args, rng, hw, apply):
   m, k, n = args.big_m, args.big_k, args.big_n
   x = jnp.asarray(rng.integers(0, 256, (m, k)), jnp.int32)
   w = jnp.asarray(rng.integers(-127, 128, (k, n)), jnp.int32)
-  table_mib = -(-k // hw.ou_rows) * 512 * n * 4 / 2**20
+  table_mib = (-(-k // hw.ou_rows) * rk.dataflow.num_patterns(hw) * n * 4
+               / 2**20)
   print(f"large layer x [{m}, {k}] @ w [{k}, {n}] (whole table "
         f"{table_mib:.0f} MiB), per 1000 rows:")
   streamed = rk.prepare(w, hw)
