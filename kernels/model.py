@@ -165,6 +165,11 @@ def run_layer(plan: LayerPlan, x, key=None):
   return y[0] if unbatched else y
 
 
+# Inputs kept per layer for adc_mode='calibrated' (calibrate_adc_range's
+# default max_rows: a conv's first image already gives more patch rows).
+_SAMPLE_ROWS = 256
+
+
 class Stats:
   """Running input statistics of the layers (calibration only)."""
 
@@ -175,8 +180,16 @@ class Stats:
     self.bn: dict[str, tuple[str, tuple]] = {}
 
   def see(self, name, x, params):
-    stat = self.layers.setdefault(name, {"max": 0.0, "min": 0.0,
-                                         "sample": x, **params})
+    if name not in self.layers:
+      # A copy of the first rows only: enough for calibrate_adc_range (its
+      # first max_rows rows) without holding a whole calibration batch, or
+      # a buffer the caller may reuse, for the calibration's lifetime.
+      batched = (x.ndim == 4 if params.get("conv") is not None
+                 else x.ndim >= 2)
+      sample = x[:_SAMPLE_ROWS] if batched else x
+      self.layers[name] = {"max": 0.0, "min": 0.0,
+                           "sample": jnp.array(sample, copy=True), **params}
+    stat = self.layers[name]
     stat["max"] = max(stat["max"], float(jnp.max(x)), float(-jnp.min(x)))
     stat["min"] = min(stat["min"], float(jnp.min(x)))
 
@@ -200,8 +213,10 @@ class Calibration:
   Attributes:
     layers: ``{layer path: stats}`` of the emulated layers: the largest input
       magnitude (``max``), the smallest input (``min``; negative means
-      signed inputs), the first calibration batch's input (``sample``, for
-      ``adc_mode='calibrated'``), ``kernel``, ``bias`` and ``conv``.
+      signed inputs), a copy of the first 256 entries of the first
+      calibration batch's input (``sample``, for ``adc_mode='calibrated'``),
+      ``kernel``, ``bias`` and ``conv``. Read-only by convention:
+      :func:`program` reads it for every plan.
     bn: ``{layer path: (BatchNorm path, (gamma, beta, mean, var, eps))}``
       of the BatchNorms that directly consume a layer's output.
   """

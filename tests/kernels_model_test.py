@@ -265,3 +265,22 @@ def test_calibrate_once_program_many_equals_prepare():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(TypeError, match="Calibration"):
     rk.program({"Conv_0": {}}, LOSSY)
+
+
+def test_calibration_keeps_a_copy_of_the_first_rows():
+  # The calibrated ADC range needs only the first rows of the first batch:
+  # the calibration keeps a copy of those (not the caller's buffer, which
+  # may be reused) and programs the same plans as prepare_linen.
+  model, variables, _ = _linen()
+  rng = np.random.default_rng(1)
+  batch = rng.standard_normal((300, 8, 8, 2)).astype(np.float32)
+  hw = LOSSY.replace(adc_mode="calibrated")
+  want = rk.prepare_linen(model, variables, [batch], hw, train=False)
+  calib = rk.calibrate_linen(model, variables, [batch], train=False)
+  batch[:] = 0.0
+  assert calib.layers["Conv_0"]["sample"].shape[0] == 256
+  got = rk.program(calib, hw)
+  for name in want:
+    assert int(got[name].weights.adc_range) == int(want[name].weights.adc_range)
+    np.testing.assert_array_equal(np.asarray(got[name].x_scale),
+                                  np.asarray(want[name].x_scale))
