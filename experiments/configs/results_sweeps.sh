@@ -61,19 +61,24 @@ resnet20_study resnet20_base_faults --studies=faults
 
 # VGG-8's highest-ratio point (BN kept, conv1 and head unshared, prune 0.5
 # + STE k = 4: 69.04x; trained on the GPU, results_fmnist_gpu_bn.sh): the
-# whole study in parts (results_sweeps_parts.sh, resumable part by part).
-# Since the streamed table dataflow it emulates at about 4 s per 100 images
-# a plan here: the 12-point OU/cell grid and the equality on 500 images
-# (about 45 min), the ten fault settings x 16 seeds x 2 layouts on 200
-# (about 60 min).
+# whole study in parts (results_sweeps_parts.sh, resumable part by part;
+# times on this 2-core CPU, two studies side by side for most of them).
+# 8- and 9-row OUs tabulate their ADC outputs (the streamed table for the
+# large layers, about 4 s a plan per 100 images): the grid and the
+# index-and-add equality on 500 images (27 min), the ten fault settings x
+# 16 seeds x 2 layouts on 200. 16- and 32-row OUs have too many input
+# patterns to tabulate and run the direct path (about 10x slower): their
+# grid on 100 images.
 vgg8=vgg8_bn_lk_ste_p0.5_k4
 if [ -f "$RUNS/$vgg8/compressed_model.npz" ]; then
-  RUN="$RUNS/$vgg8" LIMIT=500 CALIBRATION=500 BATCH=500 \
-    STUDIES="grid equality" SWEEPS="$RUNS/sweeps" \
-    PARTS_DIR="$RUNS/sweep_parts" \
-    bash experiments/configs/results_sweeps_parts.sh
-  RUN="$RUNS/$vgg8" NAME=${vgg8}_faults LIMIT=200 CALIBRATION=500 \
-    BATCH=200 STUDIES=faults SWEEPS="$RUNS/sweeps" \
-    PARTS_DIR="$RUNS/sweep_parts" \
-    bash experiments/configs/results_sweeps_parts.sh
+  parts() {
+    env RUN="$RUNS/$vgg8" CALIBRATION=500 SWEEPS="$RUNS/sweeps" \
+      PARTS_DIR="$RUNS/sweep_parts" "$@" \
+      bash experiments/configs/results_sweeps_parts.sh
+  }
+  parts NAME=${vgg8}_full LIMIT=500 BATCH=500 STUDIES="grid equality" \
+    OU_ROWS="8 9"
+  parts NAME=${vgg8}_faults LIMIT=200 BATCH=200 STUDIES=faults
+  parts NAME=${vgg8}_grid_o16_o32 LIMIT=100 BATCH=100 STUDIES=grid \
+    OU_ROWS="32 16" CELL_BITS="4 2 1"
 fi
