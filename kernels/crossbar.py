@@ -4,8 +4,9 @@
 do the per-weight work: signed mapping, bit slicing, programming
 non-idealities and, where the input patterns are few and the table fits
 ``TABLE_MAX_BYTES``, the table of ADC outputs (a larger one is built per
-row-block in each call: the ``streamed`` dataflow). :func:`apply` is the per-input call. :func:`crossbar_matmul` and
-:func:`shared_crossbar_matmul` do both.
+row-block in each call: the ``streamed`` dataflow). :func:`apply` is the
+per-input call. :func:`crossbar_matmul` and :func:`shared_crossbar_matmul`
+do both.
 
 Zero blocks: an all-zero ``(ou_rows, ou_cols // slices)`` weight block of the
 dense matrix counts as pruned, as a pruned block of a shared layer: it is

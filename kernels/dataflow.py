@@ -129,11 +129,17 @@ def patterns(x, hw: hardware.HardwareSpec):
   return jnp.transpose(pat, (1, 0, 2))
 
 
-def _lookup(tab, pat, cyc):
-  """``sum_t 2^(t dac) tab[pat[:, t]]``: ``[P, C]``, ``[M, T]`` -> ``[M, C]``.
+def _lookup(acc, tab, pat, cyc):
+  """``acc + sum_t 2^(t dac) tab[pat[:, t]]``: ``[P, C]``, ``[M, T]``.
+
+  A cycle at a time: no ``[M, T, C]`` intermediate (in the streamed
+  dataflow, where the table is computed in the same loop, gathering all
+  cycles at once was 10x slower).
   """
-  rows = tab.at[pat].get(mode="promise_in_bounds")
-  return jnp.sum(jnp.left_shift(rows, cyc[None, :, None]), axis=1)
+  for t in range(pat.shape[1]):
+    acc = acc + jnp.left_shift(tab.at[pat[:, t]].get(mode="promise_in_bounds"),
+                               cyc[t])
+  return acc
 
 
 def table_apply(table, x, hw: hardware.HardwareSpec):
@@ -142,7 +148,7 @@ def table_apply(table, x, hw: hardware.HardwareSpec):
   cyc = jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits
 
   def body(acc, xs):
-    return acc + _lookup(*xs, cyc), None
+    return _lookup(acc, *xs, cyc), None
 
   acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], table.shape[2]),
                                         jnp.int32), (table, pats))
@@ -179,11 +185,7 @@ def streamed_apply(cells, route, active, x, hw: hardware.HardwareSpec,
       # layout that made the lookups 5x slower).
       g = jnp.take(g, jnp.minimum(route_r, g.shape[2] - 1), axis=2)
     tab = _tabulate(g, digits, hw, adc_range) * active_r[None, :]
-    # A cycle at a time: no [M, cycles, N] intermediate.
-    for t in range(hw.cycles):
-      acc = acc + jnp.left_shift(
-          tab.at[pat[:, t]].get(mode="promise_in_bounds"), cyc[t])
-    return acc, None
+    return _lookup(acc, tab, pat, cyc), None
 
   rts = active if route is None else route
   acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], n), jnp.int32),

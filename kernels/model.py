@@ -272,23 +272,22 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     raise TypeError(f"calib must be a rsjax.kernels.Calibration (from "
                     f"calibrate_linen / calibrate_nnx), got "
                     f"{type(calib).__name__}")
-  stats = calib
   if signed_scheme not in SIGNED_SCHEMES:
     raise ValueError(f"signed_scheme must be one of {SIGNED_SCHEMES}, got "
                      f"{signed_scheme!r}")
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
-  unknown = sorted(set(compressed) - set(stats.layers))
+  unknown = sorted(set(compressed) - set(calib.layers))
   if unknown:
     raise ValueError(f"compressed layers {unknown} are not among the "
-                     f"emulated layers {sorted(stats.layers)}")
+                     f"emulated layers {sorted(calib.layers)}")
   top = float(2**hw.input_bits - 1)
   plans = {}
-  for i, (name, st) in enumerate(sorted(stats.layers.items())):
+  for i, (name, st) in enumerate(sorted(calib.layers.items())):
     layer = compressed.get(name)
     # A shared layer keeps its BatchNorm digital: folding would scale the
     # columns of a shared block differently and unshare it.
     bn_path, bn = ((None, None) if not fold_bn or layer is not None
-                   else stats.bn.get(name, (None, None)))
+                   else calib.bn.get(name, (None, None)))
     matrix, bias = _fold(st["kernel"], st["bias"], bn)
     signed = st["min"] < 0
     levels = (2 ** (hw.input_bits - 1) - 1
