@@ -17,7 +17,9 @@ import tensorflow_datasets as tfds
 
 from experiments import data
 from experiments import pipeline
+from experiments import report
 from experiments import train
+from experiments import workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and "
                                "results go.", required=True)
@@ -48,12 +50,12 @@ def main(argv):
   try:
     results = pipeline.run(_CONFIG.value, _WORKDIR.value,
                            overwrite=_OVERWRITE.value)
-  except (pipeline.WorkdirConflictError, data.DatasetNotFoundError,
-          train.NanLossError) as e:
+  except (ValueError, workdir.WorkdirConflictError,
+          data.DatasetNotFoundError, train.NanLossError) as e:
     # Expected user-facing failures: the message says what to do, a
     # traceback would only bury it.
     raise SystemExit(f"error: {e}") from None
-  print(pipeline.summary_table(results))
+  print(report.summary_table(results))
 
 
 if __name__ == "__main__":

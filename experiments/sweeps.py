@@ -3,8 +3,9 @@
   python -m experiments.sweeps --run=runs/lenet5_base \
       --out=runs/sweeps/lenet5_base.json
 
-Loads the model a pipeline run exported (``compressed_model.npz``: codebooks,
-index tables, biases and the hardware) and runs three studies on the crossbar
+Loads the model a pipeline run exported (``compressed_model.rsjax.npz``,
+rsjax's whole-model format: codebooks, index tables, the digital parameters
+and the hardware) and runs three studies on the crossbar
 emulator, every one on the same first ``--limit`` test images, with input
 scales calibrated on the first ``--calibration`` *training* images:
 
@@ -56,9 +57,9 @@ import numpy as np
 import rsjax
 from rsjax import kernels as rk
 
-from experiments import compression_stages
 from experiments import data as data_lib
 from experiments import models as models_lib
+from experiments import workdir as workdir_lib
 
 STUDIES = ("grid", "equality", "faults")
 
@@ -83,7 +84,7 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
   """Reads a finished run's export and its test images.
 
   Args:
-    workdir: the run's workdir (``config.json``, ``compressed_model.npz``).
+    workdir: the run's workdir (``config.json`` and the model file).
     limit: how many test images (the first ones; 0: all).
     calibration: how many training images calibrate the input scales.
     data_dir, source_dir: override the run's data locations.
@@ -91,7 +92,7 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
   Returns:
     The :class:`Subject`.
   """
-  export = os.path.join(workdir, "compressed_model.npz")
+  export = os.path.join(workdir, workdir_lib.MODEL_FILE)
   config_path = os.path.join(workdir, "config.json")
   for path in (export, config_path):
     if not os.path.isfile(path):
@@ -108,7 +109,9 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
                              **kwargs)
   train = data_lib.load_split(data_cfg["name"], "train", limit=calibration,
                               **kwargs)
-  params, layers, hw = compression_stages.load_compressed(export)
+  saved = rsjax.load_compressed(export)
+  params = jax.tree_util.tree_map(jnp.asarray, saved.params)
+  layers, hw = dict(saved.layers), saved.hw
   # A run with compress.fold_bn=False exports its BatchNorm statistics.
   model = models_lib.create_model(dc["model"]["name"],
                                   num_classes=test.info.num_classes,
@@ -391,7 +394,7 @@ def _main(argv):
     for path in _MERGE.value:
       with open(path) as f:
         parts.append(json.load(f))
-    compression_stages.atomic_write(
+    workdir_lib.atomic_write(
         _OUT.value, json.dumps(merge(parts, _MERGE_MISSING.value), indent=1))
     print(f"wrote {_OUT.value}")
     return
@@ -415,7 +418,7 @@ def _main(argv):
       os.path.dirname(os.path.normpath(_RUN.value)), "sweeps",
       subject.name + ".json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  compression_stages.atomic_write(out, json.dumps(result, indent=1))
+  workdir_lib.atomic_write(out, json.dumps(result, indent=1))
   print(f"wrote {out}")
 
 

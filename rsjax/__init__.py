@@ -16,6 +16,7 @@ from rsjax._src.lowering import from_ous
 from rsjax._src.lowering import grid_shape
 from rsjax._src.lowering import to_crossbar_matrix
 from rsjax._src.lowering import to_ous
+from rsjax._src.paths import kernel_paths
 from rsjax._src.paths import match_paths
 from rsjax._src.paths import named_leaves
 from rsjax._src.paths import path_str
@@ -64,6 +65,7 @@ __all__ = (
     "from_crossbar_matrix",
     "from_ous",
     "grid_shape",
+    "kernel_paths",
     "layer_report",
     "load_compressed",
     "make_plan",

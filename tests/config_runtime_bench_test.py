@@ -29,7 +29,7 @@ def test_main_times_every_stage_of_the_default_config(tmp_path, capsys,
   config.train.eval_batch_size = 20
   config.share.n_init = 1
   # One small crossbar layer: the compiles (k-means above all) stay short.
-  config.compress.include = r"^params/head/kernel$"
+  config.recipe.rules = ("^head/kernel$ k=8 sparsity=0.3",)
   bench_lib.main(["config_runtime_bench"])
   figures = json.loads(out.read_text())
   stages = figures["stages"]

@@ -16,11 +16,13 @@ import pytest
 import rsjax
 import tensorflow_datasets as tfds
 
-from experiments import compression_stages
 from experiments import data
 from experiments import models
 from experiments import pipeline
+from experiments import report
+from experiments import stages
 from experiments import train
+from experiments import workdir as workdir_lib
 from experiments.configs import default
 import experiments_fixtures
 # The session fixture, imported so pytest finds it in this module.
@@ -61,6 +63,19 @@ def kill_at(stage, step):
   return callback
 
 
+def _load_model(workdir):
+  return rsjax.load_compressed(os.path.join(workdir, "compressed_model.rsjax.npz"))
+
+
+def _evaluate(variables, fmnist_data_dir, use_bn=False):
+  model = models.create_model("lenet5", num_classes=10, use_bn=use_bn)
+  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
+                          limit=500)
+  variables = jax.tree_util.tree_map(jnp.asarray, variables)
+  return train.evaluate(model, variables, data.eval_batches(split, 250),
+                        train.make_mesh())["accuracy"]
+
+
 def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
                                           monkeypatch):
   config = tiny(default.get_config(), fmnist_data_dir)
@@ -75,16 +90,12 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   assert "[train] resumed from the checkpoint at step 3" in log
   state = json.load(open(os.path.join(workdir, "state.json")))
   assert set(state["stages"]) == {"train", "prune", "share"}
-  # BatchNorm folding keeps the trained model's predictions.
-  assert state["stages"]["prune"]["results"]["accuracy_folded"] == (
-      pytest.approx(state["stages"]["train"]["results"]["accuracy_float"],
-                    abs=2e-3))
 
   # Finished stages must not run again.
   def must_not_run(run):
     raise AssertionError("a finished stage ran again")
   for stage in ("train", "prune", "share"):
-    monkeypatch.setitem(pipeline._STAGE_FNS, stage, must_not_run)
+    monkeypatch.setitem(stages.STAGE_FNS, stage, must_not_run)
   results = pipeline.run(config, workdir)
   with open(os.path.join(workdir, "log.txt")) as f:
     log = f.read()
@@ -92,67 +103,68 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   assert "steps/s" in log and "ETA" in log
 
   on_disk = json.load(open(os.path.join(workdir, "results.json")))
-  assert on_disk["accuracy"] == results["accuracy"]
-  for key in ("model", "dataset", "config", "accuracy", "compression",
-              "layers", "adc_sweep", "timing_s"):
+  assert on_disk == results
+  for key in ("model", "dataset", "config", "recipe", "hardware",
+              "provenance", "accuracy", "compression", "layers",
+              "adc_sweep", "timing_s"):
     assert key in on_disk
+  assert on_disk["recipe"] == {
+      "variant": "prune + share", "stages": ["prune", "share", "finetune"],
+      "rules": ["kernel$ k=8 sparsity=0.3"], "sharing": "ste",
+      "distill": None}
+  prov = on_disk["provenance"]
+  assert prov["versions"]["jax"] == jax.__version__
+  assert prov["devices"]["count"] == jax.device_count()
+  assert len(prov["commit"] or "x" * 40) == 40
   acc = on_disk["accuracy"]
   assert set(acc) == {"float", "quantized", "compressed", "emulated"}
   assert acc["emulated"] is None and on_disk["adc_sweep"] == []
   for k in ("float", "quantized", "compressed"):
     assert 0.0 <= acc[k] <= 1.0
   assert acc["float"] > 0.3  # 6 steps of LeNet-5 beat chance (0.1)
-  assert set(pipeline.COMPRESSION_KEYS) <= set(on_disk["compression"])
+  assert set(report.COMPRESSION_KEYS) <= set(on_disk["compression"])
+  assert on_disk["compression"]["ou_ratio"] > 1.0
   assert on_disk["config"]["train"]["steps"] == 6
   with open(os.path.join(workdir, "adc_sweep.csv")) as f:
     assert f.readline().strip() == "adc_bits,accuracy"
-  if on_disk["compression"]["ou_ratio"] is not None:
-    assert on_disk["compression"]["ou_ratio"] > 1.0
-    assert os.path.exists(os.path.join(workdir, "layer_compression.png"))
+  assert os.path.exists(os.path.join(workdir, "layer_compression.png"))
 
-  # The export reloads to the compressed model that was evaluated.
-  params, layers, hw = compression_stages.load_compressed(
-      os.path.join(workdir, "compressed_model.npz"))
-  assert hw == pipeline.hardware(config)
-  assert set(layers) == set(state["stages"]["prune"]["results"]["layers"])
-  for path, layer in layers.items():
+  # The one model file reloads to the compressed model that was evaluated.
+  saved = _load_model(workdir)
+  assert saved.hw == pipeline.hardware(config)
+  assert saved.metadata["model"] == "lenet5"
+  assert saved.metadata["recipe"] == on_disk["recipe"]
+  assert set(saved.layers) == {
+      "params/conv1/conv/kernel", "params/conv2/conv/kernel",
+      "params/fc1/dense/kernel", "params/fc2/dense/kernel",
+      "params/head/kernel"}
+  for path, layer in saved.layers.items():
     index = np.asarray(layer.index)
     assert index.min() >= -1 and (index == -1).any()  # pruned blocks
-  if hasattr(rsjax, "load_compressed"):
-    saved = rsjax.load_compressed(
-        os.path.join(workdir, "compressed_layers.rsjax.npz"), hw=hw)
-    assert set(saved.layers) == set(layers)
-    assert saved.metadata["model"] == "lenet5"
-  free = models.create_model("lenet5", num_classes=10, use_bn=False)
-  mesh = train.make_mesh()
-  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
-                          limit=500)
-  got = train.evaluate(free, params, data.eval_batches(split, 250), mesh)
-  assert got["accuracy"] == pytest.approx(acc["compressed"], abs=1e-6)
+    assert layer.stored_per_row_block().max() <= 8
+    kernel = saved.params
+    for name in path.split("/"):
+      kernel = kernel[name]
+    np.testing.assert_array_equal(kernel, np.asarray(layer.to_kernel()))
+  assert _evaluate(saved.params, fmnist_data_dir) == pytest.approx(
+      acc["compressed"], abs=1e-6)
 
   # A finished run reruns nothing and gives the same results.
   again = pipeline.run(config, workdir)
   assert again["accuracy"] == results["accuracy"]
 
-  # Another compression setting from the same trained baseline.
-  monkeypatch.undo()
-  other = tiny(default.get_config(), fmnist_data_dir)
-  other.train.init_checkpoint = os.path.join(workdir, "checkpoints",
-                                             "baseline")
-  other.prune.ratio = 0.6
-  out = pipeline.run(other, str(tmp_path / "other"), until="prune")
-  assert out["train"]["accuracy_float"] == pytest.approx(acc["float"])
-  assert out["prune"]["zero_weight_fraction"] > 0.5
-
   # With emulation on (rsjax.kernels): the emulated accuracy, the ADC sweep,
   # its CSV and plot. The default 5-bit ADC is lossless for 9-row OUs.
+  monkeypatch.undo()
   emu = tiny(default.get_config(), fmnist_data_dir)
-  emu.train.init_checkpoint = other.train.init_checkpoint
+  emu.train.init_checkpoint = os.path.join(workdir, "checkpoints",
+                                           "baseline")
   emu.eval.emulate = True
   emu.eval.emulate_limit = 250
   emu.eval.adc_bits = (3, 5)
   emu_dir = tmp_path / "emu"
   res = pipeline.run(emu, str(emu_dir))
+  assert res["accuracy"]["float"] == pytest.approx(acc["float"])
   emulated = res["accuracy"]["emulated"]
   # 8-bit activations and weights on a lossless ADC: close to the float
   # compressed model (on 250 examples, 0.04 is 10 of them).
@@ -163,6 +175,71 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   rows = (emu_dir / "adc_sweep.csv").read_text().split()
   assert rows[0] == "adc_bits,accuracy" and rows[2] == f"5,{emulated}"
   assert (emu_dir / "accuracy_vs_adc_bits.png").stat().st_size > 1000
+
+
+def _block_masks(layer):
+  return np.asarray(layer.index) >= 0
+
+
+@pytest.mark.parametrize("variant", ["baseline", "prune", "share"])
+def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
+                                          variant):
+  """Prune only, share only and the float baseline are recipes: the stages
+  not in them do not run, and the exported model is what they did."""
+  config = tiny(default.get_config(), fmnist_data_dir)
+  # fc1 has 2700 blocks: 0.7 of them is 1890, which float rounding made
+  # 1889 in the experiments' former copy of pruning.
+  config.recipe.stages, config.recipe.rules = {
+      "baseline": ((), ()),
+      "prune": (("prune",), ("kernel$ sparsity=0.7",)),
+      "share": (("share", "finetune"), ("^conv1/", "kernel$ k=2")),
+  }[variant]
+  config.prune.steps = 3
+  workdir = str(tmp_path / variant)
+  res = pipeline.run(config, workdir)
+  ran = set(json.load(open(os.path.join(workdir, "state.json")))["stages"])
+  compression = {"baseline": set(), "prune": {"prune"},
+                 "share": {"share", "finetune"}}[variant]
+  assert ran == {"train", "export", "evaluate", "adc_sweep"} | compression
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+      {"train", "baseline"} | compression)
+  saved = _load_model(workdir)
+  ratio = res["compression"]["ou_ratio"]
+  if variant == "baseline":
+    assert ratio == pytest.approx(1.0)
+    assert all(l.is_identity() for l in saved.layers.values())
+  elif variant == "prune":
+    baseline = models.fold_batchnorm(
+        models.create_model("lenet5", num_classes=10),
+        pipeline_tree(workdir, "baseline"))[1]
+    # The same blocks as the library's pruning of the baseline.
+    plan = rsjax.make_plan(baseline["params"],
+                           [rsjax.Rule("kernel$", sparsity=0.7)],
+                           pipeline.hardware(config))
+    kernels = {p: x for p, x in rsjax.named_leaves(baseline["params"])
+               if p in plan}
+    masks = rsjax.prune_masks(kernels, {p: jnp.ones(lp.grid, bool)
+                                        for p, lp in plan.items()}, plan, 1.0)
+    for path, mask in masks.items():
+      layer = saved.layers["params/" + path]
+      assert layer.is_identity()
+      np.testing.assert_array_equal(_block_masks(layer), np.asarray(mask))
+    fc1 = saved.layers["params/fc1/dense/kernel"]
+    assert (~_block_masks(fc1)).sum() == 1890
+    assert ratio > 3.0
+  else:
+    conv1 = saved.layers["params/conv1/conv/kernel"]
+    assert conv1.is_identity() and _block_masks(conv1).all()
+    for path, layer in saved.layers.items():
+      if path != "params/conv1/conv/kernel":
+        assert layer.stored_per_row_block().max() <= 2
+    assert ratio > 2.0
+  assert _evaluate(saved.params, fmnist_data_dir) == pytest.approx(
+      res["accuracy"]["compressed"], abs=1e-6)
+
+
+def pipeline_tree(workdir, name):
+  return workdir_lib.load_tree(os.path.join(workdir, "checkpoints", name))
 
 
 @pytest.mark.parametrize("name", [
@@ -193,37 +270,31 @@ def test_every_config_trains_under_mock_data(tmp_path, monkeypatch, name):
 def test_foreign_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
   a = default.get_config()
-  pipeline.prepare_workdir(workdir, a, overwrite=False)
+  workdir_lib.prepare(workdir, a, overwrite=False)
   open(os.path.join(workdir, "results.json"), "w").write("{}")
-  pipeline.prepare_workdir(workdir, a, overwrite=False)  # same config: ok
+  workdir_lib.prepare(workdir, a, overwrite=False)  # same config: ok
   b = default.get_config()
   b.train.steps = 7
-  with pytest.raises(pipeline.WorkdirConflictError, match="train.steps"):
-    pipeline.prepare_workdir(workdir, b, overwrite=False)
+  with pytest.raises(workdir_lib.WorkdirConflictError, match="train.steps"):
+    workdir_lib.prepare(workdir, b, overwrite=False)
   assert os.path.exists(os.path.join(workdir, "results.json"))
-  pipeline.prepare_workdir(workdir, b, overwrite=True)
+  workdir_lib.prepare(workdir, b, overwrite=True)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   stored = json.load(open(os.path.join(workdir, "config.json")))
   assert stored["train"]["steps"] == 7
 
 
-def test_workdir_from_before_a_new_config_field_resumes(tmp_path):
+def test_workdir_from_before_recipes_says_how_to_convert(tmp_path):
   workdir = str(tmp_path / "w")
-  config = default.get_config()
-  pipeline.prepare_workdir(workdir, config, overwrite=False)
-  path = os.path.join(workdir, "config.json")
-  stored = json.load(open(path))
-  del stored["share"]["layer_k"], stored["compress"]["fold_bn"]
-  del stored["compress"]["distill_weight"]
-  del stored["compress"]["distill_temperature"]
-  json.dump(stored, open(path, "w"))
-  open(os.path.join(workdir, "results.json"), "w").write("{}")
-  pipeline.prepare_workdir(workdir, config, overwrite=False)  # the defaults
-  assert os.path.exists(os.path.join(workdir, "results.json"))
-  json.dump(stored, open(path, "w"))
-  config.share.layer_k = "conv1=2"  # not what the old run did
-  with pytest.raises(pipeline.WorkdirConflictError, match="layer_k"):
-    pipeline.prepare_workdir(workdir, config, overwrite=False)
+  os.makedirs(workdir)
+  old = workdir_lib.config_json(default.get_config())
+  del old["recipe"]
+  old["prune"] = {"ratio": 0.3}
+  old["share"]["k"] = 8
+  json.dump(old, open(os.path.join(workdir, "config.json"), "w"))
+  with pytest.raises(workdir_lib.WorkdirConflictError,
+                     match="experiments.convert_legacy"):
+    workdir_lib.prepare(workdir, default.get_config(), overwrite=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -267,21 +338,40 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-@pytest.mark.parametrize("layer_k, problem", [
-    ("conv1=all", "conv1=all"),
+@pytest.mark.parametrize("fold_bn, rules, stages, problem", [
+    (True, ("kernel$ k=all",), None, "k='all' is not a number"),
     # LeNet-5 has conv1, conv2 and dense layers: no conv9.
-    ("conv1=4,conv9=4", r"\['conv9'\] match no crossbar layer"),
+    (True, ("^conv9/ k=4", "kernel$ k=8 sparsity=0.3"), None,
+     r"\['\^conv9/'\] match no Dense or Conv kernel"),
+    # With BN kept the paths are conv1/conv/kernel: checked on those.
+    (False, ("^conv1/kernel k=4", "kernel$ k=8 sparsity=0.3"), None,
+     "match no Dense or Conv kernel"),
+    (True, ("kernel$ k=8",), ("prune", "share"), "no recipe rule sets"),
+    (True, ("kernel$ k=8",), ("finetune",), "needs 'share'"),
+    (True, ("kernel$ k=8",), ("share", "prune"), "in the order"),
+    (True, ("kernel$ sparsity=0.3",), ("prune",), None),
 ])
-def test_bad_layer_k_fails_before_training(tmp_path, layer_k, problem):
+def test_bad_recipe_fails_before_training(tmp_path, fold_bn, rules, stages,
+                                          problem):
   config = default.get_config()
-  config.share.layer_k = layer_k
+  config.compress.fold_bn = fold_bn
+  config.recipe.rules = rules
+  if stages is not None:
+    config.recipe.stages = stages
+  if problem is None:
+    pipeline.check(config)
+    return
   with pytest.raises(ValueError, match=problem):
     pipeline.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
-  # With BN kept the layer paths differ (conv1/conv/kernel): still checked.
-  config.compress.fold_bn = False
-  config.share.layer_k = "^conv1/conv/=8"
-  pipeline.check_layer_k(config)
+
+
+def test_prune_steps_must_reach_the_schedule_end(tmp_path):
+  config = default.get_config()
+  config.prune.end = 10
+  config.prune.steps = 5
+  with pytest.raises(ValueError, match="prune.end=10"):
+    pipeline.run(config, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("field, value", [
@@ -307,15 +397,13 @@ def test_distillation_from_the_baseline_resumes_after_a_kill(
   with pytest.raises(Killed):
     pipeline.run(config, workdir, step_callback=kill_at("finetune", 4))
   resumed = pipeline.run(config, workdir, until="finetune")
-  assert resumed["finetune"]["accuracy_finetuned"] == pytest.approx(
-      whole["finetune"]["accuracy_finetuned"], abs=1e-6)
+  assert resumed["finetune"]["accuracy_finetune"] == pytest.approx(
+      whole["finetune"]["accuracy_finetune"], abs=1e-6)
   # Distillation changed the training: another weight, another model.
   config.compress.distill_weight = 0.0
   plain = pipeline.run(config, str(tmp_path / "plain"), until="share")
-  a = pipeline._load_tree(os.path.join(str(tmp_path / "whole"),
-                                       "checkpoints", "share"))
-  b = pipeline._load_tree(os.path.join(str(tmp_path / "plain"),
-                                       "checkpoints", "share"))
+  a = pipeline_tree(str(tmp_path / "whole"), "share")
+  b = pipeline_tree(str(tmp_path / "plain"), "share")
   assert plain["share"]["steps"] == whole["share"]["steps"]
   assert any(
       not np.allclose(np.asarray(x), np.asarray(y))
@@ -324,11 +412,11 @@ def test_distillation_from_the_baseline_resumes_after_a_kill(
 
 
 def test_jsonable_and_atomic_write(tmp_path):
-  out = pipeline.jsonable({"a": np.float32(1.5), "b": float("inf"),
-                           "c": jnp.arange(2), "d": (np.int64(3),)})
+  out = workdir_lib.jsonable({"a": np.float32(1.5), "b": float("inf"),
+                              "c": jnp.arange(2), "d": (np.int64(3),)})
   assert out == {"a": 1.5, "b": "inf", "c": [0, 1], "d": [3]}
   path = str(tmp_path / "x.json")
-  pipeline.write_json(path, {"x": 1})
+  workdir_lib.write_json(path, {"x": 1})
   assert json.load(open(path)) == {"x": 1}
   assert os.listdir(tmp_path) == ["x.json"]  # no temp file left
 
@@ -379,39 +467,29 @@ def test_pipeline_with_batchnorm_kept(tmp_path, fmnist_data_dir):
   config.eval.emulate = True
   config.eval.emulate_limit = 250
   config.eval.adc_bits = ()  # the sweep is tested above; one emulation here
-  config.share.layer_k = "conv1=1024"  # the first conv left unshared
+  # The first conv pruned but left unshared.
+  config.recipe.rules = ("^conv1/ sparsity=0.3", "kernel$ k=8 sparsity=0.3")
   workdir = str(tmp_path / "bn")
   res = pipeline.run(config, workdir)
-  stages = json.load(open(os.path.join(workdir, "state.json")))["stages"]
-  # Nothing is folded: the kept-BN model is the baseline itself.
-  assert stages["prune"]["results"]["accuracy_folded"] == (
-      stages["train"]["results"]["accuracy_float"])
-  params, layers, _ = compression_stages.load_compressed(
-      os.path.join(workdir, "compressed_model.npz"))
+  saved = _load_model(workdir)
+  params = saved.params
   assert set(params) == {"params", "batch_stats"}
   assert "bn" in params["params"]["conv1"]
   # The compressed kernels are the shared ones (before BN's scale).
-  for path, layer in layers.items():
-    names = path.split("/")[1:]
-    kernel = params["params"]
-    for n in names:
+  for path, layer in saved.layers.items():
+    kernel = params
+    for n in path.split("/"):
       kernel = kernel[n]
-    np.testing.assert_array_equal(np.asarray(kernel),
-                                  np.asarray(layer.to_kernel()))
-    # share.k stores at most k blocks per row-block; conv1 keeps all of its.
+    np.testing.assert_array_equal(kernel, np.asarray(layer.to_kernel()))
+    # k = 8 stores at most 8 blocks per row-block; conv1 keeps all of its.
     kept = np.asarray(layer.index >= 0).sum(axis=1)
     stored = layer.stored_per_row_block()
     if path.startswith("params/conv1/"):
       np.testing.assert_array_equal(stored, kept)
     else:
-      assert stored.max() <= config.share.k
-  model = models.create_model("lenet5", num_classes=10)
-  split = data.load_split("fashion_mnist", "eval", data_dir=fmnist_data_dir,
-                          limit=500)
-  got = train.evaluate(model, params, data.eval_batches(split, 250),
-                       train.make_mesh())
-  assert got["accuracy"] == pytest.approx(res["accuracy"]["compressed"],
-                                          abs=1e-6)
+      assert stored.max() <= 8
+  assert _evaluate(params, fmnist_data_dir, use_bn=True) == pytest.approx(
+      res["accuracy"]["compressed"], abs=1e-6)
   # Lossless ADC: the emulation (BN digital after shared crossbars) is
   # close to the float evaluation of the same model.
   assert res["accuracy"]["emulated"] == pytest.approx(

@@ -12,43 +12,78 @@ from experiments import results
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _write(runs_dir, name, *, model="lenet5", prune=0.3, k=8, method="ste",
-           steps=1000, init="ckpt", float_acc=0.90, compressed=0.898,
-           emulated=0.897, ou_ratio=5.0, total=90.0):
-  path = os.path.join(runs_dir, name)
-  os.makedirs(path)
-  payload = {
-      "model": model, "dataset": "fashion_mnist",
-      "config": {"prune": {"ratio": prune},
-                 "share": {"k": k, "method": method, "steps": steps},
-                 "compress": {"include": "kernel$"},
+COMMIT = "a" * 40
+
+
+def _recipe(prune, k, method):
+  """The recipe section of a results.json for the old-style point labels:
+  k None is prune only, prune 0 share only."""
+  if k is None:
+    return {"variant": "prune only", "stages": ["prune"],
+            "rules": [f"kernel$ sparsity={prune:g}"], "sharing": None,
+            "distill": None}
+  if not prune:
+    return {"variant": "share only", "stages": ["share", "finetune"],
+            "rules": [f"kernel$ k={k}"], "sharing": method, "distill": None}
+  return {"variant": "prune + share",
+          "stages": ["prune", "share", "finetune"],
+          "rules": [f"kernel$ k={k} sparsity={prune:g}"], "sharing": method,
+          "distill": None}
+
+
+def _results(name, *, model="lenet5", prune=0.3, k=8, method="ste",
+             init="ckpt", float_acc=0.90, compressed=0.898, emulated=0.897,
+             ou_ratio=5.0, total=90.0, commit=COMMIT):
+  recipe = _recipe(prune, k, method)
+  return {
+      "name": name, "model": model, "dataset": "fashion_mnist",
+      "config": {"recipe": {"stages": recipe["stages"],
+                            "rules": recipe["rules"]},
+                 "share": {"method": method},
+                 "compress": {"fold_bn": True, "distill_weight": 0.0},
                  "train": {"init_checkpoint": init}},
+      "recipe": recipe,
+      "provenance": {"commit": commit, "dirty": False,
+                     "versions": {"jax": "0.x"},
+                     "devices": {"kind": "cpu", "count": 1}},
       "accuracy": {"float": float_acc, "quantized": float_acc,
                    "compressed": compressed, "emulated": emulated},
       "compression": {"ou_ratio": ou_ratio, "bit_ratio": 4.0,
                       "fp32_ratio": ou_ratio, "crossbar_ratio": 2.0},
       "timing_s": {"train": total - 80.0, "total": total},
   }
+
+
+def _write(runs_dir, name, **kwargs):
+  path = os.path.join(runs_dir, name)
+  os.makedirs(path)
+  payload = _results(name, **kwargs)
+  del payload["name"]
   with open(os.path.join(path, "results.json"), "w") as f:
+    json.dump(payload, f)
+
+
+def _update(runs_dir, name, fn):
+  path = os.path.join(runs_dir, name, "results.json")
+  with open(path) as f:
+    payload = json.load(f)
+  fn(payload)
+  with open(path, "w") as f:
     json.dump(payload, f)
 
 
 def _update_config(runs_dir, name, section, **values):
   """Sets ``config[section][key] = value`` in run NAME's results.json."""
-  path = os.path.join(runs_dir, name, "results.json")
-  with open(path) as f:
-    payload = json.load(f)
-  payload["config"].setdefault(section, {}).update(values)
-  with open(path, "w") as f:
-    json.dump(payload, f)
+  _update(runs_dir, name,
+          lambda p: p["config"].setdefault(section, {}).update(values))
 
 
 def _fixture(tmp_path):
   runs = str(tmp_path / "runs")
   os.makedirs(runs)
   _write(runs, "lenet5_base", init="", ou_ratio=5.0, total=170.0)
-  _write(runs, "lenet5_prune_p0.5", prune=0.5, k=1024, steps=0,
-         compressed=0.899, ou_ratio=2.0)
+  _write(runs, "lenet5_prune_p0.5", prune=0.5, k=None, compressed=0.899,
+         ou_ratio=2.0)
   _write(runs, "lenet5_share_k2", prune=0.0, k=2, compressed=0.893,
          ou_ratio=6.0)
   _write(runs, "lenet5_paper_p0.6_k4", method="paper", prune=0.6, k=4,
@@ -68,7 +103,8 @@ def test_variants_and_rows(tmp_path):
       "lenet5_share_k2", "lenet5_ste_p0.8_k2", "mlp_share_k4"]
   rows = {r["name"]: results.row(r) for r in runs}
   assert rows["lenet5_prune_p0.5"]["variant"] == "prune only"
-  assert rows["lenet5_prune_p0.5"]["k"] == "-"
+  assert rows["lenet5_prune_p0.5"]["rules"] == "kernel$ sparsity=0.5"
+  assert rows["lenet5_prune_p0.5"]["method"] == "-"
   assert rows["lenet5_share_k2"]["variant"] == "share only"
   assert rows["lenet5_paper_p0.6_k4"]["variant"] == "prune + share paper"
   assert rows["lenet5_base"]["variant"] == "prune + share ste"
@@ -125,31 +161,27 @@ def test_entry_point(tmp_path):
           in text)
 
 
-def _costed(name, *, prune, k, steps=1000, compressed, base=False,
-            kept=80, stored=40):
+def _costed(name, *, prune, k, compressed, base=False, kept=80, stored=40):
   """A results dict with the hardware figures of a 100-OU model."""
-  return {
-      "name": name, "model": "vgg8", "dataset": "fashion_mnist",
-      "config": {"prune": {"ratio": prune},
-                 "share": {"k": k, "method": "paper", "steps": steps},
-                 "train": {"init_checkpoint": "" if base else "ckpt"}},
-      "accuracy": {"float": 0.9, "compressed": compressed},
-      "compression": {
-          "ou_ratio": 100 / stored, "dense_crossbars": 10,
-          "packed_crossbars": 5, "ou_activations_dense": 1000,
-          "ou_activations_pruned": kept * 10,
-          "ou_activations_shared": stored * 10,
-          "adc_conversions_dense": 8000,
-          "adc_conversions_pruned": kept * 80,
-          "adc_conversions_shared": stored * 80, "index_bits": 300,
-          "dense_bits": 6400, "compressed_bits": 3200},
-  }
+  out = _results(name, model="vgg8", prune=prune, k=k, method="paper",
+                 init="" if base else "ckpt", compressed=compressed)
+  out["accuracy"]["float"] = 0.9
+  out["compression"] = {
+      "ou_ratio": 100 / stored, "dense_crossbars": 10,
+      "packed_crossbars": 5, "ou_activations_dense": 1000,
+      "ou_activations_pruned": kept * 10,
+      "ou_activations_shared": stored * 10,
+      "adc_conversions_dense": 8000,
+      "adc_conversions_pruned": kept * 80,
+      "adc_conversions_shared": stored * 80, "index_bits": 300,
+      "dense_bits": 6400, "compressed_bits": 3200}
+  return out
 
 
 def test_cost_table_rows_and_ratios():
   runs = [
       _costed("b", prune=0.2, k=8, compressed=0.89, base=True),
-      _costed("p", prune=0.5, k=1024, steps=0, compressed=0.898, kept=50,
+      _costed("p", prune=0.5, k=None, compressed=0.898, kept=50,
               stored=50),
       _costed("s", prune=0.0, k=4, compressed=0.80, kept=100, stored=25),
       _costed("s2", prune=0.0, k=8, compressed=0.85, kept=100, stored=40),
@@ -185,30 +217,33 @@ def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
   # A prune-only run with BN kept has no k and no sharing method either.
   _update_config(runs, "lenet5_prune_p0.5", "compress", fold_bn=False)
   text = results.write_report(runs, str(tmp_path / "R.md"))
-  assert "| lenet5_prune_p0.5 | prune only (BN kept) | 0.5 | - | - |" in text
+  assert ("| lenet5_prune_p0.5 | prune only (BN kept) | kernel$ sparsity=0.5"
+          " | - |") in text
 
 
-def test_per_layer_k_is_shown_in_the_k_column(tmp_path):
+def test_rules_are_shown_in_the_rules_column(tmp_path):
   runs = _fixture(tmp_path)
   _write(runs, "lenet5_share_k2_lk", prune=0.0, k=2, compressed=0.897,
          ou_ratio=5.0)
-  _update_config(runs, "lenet5_share_k2_lk", "share", layer_k="conv1=1024")
+  _update(runs, "lenet5_share_k2_lk", lambda p: p["recipe"].update(
+      rules=["^conv1/", "kernel$ k=2"]))
   rows = {r["name"]: results.row(r) for r in results.load_runs(runs)}
-  assert rows["lenet5_share_k2_lk"]["k"] == "2; conv1=1024"
-  assert rows["lenet5_share_k2"]["k"] == 2
+  assert rows["lenet5_share_k2_lk"]["rules"] == "^conv1/; kernel$ k=2"
   text = results.write_report(runs, str(tmp_path / "R.md"))
-  assert "| share only | 0 | 2; conv1=1024 | ste |" in text
+  assert "| share only | ^conv1/; kernel$ k=2 | ste |" in text
   # A regex's '|' is escaped so the table keeps its columns.
-  _update_config(runs, "lenet5_share_k2_lk", "share", layer_k="conv1|fc=64")
+  _update(runs, "lenet5_share_k2_lk", lambda p: p["recipe"].update(
+      rules=["conv1|fc", "kernel$ k=2"]))
   text = results.write_report(runs, str(tmp_path / "R.md"))
-  assert "| share only | 0 | 2; conv1\\|fc=64 | ste |" in text
+  assert "| share only | conv1\\|fc; kernel$ k=2 | ste |" in text
 
 
 def test_distillation_is_shown_in_the_method_column(tmp_path):
   runs = _fixture(tmp_path)
-  _update_config(runs, "lenet5_share_k2", "compress", distill_weight=0.5,
-                 distill_temperature=2.0)
-  _update_config(runs, "lenet5_prune_p0.5", "compress", distill_weight=0.7)
+  _update(runs, "lenet5_share_k2",
+          lambda p: p["recipe"].update(distill=[0.5, 2.0]))
+  _update(runs, "lenet5_prune_p0.5",
+          lambda p: p["recipe"].update(distill=[0.7, 4.0]))
   rows = {r["name"]: results.row(r) for r in results.load_runs(runs)}
   assert rows["lenet5_share_k2"]["method"] == "ste + KD 0.5 (T=2)"
   assert rows["lenet5_prune_p0.5"]["method"] == "KD 0.7 (T=4)"
@@ -223,8 +258,6 @@ def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
     path = os.path.join(runs, name, "results.json")
     payload = json.load(open(path))
     payload["config"]["seed"] = seed
-    # Newer runs store fields the seed-0 run predates, at their old values.
-    payload["config"]["compress"].update(fold_bn=True, distill_weight=0.0)
     json.dump(payload, open(path, "w"))
   # A rerun of seed 1 under another name is not another seed.
   _write(runs, "lenet5_share_k2_s1_rerun", prune=0.0, k=2, compressed=0.5)
@@ -242,7 +275,7 @@ def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
   # Losses 0.7, 1.0, 1.3 pp: mean 1.00, std 0.30.
   assert table[2].startswith(
       "| lenet5 | lenet5_share_k2, lenet5_share_k2_s1, lenet5_share_k2_s2 "
-      "| share only | 2 | ste | 0, 1, 2 | 6.00 | 0.8900 ± 0.0030 | "
+      "| share only | kernel$ k=2 | ste | 0, 1, 2 | 6.00 | 0.8900 ± 0.0030 | "
       "+1.00 ± 0.30 | +0.70 to +1.30 |")
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "## Seeds: points run with several seeds" in text
@@ -273,3 +306,45 @@ def test_headline_takes_the_mean_over_seeds(tmp_path):
   assert results.headline(rows)["name"] == "lenet5_share_k1_s0"
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| lenet5 | fashion_mnist | lenet5_paper_p0.6_k4 |" in text
+
+
+def test_runs_of_several_commits_are_refused_unless_allowed(tmp_path):
+  runs = _fixture(tmp_path)
+  _write(runs, "lenet5_share_k1", prune=0.0, k=1, compressed=0.85,
+         commit="b" * 40)
+  _update(runs, "mlp_share_k4",
+          lambda p: p["provenance"].update(dirty=True))
+  with pytest.raises(ValueError, match="3 commits") as err:
+    results.write_report(runs, str(tmp_path / "R.md"))
+  assert "lenet5_share_k1" in str(err.value)
+  assert f"{COMMIT} (dirty): mlp_share_k4" in str(err.value)
+  assert not os.path.exists(tmp_path / "R.md")
+  text = results.write_report(runs, str(tmp_path / "R.md"),
+                              allow_mixed_commits=True)
+  assert "Computed at commits `aaaaaaaaaaaa` (5 runs)" in text
+  assert "`bbbbbbbbbbbb` (1 runs)" in text
+
+
+def test_results_json_has_headline_and_pareto(tmp_path):
+  runs = _fixture(tmp_path)
+  for seed, comp in ((1, 0.897), (2, 0.894)):
+    name = f"lenet5_paper_p0.6_k4_s{seed}"
+    _write(runs, name, method="paper", prune=0.6, k=4, compressed=comp,
+           ou_ratio=12.0)
+    _update(runs, name, lambda p, s=seed: p["config"].update(seed=s))
+  results.write_report(runs, str(tmp_path / "R.md"))
+  summary = json.load(open(tmp_path / "R.json"))
+  assert summary["commits"] == {COMMIT: [
+      "lenet5_base", "lenet5_paper_p0.6_k4", "lenet5_paper_p0.6_k4_s1",
+      "lenet5_paper_p0.6_k4_s2", "lenet5_prune_p0.5", "lenet5_share_k2",
+      "lenet5_ste_p0.8_k2", "mlp_share_k4"]}
+  head = summary["models"]["lenet5"]["headline"]
+  # Losses 0.4, 0.3, 0.6 pp: mean 0.433, std 0.153.
+  assert head["ou_ratio"] == 12.0 and head["seeds"] == [0, 1, 2]
+  assert head["runs"] == ["lenet5_paper_p0.6_k4", "lenet5_paper_p0.6_k4_s1",
+                          "lenet5_paper_p0.6_k4_s2"]
+  assert head["loss_pp_mean"] == pytest.approx(1.3 / 3)
+  assert head["loss_pp_std"] == pytest.approx(0.1527525, rel=1e-5)
+  assert summary["models"]["mlp"]["headline"] is None
+  pareto = [p["run"] for p in summary["models"]["lenet5"]["pareto"]]
+  assert pareto[0] == "lenet5_prune_p0.5" and "lenet5_ste_p0.8_k2" in pareto

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import rsjax
 
-from experiments import compression_stages
 from experiments import models
 from experiments import sweeps
 from experiments.configs import default
@@ -113,7 +112,7 @@ def test_unknown_study_and_fault_kind():
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="compressed_model.npz"):
+  with pytest.raises(FileNotFoundError, match="compressed_model.rsjax.npz"):
     sweeps.load_subject(str(tmp_path), limit=10)
 
 
@@ -130,8 +129,8 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   layer = rsjax.compress_kernel(params["params"]["fc2"]["dense"]["kernel"],
                                 HW, k=3, key=jax.random.key(1))
   params["params"]["fc2"]["dense"]["kernel"] = layer.to_kernel()
-  compression_stages.export_compressed(str(run / "compressed_model.npz"),
-                                       params, {path: layer}, HW)
+  rsjax.save_compressed(str(run / "compressed_model.rsjax.npz"),
+                        {path: layer}, HW, params=params)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   common = [sys.executable, "-m", "experiments.sweeps", f"--run={run}",
             "--limit=50", "--calibration=20", "--batch_size=25",

@@ -12,21 +12,23 @@ gather, crop/flip augmentation, normalisation; ``data.train_batch`` and
 held in memory (ImageNet) is NOT included.
 
 Every stage is timed with the pipeline's own functions (experiments.train,
-experiments.compression_stages, rsjax) built as the pipeline builds them:
+experiments.stages, rsjax) built as the pipeline builds them, for the
+config's recipe (experiments.recipe):
 
 * ``train``: ``train.train_step`` jitted as ``train.TrainLoop`` jits it, the
   float optimizer of the config;
-* ``prune``: BatchNorm folding + ``compression_stages.prune`` (one shot);
-* ``share``: the configured sharing method (``compression_stages.
-  sharing_transform``, forward on ``rsjax.training_params``); its
+* ``prune``: BatchNorm folding + ``rsjax.ou_pruning`` pruning once (the
+  recipe's schedule at step 0);
+* ``share``: the configured sharing method (``stages.sharing_transform``,
+  forward on ``rsjax.training_params``); its
   initialisation (one-shot k-means), the steady step, and one step that
   re-clusters (the ``lax.cond`` branch taken every ``share.recluster_every``
   steps; timed by setting ``recluster_every`` so that the step after the
   timed ones re-clusters: the compiled step is the same), then
-  ``compression_stages.finish_sharing``;
+  ``stages.project``;
 * ``finetune``: ``rsjax.centroid_finetune`` on the projected weights;
 * ``eval``: ``train.evaluate`` (per eval batch);
-* ``emulate``: ``compression_stages.emulated_accuracy`` on the fine-tuned
+* ``emulate``: ``stages.emulated_accuracy`` on the fine-tuned
   compressed model (calibration, compile and per-batch time separated).
 
 The expected total is::
@@ -64,13 +66,15 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import optax
 import rsjax
 
-from experiments import compression_stages as stages_lib
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import pipeline
+from experiments import stages as stages_lib
 from experiments import train as train_lib
+from experiments import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/default.py", "Experiment config file.",
@@ -204,6 +208,7 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
         config.data.image_size, config.data.image_size, info.image_shape[2]))
   mesh = train_lib.make_mesh()
   hw = pipeline.hardware(config)
+  recipe = pipeline.check(config)
   key = jax.random.key(config.seed)
   model = models_lib.create_model(config.model.name,
                                   num_classes=info.num_classes)
@@ -220,7 +225,8 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
                  "batch_size": tc.batch_size,
                  "eval_batch_size": tc.eval_batch_size,
                  "train_steps": tc.steps, "share_steps": sc.steps,
-                 "share_method": sc.method, "share_k": sc.k,
+                 "share_method": sc.method,
+                 "rules": list(config.recipe.rules),
                  "recluster_every": sc.recluster_every,
                  "finetune_steps": fc.steps,
                  "emulate_limit": config.eval.emulate_limit,
@@ -244,28 +250,28 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
   del state
   progress(out)
 
-  # Prune (one shot: fold, prune the selected kernels).
+  # Prune once (fold BatchNorm, the recipe's pruning at step 0).
   t0 = time.perf_counter()
-  folded_model, folded = models_lib.fold_batchnorm(model, variables)
-  flat = pipeline.flatten(folded)
-  paths = pipeline.select_kernels(folded, config.compress.include,
-                                  config.compress.exclude)
-  pruned = stages_lib.prune({p: flat[p] for p in paths}, hw,
-                            config.prune.ratio)
-  flat.update(pruned)
-  params = _ready(pipeline.unflatten(flat))
+  folded_model, folded = model, variables
+  if config.compress.fold_bn:
+    folded_model, folded = models_lib.fold_batchnorm(model, variables)
+  params = folded
+  if recipe.runs("prune"):
+    prune_tx = rsjax.ou_pruning(optax.identity(), recipe.rules, hw,
+                                recipe.schedule)
+    params = {**folded, "params": rsjax.training_params(
+        folded["params"], prune_tx.init(folded["params"]))}
+  params = _ready(params)
   stages["prune"] = {"one_shot_s": time.perf_counter() - t0,
-                     "layers": len(paths)}
+                     "layers": len(rsjax.make_plan(params["params"],
+                                                   recipe.rules, hw))}
   progress(out)
 
   # Share: the recluster step is the one after the timed steps.
-  rules = stages_lib.sharing_rules([pipeline._params_path(p) for p in paths],  # pylint: disable=protected-access
-                                   sc.k, config.prune.ratio,
-                                   sc.get("layer_k", ""))
   inner = train_lib.make_optimizer(tc.optimizer, sc.learning_rate,
                                    max(sc.steps, 1), 0, tc.weight_decay)
   share_tx = stages_lib.sharing_transform(
-      sc.method, inner, rules, hw, key=jax.random.fold_in(key, 1),
+      recipe, inner, hw, key=jax.random.fold_in(key, 1),
       recluster_every=warmup + steps + 1, lam=sc.lam, n_init=sc.n_init)
   t0 = time.perf_counter()
   state = train_lib.create_state(folded_model, params, share_tx)
@@ -282,33 +288,36 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     _ready(state)
     recluster_step_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  shared, opt_state = stages_lib.finish_sharing(
-      sc.method, state.params, state.opt_state,
-      key=jax.random.fold_in(key, 4), n_init=sc.n_init)
+  shared = stages_lib.project(recipe, state.params, state.opt_state,
+                              key=jax.random.fold_in(key, 4),
+                              n_init=sc.n_init)
   _ready(shared)
   stages["share"].update(
       init_kmeans_s=share_init_s, recluster_step_s=recluster_step_s,
       recluster_extra_s=max(recluster_step_s - stages["share"]["step_s"], 0.),
       finish_s=time.perf_counter() - t0)
-  del state, opt_state
+  del state
   progress(out)
 
   # Centroid fine-tune.
   ft_inner = train_lib.make_optimizer(tc.optimizer, fc.learning_rate,
                                       max(fc.steps, 1), 0, tc.weight_decay)
-  ft_tx = rsjax.centroid_finetune(ft_inner, rules, hw, reduce=fc.reduce)
+  ft_tx = rsjax.centroid_finetune(ft_inner, recipe.rules, hw,
+                                  reduce=fc.reduce)
   t0 = time.perf_counter()
-  state = train_lib.create_state(folded_model, {"params": shared}, ft_tx)
+  state = train_lib.create_state(folded_model, {**params, "params": shared},
+                                 ft_tx)
   _ready(state)
   ft_init_s = time.perf_counter() - t0
   state, stages["finetune"] = _time_loop(
       _step_fn(mesh, view=rsjax.training_params), state, get_batch, mesh, 0,
       warmup, steps, quiet)
   stages["finetune"]["init_s"] = ft_init_s
-  layers = pipeline._compressed_layers(state.params, state.opt_state)  # pylint: disable=protected-access
-  cflat = pipeline.flatten({"params": jax.device_get(state.params)})
-  cflat.update({p: layer.to_kernel() for p, layer in layers.items()})
-  compressed = pipeline.unflatten(cflat)
+  compressed = jax.device_get({
+      **train_lib.state_variables(state),
+      "params": rsjax.training_params(state.params, state.opt_state)})
+  layers = {f"params/{p}": layer for p, layer in
+            rsjax.to_compressed(state.params, state.opt_state).items()}
   del state
   progress(out)
 
@@ -346,7 +355,7 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
       t0 = time.perf_counter()
       stages_lib.emulated_accuracy(
           folded_model, compressed, layers, hw.replace(adc_bits=adc_bits),
-          lambda: data_lib.eval_batches(split, ebs), enabled=True,
+          lambda: data_lib.eval_batches(split, ebs),
           key=jax.random.fold_in(key, 2))
       return time.perf_counter() - t0
     first = emulated(1, bits[0])
@@ -463,7 +472,7 @@ def main(argv):
 
   def progress(out):
     if json_out:
-      stages_lib.atomic_write(json_out, json.dumps(out, indent=2) + "\n")
+      workdir_lib.atomic_write(json_out, json.dumps(out, indent=2) + "\n")
 
   out = bench(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
               eval_batches=_EVAL_BATCHES.value, emulate=_EMULATE.value,

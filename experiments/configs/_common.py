@@ -30,5 +30,4 @@ def cifar10(model: str) -> ml_collections.ConfigDict:
   config.share.recluster_every = 500
   config.finetune.steps = 4000
   config.finetune.learning_rate = 1e-3
-  config.share.k = 8
   return config

@@ -58,37 +58,46 @@ def get_config() -> ml_collections.ConfigDict:
   config.hw.adc_mode = "clip"
   config.hw.signed = "offset"
 
+  # The compression recipe: which stages run after the float baseline and
+  # on which layers (see experiments/recipe.py and docs/experiments.md).
+  config.recipe = ml_collections.ConfigDict()
+  # Any of 'prune', 'share', 'finetune', in this order ('finetune' needs
+  # 'share'); () keeps the float baseline.
+  config.recipe.stages = ("prune", "share", "finetune")
+  # rsjax.Rule's as 'REGEX [k=K | ratio=R] [sparsity=S]' over paths of the
+  # params tree ('conv1/conv/kernel'), first match wins; a rule without
+  # settings keeps its layers dense (still on crossbars).
+  config.recipe.rules = ("kernel$ k=8 sparsity=0.3",)
+
   config.compress = ml_collections.ConfigDict()
-  # Regex (re.search) over parameter paths selecting the crossbar layers.
-  config.compress.include = r"kernel$"
-  config.compress.exclude = r"^$"
-  # Prune and share the BN-free model (BatchNorm folded into the kernels);
-  # False keeps BatchNorm: kernels shared before its per-channel scale, BN
-  # trained through sharing and fine-tune and run digitally after shared
+  # Compress the BN-free model (BatchNorm folded into the kernels); False
+  # keeps BatchNorm: kernels shared before its per-channel scale, BN
+  # trained through sharing and fine-tune and run digitally after the
   # crossbars.
   config.compress.fold_bn = True
-  # Knowledge distillation from the float baseline in the sharing and
-  # fine-tune stages: loss = (1 - w) * CE + w * T^2 * KL(teacher || student)
-  # at temperature T. 0: plain cross-entropy.
+  # Knowledge distillation from the float baseline in the training stages
+  # after it: loss = (1 - w) * CE + w * T^2 * KL(teacher || student) at
+  # temperature T. 0: plain cross-entropy.
   config.compress.distill_weight = 0.0
   config.compress.distill_temperature = 4.0
 
+  # OU pruning (rsjax.ou_pruning): the rules' sparsity, reached on an
+  # rsjax.PruneSchedule over the stage's own training steps.
   config.prune = ml_collections.ConfigDict()
-  # Fraction of OU blocks zeroed per layer (smallest L2 norm first).
-  config.prune.ratio = 0.3
+  # Training steps of the prune stage (0: prune once, no training).
+  config.prune.steps = 0
+  config.prune.learning_rate = 1e-3
+  config.prune.begin = 0
+  config.prune.end = 0
+  config.prune.every = 100
+  config.prune.power = 3.0
+  config.prune.scope = "layer"  # or 'global'
 
   config.share = ml_collections.ConfigDict()
-  # 'paper': the lam * ||W - Z||^2 loop (rsjax.distance_sharing);
   # 'ste': forward on the shared weights, straight-through gradient to the
-  # dense latent weights (rsjax.ste_sharing).
+  # dense latent weights (rsjax.ste_sharing); 'paper': the lam * ||W - Z||^2
+  # loop (rsjax.distance_sharing).
   config.share.method = "ste"
-  # Stored blocks per row-block (k-means clusters).
-  config.share.k = 8
-  # Per-layer k: 'REGEX=K,...' over kernel paths ('conv1/conv/kernel'),
-  # re.search-ed (anchor: '^conv1/=1024,^head/=1024'), the first match wins;
-  # a K of at least the layer's column groups (e.g. 1024) leaves it
-  # unshared. '': every layer gets share.k.
-  config.share.layer_k = ""
   config.share.n_init = 4
   # Training steps with the sharing wrapper (0: one-shot k-means).
   config.share.steps = 1000
@@ -110,5 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.adc_bits = (3, 4, 5, 6, 7, 8)
   # Examples emulated per evaluation (emulation is ~500x a float matmul).
   config.eval.emulate_limit = 1000
+  # Eval batches whose inputs calibrate the emulator's input scales.
+  config.eval.calibration_batches = 2
 
   return config

@@ -7,5 +7,4 @@ from experiments.configs import _common
 
 def get_config() -> ml_collections.ConfigDict:
   config = _common.based_on_default("mlp", "fashion_mnist")
-  config.share.k = 8
   return config

@@ -24,6 +24,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.log_every = 250
   config.share.steps = 1500
-  config.share.k = 8
   config.finetune.steps = 1500
   return config

@@ -6,9 +6,8 @@ experiments/models.py). With the default hardware (9x8 OUs, 8-bit weights in
 per row-block, so sharing with k = 4 alone stores 1/64 of their blocks.
 
 The schedule (3000 Adam steps for the float baseline, then 1000 sharing and
-1000 fine-tune steps at learning rate 1e-4) is what
-experiments/configs/results_fmnist_gpu.sh ran on one H200 (second call, see
-experiments/benchmarks/GPU_RUNS.md); on a 2-core CPU VGG-8 trains at well
+1000 fine-tune steps at learning rate 1e-4) is what ran on one H200 for the
+BN-folded VGG-8 points; on a 2-core CPU VGG-8 trains at well
 under 1 step/s, so run it on an accelerator. The compression stages train the
 BatchNorm-folded model (no BatchNorm left), whose 512-wide layers have small
 weights: at the default 1e-3 the sharing stage diverged (first GPU call:
@@ -16,11 +15,11 @@ loss up to 52, k = 4 points collapsed to 10% accuracy), hence 1e-4. As is,
 the config trains the float baseline and is itself a prune 0.3 + STE k = 8
 compression point (the BN-folded runs of RESULTS.md).
 
-The better recipe, measured later on the same GPU
-(experiments/configs/results_fmnist_gpu_bn.sh): keep BatchNorm
+The better recipe, measured later on the same GPU (the ``vgg8_bn_*``
+points of experiments/configs/results_fmnist.py): keep BatchNorm
 (--config.compress.fold_bn=False), leave the first conv and the head
-unshared (--config.share.layer_k=conv1=1024,head=1024), sharing and
-fine-tune at 1e-3 for 2000-4000 steps each: k = 4 then loses 0.7-1.7 pp at
+unshared (rules ``^conv1/ sparsity=P``, ``^head/ sparsity=P`` before the
+shared ``kernel$ k=4 sparsity=P``), sharing and fine-tune at 1e-3 for 2000-4000 steps each: k = 4 then loses 0.7-1.7 pp at
 66-69x ou_ratio instead of 13.5 pp.
 """
 
@@ -36,7 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 250
   config.share.steps = 1000
   config.share.learning_rate = 1e-4
-  config.share.k = 8
   config.finetune.steps = 1000
   config.finetune.learning_rate = 1e-4
   return config

@@ -35,6 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.recluster_every = 1000
   config.finetune.steps = 20_000
   config.finetune.learning_rate = 1e-3
-  config.share.k = 16
+  config.recipe.rules = ("kernel$ k=16 sparsity=0.3",)
   config.eval.emulate_limit = 500
   return config

@@ -39,3 +39,10 @@ def match_paths(tree, pattern: str) -> list[str]:
   """Paths of ``tree`` that ``pattern`` matches (``re.search``)."""
   regex = re.compile(pattern)
   return [p for p, _ in named_leaves(tree) if regex.search(p)]
+
+
+def kernel_paths(tree) -> list[str]:
+  """Paths of the leaves that map to crossbars: Dense ``[in, out]`` and Conv
+  ``[kh, kw, cin, cout]`` kernels, i.e. the 2-D and 4-D leaves."""
+  return [p for p, leaf in named_leaves(tree)
+          if getattr(leaf, "ndim", None) in (2, 4)]

@@ -164,10 +164,8 @@ def make_plan(params, rules: Sequence[Rule],
       break
   unused = [r.pattern for r, h in zip(rules, hits) if h == 0]
   if unused:
-    kernels = [p for p, leaf in paths.named_leaves(params)
-               if getattr(leaf, "ndim", None) in (2, 4)]
     raise ValueError(
         f"rule(s) {unused} match no Dense or Conv kernel (that an earlier "
         f"rule did not take); kernel paths are "
-        f"{kernels}")
+        f"{paths.kernel_paths(params)}")
   return plan

@@ -1,0 +1,185 @@
+"""The Fashion-MNIST study of RESULTS.md as a grid of named points.
+
+  python -m experiments.grid --grid=experiments/configs/results_fmnist.py \
+      --runs_dir=runs --parallel=2 [--group=cpu|gpu] [--only=REGEX] --report
+
+Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
+(ResNet-20 and VGG-8, sized for an accelerator) and ``seeds`` (repeats of
+headline candidates). Every point of a model starts from that model's
+baseline point (``MODEL_base``, which trains it and is itself a compression
+point at its config's recipe).
+
+Point names: ``MODEL[_TAG]_VARIANT``, the variant ``prune_pP`` (prune only),
+``share_kK`` (share only), ``ste_pP_kK`` / ``paper_pP_kK`` (prune + share
+with that method); tag ``bn``: BatchNorm kept; ``lk``: the first conv and
+the head pruned but not shared; ``long``: 4000 sharing + 3000 fine-tune
+steps; ``kdW``: distillation weight W; suffix ``_sS``: seed S.
+"""
+
+from __future__ import annotations
+
+from experiments.grid import Grid, Point, Sweep
+
+CONFIGS = {
+    "mlp": "experiments/configs/fashion_mnist_mlp.py",
+    "lenet5": "experiments/configs/default.py",
+    "resnet20": "experiments/configs/fashion_mnist_resnet20.py",
+    "vgg8": "experiments/configs/fashion_mnist_vgg8.py",
+}
+GROUPS = {"mlp": "cpu", "lenet5": "cpu", "resnet20": "gpu", "vgg8": "gpu"}
+# The prune-only recipe's recovery training, as long as a fine-tune.
+PRUNE_STEPS = 1000
+
+
+def base(model: str) -> Point:
+  return Point(f"{model}_base", CONFIGS[model], group=GROUPS[model])
+
+
+def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
+          *, tag: str = "", seed: int | None = None, bn: bool = False,
+          keep: tuple[str, ...] = (), group: str | None = None,
+          **overrides) -> Point:
+  """One compression point from ``MODEL_base``'s baseline.
+
+  Args:
+    model: a key of :data:`CONFIGS`.
+    variant: ``'prune'``, ``'share'``, ``'ste'`` or ``'paper'``.
+    p: the OU pruning sparsity.
+    k: stored blocks per row-block.
+    tag: inserted into the name after the model.
+    seed: the run's seed (``_sS`` suffix).
+    bn: keep BatchNorm (``compress.fold_bn=False``).
+    keep: regexes of layers pruned at ``p`` but left unshared.
+    group: the point's group (default: the model's).
+    **overrides: config overrides, ``share__steps=2000`` for
+      ``share.steps``.
+  """
+  settings = {"prune": f"sparsity={p:g}", "share": f"k={k}"}.get(
+      variant, f"k={k} sparsity={p:g}")
+  rules = tuple(f"{r} sparsity={p:g}" if p else r for r in keep)
+  rules += (f"kernel$ {settings}",)
+  stages = {"prune": ("prune",), "share": ("share", "finetune")}.get(
+      variant, ("prune", "share", "finetune"))
+  name = {"prune": f"prune_p{p:g}", "share": f"share_k{k}"}.get(
+      variant, f"{variant}_p{p:g}_k{k}")
+  flags = {"recipe.stages": stages, "recipe.rules": rules}
+  if variant == "prune":
+    flags["prune.steps"] = PRUNE_STEPS
+  if variant in ("ste", "paper"):
+    flags["share.method"] = variant
+  if bn:
+    flags["compress.fold_bn"] = False
+  if seed is not None:
+    flags["seed"] = seed
+  flags.update({k.replace("__", "."): v for k, v in overrides.items()})
+  full = "_".join(x for x in (model, tag, name) if x)
+  if seed is not None:
+    full += f"_s{seed}"
+  return Point(full, CONFIGS[model], flags, base=f"{model}_base",
+               group=group or GROUPS[model])
+
+
+def cpu_points() -> list[Point]:
+  out = []
+  for m in ("mlp", "lenet5"):
+    out += [point(m, "prune", 0.5), point(m, "share", 0, 4),
+            point(m, "paper", 0.3, 8), point(m, "ste", 0.3, 8),
+            point(m, "prune", 0.7), point(m, "share", 0, 2),
+            point(m, "paper", 0.6, 4), point(m, "ste", 0.6, 4),
+            point(m, "ste", 0.8, 2), point(m, "paper", 0.8, 2),
+            point(m, "prune", 0.85), point(m, "share", 0, 1)]
+    out += [point(m, "share", 0, 4, tag="bn", bn=True),
+            point(m, "paper", 0.6, 4, tag="bn", bn=True),
+            point(m, "share", 0, 2, tag="bn", bn=True),
+            point(m, "share", 0, 8, tag="bn", bn=True),
+            point(m, "paper", 0.3, 8, tag="bn", bn=True)]
+  out += [point("mlp", "share", 0, 16), point("mlp", "paper", 0.3, 16),
+          point("mlp", "ste", 0.3, 16), point("mlp", "paper", 0.5, 16),
+          point("lenet5", "paper", 0.5, 8), point("lenet5", "ste", 0.5, 8),
+          point("lenet5", "share", 0, 8), point("lenet5", "prune", 0.3)]
+  out += [point("mlp", "paper", 0.5, k, tag="bn", bn=True)
+          for k in (16, 12, 10, 8)]
+  out += [point("mlp", "share", 0, 16, tag="bn", bn=True),
+          point("lenet5", "share", 0, 6, tag="bn", bn=True),
+          point("mlp", "paper", 0.6, 6, tag="bn", bn=True),
+          point("lenet5", "paper", 0.3, 6, tag="bn", bn=True)]
+  return out
+
+
+def seed_points() -> list[Point]:
+  return [point(m, v, p, k, tag="bn", bn=True, seed=s, group="seeds")
+          for s in (1, 2)
+          for m, v, p, k in (("lenet5", "share", 0, 8),
+                             ("mlp", "paper", 0.5, 10),
+                             ("lenet5", "share", 0, 6),
+                             ("mlp", "paper", 0.5, 12),
+                             ("lenet5", "share", 0, 4),
+                             ("mlp", "paper", 0.5, 16),
+                             ("mlp", "share", 0, 8),
+                             ("lenet5", "paper", 0.3, 8),
+                             ("mlp", "paper", 0.5, 8))]
+
+
+# VGG-8 (BatchNorm kept): 2000 + 2000 steps at 1e-3, no emulation in the
+# training run (its sweeps emulate it); 'long': 4000 + 3000 steps.
+_VGG = dict(bn=True, eval__emulate=False, share__steps=2000,
+            finetune__steps=2000, share__learning_rate=1e-3,
+            finetune__learning_rate=1e-3)
+_LONG = dict(share__steps=4000, finetune__steps=3000)
+_LK = ("^conv1/", "^head/")
+
+
+def gpu_points() -> list[Point]:
+  vgg = lambda *a, **kw: point("vgg8", *a, **{**_VGG, **kw})
+  return [
+      vgg("share", 0, 4, tag="bn_lk", keep=_LK),
+      vgg("paper", 0.5, 4, tag="bn_lk", keep=_LK),
+      vgg("ste", 0.5, 4, tag="bn_lk", keep=_LK),
+      vgg("share", 0, 4, tag="bn"),
+      vgg("share", 0, 2, tag="bn_lk", keep=_LK),
+      vgg("share", 0, 8, tag="bn_lk", keep=_LK),
+      vgg("prune", 0.5, tag="bn"), vgg("prune", 0.7, tag="bn"),
+      vgg("share", 0, 4, tag="bn_lk_long", keep=_LK, **_LONG),
+      vgg("ste", 0.5, 4, tag="bn_lk_long", keep=_LK, **_LONG),
+      vgg("paper", 0.5, 4, tag="bn_lk_long", keep=_LK, **_LONG),
+      vgg("ste", 0.5, 4, tag="bn_lk_kd0.5_long", keep=_LK,
+          compress__distill_weight=0.5, **_LONG),
+      vgg("ste", 0.5, 4, tag="bn_lk_kd0.9_long", keep=_LK,
+          compress__distill_weight=0.9, **_LONG),
+      point("resnet20", "paper", 0.5, 4, tag="bn", bn=True),
+      point("resnet20", "ste", 0.5, 4, tag="bn", bn=True),
+      point("resnet20", "prune", 0.5, tag="bn", bn=True),
+      point("resnet20", "share", 0, 2, tag="bn", bn=True),
+      point("resnet20", "share", 0, 8, tag="bn", bn=True),
+  ]
+
+
+_GRID = {"ou_rows": ("8", "9", "16", "32"), "cell_bits": ("1", "2", "4")}
+
+
+def sweeps() -> list[Sweep]:
+  vgg8 = "vgg8_bn_lk_ste_p0.5_k4"
+  return [
+      Sweep("lenet5_base", "lenet5_base", group="cpu"),
+      Sweep("mlp_paper_p0.5_k16", "mlp_paper_p0.5_k16", group="cpu"),
+      # ResNet-20 and VGG-8: one part per OU height (grid) and per fault
+      # kind, so the study runs side by side on a large host.
+      Sweep("resnet20_base", "resnet20_base", {"limit": 500}, parts={
+          **{f"o{o}": {"studies": "grid", "ou_rows": o} for o in
+             _GRID["ou_rows"]},
+          "equality": {"studies": "equality"},
+          "faults": {"studies": "faults"}}, group="gpu"),
+      Sweep(f"{vgg8}_study", vgg8, {"limit": 2000, "calibration": 500,
+                                    "batch_size": 100}, parts={
+          **{f"o{o}": {"studies": "grid", "ou_rows": o} for o in
+             _GRID["ou_rows"]},
+          "equality": {"studies": "equality"},
+          "stuck": {"studies": "faults", "program_sigmas": ""},
+          "sigma": {"studies": "faults", "stuck_rates": ""}}, group="gpu"),
+  ]
+
+
+def get_grid() -> Grid:
+  models = ("mlp", "lenet5", "resnet20", "vgg8")
+  return Grid(points=[base(m) for m in models] + cpu_points()
+              + seed_points() + gpu_points(), sweeps=sweeps())

@@ -1,0 +1,316 @@
+"""The pipeline's stages, each a call into the library.
+
+``train`` trains the float baseline; ``prune`` runs :func:`rsjax.ou_pruning`
+(the library's ranking and counting); ``share`` runs
+:func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing` and ends with
+:func:`rsjax.project`; ``finetune`` runs :func:`rsjax.centroid_finetune`;
+``export`` writes the whole compressed model with
+:func:`rsjax.save_compressed`; ``evaluate`` and ``adc_sweep`` read that file
+back (:func:`rsjax.load_compressed`) and run it in float, quantized and on
+the crossbar emulator (:mod:`rsjax.kernels`).
+
+Each stage takes the :class:`experiments.pipeline.Run` and returns its
+results (JSON values); a compression stage saves its variables, in which
+every planned kernel is exactly its compressed value, as an orbax
+checkpoint that the next stage starts from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import rsjax
+from rsjax import kernels as rk
+
+from experiments import models as models_lib
+from experiments import train as train_lib
+from experiments import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
+
+
+# --- train -------------------------------------------------------------------
+
+
+def train(run) -> dict[str, Any]:
+  """The float baseline: trained, or taken from ``train.init_checkpoint``."""
+  tc = run.config.train
+  if tc.init_checkpoint:
+    return _load_baseline(run, tc.init_checkpoint)
+  variables = models_lib.init_variables(run.model, jax.random.fold_in(
+      run.key, 0), run.info.image_shape)
+  tx = train_lib.make_optimizer(tc.optimizer, tc.learning_rate, tc.steps,
+                                tc.warmup_steps, tc.weight_decay)
+  state = train_lib.create_state(run.model, variables, tx)
+  state = run.loop("train", tc.steps).run(state, run.mesh)
+  baseline = jax.device_get(train_lib.state_variables(state))
+  workdir_lib.save_tree(run.checkpoint("baseline"), baseline)
+  metrics = run.evaluate(run.model, baseline, with_loss=True)
+  return {"accuracy_float": metrics["accuracy"],
+          "eval_loss": metrics["loss"], "steps": tc.steps}
+
+
+def _load_baseline(run, path: str) -> dict[str, Any]:
+  """Takes a trained baseline (e.g. another run's checkpoints/baseline)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"train.init_checkpoint {path} does not exist")
+  baseline = workdir_lib.load_tree(path)
+  expected = jax.eval_shape(lambda: models_lib.init_variables(
+      run.model, jax.random.key(0), run.info.image_shape))
+  shapes = lambda t: {p: x.shape for p, x in rsjax.named_leaves(t)}
+  if shapes(baseline) != shapes(expected):
+    raise ValueError(
+        f"train.init_checkpoint {path} does not hold variables of "
+        f"{run.config.model.name} for inputs {run.info.image_shape}")
+  log.info("baseline loaded from %s (no training)", path)
+  workdir_lib.save_tree(run.checkpoint("baseline"), jax.device_get(baseline))
+  metrics = run.evaluate(run.model, baseline, with_loss=True)
+  return {"accuracy_float": metrics["accuracy"],
+          "eval_loss": metrics["loss"], "steps": 0,
+          "init_checkpoint": os.path.abspath(path)}
+
+
+# --- compression stages ------------------------------------------------------
+
+
+def _train_with(run, name: str, variables, tx, steps: int):
+  """Trains ``variables`` with a library wrapper ``tx`` for ``steps``.
+
+  The forward pass runs on :func:`rsjax.training_params` (pruned, shared);
+  with distillation the float baseline is the teacher.
+
+  Returns:
+    The final train state.
+  """
+  state = train_lib.create_state(run.compress_model, variables, tx)
+  if steps > 0:
+    distill, teacher = run.teacher()
+    state = run.loop(name, steps, view=rsjax.training_params,
+                     distill=distill, teacher_variables=teacher
+                     ).run(state, run.mesh)
+  return state
+
+
+def _inner(run, learning_rate: float, steps: int):
+  tc = run.config.train
+  return train_lib.make_optimizer(tc.optimizer, learning_rate,
+                                  max(steps, 1), 0, tc.weight_decay)
+
+
+def _finish(run, name: str, state, params) -> dict[str, Any]:
+  """Saves the stage's variables (``params`` with the state's BN stats)."""
+  variables = jax.device_get({**train_lib.state_variables(state),
+                              "params": params})
+  workdir_lib.save_tree(run.checkpoint(name), variables)
+  return {f"accuracy_{name}": run.evaluate(run.compress_model, variables)}
+
+
+def prune(run) -> dict[str, Any]:
+  """OU pruning with :func:`rsjax.ou_pruning` on the recipe's sparsities.
+
+  ``prune.steps`` 0 prunes once (the schedule must then begin and end at
+  0); otherwise the pruned model trains that many steps, the schedule
+  choosing when blocks go.
+  """
+  pc = run.config.prune
+  variables = run.latest_variables()
+  tx = rsjax.ou_pruning(_inner(run, pc.learning_rate, pc.steps),
+                        run.recipe.rules, run.hw, run.recipe.schedule)
+  state = _train_with(run, "prune", variables, tx, pc.steps)
+  params = rsjax.training_params(state.params, state.opt_state)
+  return {**_finish(run, "prune", state, params), "steps": pc.steps}
+
+
+def sharing_transform(recipe, inner, hw: rsjax.HardwareSpec, *, key,
+                      recluster_every: int, n_init: int, lam: float):
+  """The library wrapper of the recipe's sharing method around ``inner``."""
+  common = dict(key=key, recluster_every=recluster_every, n_init=n_init)
+  if recipe.sharing == "ste":
+    return rsjax.ste_sharing(inner, recipe.rules, hw, **common)
+  return rsjax.distance_sharing(inner, recipe.rules, hw, lam=lam, **common)
+
+
+def project(recipe, params, opt_state, *, key, n_init: int):
+  """``W := Z`` at the end of sharing.
+
+  The paper's loop re-clusters first (its Z was fixed since the last
+  re-clustering); STE's Z already follows W.
+  """
+  if recipe.sharing == "paper":
+    opt_state = rsjax.recluster(params, opt_state, key, n_init=n_init)
+  return rsjax.project(params, opt_state)
+
+
+def share(run) -> dict[str, Any]:
+  """OU-level sharing with the recipe's method, ending in ``W := Z``."""
+  sc = run.config.share
+  tx = sharing_transform(
+      run.recipe, _inner(run, sc.learning_rate, sc.steps), run.hw,
+      key=jax.random.fold_in(run.key, 1), recluster_every=sc.recluster_every,
+      n_init=sc.n_init, lam=sc.lam)
+  state = _train_with(run, "share", run.latest_variables(), tx, sc.steps)
+  params = project(run.recipe, state.params, state.opt_state,
+                   key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
+  return {**_finish(run, "share", state, params), "steps": sc.steps,
+          "method": run.recipe.sharing}
+
+
+def finetune(run) -> dict[str, Any]:
+  """Centroid fine-tune (:func:`rsjax.centroid_finetune`)."""
+  fc = run.config.finetune
+  variables = run.latest_variables()
+  tx = rsjax.centroid_finetune(_inner(run, fc.learning_rate, fc.steps),
+                               run.recipe.rules, run.hw, reduce=fc.reduce)
+  state = _train_with(run, "finetune", variables, tx, fc.steps)
+  params = rsjax.training_params(state.params, state.opt_state)
+  return {**_finish(run, "finetune", state, params), "steps": fc.steps,
+          "reduce": fc.reduce}
+
+
+# --- export and evaluation ---------------------------------------------------
+
+
+def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
+  """Every Dense/Conv kernel of ``params`` as a ``CompressedLayer``.
+
+  Planned layers are read off their exact values (:func:`rsjax.
+  to_compressed`); the others, kept dense, are mapped to crossbars as they
+  are (an identity index). Keys are variable paths (``'params/...'``).
+  """
+  planned = (rsjax.to_compressed(params, rules=run.recipe.rules, hw=run.hw)
+             if run.recipe.stages else {})
+  leaves = dict(rsjax.named_leaves(params))
+  out = {}
+  for path in rsjax.kernel_paths(params):
+    layer = planned.get(path)
+    if layer is None:
+      layer = rsjax.CompressedLayer.from_kernel(leaves[path],
+                                                run.hw.block_shape)
+    out[f"params/{path}"] = layer
+  return out
+
+
+def export(run) -> dict[str, Any]:
+  """Writes the whole compressed model (``compressed_model.rsjax.npz``)."""
+  variables = run.latest_variables()
+  layers = crossbar_layers(run, variables["params"])
+  metadata = {"model": run.config.model.name,
+              "dataset": run.config.data.name,
+              "recipe": run.recipe_json, "provenance": run.provenance}
+  rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
+                        params=variables)
+  return {"file": os.path.basename(run.model_file), "layers": list(layers)}
+
+
+def load_model(run):
+  """``(variables, layers)`` of the exported model file (jnp arrays)."""
+  model = rsjax.load_compressed(run.model_file, hw=run.hw)
+  variables = jax.tree_util.tree_map(jnp.asarray, model.params)
+  return variables, dict(model.layers)
+
+
+def quantized(variables, hw: rsjax.HardwareSpec):
+  """``variables`` with every kernel quantized to ``hw.weight_bits``.
+
+  One scale per layer, as a stored shared block serves several output
+  columns whose integers must agree.
+  """
+  crossbar = set(rsjax.kernel_paths(variables["params"]))
+
+  def one(keypath, x):
+    if rsjax.path_str(keypath) not in crossbar:
+      return x
+    q, scale = rsjax.quantize_weights(x, hw.weight_bits, per="layer")
+    return rsjax.dequantize(q, scale)
+
+  params = jax.tree_util.tree_map_with_path(one, variables["params"])
+  return {**variables, "params": params}
+
+
+def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
+                      batches: Callable[[], Any], *, key,
+                      calibration_batches: int = 2) -> float:
+  """Accuracy with every crossbar layer on the emulator.
+
+  Layers run the index-and-add dataflow from their codebooks (one layer
+  scale) and index tables; input scales are calibrated on the first
+  ``calibration_batches`` of ``batches()``.
+
+  Args:
+    model: the Linen model (inference mode).
+    variables: its variables (compressed kernels in place).
+    layers: ``{'params/...': CompressedLayer}``.
+    hw: the hardware, ADC included.
+    batches: returns an iterable of batches (``image``, ``label``,
+      ``mask``).
+    key: for the non-idealities.
+    calibration_batches: how many batches calibrate the input scales.
+  """
+  calibration = [b["image"] for _, b in zip(range(calibration_batches),
+                                            batches())]
+  plans = rk.prepare_linen(model, variables, calibration, hw,
+                           compressed=layers, key=key, train=False)
+  forward = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
+                                               train=False))
+  correct = total = 0.0
+  for b in batches():
+    hit = jnp.argmax(forward(b["image"]), -1) == b["label"]
+    mask = jnp.asarray(b["mask"], jnp.float32)
+    correct += float(jnp.sum(hit.astype(jnp.float32) * mask))
+    total += float(jnp.sum(mask))
+  return correct / max(total, 1.0)
+
+
+def _emulated(run, variables, layers, hw, key) -> float:
+  return emulated_accuracy(
+      run.compress_model, variables, layers, hw, run.emulation_batches,
+      key=key, calibration_batches=run.config.eval.calibration_batches)
+
+
+def evaluate(run) -> dict[str, Any]:
+  """Float, quantized, compressed and emulated accuracy."""
+  variables, layers = load_model(run)
+  base = run.compress_base()
+  model = run.compress_model
+  emulated = None
+  if run.config.eval.emulate:
+    emulated = _emulated(run, variables, layers, run.hw,
+                         jax.random.fold_in(run.key, 2))
+  else:
+    log.info("emulated evaluation skipped: eval.emulate is False")
+  return {
+      "float": run.results("train")["accuracy_float"],
+      "quantized": run.evaluate(model, quantized(base, run.hw)),
+      "compressed": run.evaluate(model, variables),
+      "compressed_quantized": run.evaluate(model,
+                                           quantized(variables, run.hw)),
+      "emulated": emulated,
+  }
+
+
+def adc_sweep(run) -> dict[str, Any]:
+  """Emulated accuracy at each of ``eval.adc_bits``."""
+  if not run.config.eval.emulate:
+    log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
+             "eval.emulate is False")
+    return {"sweep": [], "skipped": "eval.emulate is False"}
+  variables, layers = load_model(run)
+  sweep = []
+  for bits in run.config.eval.adc_bits:
+    acc = _emulated(run, variables, layers,
+                    run.hw.replace(adc_bits=int(bits)),
+                    jax.random.fold_in(run.key, 3))
+    log.info("ADC %d bits: accuracy %.4f", bits, acc)
+    sweep.append({"adc_bits": int(bits), "accuracy": acc})
+  return {"sweep": sweep}
+
+
+STAGE_FNS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "train": train, "prune": prune, "share": share, "finetune": finetune,
+    "export": export, "evaluate": evaluate, "adc_sweep": adc_sweep,
+}
+STAGES = tuple(STAGE_FNS)

@@ -1,0 +1,160 @@
+"""A run's folder: its config, its stage state, its checkpoints and files.
+
+Workdir layout::
+
+  config.json                  the run's config (another one is refused)
+  state.json                   finished stages, their results and timings
+  log.txt                      progress log
+  checkpoints/{train,baseline,prune,share,finetune}/
+  compressed_model.rsjax.npz   the whole compressed model (rsjax format)
+  results.json, adc_sweep.csv, accuracy_vs_adc_bits.png,
+  layer_compression.png        the report
+
+Every file is written atomically: a reader sees the old or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "compressed_model.rsjax.npz"
+OWNED = ("config.json", "state.json", "log.txt", "checkpoints",
+         "results.json", "adc_sweep.csv", "accuracy_vs_adc_bits.png",
+         "layer_compression.png", MODEL_FILE)
+# Written by the experiments before recipes: their configs had these fields.
+_LEGACY_FIELDS = (("prune", "ratio"), ("share", "k"))
+
+
+class WorkdirConflictError(RuntimeError):
+  """The workdir holds a run of another config."""
+
+
+def atomic_write(path: str, payload: bytes | str) -> None:
+  """Writes a file so readers see the old or the new one, never half."""
+  mode = "wb" if isinstance(payload, bytes) else "w"
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, mode) as f:
+      f.write(payload)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def jsonable(x):
+  """NumPy/JAX values to JSON; ``inf`` as the string ``'inf'``, NaN null."""
+  if isinstance(x, Mapping):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return jsonable(np.asarray(x).tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+  return x
+
+
+def write_json(path: str, obj) -> None:
+  atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def _config_diff(a, b, prefix="") -> list[str]:
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+  return out[:10]
+
+
+def is_legacy_config(stored: Mapping[str, Any]) -> bool:
+  """Whether a stored config is from the experiments before recipes."""
+  return any(isinstance(stored.get(s), dict) and k in stored[s]
+             for s, k in _LEGACY_FIELDS)
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict,
+            overwrite: bool) -> None:
+  """Creates the workdir, or checks it holds a run of this same config.
+
+  Raises:
+    WorkdirConflictError: it holds another config's run (or one written
+      before recipes existed) and not ``overwrite``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = config_json(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    if stored != current and not overwrite:
+      if is_legacy_config(stored):
+        raise WorkdirConflictError(
+            f"{workdir} holds a run of the experiments before recipes "
+            "(prune.ratio/share.k configs); it cannot be resumed. Its "
+            "compressed model converts to the current format with `python "
+            "-m experiments.convert_legacy DIR/compressed_model.npz "
+            "NEW.rsjax.npz`; rerun the experiment in a new --workdir (or "
+            "pass --overwrite to delete the old run).")
+      raise WorkdirConflictError(
+          f"{workdir} holds a run of another config (differences: "
+          f"{_config_diff(stored, current)}). Use another --workdir, or "
+          "pass --overwrite to delete that run.")
+    if overwrite:
+      log.info("--overwrite: deleting the previous run in %s", workdir)
+      for name in OWNED:
+        p = os.path.join(workdir, name)
+        if os.path.isdir(p):
+          shutil.rmtree(p)
+        elif os.path.exists(p):
+          os.remove(p)
+  write_json(path, current)
+
+
+def load_state(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, "state.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"stages": {}}
+
+
+def save_tree(path: str, tree) -> None:
+  """An orbax checkpoint of ``tree`` (written by process 0 only)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), tree, force=True)
+    ckptr.wait_until_finished()
+
+
+def load_tree(path: str):
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.abspath(path))
+  return jax.tree_util.tree_map(jnp.asarray, tree)
