@@ -275,11 +275,13 @@ def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
   Returns:
     ``{'layouts': {layout: {'energy_pj': {component: pJ, 'total': pJ},
     'latency_ns', 'interval_ns', 'crossbars', 'area_um2': {component: um^2,
-    'total': um^2}}}, 'layers': {name: {layout: {'energy_pj': pJ,
+    'core': um^2, 'total': um^2}}}, 'layers': {name: {layout: {'energy_pj': pJ,
     'latency_ns': ns}}}, 'adc_bits': ...}`` for layouts ``dense``, ``pruned``
     and ``shared``. ``latency_ns`` runs the layers one after another;
     ``interval_ns`` is the slowest layer, the time per inference when layers
-    are pipelined.
+    are pipelined. ``core`` is the area that grows with the crossbars and
+    the index table (ADC, DAC, cells, S+H, S+A, table, adders); ``total``
+    adds the IMA registers and whole tiles (eDRAM, bus, router share...).
 
   Raises:
     ValueError: a report without the per-layer figures, a DAC resolution the
