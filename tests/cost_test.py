@@ -1,6 +1,8 @@
 """Energy, latency and area: hand-worked figures and ISAAC's Table I."""
 
 import copy
+import pathlib
+import re
 
 import jax
 import numpy as np
@@ -208,6 +210,9 @@ def test_adc_table_override(worked_example):
   assert cost["layouts"]["dense"]["energy_pj"]["adc"] == pytest.approx(
       3 * 8 * 8 * 8 * 0.6)
   assert COSTS.adc_energy_pj[8] == pytest.approx(1.666666667)  # unchanged
+  assert 3 not in COSTS.adc_energy_pj
+  assert hash(costs) != hash(COSTS) and costs != COSTS
+  assert hash(rsjax.CostModel()) == hash(COSTS) and rsjax.CostModel() == COSTS
 
 
 def test_format_cost(worked_example):
@@ -243,3 +248,13 @@ def test_bad_input(worked_example):
     rsjax.inference_cost({"total": report["total"]}, HW)
   with pytest.raises(TypeError, match="CostModel"):
     rsjax.inference_cost(report, HW, costs={"adc": 1})
+
+
+@pytest.mark.slow  # three k-means compiles: about 20 s on an idle 2-core CPU
+def test_docs_example_prints_the_documented_tables(capsys):
+  doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "cost.md"
+         ).read_text()
+  code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+  printed = re.search(r"\nprints .*?\n\n```\n(.*?)```", doc, re.S).group(1)
+  exec(compile(code, "docs/cost.md", "exec"), {})  # pylint: disable=exec-used
+  assert capsys.readouterr().out == printed

@@ -161,6 +161,13 @@ class CostModel:
         raise ValueError(
             f"CostModel.{name} must be > 0, got {getattr(self, name)}")
 
+  def __hash__(self):
+    # The ADC tables are dicts; hash their items so the model stays usable as
+    # a dict key or a static argument.
+    return hash(tuple(
+        tuple(value.items()) if isinstance(value, dict) else value
+        for value in (getattr(self, f.name) for f in dataclasses.fields(self))))
+
   def adc_energy(self, bits: int) -> float:
     """pJ per conversion of a ``bits``-bit ADC (from the table only)."""
     return self._adc_lookup("adc_energy_pj", bits)
