@@ -104,9 +104,11 @@ class CostModel:
   dac_energy_pj: float = 0.41667
   dac_area_um2: float = 170.0 / _ISAAC_ROWS_PER_IMA
   dac_bits: int = 1
-  cell_read_energy_pj: float = 2.4e-3 * _ISAAC_CYCLE_S / _ISAAC_CELLS_PER_IMA * 1e12
+  cell_read_energy_pj: float = (
+      2.4e-3 * _ISAAC_CYCLE_S / _ISAAC_CELLS_PER_IMA * 1e12)
   cell_area_um2: float = 200.0 / _ISAAC_CELLS_PER_IMA
-  sample_hold_energy_pj: float = 10e-6 * _ISAAC_CYCLE_S / _ISAAC_ROWS_PER_IMA * 1e12
+  sample_hold_energy_pj: float = (
+      10e-6 * _ISAAC_CYCLE_S / _ISAAC_ROWS_PER_IMA * 1e12)
   sample_hold_area_um2: float = 40.0 / _ISAAC_ROWS_PER_IMA
   shift_add_energy_pj: float = 0.021
   shift_add_area_um2: float = 60.0
