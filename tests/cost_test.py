@@ -244,6 +244,10 @@ def test_bad_input(worked_example):
     bad = copy.deepcopy(report)
     del bad["layers"]["x"]["index_bits"]
     rsjax.inference_cost(bad, HW)
+  with pytest.raises(ValueError, match="not made for this hw"):
+    rsjax.inference_cost(report, HW.replace(input_bits=4))
+  with pytest.raises(ValueError, match="not made for this hw"):
+    rsjax.inference_cost(report, HW.replace(signed="differential"))
   with pytest.raises(ValueError, match="'layers'"):
     rsjax.inference_cost({"total": report["total"]}, HW)
   with pytest.raises(TypeError, match="CostModel"):

@@ -29,8 +29,8 @@ AREA_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
 # The parts that grow with the crossbars and the table, not whole tiles.
 CORE_AREA_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
                   "index_table", "adders")
-_LAYER_KEYS = ("positions", "matrix_shape", "kept_ous", "index_bits",
-               "dense_crossbars", "packed_crossbars") + tuple(
+_LAYER_KEYS = ("positions", "matrix_shape", "dense_ous", "kept_ous",
+               "index_bits", "dense_crossbars", "packed_crossbars") + tuple(
                    f"{kind}_{layout}" for layout in LAYOUTS
                    for kind in ("ou_activations", "adc_conversions"))
 
@@ -293,8 +293,9 @@ def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
     adds the IMA registers and whole tiles (eDRAM, bus, router share...).
 
   Raises:
-    ValueError: a report without the per-layer figures, a DAC resolution the
-      costs do not hold for, or an ADC width without a figure.
+    ValueError: a report without the per-layer figures or made for other
+      hardware, a DAC resolution the costs do not hold for, or an ADC width
+      without a figure.
   """
   costs = CostModel() if costs is None else costs
   if not isinstance(costs, CostModel):
@@ -313,6 +314,15 @@ def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
     missing = [key for key in _LAYER_KEYS if key not in fig]
     if missing:
       raise ValueError(f"report layer {name!r} lacks {missing}")
+    expected = fig["dense_ous"] * fig["positions"] * hw.cycles * hw.arrays
+    if (fig["ou_activations_dense"] != expected
+        or fig["adc_conversions_dense"] != expected * hw.ou_cols):
+      raise ValueError(
+          f"report layer {name!r} was not made for this hw: its dense counts "
+          f"({fig['ou_activations_dense']} activations, "
+          f"{fig['adc_conversions_dense']} conversions) are not those of "
+          f"{fig['dense_ous']} OUs x {fig['positions']} positions x "
+          f"{hw.cycles} cycles x {hw.arrays} arrays x {hw.ou_cols} columns")
   index_bits = sum(fig["index_bits"] for fig in layers.values())
   out = {"layouts": {}, "layers": {name: {} for name in layers},
          "adc_bits": hw.adc_bits}
