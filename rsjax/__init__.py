@@ -2,6 +2,9 @@
 
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
+from rsjax._src.cost import CostModel
+from rsjax._src.cost import format_cost
+from rsjax._src.cost import inference_cost
 from rsjax._src.export import CompressedModel
 from rsjax._src.finalize import to_compressed
 from rsjax._src.finetune import centroid_finetune
@@ -46,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = (
     "CompressedLayer",
     "CompressedModel",
+    "CostModel",
     "HardwareSpec",
     "LayerPlan",
     "LayerState",
@@ -61,10 +65,12 @@ __all__ = (
     "dequantize",
     "distance_loss",
     "distance_sharing",
+    "format_cost",
     "format_report",
     "from_crossbar_matrix",
     "from_ous",
     "grid_shape",
+    "inference_cost",
     "kernel_paths",
     "layer_report",
     "load_compressed",

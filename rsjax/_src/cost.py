@@ -1,0 +1,381 @@
+"""Energy, latency and area per inference, priced from the compression report.
+
+Every constant of :class:`CostModel` is a 32 nm figure from ISAAC (Shafiee et
+al., "ISAAC: A Convolutional Neural Network Accelerator with In-Situ Analog
+Arithmetic in Crossbars", ISCA 2016, Table I "ISAAC parameters"), turned into
+an energy per action either by the Accelergy/CiMLoop component library
+(``hwcomponents_library/library/isaac.py`` of
+github.com/Accelergy-Project/hwcomponents-library) or, where that library has
+no figure, by dividing Table I's power by the action rate of ISAAC's 100 ns
+cycle (noted at each field). ``docs/cost.md`` lists which were checked
+against Table I. Host-side arithmetic on plain numbers: pure, no jit needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from rsjax._src import hardware
+
+LAYOUTS = ("dense", "pruned", "shared")
+ENERGY_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
+               "input_register", "index_table", "adders", "edram", "bus",
+               "router")
+AREA_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
+             "registers", "index_table", "adders", "edram", "bus", "router",
+             "tile_misc")
+# The parts that grow with the crossbars and the table, not whole tiles.
+CORE_AREA_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
+                  "index_table", "adders")
+_LAYER_KEYS = ("positions", "matrix_shape", "dense_ous", "kept_ous",
+               "index_bits", "dense_crossbars", "packed_crossbars") + tuple(
+                   f"{kind}_{layout}" for layout in LAYOUTS
+                   for kind in ("ou_activations", "adc_conversions"))
+
+# ISAAC's IMA: 8 crossbars of 128x128 cells, read every 100 ns.
+_ISAAC_CELLS_PER_IMA = 8 * 128 * 128
+_ISAAC_ROWS_PER_IMA = 8 * 128
+_ISAAC_CYCLE_S = 100e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+  """Per-component costs: energy per action (pJ) and area (um^2), 32 nm.
+
+  Attributes:
+    adc_energy_pj: ``{bits: pJ per conversion}`` of a 1.2 GS/s SAR ADC. 8 bits:
+      Table I's 16 mW for 8 ADCs over 8 x 1.2 GS/s (Kull et al., ISSCC 2013);
+      the other widths scaled by Accelergy with the capacitive-DAC SAR model of
+      Saberi et al. (IEEE TCAS-I 2011). Widths outside the table are refused.
+    adc_area_um2: ``{bits: um^2}``, 8 bits Table I's 0.0096 mm^2 / 8, the rest
+      scaled as above.
+    dac_energy_pj: one 1-bit row drive: Table I's 4 mW over 8 x 128 DACs at
+      1.2e7 drives/s, x 128/100 for ADC-limited use (Accelergy).
+    dac_area_um2: Table I's 0.00017 mm^2 / (8 x 128).
+    dac_bits: the DAC resolution these figures hold for.
+    cell_read_energy_pj: one cell in one read: Table I's 2.4 mW for 8 arrays
+      of 128 x 128 over a 100 ns read (energy assumed proportional to the
+      cells an OU activates).
+    cell_area_um2: Table I's 0.0002 mm^2 / (8 x 128 x 128).
+    sample_hold_energy_pj: one sample: Table I's 10 uW / (8 x 128) x 100 ns.
+    sample_hold_area_um2: Table I's 0.00004 mm^2 / (8 x 128); one per column.
+    shift_add_energy_pj: one 16-bit shift-and-add: Table I's 0.2 mW for 4
+      units over 8 x 1.2 GS/s (Accelergy); one per ADC conversion.
+    shift_add_area_um2: Table I's 0.00024 mm^2 / 4.
+    shift_adds_per_crossbar: 4 per IMA of 8 crossbars.
+    adcs_per_crossbar: 8 per IMA of 8 crossbars.
+    input_register_energy_pj_per_bit: Table I's IR (2 KB, 1.24 mW) over the
+      8 x 128 input bits it feeds per 100 ns.
+    input_register_area_um2: Table I's IR, 0.0021 mm^2 per IMA.
+    output_register_area_um2: Table I's OR, 0.00077 mm^2 per IMA.
+    index_sram_energy_pj_per_bit: the index table, a small SRAM priced per bit
+      read like ISAAC's 2 KB IR (CACTI 6.5 at 32 nm in ISAAC).
+    index_sram_area_um2_per_bit: the IR's 0.0021 mm^2 / 16384 bits.
+    adder_energy_pj: one index-and-add addition, a 16-bit add priced as one
+      ISAAC shift-and-add op.
+    adder_area_um2: one adder, as one ISAAC shift-and-add unit.
+    adders_per_crossbar: index-and-add adders per crossbar (shared layout).
+    edram_energy_pj: one 256-bit eDRAM access (Accelergy, from Table I's
+      20.7 mW, 64 KB buffer).
+    edram_access_bits: bits per eDRAM access and per router transfer.
+    edram_area_um2: Table I's 0.083 mm^2 per tile.
+    bus_energy_pj_per_bit: eDRAM-to-IMA bus, Table I's 7 mW (Accelergy).
+    bus_area_um2: Table I's 0.090 mm^2 per tile.
+    router_energy_pj: one 256-bit router transfer (Accelergy, from Table I's
+      42 mW router shared by 4 tiles).
+    router_area_um2: Table I's 0.151 mm^2 / 4 tiles.
+    tile_misc_area_um2: Table I's sigmoid 0.0006 + max-pool 0.00024 + S+A
+      0.00006 + OR 0.0032 mm^2 per tile.
+    crossbars_per_ima: 8 (Table I).
+    imas_per_tile: 12 (Table I).
+    xbar_read_ns: one crossbar read, 100 ns (ISAAC section IV).
+    adc_rate_gsps: 1.2 GS/s (Table I).
+  """
+
+  adc_energy_pj: Mapping[int, float] = dataclasses.field(
+      default_factory=lambda: {4: 0.79, 5: 0.99, 6: 1.20, 7: 1.42,
+                               8: 1.666666667, 9: 1.969078145,
+                               10: 2.379022742})
+  adc_area_um2: Mapping[int, float] = dataclasses.field(
+      default_factory=lambda: {4: 361.04, 5: 476.91, 6: 626.91, 7: 845.18,
+                               8: 1200.0, 9: 1827.911647, 10: 3002.008032})
+  dac_energy_pj: float = 0.41667
+  dac_area_um2: float = 170.0 / _ISAAC_ROWS_PER_IMA
+  dac_bits: int = 1
+  cell_read_energy_pj: float = (
+      2.4e-3 * _ISAAC_CYCLE_S / _ISAAC_CELLS_PER_IMA * 1e12)
+  cell_area_um2: float = 200.0 / _ISAAC_CELLS_PER_IMA
+  sample_hold_energy_pj: float = (
+      10e-6 * _ISAAC_CYCLE_S / _ISAAC_ROWS_PER_IMA * 1e12)
+  sample_hold_area_um2: float = 40.0 / _ISAAC_ROWS_PER_IMA
+  shift_add_energy_pj: float = 0.021
+  shift_add_area_um2: float = 60.0
+  shift_adds_per_crossbar: float = 0.5
+  adcs_per_crossbar: float = 1.0
+  input_register_energy_pj_per_bit: float = (
+      1.24e-3 * _ISAAC_CYCLE_S / _ISAAC_ROWS_PER_IMA * 1e12)
+  input_register_area_um2: float = 2100.0
+  output_register_area_um2: float = 770.0
+  index_sram_energy_pj_per_bit: float = (
+      1.24e-3 * _ISAAC_CYCLE_S / _ISAAC_ROWS_PER_IMA * 1e12)
+  index_sram_area_um2_per_bit: float = 2100.0 / (2048 * 8)
+  adder_energy_pj: float = 0.021
+  adder_area_um2: float = 60.0
+  adders_per_crossbar: float = 1.0
+  edram_energy_pj: float = 20.45
+  edram_access_bits: int = 256
+  edram_area_um2: float = 83000.0
+  bus_energy_pj_per_bit: float = 0.054
+  bus_area_um2: float = 90000.0
+  router_energy_pj: float = 20.74
+  router_area_um2: float = 151000.0 / 4
+  tile_misc_area_um2: float = 600.0 + 240.0 + 60.0 + 3200.0
+  crossbars_per_ima: int = 8
+  imas_per_tile: int = 12
+  xbar_read_ns: float = 100.0
+  adc_rate_gsps: float = 1.2
+
+  def __post_init__(self):
+    for name in ("adc_energy_pj", "adc_area_um2"):
+      table = getattr(self, name)
+      if not isinstance(table, Mapping) or not table:
+        raise TypeError(f"CostModel.{name} must be a non-empty mapping "
+                        f"{{bits: value}}, got {table!r}")
+      for bits, value in table.items():
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+          raise ValueError(f"CostModel.{name} keys must be ADC bits >= 1, "
+                           f"got {bits!r}")
+        _check_cost(f"{name}[{bits}]", value)
+      # A frozen copy, so a caller's dict cannot change the model later.
+      object.__setattr__(self, name, dict(sorted(table.items())))
+    for field in dataclasses.fields(self):
+      if field.name not in ("adc_energy_pj", "adc_area_um2"):
+        _check_cost(field.name, getattr(self, field.name))
+    for name in ("dac_bits", "edram_access_bits", "crossbars_per_ima",
+                 "imas_per_tile"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"CostModel.{name} must be an int >= 1, got {value!r}")
+    for name in ("xbar_read_ns", "adc_rate_gsps", "adcs_per_crossbar"):
+      if getattr(self, name) <= 0:
+        raise ValueError(
+            f"CostModel.{name} must be > 0, got {getattr(self, name)}")
+
+  def __hash__(self):
+    # The ADC tables are dicts; hash their items so the model stays usable as
+    # a dict key or a static argument.
+    return hash(tuple(
+        tuple(value.items()) if isinstance(value, dict) else value
+        for value in (getattr(self, f.name) for f in dataclasses.fields(self))))
+
+  def adc_energy(self, bits: int) -> float:
+    """pJ per conversion of a ``bits``-bit ADC (from the table only)."""
+    return self._adc_lookup("adc_energy_pj", bits)
+
+  def adc_area(self, bits: int) -> float:
+    """um^2 of one ``bits``-bit ADC (from the table only)."""
+    return self._adc_lookup("adc_area_um2", bits)
+
+  def _adc_lookup(self, name: str, bits: int) -> float:
+    table = getattr(self, name)
+    if bits not in table:
+      raise ValueError(
+          f"no ADC figure for adc_bits={bits}: CostModel.{name} covers "
+          f"{sorted(table)} bits; add a published figure for {bits} bits "
+          f"(e.g. CostModel({name}={{**CostModel().{name}, {bits}: ...}}))")
+    return table[bits]
+
+  def replace(self, **changes: Any) -> "CostModel":
+    """A copy with ``changes`` applied (and validated)."""
+    return dataclasses.replace(self, **changes)
+
+
+def _check_cost(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f"CostModel.{name} must be a number, got {value!r}")
+  if not math.isfinite(value) or value < 0:
+    raise ValueError(f"CostModel.{name} must be finite and >= 0, got {value}")
+
+
+def _layer_cost(fig: Mapping[str, Any], layout: str,
+                hw: hardware.HardwareSpec, costs: CostModel
+                ) -> tuple[dict[str, float], float, int]:
+  """One layer's energy breakdown (pJ), latency (ns) and crossbars."""
+  activations = fig[f"ou_activations_{layout}"]
+  conversions = fig[f"adc_conversions_{layout}"]
+  row_drives = activations * hw.ou_rows
+  rows, cols = fig["matrix_shape"]
+  # Inputs in and outputs out through the tile's eDRAM, bus and router, at
+  # input precision, once per crossbar MVM (im2col rows: no input reuse).
+  moved_bits = fig["positions"] * (rows + cols) * hw.input_bits
+  accesses = moved_bits / costs.edram_access_bits
+  indexed = layout == "shared" and fig["index_bits"] > 0
+  energy = {
+      "adc": conversions * costs.adc_energy(hw.adc_bits),
+      "dac": row_drives * costs.dac_energy_pj,
+      "crossbar": activations * hw.ou_rows * hw.ou_cols
+                  * costs.cell_read_energy_pj,
+      "sample_hold": conversions * costs.sample_hold_energy_pj,
+      "shift_add": conversions * costs.shift_add_energy_pj,
+      "input_register": row_drives * hw.dac_bits
+                        * costs.input_register_energy_pj_per_bit,
+      # Each MVM reads every entry of the table once (pruned codes included).
+      "index_table": (fig["index_bits"] * fig["positions"]
+                      * costs.index_sram_energy_pj_per_bit if indexed else 0.0),
+      # Each kept (row-block, group) adds its stored block's weight columns
+      # into the group's outputs, once per MVM and array.
+      "adders": (fig["kept_ous"] * fig["positions"] * hw.arrays
+                 * hw.block_shape[1] * costs.adder_energy_pj
+                 if indexed else 0.0),
+      "edram": 2 * accesses * costs.edram_energy_pj,  # written, then read
+      "bus": moved_bits * costs.bus_energy_pj_per_bit,
+      "router": accesses * costs.router_energy_pj,
+  }
+  crossbars = fig["packed_crossbars" if layout == "shared"
+                  else "dense_crossbars"]
+  # Each crossbar activates its OUs one after another (the S+H lets the ADC
+  # convert one while the next is read); crossbars run in parallel, the
+  # layer's activations spread evenly over them.
+  adc_ns = hw.ou_cols / (costs.adc_rate_gsps * costs.adcs_per_crossbar)
+  activation_ns = max(costs.xbar_read_ns, adc_ns)
+  latency = (math.ceil(activations / crossbars) * activation_ns
+             if crossbars else 0.0)
+  return energy, latency, crossbars
+
+
+def _area(crossbars: int, index_bits: int, layout: str,
+          hw: hardware.HardwareSpec, costs: CostModel) -> dict[str, float]:
+  imas = -(-crossbars // costs.crossbars_per_ima)
+  tiles = -(-imas // costs.imas_per_tile)
+  indexed = layout == "shared" and index_bits > 0
+  return {
+      "adc": crossbars * costs.adcs_per_crossbar
+             * costs.adc_area(hw.adc_bits),
+      "dac": crossbars * hw.xbar_rows * costs.dac_area_um2,
+      "crossbar": crossbars * hw.xbar_rows * hw.xbar_cols
+                  * costs.cell_area_um2,
+      "sample_hold": crossbars * hw.xbar_cols * costs.sample_hold_area_um2,
+      "shift_add": crossbars * costs.shift_adds_per_crossbar
+                   * costs.shift_add_area_um2,
+      "registers": imas * (costs.input_register_area_um2
+                           + costs.output_register_area_um2),
+      "index_table": (index_bits * costs.index_sram_area_um2_per_bit
+                      if indexed else 0.0),
+      "adders": (crossbars * costs.adders_per_crossbar * costs.adder_area_um2
+                 if indexed else 0.0),
+      "edram": tiles * costs.edram_area_um2,
+      "bus": tiles * costs.bus_area_um2,
+      "router": tiles * costs.router_area_um2,
+      "tile_misc": tiles * costs.tile_misc_area_um2,
+  }
+
+
+def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
+                   costs: CostModel | None = None) -> dict[str, Any]:
+  """Energy, latency and area of one inference, per layout.
+
+  Args:
+    report: what :func:`compression_report` returns for ``hw``.
+    hw: the hardware the report was made for (``adc_bits`` picks the ADC).
+    costs: the per-component costs, default :class:`CostModel()`.
+
+  Returns:
+    ``{'layouts': {layout: {'energy_pj': {component: pJ, 'total': pJ},
+    'latency_ns', 'interval_ns', 'crossbars', 'area_um2': {component: um^2,
+    'core': um^2, 'total': um^2}}}, 'layers': {name: {layout: {'energy_pj': pJ,
+    'latency_ns': ns}}}, 'adc_bits': ...}`` for layouts ``dense``, ``pruned``
+    and ``shared``. ``latency_ns`` runs the layers one after another;
+    ``interval_ns`` is the slowest layer, the time per inference when layers
+    are pipelined. ``core`` is the area that grows with the crossbars and
+    the index table (ADC, DAC, cells, S+H, S+A, table, adders); ``total``
+    adds the IMA registers and whole tiles (eDRAM, bus, router share...).
+
+  Raises:
+    ValueError: a report without the per-layer figures or made for other
+      hardware, a DAC resolution the costs do not hold for, or an ADC width
+      without a figure.
+  """
+  costs = CostModel() if costs is None else costs
+  if not isinstance(costs, CostModel):
+    raise TypeError(f"costs must be a CostModel, got {type(costs).__name__}")
+  if not isinstance(hw, hardware.HardwareSpec):
+    raise TypeError(f"hw must be a HardwareSpec, got {type(hw).__name__}")
+  if hw.dac_bits != costs.dac_bits:
+    raise ValueError(
+        f"hw.dac_bits={hw.dac_bits} but CostModel.dac_bits={costs.dac_bits}: "
+        "give DAC figures for that resolution")
+  layers = report.get("layers") if isinstance(report, Mapping) else None
+  if not isinstance(layers, Mapping) or not layers:
+    raise ValueError("report must be a compression_report dict with a "
+                     "non-empty 'layers' mapping")
+  for name, fig in layers.items():
+    missing = [key for key in _LAYER_KEYS if key not in fig]
+    if missing:
+      raise ValueError(f"report layer {name!r} lacks {missing}")
+    expected = fig["dense_ous"] * fig["positions"] * hw.cycles * hw.arrays
+    if (fig["ou_activations_dense"] != expected
+        or fig["adc_conversions_dense"] != expected * hw.ou_cols):
+      raise ValueError(
+          f"report layer {name!r} was not made for this hw: its dense counts "
+          f"({fig['ou_activations_dense']} activations, "
+          f"{fig['adc_conversions_dense']} conversions) are not those of "
+          f"{fig['dense_ous']} OUs x {fig['positions']} positions x "
+          f"{hw.cycles} cycles x {hw.arrays} arrays x {hw.ou_cols} columns")
+  index_bits = sum(fig["index_bits"] for fig in layers.values())
+  out = {"layouts": {}, "layers": {name: {} for name in layers},
+         "adc_bits": hw.adc_bits}
+  for layout in LAYOUTS:
+    energy = dict.fromkeys(ENERGY_KEYS, 0.0)
+    latencies, crossbars = [], 0
+    for name, fig in layers.items():
+      layer_energy, latency, layer_xbars = _layer_cost(fig, layout, hw, costs)
+      for key, value in layer_energy.items():
+        energy[key] += value
+      latencies.append(latency)
+      crossbars += layer_xbars
+      out["layers"][name][layout] = {
+          "energy_pj": sum(layer_energy.values()), "latency_ns": latency}
+    energy["total"] = sum(energy[key] for key in ENERGY_KEYS)
+    area = _area(crossbars, index_bits, layout, hw, costs)
+    area["core"] = sum(area[key] for key in CORE_AREA_KEYS)
+    area["total"] = sum(area[key] for key in AREA_KEYS)
+    out["layouts"][layout] = {
+        "energy_pj": energy, "latency_ns": sum(latencies),
+        "interval_ns": max(latencies), "crossbars": crossbars,
+        "area_um2": area}
+  return out
+
+
+_COLUMNS = (("energy uJ", lambda c: c["energy_pj"]["total"] * 1e-6, ".4g"),
+            ("ADC uJ", lambda c: c["energy_pj"]["adc"] * 1e-6, ".4g"),
+            ("index+add uJ", lambda c: (c["energy_pj"]["index_table"]
+                                        + c["energy_pj"]["adders"]) * 1e-6,
+             ".4g"),
+            ("latency us", lambda c: c["latency_ns"] * 1e-3, ".4g"),
+            ("interval us", lambda c: c["interval_ns"] * 1e-3, ".4g"),
+            ("crossbars", lambda c: c["crossbars"], "d"),
+            ("core mm^2", lambda c: c["area_um2"]["core"] * 1e-6, ".4g"),
+            ("area mm^2", lambda c: c["area_um2"]["total"] * 1e-6, ".4g"))
+
+
+def format_cost(cost: Mapping[str, Any]) -> str:
+  """The cost as a fixed-width table, one row per layout, with x-dense."""
+  dense = cost["layouts"]["dense"]
+  rows = []
+  for layout, fig in cost["layouts"].items():
+    total = fig["energy_pj"]["total"]
+    saving = dense["energy_pj"]["total"] / total if total else math.inf
+    rows.append([layout] + [format(get(fig), fmt) for _, get, fmt in _COLUMNS]
+                + [f"{saving:.2f}x"])
+  header = ["layout"] + [name for name, _, _ in _COLUMNS] + ["energy x"]
+  widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+  line = lambda cells: "  ".join(
+      c.ljust(w) if i == 0 else c.rjust(w)
+      for i, (c, w) in enumerate(zip(cells, widths)))
+  out = [line(header), "-" * len(line(header))]
+  out += [line(r) for r in rows]
+  out.append(f"({cost['adc_bits']}-bit ADC; energy x = dense energy / "
+             "layout energy)")
+  return "\n".join(out)
