@@ -5,7 +5,9 @@
 ``provenance`` (commit, dirty tree, library versions, devices),
 ``accuracy`` {float, quantized, compressed, emulated}, ``accuracy_detail``,
 ``compression`` (the totals of :func:`rsjax.compression_report`, headline
-``ou_ratio``), ``layers``, ``adc_sweep`` and ``timing_s``.
+``ou_ratio``), ``layers``, ``cost`` (energy, latency and area per
+inference of the dense, pruned and shared layouts at the run's ADC,
+:func:`rsjax.inference_cost`), ``adc_sweep`` and ``timing_s``.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def write(run, wall_s: float) -> dict[str, Any]:
       "accuracy_detail": detail,
       "compression": dict(report["total"]),
       "layers": dict(report["layers"]),
+      "cost": rsjax.inference_cost(report, run.hw)["layouts"],
       "adc_sweep": sweep,
       "timing_s": timing,
   })
@@ -173,6 +176,11 @@ def summary_table(results: Mapping[str, Any]) -> str:
   for k in COMPRESSION_KEYS:
     v = results["compression"].get(k)
     rows.append((k, fmt(v, ".2f" if "ratio" in k else ",.0f")))
+  cost = results.get("cost")
+  if cost:
+    rows.append(("energy / inference", ", ".join(
+        f"{layout} {c['energy_pj']['total'] / 1e6:.3f} uJ"
+        for layout, c in cost.items())))
   if results["adc_sweep"]:
     rows.append(("adc sweep", ", ".join(
         f"{s['adc_bits']}b: {s['accuracy']:.4f}"

@@ -105,9 +105,11 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   on_disk = json.load(open(os.path.join(workdir, "results.json")))
   assert on_disk == results
   for key in ("model", "dataset", "config", "recipe", "hardware",
-              "provenance", "accuracy", "compression", "layers",
+              "provenance", "accuracy", "compression", "layers", "cost",
               "adc_sweep", "timing_s"):
     assert key in on_disk
+  energy = {k: v["energy_pj"]["total"] for k, v in on_disk["cost"].items()}
+  assert energy["shared"] < energy["pruned"] <= energy["dense"]
   assert on_disk["recipe"] == {
       "variant": "prune + share", "stages": ["prune", "share", "finetune"],
       "rules": ["kernel$ k=8 sparsity=0.3"], "sharing": "ste",
