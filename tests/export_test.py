@@ -20,7 +20,9 @@ from rsjax._src import export
 from rsjax._src import model_file
 
 HW = rsjax.HardwareSpec()
-V1_FIXTURE = pathlib.Path(__file__).parent / "testdata" / "export_v1.npz"
+TESTS = pathlib.Path(__file__).resolve().parent
+V1_FIXTURE = TESTS / "testdata" / "export_v1.npz"
+FORMAT_DOC = TESTS.parent / "docs" / "format.md"
 DAMAGED = "damaged|not an rsjax"
 
 
@@ -282,6 +284,32 @@ def test_every_flipped_byte_and_truncation(small_file, step):
   for length in offsets:
     with pytest.raises(ValueError, match=DAMAGED):
       rsjax.load_compressed(io.BytesIO(data[:length]))
+
+
+def test_format_doc_reader_reads_what_load_compressed_reads(tmp_path):
+  """docs/format.md's NumPy-only reader agrees with load_compressed."""
+  blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.S)
+  assert len(blocks) == 1
+  namespace = {}
+  exec(compile(blocks[0], "docs/format.md", "exec"), namespace)  # pylint: disable=exec-used
+  read_rsjax = namespace["read_rsjax"]
+  variables = linen_variables()
+  layers = linen_layers(variables)
+  path = tmp_path / "model.npz"
+  rsjax.save_compressed(path, layers, HW, {"model": "doc"}, params=variables)
+  loaded = rsjax.load_compressed(path)
+  meta, kernels, params = read_rsjax(path)
+  assert meta["metadata"] == {"model": "doc"}
+  for kernel, layer in zip(kernels, layers.values()):
+    assert bits(kernel) == bits(layer.to_kernel())
+  assert ({p: bits(x) for p, x in leaves(params).items()} ==
+          {p: bits(x) for p, x in leaves(loaded.params).items()})
+  assert read_rsjax(V1_FIXTURE)[2] is None
+  arrays = dict(np.load(path))
+  arrays["P0"] = arrays["P0"] + 1
+  np.savez(tmp_path / "edited.npz", **arrays)
+  with pytest.raises(ValueError, match="damaged"):
+    read_rsjax(tmp_path / "edited.npz")
 
 
 def test_foreign_files(tmp_path):
