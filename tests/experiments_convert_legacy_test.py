@@ -10,7 +10,7 @@ import pytest
 from experiments import convert_legacy
 import rsjax
 
-HW = rsjax.HardwareSpec(ou_rows=8, adc_bits=4)
+HW = rsjax.HardwareSpec(adc_bits=4)  # another spec than the default
 
 
 def write_legacy(path, params, layers, hw):
@@ -34,7 +34,7 @@ def write_legacy(path, params, layers, hw):
 def legacy_model():
   rng = np.random.default_rng(0)
   conv = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
-  dense = rng.normal(size=(18, 3)).astype(np.float32)
+  dense = rng.normal(size=(10, 3)).astype(np.float32)
   layers = {}
   for path, kernel, k in (("params/conv1/kernel", conv, 2),
                           ("params/head/kernel", dense, 1)):

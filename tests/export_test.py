@@ -45,11 +45,12 @@ def shared_layer(kernel, k, seed):
 
 @pytest.fixture(scope="module")
 def layers():
+  # The shapes and dtypes of linen_layers: every test compiles the same ops.
   rng = np.random.default_rng(0)
-  conv = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
-  dense = rng.normal(size=(20, 5)).astype(ml_dtypes.bfloat16)
+  conv = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+  dense = rng.normal(size=(10, 3)).astype(ml_dtypes.bfloat16)
   return {"conv": shared_layer(conv, 2, 0),
-          "fc/kernel": shared_layer(dense, 3, 1)}
+          "fc/kernel": shared_layer(dense, 1, 1)}
 
 
 def linen_variables():
@@ -164,18 +165,26 @@ def test_linen_whole_model_round_trip(tmp_path):
 
 
 def test_nnx_state_round_trip(tmp_path):
+  rng = np.random.default_rng(5)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key  # NumPy values: jax.random's initializers compile for a while
+    return jnp.asarray(rng.normal(size=shape), dtype)
 
   class Net(nnx.Module):
 
     def __init__(self, rngs):
-      self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+      self.conv = nnx.Conv(2, 4, (3, 3), kernel_init=init, bias_init=init,
+                           rngs=rngs)
       self.bn = nnx.BatchNorm(4, rngs=rngs)
-      self.head = nnx.List([nnx.Linear(8, 3, rngs=rngs)])
+      self.head = nnx.List([nnx.Linear(10, 3, param_dtype=jnp.bfloat16,
+                                       kernel_init=init, bias_init=init,
+                                       rngs=rngs)])
 
   graphdef, state = nnx.split(Net(nnx.Rngs(0)))
   named = dict(rsjax.named_leaves(state))
-  layers = {p: shared_layer(named[p], 2, 4)
-            for p in ("conv/kernel", "head/0/kernel")}
+  layers = {"conv/kernel": shared_layer(named["conv/kernel"], 2, 4),
+            "head/0/kernel": shared_layer(named["head/0/kernel"], 1, 5)}
   rsjax.save_compressed(tmp_path / "nnx.npz", layers, HW, params=state)
   loaded = rsjax.load_compressed(tmp_path / "nnx.npz")
   assert_whole_model(loaded, nnx.to_pure_dict(state), layers)
@@ -243,8 +252,8 @@ def test_newer_and_inconsistent_files(layers, tmp_path):
                      r"versions \(1, 2\)"):
     rsjax.load_compressed(path)
   rsjax.save_compressed(path, layers, HW, params={
-      "conv": np.zeros((3, 3, 4, 6), np.float32),
-      "fc": {"kernel": np.zeros((20, 5), np.float32)}})
+      "conv": np.zeros((3, 3, 2, 4), np.float32),
+      "fc": {"kernel": np.zeros((10, 3), np.float32)}})
   rewrite(path, lambda meta: meta.update(params={"conv": ["P9", "float32"]}))
   with pytest.raises(ValueError, match="passes its checksum but is "
                      "inconsistent.*P9"):
