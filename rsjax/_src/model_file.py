@@ -250,5 +250,5 @@ def jsonable(value, where: str):
       return array.tolist()
     if array.dtype.type.__module__.startswith("ml_dtypes"):
       return array.astype(np.float64).tolist()
-  raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}), "
-                  "which is not JSON-serialisable")
+  raise TypeError(f"{where} = {value!r:.60} (type {type(value).__name__}) "
+                  "is not JSON-serialisable")
