@@ -23,8 +23,6 @@ import ml_dtypes
 import numpy as np
 import rsjax
 
-from experiments import compression_stages
-
 _SUFFIXES = ("::codebook", "::index", "::kernel_shape")
 
 
@@ -68,7 +66,14 @@ def read_legacy(path: str):
         f"{type(e).__name__}: {e}") from e
   for p, layer in layers.items():
     flat[p] = np.asarray(layer.to_kernel())
-  return compression_stages.unflatten(flat), layers, hw
+  params: dict[str, Any] = {}
+  for p, leaf in flat.items():  # 'params/conv1/bias' -> nested dicts
+    node = params
+    *parents, last = p.split("/")
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[last] = leaf
+  return params, layers, hw
 
 
 def convert(old_path: str, new_path: str,
