@@ -28,7 +28,9 @@ _SUFFIXES = ("::codebook", "::index", "::kernel_shape")
 
 def _array(value: np.ndarray) -> np.ndarray:
   # NumPy writes a bfloat16 array as 2-byte void ('<V2'): its raw bits.
-  return value.view(ml_dtypes.bfloat16) if value.dtype == np.dtype("V2") else value
+  if value.dtype == np.dtype("V2"):
+    return value.view(ml_dtypes.bfloat16)
+  return value
 
 
 def read_legacy(path: str):
@@ -65,7 +67,7 @@ def read_legacy(path: str):
   for p, layer in layers.items():
     flat[p] = np.asarray(layer.to_kernel())
   params: dict[str, Any] = {}
-  for p, leaf in flat.items():
+  for p, leaf in flat.items():  # 'params/conv1/bias' -> nested dicts
     node = params
     *parents, last = p.split("/")
     for key in parents:

@@ -20,7 +20,9 @@ from rsjax._src import export
 from rsjax._src import model_file
 
 HW = rsjax.HardwareSpec()
-V1_FIXTURE = pathlib.Path(__file__).parent / "testdata" / "export_v1.npz"
+TESTS = pathlib.Path(__file__).resolve().parent
+V1_FIXTURE = TESTS / "testdata" / "export_v1.npz"
+FORMAT_DOC = TESTS.parent / "docs" / "format.md"
 DAMAGED = "damaged|not an rsjax"
 
 
@@ -43,11 +45,12 @@ def shared_layer(kernel, k, seed):
 
 @pytest.fixture(scope="module")
 def layers():
+  # The shapes and dtypes of linen_layers: every test compiles the same ops.
   rng = np.random.default_rng(0)
-  conv = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
-  dense = rng.normal(size=(20, 5)).astype(ml_dtypes.bfloat16)
+  conv = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+  dense = rng.normal(size=(10, 3)).astype(ml_dtypes.bfloat16)
   return {"conv": shared_layer(conv, 2, 0),
-          "fc/kernel": shared_layer(dense, 3, 1)}
+          "fc/kernel": shared_layer(dense, 1, 1)}
 
 
 def linen_variables():
@@ -162,18 +165,26 @@ def test_linen_whole_model_round_trip(tmp_path):
 
 
 def test_nnx_state_round_trip(tmp_path):
+  rng = np.random.default_rng(5)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key  # NumPy values: jax.random's initializers compile for a while
+    return jnp.asarray(rng.normal(size=shape), dtype)
 
   class Net(nnx.Module):
 
     def __init__(self, rngs):
-      self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+      self.conv = nnx.Conv(2, 4, (3, 3), kernel_init=init, bias_init=init,
+                           rngs=rngs)
       self.bn = nnx.BatchNorm(4, rngs=rngs)
-      self.head = nnx.List([nnx.Linear(8, 3, rngs=rngs)])
+      self.head = nnx.List([nnx.Linear(10, 3, param_dtype=jnp.bfloat16,
+                                       kernel_init=init, bias_init=init,
+                                       rngs=rngs)])
 
   graphdef, state = nnx.split(Net(nnx.Rngs(0)))
   named = dict(rsjax.named_leaves(state))
-  layers = {p: shared_layer(named[p], 2, 4)
-            for p in ("conv/kernel", "head/0/kernel")}
+  layers = {"conv/kernel": shared_layer(named["conv/kernel"], 2, 4),
+            "head/0/kernel": shared_layer(named["head/0/kernel"], 1, 5)}
   rsjax.save_compressed(tmp_path / "nnx.npz", layers, HW, params=state)
   loaded = rsjax.load_compressed(tmp_path / "nnx.npz")
   assert_whole_model(loaded, nnx.to_pure_dict(state), layers)
@@ -241,8 +252,8 @@ def test_newer_and_inconsistent_files(layers, tmp_path):
                      r"versions \(1, 2\)"):
     rsjax.load_compressed(path)
   rsjax.save_compressed(path, layers, HW, params={
-      "conv": np.zeros((3, 3, 4, 6), np.float32),
-      "fc": {"kernel": np.zeros((20, 5), np.float32)}})
+      "conv": np.zeros((3, 3, 2, 4), np.float32),
+      "fc": {"kernel": np.zeros((10, 3), np.float32)}})
   rewrite(path, lambda meta: meta.update(params={"conv": ["P9", "float32"]}))
   with pytest.raises(ValueError, match="passes its checksum but is "
                      "inconsistent.*P9"):
@@ -282,6 +293,32 @@ def test_every_flipped_byte_and_truncation(small_file, step):
   for length in offsets:
     with pytest.raises(ValueError, match=DAMAGED):
       rsjax.load_compressed(io.BytesIO(data[:length]))
+
+
+def test_format_doc_reader_reads_what_load_compressed_reads(tmp_path):
+  """docs/format.md's NumPy-only reader agrees with load_compressed."""
+  blocks = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text(), re.S)
+  assert len(blocks) == 1
+  namespace = {}
+  exec(compile(blocks[0], "docs/format.md", "exec"), namespace)  # pylint: disable=exec-used
+  read_rsjax = namespace["read_rsjax"]
+  variables = linen_variables()
+  layers = linen_layers(variables)
+  path = tmp_path / "model.npz"
+  rsjax.save_compressed(path, layers, HW, {"model": "doc"}, params=variables)
+  loaded = rsjax.load_compressed(path)
+  meta, kernels, params = read_rsjax(path)
+  assert meta["metadata"] == {"model": "doc"}
+  for kernel, layer in zip(kernels, layers.values()):
+    assert bits(kernel) == bits(layer.to_kernel())
+  assert ({p: bits(x) for p, x in leaves(params).items()} ==
+          {p: bits(x) for p, x in leaves(loaded.params).items()})
+  assert read_rsjax(V1_FIXTURE)[2] is None
+  arrays = dict(np.load(path))
+  arrays["P0"] = arrays["P0"] + 1
+  np.savez(tmp_path / "edited.npz", **arrays)
+  with pytest.raises(ValueError, match="damaged"):
+    read_rsjax(tmp_path / "edited.npz")
 
 
 def test_foreign_files(tmp_path):
@@ -374,8 +411,8 @@ def test_metadata_accepts_numpy_values(layers, tmp_path):
                  "per_class": [0.5, 0.25],
                  "nested": {"bf16": 1.5, "grid": [2, 3]}}
   assert type(got["steps"]) is int and type(got["ok"]) is bool
-  with pytest.raises(TypeError, match=r"metadata\['nested'\]\['when'\] is "
-                     "a object"):
+  with pytest.raises(TypeError, match=r"metadata\['nested'\]\['when'\] = "
+                     r"<object object .*\(type object\) is not JSON"):
     rsjax.save_compressed(tmp_path / "m.npz", layers, HW,
                           {"nested": {"when": object()}})
   with pytest.raises(TypeError, match="metadata has the key 3"):

@@ -19,6 +19,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import secrets
 import zipfile
 from typing import Any, Mapping
@@ -122,24 +123,37 @@ def _read_members(data: bytes) -> dict[str, np.ndarray]:
   return arrays
 
 
+# The one header layout NumPy writes for a plain array (format 1.0 / 2.0);
+# anything else is not a file this module wrote, so a strict match replaces
+# NumPy's own parser (Python's tokenizer, which fails in its own ways).
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([^']+)', 'fortran_order': (True|False), "
+    r"'shape': \(((?:\d+, )*\d+,?)?\), \} *\n")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _parse_npy(blob: bytes) -> np.ndarray:
   """One ``.npy`` member; its shape must account for its bytes exactly."""
-  fp = io.BytesIO(blob)
-  version = np.lib.format.read_magic(fp)
-  if version == (1, 0):
-    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
-  elif version == (2, 0):
-    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
-  else:
-    raise ValueError(f"unsupported .npy version {version}")
+  if blob[:6] != _NPY_MAGIC or blob[6:8] not in (b"\x01\x00", b"\x02\x00"):
+    raise ValueError("a member is not a .npy array of format 1.0 or 2.0")
+  size_bytes = 2 if blob[6] == 1 else 4
+  start = 8 + size_bytes
+  end = start + int.from_bytes(blob[8:start], "little")
+  match = _NPY_HEADER.fullmatch(blob[start:end].decode("latin1"))
+  if match is None:
+    raise ValueError(f"an unexpected .npy header {blob[start:end][:80]!r}")
+  descr, fortran_order, shape_text = match.groups()
+  dtype = np.dtype(descr)
   if dtype.hasobject:
     raise ValueError("an object array (would need pickle)")
-  payload = blob[fp.tell():]
+  shape = tuple(int(d) for d in (shape_text or "").split(",") if d.strip())
+  payload = blob[end:]
   if math.prod(shape) * dtype.itemsize != len(payload):
     raise ValueError(f"a {dtype} array of shape {shape} in "
                      f"{len(payload)} bytes")
   array = np.frombuffer(payload, dtype)
-  return array.reshape(shape, order="F" if fortran_order else "C").copy()
+  order = "F" if fortran_order == "True" else "C"
+  return array.reshape(shape, order=order).copy()
 
 
 def digest(meta_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
@@ -236,5 +250,5 @@ def jsonable(value, where: str):
       return array.tolist()
     if array.dtype.type.__module__.startswith("ml_dtypes"):
       return array.astype(np.float64).tolist()
-  raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}), "
-                  "which is not JSON-serialisable")
+  raise TypeError(f"{where} = {value!r:.60} (type {type(value).__name__}) "
+                  "is not JSON-serialisable")
