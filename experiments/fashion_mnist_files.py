@@ -261,8 +261,8 @@ def _fetch(url: str, path: str, timeout_s: float) -> None:
   """Writes the body of ``url`` to ``path``.
 
   Raises:
-    DownloadError: the server cannot be reached or answers with an error
-      (retrying would not help).
+    DownloadError: the server cannot be reached, does not answer or answers
+      with an error (retrying would not help).
     OSError, http.client.HTTPException: the transfer broke off (retry).
   """
   try:
@@ -273,6 +273,10 @@ def _fetch(url: str, path: str, timeout_s: float) -> None:
     raise DownloadError(f"HTTP {e.code} {e.reason} for {url}") from e
   except urllib.error.URLError as e:
     raise DownloadError(f"cannot reach {url}: {e.reason}") from e
+  except TimeoutError as e:
+    # Connected but no answer: a filtering proxy or a dead server, where
+    # retrying would only multiply the wait.
+    raise DownloadError(f"no answer from {url} in {timeout_s:g} s") from e
   with response, open(path, "wb") as out:
     expected = response.headers.get("Content-Length")
     received = 0

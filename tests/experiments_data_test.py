@@ -50,6 +50,22 @@ def test_wrong_counts_are_rejected(tmp_path):
     data.read_fashion_mnist_idx(str(tmp_path), "test")
 
 
+def test_failed_build_leaves_no_dataset(tmp_path, no_network):
+  source = tmp_path / "idx"
+  source.mkdir()
+  for image_file, label_file in data._IDX_FILES.values():
+    _write_idx(str(source / image_file), np.zeros((5, 28, 28)))
+    _write_idx(str(source / label_file), np.zeros((5,)))
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ValueError, match="expected"):
+    data.prepare("fashion_mnist", data_dir=data_dir, source_dir=str(source))
+  assert not data._builder(data.get_info("fashion_mnist"),
+                           data_dir).is_prepared()
+  built = tmp_path / "tfds" / "fashion_mnist_local"
+  leftovers = [p.name for p in built.iterdir()] if built.exists() else []
+  assert not any(name == "1.0.0" for name in leftovers), leftovers
+
+
 @pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
 def test_missing_dataset_is_fast_clear_error(tmp_path, no_network, name):
   start = time.perf_counter()

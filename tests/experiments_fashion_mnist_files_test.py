@@ -224,6 +224,17 @@ def test_server_down_fails_fast_with_the_three_options(synthetic, tmp_path):
   assert _leftovers(str(tmp_path / "tfds")) == []
 
 
+def test_silent_server_fails_within_the_timeout(tmp_path):
+  with socket.socket() as listener:  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    start = time.perf_counter()
+    with pytest.raises(fmf.DownloadError, match="no answer .* in 0.3 s"):
+      fmf.download(url, str(tmp_path), timeout_s=0.3, retry_wait_s=0)
+    assert time.perf_counter() - start < 1.5
+
+
 def test_hanging_name_lookup_is_cut_short(monkeypatch, tmp_path):
   monkeypatch.setattr(socket, "getaddrinfo", lambda *a: time.sleep(5))
   start = time.perf_counter()
