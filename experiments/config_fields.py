@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from experiments import fashion_mnist_files
-
 # (section, key) -> the value that keeps the behaviour from before the field.
 ADDED_FIELDS = {("compress", "fold_bn"): True, ("share", "layer_k"): "",
                 ("compress", "distill_weight"): 0.0,
-                ("compress", "distill_temperature"): 4.0,
-                # Where the data comes from, not what it is: the new
-                # defaults, so older runs resume and group with newer ones.
-                ("data", "allow_apt"): True,
-                ("data", "download_url"): fashion_mnist_files.FASHION_MNIST_URL}
+                ("compress", "distill_temperature"): 4.0}
 
 
 def with_added_fields(stored: Mapping[str, Any]) -> dict[str, Any]:

@@ -239,6 +239,26 @@ def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
   return builder
 
 
+def split_kwargs(data_config) -> dict[str, Any]:
+  """The :func:`load_split` keyword arguments a ``config.data`` holds.
+
+  Args:
+    data_config: a ``config.data`` ConfigDict, or its stored JSON dict;
+      fields a config stored before they existed take their defaults.
+
+  Returns:
+    ``data_dir``, ``download``, ``source_dir``, ``allow_apt``,
+    ``download_url`` and ``image_size``.
+  """
+  get = data_config.get
+  return dict(data_dir=get("data_dir") or None,
+              download=bool(get("download", False)),
+              source_dir=get("source_dir") or FASHION_MNIST_DIR,
+              allow_apt=bool(get("allow_apt", True)),
+              download_url=get("download_url", FASHION_MNIST_URL),
+              image_size=get("image_size") or None)
+
+
 def _read(source, indices) -> list[dict[str, Any]]:
   try:
     return source.__getitems__(list(indices))

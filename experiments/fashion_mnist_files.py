@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -38,7 +37,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from typing import Callable, Mapping
+from typing import Mapping
+
+from experiments import apt
 
 log = logging.getLogger(__name__)
 
@@ -151,83 +152,6 @@ def verify_gz(path: str, checksum: Checksum) -> str | None:
   return (f"checksum mismatch: .gz MD5 {md5.hexdigest()} (published "
           f"{checksum.gz_md5}), content SHA-256 {sha.hexdigest()} (expected "
           f"{checksum.content_sha256})")
-
-
-# --- apt-get -----------------------------------------------------------------
-
-
-Runner = Callable[..., subprocess.CompletedProcess]
-# Bounded network waits, so an offline machine fails in seconds, not minutes.
-_APT_OPTIONS = ("-o", "Acquire::http::Timeout=10",
-                "-o", "Acquire::https::Timeout=10", "-o", "Acquire::Retries=0")
-
-
-def apt_unavailable(allow_apt: bool, *, euid: int | None = None,
-                    apt_get: str | None = None) -> str | None:
-  """Why apt cannot install the package here, or None when it can.
-
-  Args:
-    allow_apt: the ``config.data.allow_apt`` switch.
-    euid: the effective user id (default ``os.geteuid()``).
-    apt_get: the ``apt-get`` path (default looked up on ``PATH``).
-  """
-  if not allow_apt:
-    return "apt-get not tried (--config.data.allow_apt=False)"
-  if euid is None:
-    euid = os.geteuid() if hasattr(os, "geteuid") else -1
-  if euid != 0:
-    return "apt-get not tried (not running as root)"
-  if (apt_get or shutil.which("apt-get")) is None:
-    return "apt-get not tried (no apt-get on this machine)"
-  return None
-
-
-def apt_install(run: Runner = subprocess.run, *, apt_get: str = "apt-get",
-                timeout_s: float = 600.0) -> None:
-  """Installs :data:`APT_PACKAGE` non-interactively.
-
-  Installs at once, and when that fails (the package unknown to stale or
-  empty package lists, as in fresh containers) runs ``apt-get update -qq``
-  and tries again.
-
-  Args:
-    run: ``subprocess.run`` or a stand-in with its signature (tests).
-    apt_get: the ``apt-get`` command.
-    timeout_s: the limit for each command.
-
-  Raises:
-    DatasetNotFoundError: the installation failed; the message holds the
-      end of apt-get's output.
-  """
-  env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-  install = [apt_get, "install", "-y", "-qq", *_APT_OPTIONS, APT_PACKAGE]
-  update = [apt_get, "update", "-qq", *_APT_OPTIONS]
-
-  def call(cmd):
-    log.info("Fashion-MNIST: running %s", " ".join(cmd))
-    try:
-      return run(cmd, env=env, capture_output=True, text=True,
-                 timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise DatasetNotFoundError(f"`{' '.join(cmd)}` failed: {e}") from e
-
-  result = call(install)
-  if result.returncode != 0:
-    log.info("Fashion-MNIST: apt-get install failed (%s); updating the "
-             "package lists", _tail(result))
-    result = call(update)
-    if result.returncode == 0:
-      result = call(install)
-  if result.returncode != 0:
-    raise DatasetNotFoundError(
-        f"`{' '.join(result.args)}` failed with exit status "
-        f"{result.returncode}: {_tail(result)}")
-  log.info("Fashion-MNIST: installed %s", APT_PACKAGE)
-
-
-def _tail(result: subprocess.CompletedProcess) -> str:
-  text = " ".join(((result.stderr or "") + (result.stdout or "")).split())
-  return text[-300:] or "no output"
 
 
 # --- HTTP --------------------------------------------------------------------
@@ -362,7 +286,8 @@ def download(base_url: str, dest_dir: str, *,
 
 def find_idx_files(source_dir: str, data_dir: str, *, allow_apt: bool = True,
                    download_url: str = FASHION_MNIST_URL,
-                   run: Runner = subprocess.run, euid: int | None = None,
+                   run: apt.Runner = subprocess.run,
+                   euid: int | None = None,
                    apt_get: str | None = None,
                    checksums: Mapping[str, Checksum] = CHECKSUMS,
                    timeout_s: float = TIMEOUT_S) -> str:
@@ -374,7 +299,7 @@ def find_idx_files(source_dir: str, data_dir: str, *, allow_apt: bool = True,
     allow_apt: whether ``apt-get`` may install :data:`APT_PACKAGE`.
     download_url: base URL of the files; ``''`` turns downloading off.
     run: the command runner for ``apt-get`` (tests pass a fake).
-    euid, apt_get: see :func:`apt_unavailable` (tests).
+    euid, apt_get: see :func:`experiments.apt.unavailable` (tests).
     checksums: what downloaded files must hash to.
     timeout_s: network timeout in seconds.
 
@@ -400,18 +325,19 @@ def find_idx_files(source_dir: str, data_dir: str, *, allow_apt: bool = True,
     return FASHION_MNIST_DIR
   log.info("Fashion-MNIST: %s", tried[0])
 
-  reason = apt_unavailable(allow_apt, euid=euid, apt_get=apt_get)
+  reason = (apt.unavailable(euid=euid, apt_get=apt_get) if allow_apt
+            else "disabled by --config.data.allow_apt=False")
   if reason is None:
     try:
-      apt_install(run, apt_get=apt_get or "apt-get")
+      apt.install(APT_PACKAGE, run, apt_get=apt_get or "apt-get")
       if not missing_files(FASHION_MNIST_DIR):
         return FASHION_MNIST_DIR
       reason = (f"{APT_PACKAGE} installed but {FASHION_MNIST_DIR} lacks "
                 f"{', '.join(missing_files(FASHION_MNIST_DIR))}")
-    except DatasetNotFoundError as e:
+    except apt.AptError as e:
       reason = str(e)
     log.warning("Fashion-MNIST: %s", reason)
-  tried.append(reason)
+  tried.append(f"apt-get: {reason}")
 
   if download_url:
     log.info("Fashion-MNIST: downloading the IDX files from %s to %s",

@@ -199,9 +199,7 @@ class _Run:
     self.key = jax.random.key(config.seed)
     dc = config.data
     kwargs = dict(data_dir=dc.data_dir or None, download=dc.download,
-                  source_dir=dc.source_dir, allow_apt=dc.allow_apt,
-                  download_url=dc.download_url,
-                  image_size=dc.image_size or None)
+                  source_dir=dc.source_dir, image_size=dc.image_size or None)
     self.eval_split = data_lib.load_split(
         dc.name, "eval", limit=dc.eval_limit or None, **kwargs)
     self._train_split = None

@@ -57,7 +57,6 @@ import rsjax
 from rsjax import kernels as rk
 
 from experiments import compression_stages
-from experiments import config_fields
 from experiments import data as data_lib
 from experiments import models as models_lib
 
@@ -101,11 +100,9 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
           "pipeline run (experiments/main.py)")
   with open(config_path) as f:
     dc = json.load(f)
-  data_cfg = config_fields.with_added_fields(dc)["data"]
+  data_cfg = dc["data"]
   kwargs = dict(data_dir=data_dir or data_cfg["data_dir"] or None,
                 source_dir=source_dir or data_cfg["source_dir"],
-                allow_apt=data_cfg["allow_apt"],
-                download_url=data_cfg["download_url"],
                 image_size=data_cfg["image_size"] or None)
   test = data_lib.load_split(data_cfg["name"], "eval", limit=limit or None,
                              **kwargs)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import data
+from experiments.configs import default
 import experiments_fixtures
 # The session fixture, imported so pytest finds it in this module.
 from experiments_fixtures import fmnist_data_dir  # noqa: F401
@@ -86,6 +87,26 @@ def test_missing_fashion_mnist_files_is_clear_error(tmp_path, no_network,
                     source_dir=str(tmp_path / "nowhere"), allow_apt=False,
                     download_url="")
   assert time.perf_counter() - start < 1.0
+
+
+def test_split_kwargs_from_config_and_stored_json():
+  config = default.get_config()
+  config.data.allow_apt = False
+  config.data.download_url = "http://mirror.example/fmnist/"
+  config.data.image_size = 0
+  kwargs = data.split_kwargs(config.data)
+  assert kwargs == dict(data_dir=None, download=False,
+                        source_dir=data.FASHION_MNIST_DIR, allow_apt=False,
+                        download_url="http://mirror.example/fmnist/",
+                        image_size=None)
+  # A config stored before allow_apt/download_url existed.
+  stored = {"data_dir": "/d", "download": True, "source_dir": "/s",
+            "image_size": 64}
+  assert data.split_kwargs(stored) == dict(
+      data_dir="/d", download=True, source_dir="/s", allow_apt=True,
+      download_url=data.FASHION_MNIST_URL, image_size=64)
+  assert set(data.split_kwargs(stored)) <= set(
+      data.load_split.__code__.co_varnames)
 
 
 def test_unknown_dataset():

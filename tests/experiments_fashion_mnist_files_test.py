@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from experiments import apt
 from experiments import data
 from experiments import fashion_mnist_files as fmf
 import experiments_fixtures
@@ -243,26 +244,6 @@ def test_hanging_name_lookup_is_cut_short(monkeypatch, tmp_path):
   assert time.perf_counter() - start < 1.0
 
 
-def test_apt_install_runs_the_noninteractive_command(tmp_path):
-  fake = FakeApt(str(tmp_path / "debian"))
-  fmf.apt_install(fake)
-  (cmd, kwargs), = fake.calls
-  assert cmd[:4] == ["apt-get", "install", "-y", "-qq"]
-  assert cmd[-1] == "dataset-fashion-mnist"
-  assert kwargs["env"]["DEBIAN_FRONTEND"] == "noninteractive"
-  assert kwargs["timeout"] > 0
-
-
-def test_apt_updates_lists_when_package_unknown(tmp_path):
-  fake = FakeApt(str(tmp_path / "debian"), failures=1)
-  fmf.apt_install(fake)
-  assert [c[0][1] for c in fake.calls] == ["install", "update", "install"]
-  assert fake.calls[1][0][2] == "-qq"
-  fake = FakeApt(str(tmp_path / "debian"), failures=2)
-  with pytest.raises(data.DatasetNotFoundError, match="Unable to locate"):
-    fmf.apt_install(fake)
-
-
 @pytest.mark.parametrize("allow_apt,euid,which,reason", [
     (False, 0, "/usr/bin/apt-get", "allow_apt=False"),
     (True, 1000, "/usr/bin/apt-get", "not running as root"),
@@ -270,7 +251,7 @@ def test_apt_updates_lists_when_package_unknown(tmp_path):
 ])
 def test_apt_not_tried(monkeypatch, synthetic, tmp_path, allow_apt, euid,
                        which, reason):
-  monkeypatch.setattr(fmf.shutil, "which", lambda name: which)
+  monkeypatch.setattr(apt.shutil, "which", lambda name: which)
   fake = FakeApt(fmf.FASHION_MNIST_DIR)
   with pytest.raises(data.DatasetNotFoundError, match=reason):
     fmf.find_idx_files(str(tmp_path / "nowhere"), str(tmp_path / "tfds"),
@@ -289,7 +270,7 @@ def test_apt_not_tried(monkeypatch, synthetic, tmp_path, allow_apt, euid,
     ({"server"}, "server"),
 ])
 def test_source_order(server, monkeypatch, synthetic, tmp_path, have, used):
-  monkeypatch.setattr(fmf.shutil, "which", lambda name: "/usr/bin/apt-get")
+  monkeypatch.setattr(apt.shutil, "which", lambda name: "/usr/bin/apt-get")
   folder, data_dir = str(tmp_path / "idx"), str(tmp_path / "tfds")
   if "folder" in have:
     _write_files(folder)

@@ -216,7 +216,6 @@ def test_workdir_from_before_a_new_config_field_resumes(tmp_path):
   del stored["share"]["layer_k"], stored["compress"]["fold_bn"]
   del stored["compress"]["distill_weight"]
   del stored["compress"]["distill_temperature"]
-  del stored["data"]["allow_apt"], stored["data"]["download_url"]
   json.dump(stored, open(path, "w"))
   open(os.path.join(workdir, "results.json"), "w").write("{}")
   pipeline.prepare_workdir(workdir, config, overwrite=False)  # the defaults
