@@ -161,9 +161,14 @@ def _resolve(url: str, timeout_s: float) -> None:
   """Fails within ``timeout_s`` when the host name does not resolve.
 
   urllib's timeout does not cover the name lookup, which can hang far
-  longer on a machine cut off from outside.
+  longer on a machine cut off from outside. Behind a proxy (``http_proxy``)
+  the proxy's name is the one looked up here.
   """
   parts = urllib.parse.urlsplit(url)
+  proxy = urllib.request.getproxies().get(parts.scheme)
+  if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy
+                                  else f"http://{proxy}")
   outcome: dict[str, BaseException] = {}
 
   def lookup():

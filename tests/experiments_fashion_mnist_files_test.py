@@ -236,6 +236,17 @@ def test_silent_server_fails_within_the_timeout(tmp_path):
     assert time.perf_counter() - start < 1.5
 
 
+def test_behind_a_proxy_the_proxy_name_is_looked_up(monkeypatch):
+  looked_up = []
+  monkeypatch.setattr(socket, "getaddrinfo",
+                      lambda host, port: looked_up.append((host, port)))
+  monkeypatch.setenv("http_proxy", "http://proxy.internal:3128")
+  monkeypatch.delenv("no_proxy", raising=False)
+  monkeypatch.delenv("NO_PROXY", raising=False)
+  fmf._resolve("http://fashion.invalid/x", timeout_s=1)
+  assert looked_up == [("proxy.internal", 3128)]
+
+
 def test_hanging_name_lookup_is_cut_short(monkeypatch, tmp_path):
   monkeypatch.setattr(socket, "getaddrinfo", lambda *a: time.sleep(5))
   start = time.perf_counter()
