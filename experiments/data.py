@@ -1,9 +1,10 @@
 """Datasets through TensorFlow Datasets, read without TensorFlow.
 
-Fashion-MNIST is built offline from the IDX files of the Debian package
-``dataset-fashion-mnist`` into an ``array_record`` TFDS dataset
-(``fashion_mnist_local``, Tensor features) and read with
-``builder.as_data_source``. CIFAR-10 and ImageNet go through the stock TFDS
+Fashion-MNIST is built from its four IDX files into an ``array_record`` TFDS
+dataset (``fashion_mnist_local``, Tensor features) and read with
+``builder.as_data_source``; the files come from a local folder, the Debian
+package ``dataset-fashion-mnist`` (installed with apt-get when allowed) or a
+verified download, in that order (:mod:`experiments.fashion_mnist_files`). CIFAR-10 and ImageNet go through the stock TFDS
 builders as a user with internet would use them; a dataset that is not
 prepared is downloaded only when ``download=True``: otherwise it is a
 :class:`DatasetNotFoundError` raised before TFDS touches the network (a
@@ -24,16 +25,14 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+from experiments import fashion_mnist_files
+
+FASHION_MNIST_DIR = fashion_mnist_files.FASHION_MNIST_DIR
+FASHION_MNIST_URL = fashion_mnist_files.FASHION_MNIST_URL
+DatasetNotFoundError = fashion_mnist_files.DatasetNotFoundError
+DownloadError = fashion_mnist_files.DownloadError
+_IDX_FILES = fashion_mnist_files.IDX_FILES
 _SPLIT_SIZES = {"train": 60_000, "test": 10_000}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """A dataset is not prepared and may not be downloaded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +68,7 @@ DATASETS = {
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist", tfds_name="fashion_mnist_local", num_classes=10,
         image_shape=(28, 28, 1), mean=(0.2860,), std=(0.3530,),
-        how_to_get=(
-            "Fashion-MNIST is built offline from the Debian package: "
-            "`apt-get install dataset-fashion-mnist` (IDX files in "
-            f"{FASHION_MNIST_DIR}), or point --config.data.source_dir at a "
-            "folder holding the four *-ubyte.gz IDX files.")),
+        how_to_get=fashion_mnist_files.HOW_TO_GET),
     "cifar10": DatasetInfo(
         name="cifar10", tfds_name="cifar10", num_classes=10,
         image_shape=(32, 32, 3), mean=(0.4914, 0.4822, 0.4465),
@@ -132,8 +127,9 @@ def read_idx(path: str) -> np.ndarray:
 def read_fashion_mnist_idx(source_dir: str, split: str):
   """Images ``[N, 28, 28, 1]`` uint8 and labels ``[N]`` of one split.
 
-  The Debian gzip bytes differ from upstream, so instead of checksums the
-  content is verified: shapes, counts and label range.
+  Whatever the source, the content is verified here: IDX header, shapes,
+  counts and label range (a local folder is trusted beyond that; downloaded
+  files were checksummed before they were put in place).
   """
   image_file, label_file = _IDX_FILES[split]
   image_path = os.path.join(source_dir, image_file)
@@ -154,21 +150,22 @@ def read_fashion_mnist_idx(source_dir: str, split: str):
 
 
 class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
-  """Fashion-MNIST built from local IDX files (``dl_manager.manual_dir``)."""
+  """Fashion-MNIST built from IDX files in ``dl_manager.manual_dir``."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Built from the IDX files, Tensor features."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = DATASETS["fashion_mnist"].how_to_get
   # TFDS looks for a checksums file next to the builder's code, a lookup that
   # needs the optional `importlib_resources` package; this builder downloads
-  # nothing and verifies content instead, so it has no code path to search.
+  # nothing itself (fashion_mnist_files fetches and verifies the files), so
+  # it has no code path to search.
   code_path = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Tensor, not Image, features: decoding needs neither TensorFlow nor PIL.
     return tfds.core.DatasetInfo(
         builder=self,
-        description="Fashion-MNIST (Xiao et al. 2017), from local IDX files.",
+        description="Fashion-MNIST (Xiao et al. 2017), from its IDX files.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10),
@@ -199,16 +196,21 @@ def _builder(info: DatasetInfo, data_dir: str):
 
 
 def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
-            source_dir: str = FASHION_MNIST_DIR):
+            source_dir: str = FASHION_MNIST_DIR, allow_apt: bool = True,
+            download_url: str = FASHION_MNIST_URL):
   """A prepared TFDS builder for ``name``; never a hanging download.
 
   Args:
     name: a key of :data:`DATASETS`.
     data_dir: the TFDS data dir (default :func:`default_data_dir`).
-    download: whether a missing dataset that needs the network may be
-      downloaded and prepared. Fashion-MNIST is built from local files
-      regardless (no network involved).
+    download: whether a missing TFDS dataset (CIFAR-10, ImageNet) may be
+      downloaded and prepared. Fashion-MNIST ignores it: its files come from
+      ``source_dir``, apt-get or ``download_url``.
     source_dir: the folder of the Fashion-MNIST IDX files.
+    allow_apt: whether Fashion-MNIST's Debian package may be installed with
+      apt-get (as root) when no local folder holds the files.
+    download_url: base URL the Fashion-MNIST files are downloaded from when
+      neither a folder nor apt-get supplied them; ``''`` turns it off.
 
   Returns:
     The builder, prepared in ``array_record`` format.
@@ -222,16 +224,11 @@ def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
   if builder.is_prepared():
     return builder
   if info.name == "fashion_mnist":
-    for image_file, label_file in _IDX_FILES.values():
-      for f in (image_file, label_file):
-        if not os.path.exists(os.path.join(source_dir, f)):
-          raise DatasetNotFoundError(
-              f"{info.name} is not prepared in {data_dir} and "
-              f"{os.path.join(source_dir, f)} does not exist. "
-              f"{info.how_to_get}")
+    folder = fashion_mnist_files.find_idx_files(
+        source_dir, data_dir, allow_apt=allow_apt, download_url=download_url)
     builder.download_and_prepare(
         file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=folder))
     return builder
   if not download:
     raise DatasetNotFoundError(
@@ -240,6 +237,26 @@ def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
         f"{info.how_to_get.replace('DATA_DIR', data_dir)}")
   builder.download_and_prepare(file_format="array_record")
   return builder
+
+
+def split_kwargs(data_config) -> dict[str, Any]:
+  """The :func:`load_split` keyword arguments a ``config.data`` holds.
+
+  Args:
+    data_config: a ``config.data`` ConfigDict, or its stored JSON dict;
+      fields a config stored before they existed take their defaults.
+
+  Returns:
+    ``data_dir``, ``download``, ``source_dir``, ``allow_apt``,
+    ``download_url`` and ``image_size``.
+  """
+  get = data_config.get
+  return dict(data_dir=get("data_dir") or None,
+              download=bool(get("download", False)),
+              source_dir=get("source_dir") or FASHION_MNIST_DIR,
+              allow_apt=bool(get("allow_apt", True)),
+              download_url=get("download_url", FASHION_MNIST_URL),
+              image_size=get("image_size") or None)
 
 
 def _read(source, indices) -> list[dict[str, Any]]:
@@ -300,6 +317,7 @@ def _records_to_arrays(info: DatasetInfo, records):
 
 def load_split(name: str, split: str, *, data_dir: str | None = None,
                download: bool = False, source_dir: str = FASHION_MNIST_DIR,
+               allow_apt: bool = True, download_url: str = FASHION_MNIST_URL,
                limit: int | None = None, image_size: int | None = None
                ) -> Split:
   """Opens one split (``'train'`` or ``'eval'``) of a dataset.
@@ -308,8 +326,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     name: a key of :data:`DATASETS`.
     split: ``'train'`` or ``'eval'`` (mapped to the dataset's TFDS split).
     data_dir: the TFDS data dir.
-    download: see :func:`prepare`.
-    source_dir: the Fashion-MNIST IDX folder.
+    download, source_dir, allow_apt, download_url: see :func:`prepare`.
     limit: keep only the first ``limit`` examples (tests, quick runs).
     image_size: square side for datasets with variable-size images
       (ImageNet); default the dataset's.
@@ -323,7 +340,8 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
         info, image_shape=(image_size, image_size, info.image_shape[2]))
   tfds_split = {"train": info.train_split, "eval": info.eval_split}[split]
   builder = prepare(name, data_dir=data_dir, download=download,
-                    source_dir=source_dir)
+                    source_dir=source_dir, allow_apt=allow_apt,
+                    download_url=download_url)
   source = builder.as_data_source(split=tfds_split)
   size = len(source) if limit is None else min(limit, len(source))
   if not info.in_memory:

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import data
+from experiments.configs import default
 import experiments_fixtures
 # The session fixture, imported so pytest finds it in this module.
 from experiments_fixtures import fmnist_data_dir  # noqa: F401
@@ -50,6 +51,22 @@ def test_wrong_counts_are_rejected(tmp_path):
     data.read_fashion_mnist_idx(str(tmp_path), "test")
 
 
+def test_failed_build_leaves_no_dataset(tmp_path, no_network):
+  source = tmp_path / "idx"
+  source.mkdir()
+  for image_file, label_file in data._IDX_FILES.values():
+    _write_idx(str(source / image_file), np.zeros((5, 28, 28)))
+    _write_idx(str(source / label_file), np.zeros((5,)))
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ValueError, match="expected"):
+    data.prepare("fashion_mnist", data_dir=data_dir, source_dir=str(source))
+  assert not data._builder(data.get_info("fashion_mnist"),
+                           data_dir).is_prepared()
+  built = tmp_path / "tfds" / "fashion_mnist_local"
+  leftovers = [p.name for p in built.iterdir()] if built.exists() else []
+  assert not any(name == "1.0.0" for name in leftovers), leftovers
+
+
 @pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
 def test_missing_dataset_is_fast_clear_error(tmp_path, no_network, name):
   start = time.perf_counter()
@@ -59,12 +76,37 @@ def test_missing_dataset_is_fast_clear_error(tmp_path, no_network, name):
   assert "not prepared" in str(err.value)
 
 
-def test_missing_fashion_mnist_files_is_clear_error(tmp_path, no_network):
+def test_missing_fashion_mnist_files_is_clear_error(tmp_path, no_network,
+                                                   monkeypatch):
+  # No Debian folder either (the real one may be installed here).
+  monkeypatch.setattr(data.fashion_mnist_files, "FASHION_MNIST_DIR",
+                      str(tmp_path / "debian"))
   start = time.perf_counter()
   with pytest.raises(data.DatasetNotFoundError, match="dataset-fashion-mnist"):
     data.load_split("fashion_mnist", "train", data_dir=str(tmp_path),
-                    source_dir=str(tmp_path / "nowhere"))
+                    source_dir=str(tmp_path / "nowhere"), allow_apt=False,
+                    download_url="")
   assert time.perf_counter() - start < 1.0
+
+
+def test_split_kwargs_from_config_and_stored_json():
+  config = default.get_config()
+  config.data.allow_apt = False
+  config.data.download_url = "http://mirror.example/fmnist/"
+  config.data.image_size = 0
+  kwargs = data.split_kwargs(config.data)
+  assert kwargs == dict(data_dir=None, download=False,
+                        source_dir=data.FASHION_MNIST_DIR, allow_apt=False,
+                        download_url="http://mirror.example/fmnist/",
+                        image_size=None)
+  # A config stored before allow_apt/download_url existed.
+  stored = {"data_dir": "/d", "download": True, "source_dir": "/s",
+            "image_size": 64}
+  assert data.split_kwargs(stored) == dict(
+      data_dir="/d", download=True, source_dir="/s", allow_apt=True,
+      download_url=data.FASHION_MNIST_URL, image_size=64)
+  assert set(data.split_kwargs(stored)) <= set(
+      data.load_split.__code__.co_varnames)
 
 
 def test_unknown_dataset():

@@ -5,6 +5,8 @@ Sized to run end to end in a few minutes on a 2-core CPU.
 
 import ml_collections
 
+from experiments import fashion_mnist_files
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The default experiment configuration (see the fields' comments)."""
@@ -19,8 +21,16 @@ def get_config() -> ml_collections.ConfigDict:
   # TFDS data dir; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.data.data_dir = ""
   # Folder of the Fashion-MNIST IDX .gz files (Debian dataset-fashion-mnist).
-  config.data.source_dir = "/usr/share/datasets/fashion-mnist"
-  # Let TFDS download a missing dataset (needs internet); off: a clear error.
+  # Without them there: the Debian package's folder, then apt-get (below),
+  # then a download (below), then an error saying what to do.
+  config.data.source_dir = fashion_mnist_files.FASHION_MNIST_DIR
+  # Install the Debian package with apt-get when running as root.
+  config.data.allow_apt = True
+  # Base URL the Fashion-MNIST files are downloaded from (checksummed);
+  # '' turns the download off.
+  config.data.download_url = fashion_mnist_files.FASHION_MNIST_URL
+  # Let TFDS download a missing CIFAR-10/ImageNet (needs internet); off: a
+  # clear error. Fashion-MNIST does not use it (see above).
   config.data.download = False
   # Keep only the first N examples of a split (0: all); for quick runs.
   config.data.train_limit = 0
