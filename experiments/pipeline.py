@@ -86,9 +86,7 @@ class Run:
     self.model_file = os.path.join(workdir, workdir_lib.MODEL_FILE)
     self.provenance = provenance.collect()
     dc = config.data
-    self._split_kwargs = dict(
-        data_dir=dc.data_dir or None, download=dc.download,
-        source_dir=dc.source_dir, image_size=dc.image_size or None)
+    self._split_kwargs = data_lib.split_kwargs(dc)
     self.eval_split = data_lib.load_split(
         dc.name, "eval", limit=dc.eval_limit or None, **self._split_kwargs)
     self._train_split = None

@@ -102,9 +102,9 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
   with open(config_path) as f:
     dc = json.load(f)
   data_cfg = dc["data"]
-  kwargs = dict(data_dir=data_dir or data_cfg["data_dir"] or None,
-                source_dir=source_dir or data_cfg["source_dir"],
-                image_size=data_cfg["image_size"] or None)
+  kwargs = data_lib.split_kwargs(data_cfg)
+  kwargs["data_dir"] = data_dir or kwargs["data_dir"]
+  kwargs["source_dir"] = source_dir or kwargs["source_dir"]
   test = data_lib.load_split(data_cfg["name"], "eval", limit=limit or None,
                              **kwargs)
   train = data_lib.load_split(data_cfg["name"], "train", limit=calibration,
