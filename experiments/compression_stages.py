@@ -262,9 +262,9 @@ def emulated_accuracy(model, params,
   from rsjax import kernels as rk  # pylint: disable=g-import-not-at-top
   calibration = [b["image"] for _, b in zip(range(calibration_batches),
                                             batches())]
-  plans = rk.prepare_linen(model, params, calibration, hw,
-                           compressed=dict(layers), key=key, train=False)
-  run = jax.jit(lambda x: rk.emulate_linen(model, params, x, plans,
+  emulated = rk.prepare_linen(model, params, calibration, hw,
+                              compressed=dict(layers), key=key, train=False)
+  run = jax.jit(lambda x: rk.emulate_linen(model, params, x, emulated,
                                            train=False))
   correct = total = 0.0
   for b in batches():

@@ -16,9 +16,9 @@ scales calibrated on the first ``--calibration`` *training* images:
   (index-and-add is defined only at the run's hardware, and ``equality``
   shows it computes the same numbers). At each hardware the lossless ADC
   resolution (``2^bits - 1 >= p_max``) is run through the bit-sliced
-  dataflow (``method='sliced'``) and compared logit for logit with the
+  dataflow (``dataflow='sliced'``) and compared logit for logit with the
   integer matmul of the same quantized weights and inputs
-  (``method='exact'``): the quantized model.
+  (``dataflow='exact'``): the quantized model.
 ``equality``
   At the run's hardware, for every ADC resolution: the index-and-add
   dataflow on the codebooks and index tables against the decompressed
@@ -124,17 +124,18 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
 class Emulator:
   """Emulated and float logits of one :class:`Subject`, batch by batch.
 
-  The jitted functions take the plans as an argument, so one compilation
-  serves every plan of the same hardware (e.g. all fault seeds); the model
-  is calibrated once, on the first plan, and programmed for every plan.
+  The jitted functions take the emulated layers as an argument, so one
+  compilation serves every programming of the same hardware (e.g. all fault
+  seeds); the model is calibrated once, on first use, and programmed for
+  every hardware and fault setting.
   """
 
   def __init__(self, subject: Subject, batch_size: int = 500):
     self.subject = subject
     self.batch_size = batch_size
     model, params = subject.model, subject.params
-    self._emulate = jax.jit(lambda plans, x: rk.emulate_linen(
-        model, params, x, plans, train=False))
+    self._emulate = jax.jit(lambda layers, x: rk.emulate_linen(
+        model, params, x, layers, train=False))
     self._float = jax.jit(lambda x: model.apply(params, x, train=False))
     self._calibration = None
 
@@ -149,15 +150,15 @@ class Emulator:
                                              train=False)
     return self._calibration
 
-  def plans(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
-            key=None, method: str = "auto"):
+  def program(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
+              key=None, dataflow: str = "auto"):
     """Programs the model on ``hw``: index-and-add if ``shared``, else the
     dense layout of the same compressed model (same quantized numbers, a
     shared layer's BatchNorm kept digital as in index-and-add; folding it
     into the decompressed kernel would be another quantized model)."""
     return rk.program(self.calibration, hw, compressed=self.subject.layers,
                       index_and_add=shared, nonideal=nonideal, key=key,
-                      method=method)
+                      dataflow=dataflow)
 
   def _batched(self, fn) -> np.ndarray:
     images, b = self.subject.images, self.batch_size
@@ -170,8 +171,8 @@ class Emulator:
       out.append(np.asarray(fn(jnp.asarray(x)))[:n])
     return np.concatenate(out)
 
-  def logits(self, plans) -> np.ndarray:
-    return self._batched(lambda x: self._emulate(plans, x))
+  def logits(self, layers) -> np.ndarray:
+    return self._batched(lambda x: self._emulate(layers, x))
 
   def float_logits(self) -> np.ndarray:
     return self._batched(self._float)
@@ -197,15 +198,15 @@ def grid(em: Emulator, *, ou_rows: Sequence[int], cell_bits: Sequence[int],
     for c in cell_bits:
       hw = em.subject.hw.replace(ou_rows=int(o), cell_bits=int(c))
       lossless = lossless_adc_bits(hw)
-      exact = em.logits(em.plans(hw.replace(adc_bits=lossless), shared=False,
-                                 method="exact"))
+      exact = em.logits(em.program(hw.replace(adc_bits=lossless),
+                                   shared=False, dataflow="exact"))
       row = {"ou_rows": int(o), "cell_bits": int(c),
              "block_shape": list(hw.block_shape),
              "p_max": hw.partial_sum_max, "lossless_adc_bits": lossless,
              "quantized": em.accuracy(exact), "adc": []}
       for b in sorted({int(x) for x in adc_bits} | {lossless}):
-        logits = em.logits(em.plans(hw.replace(adc_bits=b), shared=False,
-                                    method="sliced"))
+        logits = em.logits(em.program(hw.replace(adc_bits=b), shared=False,
+                                      dataflow="sliced"))
         point = {"adc_bits": b, "accuracy": em.accuracy(logits),
                  "lossless": b >= lossless}
         if b >= lossless:
@@ -220,8 +221,8 @@ def equality(em: Emulator, adc_bits: Sequence[int]) -> list[dict[str, Any]]:
   out = []
   for b in sorted({int(x) for x in adc_bits}):
     hw = em.subject.hw.replace(adc_bits=b)
-    shared = em.logits(em.plans(hw, shared=True, method="sliced"))
-    dense = em.logits(em.plans(hw, shared=False, method="sliced"))
+    shared = em.logits(em.program(hw, shared=True, dataflow="sliced"))
+    dense = em.logits(em.program(hw, shared=False, dataflow="sliced"))
     out.append({"adc_bits": b, "shared": em.accuracy(shared),
                 "dense": em.accuracy(dense),
                 "max_abs_diff": _max_diff(shared, dense)})
@@ -248,10 +249,10 @@ def faults(em: Emulator, *, stuck_rates: Sequence[float],
     for kind, value in settings:
       accs = []
       for seed in range(seeds):
-        plans = em.plans(em.subject.hw, shared=layout == "shared",
-                         nonideal=_nonideal(kind, value),
-                         key=jax.random.key(seed))
-        accs.append(em.accuracy(em.logits(plans)))
+        emulated = em.program(em.subject.hw, shared=layout == "shared",
+                              nonideal=_nonideal(kind, value),
+                              key=jax.random.key(seed))
+        accs.append(em.accuracy(em.logits(emulated)))
       out.append({"layout": layout, "kind": kind, "value": value,
                   "seeds": seeds, "mean": float(np.mean(accs)),
                   "std": float(np.std(accs, ddof=1)) if seeds > 1 else 0.0,

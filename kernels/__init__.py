@@ -14,7 +14,7 @@ from rsjax.kernels.crossbar import prepare_shared
 from rsjax.kernels.crossbar import quantize_inputs
 from rsjax.kernels.crossbar import shared_crossbar_matmul
 from rsjax.kernels.model import Calibration
-from rsjax.kernels.model import LayerPlan
+from rsjax.kernels.model import EmulatedLayer
 from rsjax.kernels.model import program
 from rsjax.kernels.linen_model import calibrate_linen
 from rsjax.kernels.linen_model import emulate_linen
@@ -28,7 +28,7 @@ from rsjax.kernels.ste import emulated_matmul
 __all__ = (
     "Calibration",
     "CrossbarWeights",
-    "LayerPlan",
+    "EmulatedLayer",
     "Nonideal",
     "apply",
     "calibrate_adc_range",

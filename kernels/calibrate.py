@@ -47,10 +47,10 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   the common sums and saturates only the rare large ones.
 
   Args:
-    x: ``[..., K]`` unsigned int sample inputs (the first ``max_rows`` rows
-      are used).
-    w: ``[K, N]`` signed int weights (the decompressed matrix of a shared
-      layer).
+    x: ``[..., in_features]`` unsigned int sample inputs (the first
+      ``max_rows`` rows are used).
+    w: ``[in_features, out_features]`` signed int weights (the decompressed
+      matrix of a shared layer).
     hw: the hardware.
     quantile: in ``(0, 1]``.
     max_rows: sample rows used, to bound memory.
@@ -61,13 +61,14 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   if not 0 < quantile <= 1:
     raise ValueError(f"quantile must be in (0, 1], got {quantile}")
   if getattr(w, "ndim", None) != 2:
-    raise ValueError("w must be a [K, N] crossbar matrix")
+    raise ValueError("w must be an [in_features, out_features] crossbar "
+                     "matrix")
   checks.check_ints("w", w, -hw.max_weight, hw.max_weight)
   checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
-  k = w.shape[0]
-  x2 = jnp.asarray(x, jnp.int32).reshape(-1, k)[:max_rows]
-  weights = crossbar.prepare(w, hw.replace(adc_mode="clip"), method="direct")
-  pad = weights.num_row_blocks * hw.ou_rows - k
+  in_features = w.shape[0]
+  x2 = jnp.asarray(x, jnp.int32).reshape(-1, in_features)[:max_rows]
+  weights = crossbar.prepare(w, hw.replace(adc_mode="clip"), dataflow="direct")
+  pad = weights.num_row_blocks * hw.ou_rows - in_features
   hist = np.asarray(_histogram(weights.cells, weights.active,
                                jnp.pad(x2, ((0, 0), (0, pad))), hw))[1:]
   total = hist.sum()

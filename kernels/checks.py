@@ -32,16 +32,16 @@ def check_ints(name, a, lo, hi):
                        f"[{a_lo}, {a_hi}]")
 
 
-def check_int32(hw, k):
-  """Raises if int32 shift-and-add could overflow for ``k`` input rows."""
-  num_rb = -(-k // hw.ou_rows)
+def check_int32(hw, rows):
+  """Raises if int32 shift-and-add could overflow for ``rows`` input rows."""
+  num_rb = -(-rows // hw.ou_rows)
   code = min(hw.adc_max, hw.partial_sum_max)
   slices = sum(2 ** (s * hw.cell_bits) for s in range(hw.slices))
   cycles = sum(2 ** (t * hw.dac_bits) * (2**hw.dac_bits - 1)
                for t in range(hw.cycles))
   bound = max(num_rb * code * slices * cycles,
-              k * (2**hw.input_bits - 1) * 2 ** (hw.weight_bits - 1))
+              rows * (2**hw.input_bits - 1) * 2 ** (hw.weight_bits - 1))
   if bound >= 2**31:
     raise ValueError(
-        f"{k} input rows at this precision can overflow the int32 "
+        f"{rows} input rows at this precision can overflow the int32 "
         f"shift-and-add (bound {bound}); split the layer's rows")

@@ -34,9 +34,9 @@ from rsjax._src import hardware
 from rsjax.kernels import adc
 from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import checks
-from rsjax.kernels import dataflow
+from rsjax.kernels import dataflow as dataflow_lib
 
-METHODS = ("auto", "sliced", "exact", "table", "streamed", "direct")
+DATAFLOWS = ("auto", "sliced", "exact", "table", "streamed", "direct")
 TABLE_MAX_PATTERNS = 4096
 TABLE_MAX_BYTES = 64 << 20
 
@@ -50,7 +50,8 @@ class CrossbarWeights:
       ``C`` stored columns (``streamed`` and ``direct`` paths), else None.
     table: ``[R, 2^(dac_bits ou_rows), C]`` int32 ADC outputs per input
       pattern (``table`` path), else None.
-    matrix: ``[K, N]`` int32 weights (``exact`` path), else None.
+    matrix: ``[in_features, out_features]`` int32 weights (``exact``
+      path), else None.
     route: ``[R, N]`` int32 index table per output column: the stored column
       it reads in row-block ``r``, ``C`` for pruned (``streamed`` and
       ``direct`` paths of a shared layer); None for a dense layer and for
@@ -58,9 +59,9 @@ class CrossbarWeights:
     active: ``[R, N]`` int32, 1 where the block is stored (offset correction).
     adc_range: int32 scalar, the partial sum mapped to the top ADC code.
     hw: the hardware.
-    method: ``'exact'``, ``'table'``, ``'streamed'`` or ``'direct'``.
-    in_features: K.
-    out_features: N.
+    dataflow: ``'exact'``, ``'table'``, ``'streamed'`` or ``'direct'``.
+    in_features: rows of the crossbar matrix (the input width).
+    out_features: columns of the crossbar matrix.
     read_sigma: read noise std (``direct`` path only).
   """
 
@@ -71,7 +72,7 @@ class CrossbarWeights:
   active: jax.Array
   adc_range: jax.Array
   hw: hardware.HardwareSpec = struct.field(pytree_node=False)
-  method: str = struct.field(pytree_node=False)
+  dataflow: str = struct.field(pytree_node=False)
   in_features: int = struct.field(pytree_node=False)
   out_features: int = struct.field(pytree_node=False)
   read_sigma: float = struct.field(pytree_node=False, default=0.0)
@@ -81,23 +82,24 @@ class CrossbarWeights:
     return -(-self.in_features // self.hw.ou_rows)
 
 
-def _pick_method(hw, nonideal, method, num_rb, cols):
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def _pick_dataflow(hw, nonideal, dataflow, num_rb, cols):
+  if dataflow not in DATAFLOWS:
+    raise ValueError(f"dataflow must be one of {DATAFLOWS}, got {dataflow!r}")
   noisy = nonideal is not None and (nonideal.programs or nonideal.reads)
   reads = nonideal is not None and nonideal.reads
-  pats = dataflow.num_patterns(hw) if hw.dac_bits * hw.ou_rows <= 24 else None
-  if method == "exact" and (noisy or not hw.adc_lossless):
-    raise ValueError("method='exact' needs a lossless ADC and no noise")
-  if method in ("table", "streamed") and (reads or pats is None
-                                         or pats > TABLE_MAX_PATTERNS):
-    raise ValueError(f"method={method!r} needs no read noise and at most "
+  pats = (dataflow_lib.num_patterns(hw) if hw.dac_bits * hw.ou_rows <= 24
+          else None)
+  if dataflow == "exact" and (noisy or not hw.adc_lossless):
+    raise ValueError("dataflow='exact' needs a lossless ADC and no noise")
+  if dataflow in ("table", "streamed") and (reads or pats is None
+                                           or pats > TABLE_MAX_PATTERNS):
+    raise ValueError(f"dataflow={dataflow!r} needs no read noise and at most "
                      f"{TABLE_MAX_PATTERNS} input patterns per row-block")
-  if method not in ("auto", "sliced"):
-    return method
+  if dataflow not in ("auto", "sliced"):
+    return dataflow
   # 'sliced' never short-cuts to the integer matmul: it is how a lossless
   # ADC is checked against 'exact' through the bit-sliced dataflow.
-  if method == "auto" and not noisy and hw.adc_lossless:
+  if dataflow == "auto" and not noisy and hw.adc_lossless:
     return "exact"
   if reads or pats is None or pats > TABLE_MAX_PATTERNS:
     return "direct"
@@ -105,13 +107,13 @@ def _pick_method(hw, nonideal, method, num_rb, cols):
   return "table" if num_rb * pats * cols * 4 <= TABLE_MAX_BYTES else "streamed"
 
 
-@functools.partial(jax.jit, static_argnames=("hw", "nonideal", "method"))
-def _program(cells, active, route, hw, nonideal, method, adc_range, key):
+@functools.partial(jax.jit, static_argnames=("hw", "nonideal", "dataflow"))
+def _program(cells, active, route, hw, nonideal, dataflow, adc_range, key):
   """Programs ideal levels and (table path) tabulates the ADC outputs."""
   g = cells_lib.program(cells, hw, nonideal, key)
-  if method != "table":
+  if dataflow != "table":
     return g, None
-  table = dataflow.build_table(g, hw, adc_range)
+  table = dataflow_lib.build_table(g, hw, adc_range)
   if route is None:
     return None, table * active[:, None, :]
   # Index-and-add: the ADC outputs of each stored block were tabulated once
@@ -121,34 +123,35 @@ def _program(cells, active, route, hw, nonideal, method, adc_range, key):
   return None, jnp.take_along_axis(table, route[:, None, :], axis=2)
 
 
-def _finish(hw, nonideal, method, levels, route, active, adc_range, key,
-            matrix, k, n):
-  if method == "exact":
+def _finish(hw, nonideal, dataflow, levels, route, active, adc_range, key,
+            matrix, in_features, out_features):
+  if dataflow == "exact":
     return CrossbarWeights(None, None, matrix, route, active, adc_range, hw,
-                           method, k, n)
+                           dataflow, in_features, out_features)
   if nonideal is not None and nonideal.programs and key is None:
     raise ValueError("programming non-idealities need an explicit key")
-  g, table = _program(levels, active, route, hw, nonideal, method, adc_range,
+  g, table = _program(levels, active, route, hw, nonideal, dataflow, adc_range,
                       key)
   sigma = 0.0 if nonideal is None else float(nonideal.read_sigma)
-  if method == "table":
+  if dataflow == "table":
     route = None  # routed into the table already
-  return CrossbarWeights(g, table, None, route, active, adc_range, hw, method,
-                         k, n, sigma)
+  return CrossbarWeights(g, table, None, route, active, adc_range, hw, dataflow,
+                         in_features, out_features, sigma)
 
 
 def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
             nonideal: cells_lib.Nonideal | None = None, key=None,
-            method: str = "auto") -> CrossbarWeights:
+            dataflow: str = "auto") -> CrossbarWeights:
   """Programs a dense integer crossbar matrix.
 
   Args:
-    w: ``[K, N]`` signed ints in ``[-max_weight, max_weight]``.
+    w: ``[in_features, out_features]`` signed ints in
+      ``[-max_weight, max_weight]``.
     hw: the hardware.
     adc_range: the layer's ADC range, for ``adc_mode='calibrated'`` only.
     nonideal: device non-idealities (programming ones are drawn here).
     key: ``jax.random`` key for the programming non-idealities.
-    method: ``'auto'`` (exact if lossless and ideal; else, without read
+    dataflow: ``'auto'`` (exact if lossless and ideal; else, without read
       noise and with at most ``TABLE_MAX_PATTERNS`` input patterns per
       row-block, the table if it fits ``TABLE_MAX_BYTES`` and the streamed
       table (built per row-block in each call) if not; else direct),
@@ -160,34 +163,36 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
     The :class:`CrossbarWeights`.
   """
   if getattr(w, "ndim", None) != 2:
-    raise ValueError(f"w must be a [K, N] crossbar matrix, got shape "
-                     f"{getattr(w, 'shape', None)}")
+    raise ValueError(f"w must be an [in_features, out_features] crossbar "
+                     f"matrix, got shape {getattr(w, 'shape', None)}")
   checks.check_ints("w", w, -hw.max_weight, hw.max_weight)
   w = jnp.asarray(w, jnp.int32)
-  k, n = w.shape
-  checks.check_int32(hw, k)
+  in_features, out_features = w.shape
+  checks.check_int32(hw, in_features)
   rng = adc.resolve_range(hw, adc_range)
-  num_rb = -(-k // hw.ou_rows)
-  method = _pick_method(hw, nonideal, method, num_rb, n)
+  num_rb = -(-in_features // hw.ou_rows)
+  dataflow = _pick_dataflow(hw, nonideal, dataflow, num_rb, out_features)
   bw = hw.block_shape[1]
-  groups = -(-n // bw)
-  wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - k), (0, groups * bw - n)))
+  groups = -(-out_features // bw)
+  wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - in_features),
+                   (0, groups * bw - out_features)))
   nonzero = jnp.any(wp.reshape(num_rb, hw.ou_rows, groups, bw) != 0,
                     axis=(1, 3))
-  active = jnp.repeat(nonzero.astype(jnp.int32), bw, axis=1)[:, :n]
+  active = jnp.repeat(nonzero.astype(jnp.int32), bw, axis=1)[:, :out_features]
   levels = None
-  if method != "exact":
-    levels = cells_lib.signed_to_cells(wp[:, :n], hw)
-    levels = levels.reshape(hw.arrays, num_rb, hw.ou_rows, n, hw.slices)
-  return _finish(hw, nonideal, method, levels, None, active, rng, key, w, k,
-                 n)
+  if dataflow != "exact":
+    levels = cells_lib.signed_to_cells(wp[:, :out_features], hw)
+    levels = levels.reshape(hw.arrays, num_rb, hw.ou_rows, out_features,
+                            hw.slices)
+  return _finish(hw, nonideal, dataflow, levels, None, active, rng, key, w,
+                 in_features, out_features)
 
 
 def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
                    out_features: int | None = None,
                    in_features: int | None = None, adc_range=None,
                    nonideal: cells_lib.Nonideal | None = None, key=None,
-                   method: str = "auto") -> CrossbarWeights:
+                   dataflow: str = "auto") -> CrossbarWeights:
   """Programs a shared layer's stored blocks and its index table.
 
   Args:
@@ -196,9 +201,9 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
       layer scale).
     index: ``[R, G]`` int ids into ``codebook[r]``, ``-1`` = pruned.
     hw: the hardware; ``hw.block_shape`` must be the block shape.
-    out_features: N (default ``G * block width``).
-    in_features: K (default ``R * ou_rows``).
-    adc_range, nonideal, key, method: as :func:`prepare`.
+    out_features: columns of the crossbar matrix (default ``G * bw``).
+    in_features: rows of the crossbar matrix (default ``R * ou_rows``).
+    adc_range, nonideal, key, dataflow: as :func:`prepare`.
 
   Returns:
     The :class:`CrossbarWeights` (index-and-add dataflow).
@@ -217,71 +222,73 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   checks.check_ints("codebook", codebook, -hw.max_weight, hw.max_weight)
   checks.check_ints("index", index, -1, slots - 1)
   groups = index.shape[1]
-  n = groups * bw if out_features is None else int(out_features)
-  k = num_rb * bh if in_features is None else int(in_features)
-  if not (groups - 1) * bw < n <= groups * bw:
-    raise ValueError(f"out_features={n} does not match {groups} column "
-                     f"groups of {bw} columns")
-  if not (num_rb - 1) * bh < k <= num_rb * bh:
-    raise ValueError(f"in_features={k} does not match {num_rb} row-blocks "
-                     f"of {bh} rows")
-  checks.check_int32(hw, k)
+  out_features = (groups * bw if out_features is None
+                  else int(out_features))
+  in_features = num_rb * bh if in_features is None else int(in_features)
+  if not (groups - 1) * bw < out_features <= groups * bw:
+    raise ValueError(f"out_features={out_features} does not match {groups} "
+                     f"column groups of {bw} columns")
+  if not (num_rb - 1) * bh < in_features <= num_rb * bh:
+    raise ValueError(f"in_features={in_features} does not match {num_rb} "
+                     f"row-blocks of {bh} rows")
+  checks.check_int32(hw, in_features)
   codebook = jnp.asarray(codebook, jnp.int32)
   index = jnp.asarray(index, jnp.int32)
   rng = adc.resolve_range(hw, adc_range)
   cols = slots * bw
-  method = _pick_method(hw, nonideal, method, num_rb, max(cols, n))
-  col = jnp.arange(n, dtype=jnp.int32)
+  dataflow = _pick_dataflow(hw, nonideal, dataflow, num_rb,
+                            max(cols, out_features))
+  col = jnp.arange(out_features, dtype=jnp.int32)
   grp = index[:, col // bw]
   active = (grp >= 0).astype(jnp.int32)
   route = jnp.where(grp >= 0, grp * bw + col[None] % bw, cols)
   matrix, levels = None, None
-  if method == "exact":
+  if dataflow == "exact":
     blocks = jnp.take_along_axis(codebook, jnp.maximum(index, 0)[:, :, None,
                                                                   None], 1)
     blocks = blocks * (index >= 0)[:, :, None, None].astype(jnp.int32)
     matrix = jnp.transpose(blocks, (0, 2, 1, 3)).reshape(num_rb * bh, -1)
-    matrix = matrix[:k, :n]
+    matrix = matrix[:in_features, :out_features]
   else:
     stored = jnp.transpose(codebook, (0, 2, 1, 3)).reshape(num_rb, bh, cols)
     levels = cells_lib.signed_to_cells(stored, hw)
-  return _finish(hw, nonideal, method, levels, route, active, rng, key,
-                 matrix, k, n)
+  return _finish(hw, nonideal, dataflow, levels, route, active, rng, key,
+                 matrix, in_features, out_features)
 
 
 def _dense_direct(weights: CrossbarWeights) -> bool:
   """Whether the direct path runs row-block-major (dense, no read noise)."""
-  return (weights.method == "direct" and weights.route is None
+  return (weights.dataflow == "direct" and weights.route is None
           and not weights.read_sigma)
 
 
 def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
   """``S`` of unsigned ``x`` fed as ``hw`` says (its cycles)."""
-  if weights.method == "exact":
-    return dataflow.map_rows(lambda c, _: dataflow.exact_apply(
+  if weights.dataflow == "exact":
+    return dataflow_lib.map_rows(lambda c, _: dataflow_lib.exact_apply(
         weights.matrix, c, hw), x, rows)
   pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
   xp = jnp.pad(x, ((0, 0), (0, pad)))
-  if weights.method == "table":
-    fn = lambda c, _: dataflow.table_apply(weights.table, c, hw)
-  elif weights.method == "streamed":
-    fn = lambda c, _: dataflow.streamed_apply(
+  if weights.dataflow == "table":
+    fn = lambda c, _: dataflow_lib.table_apply(weights.table, c, hw)
+  elif weights.dataflow == "streamed":
+    fn = lambda c, _: dataflow_lib.streamed_apply(
         weights.cells, weights.route, weights.active, c, hw,
         weights.adc_range)
   elif _dense_direct(weights):
-    fn = lambda c, _: dataflow.direct_dense_apply(
+    fn = lambda c, _: dataflow_lib.direct_dense_apply(
         weights.cells, weights.active, c, hw, weights.adc_range)
   else:
-    fn = lambda c, k: dataflow.direct_apply(
+    fn = lambda c, chunk_key: dataflow_lib.direct_apply(
         weights.cells, weights.route, weights.active, c, hw,
-        weights.adc_range, weights.read_sigma, k)
-  return dataflow.map_rows(fn, xp, rows, key)
+        weights.adc_range, weights.read_sigma, chunk_key)
+  return dataflow_lib.map_rows(fn, xp, rows, key)
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "signed"))
 def _apply(weights: CrossbarWeights, x, key, rows, signed):
   hw = weights.hw
-  method = weights.method
+  dataflow = weights.dataflow
   if signed:
     # Two's complement: the unsigned reading u of the bits, then one more
     # cycle that feeds the sign bits again, weighted -2^input_bits:
@@ -295,7 +302,7 @@ def _apply(weights: CrossbarWeights, x, key, rows, signed):
   else:
     s = _codes_sum(weights, x, key, rows, hw)
   corr = None
-  if hw.signed == "offset" and method != "exact":
+  if hw.signed == "offset" and dataflow != "exact":
     pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
     xsum = jnp.sum(jnp.pad(x, ((0, 0), (0, pad))).reshape(
         x.shape[0], -1, hw.ou_rows), axis=-1)
@@ -305,7 +312,7 @@ def _apply(weights: CrossbarWeights, x, key, rows, signed):
   if hw.adc_mode == "clip":
     return s if corr is None else s - corr
   step = weights.adc_range.astype(jnp.float32) / jnp.float32(hw.adc_max)
-  y = s.astype(jnp.float32) * step if method != "exact" else s.astype(
+  y = s.astype(jnp.float32) * step if dataflow != "exact" else s.astype(
       jnp.float32)
   return y if corr is None else y - corr.astype(jnp.float32)
 
@@ -316,7 +323,7 @@ def apply(weights: CrossbarWeights, x, *, key=None,
 
   Args:
     weights: from :func:`prepare` or :func:`prepare_shared`.
-    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``, or with
+    x: ``[..., in_features]`` unsigned ints in ``[0, 2^input_bits)``, or with
       ``signed_inputs`` two's complement ints in
       ``[-2^(input_bits-1), 2^(input_bits-1))``.
     key: ``jax.random`` key for read noise (required with read noise).
@@ -347,8 +354,8 @@ def apply(weights: CrossbarWeights, x, *, key=None,
     cols = weights.table.shape[2]
   elif weights.cells is not None:
     cols = weights.cells.shape[3]
-  rows = dataflow.chunk_rows(
-      hw, "direct_dense" if _dense_direct(weights) else weights.method,
+  rows = dataflow_lib.chunk_rows(
+      hw, "direct_dense" if _dense_direct(weights) else weights.dataflow,
       weights.num_row_blocks, max(cols, weights.out_features))
   y = _apply(weights, x2, key if weights.read_sigma else None, rows,
              bool(signed_inputs))
@@ -358,18 +365,19 @@ def apply(weights: CrossbarWeights, x, *, key=None,
 def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
                     adc_range=None,
                     nonideal: cells_lib.Nonideal | None = None,
-                    method: str = "auto", signed_inputs: bool = False):
+                    dataflow: str = "auto", signed_inputs: bool = False):
   """Emulated ``x @ w`` on ReRAM crossbars (SPEC section 2).
 
   Args:
-    x: ``[..., K]`` unsigned ints in ``[0, 2^input_bits)``.
-    w: ``[K, N]`` signed ints in ``[-max_weight, max_weight]``.
+    x: ``[..., in_features]`` unsigned ints in ``[0, 2^input_bits)``.
+    w: ``[in_features, out_features]`` signed ints in
+      ``[-max_weight, max_weight]``.
     hw: the hardware.
     key: ``jax.random`` key for non-idealities (split into a programming
       and a read key).
     adc_range: per-layer ADC range for ``adc_mode='calibrated'``.
     nonideal: device non-idealities, None for ideal.
-    method: see :func:`prepare`.
+    dataflow: see :func:`prepare`.
     signed_inputs: two's complement inputs, see :func:`apply`.
 
   Returns:
@@ -377,7 +385,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
   """
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = prepare(w, hw, adc_range=adc_range, nonideal=nonideal,
-                    key=k_prog, method=method)
+                    key=k_prog, dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 
@@ -385,7 +393,7 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
                            out_features: int | None = None, key=None,
                            adc_range=None,
                            nonideal: cells_lib.Nonideal | None = None,
-                           method: str = "auto", signed_inputs: bool = False):
+                           dataflow: str = "auto", signed_inputs: bool = False):
   """Index-and-add emulation of a shared layer (SPEC section 2).
 
   Each stored block is converted once per row-block and cycle and its ADC
@@ -393,22 +401,23 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
   :func:`crossbar_matmul` on the decompressed matrix.
 
   Args:
-    x: ``[..., K]`` unsigned ints, ``K`` within the last row-block.
+    x: ``[..., in_features]`` unsigned ints, ``in_features`` within the
+      last row-block.
     codebook: ``[R, Kc, bh, bw]`` signed int stored blocks.
     index: ``[R, G]`` int32, ``-1`` = pruned.
     hw: the hardware.
-    out_features: N (default ``G * bw``).
-    key, adc_range, nonideal, method, signed_inputs: as
+    out_features: columns of the crossbar matrix (default ``G * bw``).
+    key, adc_range, nonideal, dataflow, signed_inputs: as
       :func:`crossbar_matmul`.
 
   Returns:
     As :func:`apply`.
   """
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
-  k = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else None
+  in_features = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else None
   weights = prepare_shared(codebook, index, hw, out_features=out_features,
-                           in_features=k, adc_range=adc_range,
-                           nonideal=nonideal, key=k_prog, method=method)
+                           in_features=in_features, adc_range=adc_range,
+                           nonideal=nonideal, key=k_prog, dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 

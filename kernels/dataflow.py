@@ -274,15 +274,15 @@ def direct_dense_apply(cells, active, x, hw: hardware.HardwareSpec,
 
 
 def exact_apply(matrix, x, hw: hardware.HardwareSpec):
-  """``x @ matrix`` exactly, for ``x [M, K]`` and an int ``matrix [K, N]``."""
-  k = x.shape[1]
+  """``x @ matrix`` exactly: ``x [M, rows]``, int ``matrix [rows, N]``."""
+  rows = x.shape[1]
   wmax = max(hw.max_weight, 1)
   bits = min(4, hw.input_bits)
   # Every partial dot product must stay below 2^24 to be exact in float32.
   chunk = max(1, (2**24 - 1) // ((2**bits - 1) * wmax))
   wf = matrix.astype(jnp.float32)
   acc = jnp.zeros((x.shape[0], matrix.shape[1]), jnp.int32)
-  for start in range(0, k, chunk):
+  for start in range(0, rows, chunk):
     xs, ws = x[:, start:start + chunk], wf[start:start + chunk]
     for shift in range(0, hw.input_bits, bits):
       digit = ((xs >> shift) & (2**bits - 1)).astype(jnp.float32)
@@ -291,13 +291,13 @@ def exact_apply(matrix, x, hw: hardware.HardwareSpec):
   return acc
 
 
-def chunk_rows(hw: hardware.HardwareSpec, method: str, num_rb: int,
+def chunk_rows(hw: hardware.HardwareSpec, dataflow: str, num_rb: int,
                cols: int) -> int:
   """Rows of ``x`` per chunk so one chunk's intermediates fit the budget."""
-  if method == "table":
+  if dataflow == "table":
     # Pattern ids and the accumulator; XLA fuses the digit extraction.
     per_row = num_rb * hw.cycles * 4 * 2 + cols * 4 * 2
-  elif method == "streamed":
+  elif dataflow == "streamed":
     # Every chunk builds all the tables again: big chunks amortise that.
     # Per row: the chunk of x, its pattern ids, the accumulator and one
     # cycle's lookups; per chunk: one row-block's table being built
@@ -306,9 +306,9 @@ def chunk_rows(hw: hardware.HardwareSpec, method: str, num_rb: int,
     build = 3 * hw.arrays * hw.slices * num_patterns(hw) * cols * 4
     left = max(_STREAM_CHUNK_BYTES - build, 0)
     return int(max(8, min(1 << 16, left // per_row)))
-  elif method == "direct":
+  elif dataflow == "direct":
     per_row = hw.arrays * num_rb * cols * hw.slices * 4 * 3
-  elif method == "direct_dense":
+  elif dataflow == "direct_dense":
     # One row-block's partial sums and codes, the accumulator and the rows.
     per_row = (hw.arrays * cols * hw.slices * 4 * 3 + cols * 4 * 2
                + num_rb * hw.ou_rows * 4 * 2)

@@ -22,10 +22,10 @@ def _linen_name(mod) -> str:
 def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
                   hw: hardware.HardwareSpec, *, rules: str = r".*",
                   per: str = "layer", nonideal=None, key=None,
-                  method: str = "auto", fold_bn: bool = True,
+                  dataflow: str = "auto", fold_bn: bool = True,
                   compressed=None, signed_scheme: str = "two_pass",
                   index_and_add: bool = True, **apply_kwargs
-                  ) -> dict[str, model_lib.LayerPlan]:
+                  ) -> dict[str, model_lib.EmulatedLayer]:
   """Calibrates and programs a Linen model's layers (see module).
 
   Args:
@@ -35,7 +35,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
     hw: the hardware.
     rules: regex over ``'params/<module path>/kernel'``.
     per: weight scale per ``'layer'`` or ``'column'``.
-    nonideal, key, method: as :func:`rsjax.kernels.prepare`.
+    nonideal, key, dataflow: as :func:`rsjax.kernels.prepare`.
     fold_bn: fold a BatchNorm that directly follows a layer.
     compressed: ``{path: rsjax.CompressedLayer}`` of shared layers (module
       path, or ``'params/<path>/kernel'``): these run the index-and-add
@@ -44,7 +44,7 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
       Calibrate with ``variables`` holding the decompressed kernels, so that
       downstream input scales see the compressed model's activations.
     signed_scheme: how layers with negative inputs are fed: ``'two_pass'``
-      or ``'twos_complement'`` (see :class:`rsjax.kernels.LayerPlan`).
+      or ``'twos_complement'`` (see :class:`rsjax.kernels.EmulatedLayer`).
     index_and_add: False programs the ``compressed`` layers densely
       instead: the same decompressed, quantized matrix and digital
       BatchNorm as index-and-add, on any hardware (the dense layout of the
@@ -53,12 +53,12 @@ def prepare_linen(model: nn.Module, variables, batches: Iterable[Any],
     **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
 
   Returns:
-    ``{module path: LayerPlan}`` for :func:`emulate_linen`.
+    ``{module path: EmulatedLayer}`` for :func:`emulate_linen`.
   """
   calib = calibrate_linen(model, variables, batches, rules=rules,
                           **apply_kwargs)
   return model_lib.program(
-      calib, hw, per=per, nonideal=nonideal, key=key, method=method,
+      calib, hw, per=per, nonideal=nonideal, key=key, dataflow=dataflow,
       fold_bn=fold_bn, compressed=compressed, signed_scheme=signed_scheme,
       index_and_add=index_and_add)
 
@@ -115,30 +115,32 @@ def calibrate_linen(model: nn.Module, variables, batches: Iterable[Any], *,
   return model_lib.calibration(stats)
 
 
-def emulate_linen(model: nn.Module, variables, x, plans, *, key=None,
+def emulate_linen(model: nn.Module, variables, x, layers, *, key=None,
                   **apply_kwargs):
-  """``model.apply(variables, x)`` with the planned layers on crossbars.
+  """``model.apply(variables, x)`` with ``layers`` on crossbars.
 
   Args:
     model, variables: as for :func:`prepare_linen`.
     x: the input batch.
-    plans: from :func:`prepare_linen`.
+    layers: from :func:`prepare_linen` (or :func:`rsjax.kernels.program`).
     key: read-noise key (one per layer is folded from it).
     **apply_kwargs: passed to ``model.apply``.
 
   Returns:
     The model output.
   """
-  order = {name: i for i, name in enumerate(sorted(plans))}
-  folded = {p.folded for p in plans.values() if p.folded is not None}
+  order = {name: i for i, name in enumerate(sorted(layers))}
+  folded = {layer.folded for layer in layers.values()
+            if layer.folded is not None}
 
   def emulate(next_fun, args, kwargs, ctx):
     if ctx.method_name != "__call__" or not args:
       return next_fun(*args, **kwargs)
     name = _linen_name(ctx.module)
-    if name in plans and isinstance(ctx.module, (nn.Dense, nn.Conv)):
-      k = None if key is None else jax.random.fold_in(key, order[name])
-      return model_lib.run_layer(plans[name], args[0], k)
+    if name in layers and isinstance(ctx.module, (nn.Dense, nn.Conv)):
+      layer_key = (None if key is None
+                   else jax.random.fold_in(key, order[name]))
+      return model_lib.run_layer(layers[name], args[0], layer_key)
     if name in folded and isinstance(ctx.module, nn.BatchNorm):
       return args[0]
     return next_fun(*args, **kwargs)

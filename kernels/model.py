@@ -53,7 +53,7 @@ from rsjax.kernels import crossbar
 
 
 @struct.dataclass
-class LayerPlan:
+class EmulatedLayer:
   """One emulated layer (a pytree).
 
   Attributes:
@@ -129,39 +129,39 @@ def _last_axis(v, ndim):
   return v if v.ndim == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
 
 
-def run_layer(plan: LayerPlan, x, key=None):
+def run_layer(layer: EmulatedLayer, x, key=None):
   """The emulated layer on float inputs ``x`` (float32 out)."""
   x = jnp.asarray(x, jnp.float32)
-  unbatched = plan.conv is not None and x.ndim == 3
+  unbatched = layer.conv is not None and x.ndim == 3
   if unbatched:
     x = x[None]
 
-  def one(xpos, k):
-    q = crossbar.quantize_inputs(xpos, plan.x_scale, plan.hw)
-    if plan.conv is None:
-      y = crossbar.apply(plan.weights, q, key=k)
+  def one(xpos, pass_key):
+    q = crossbar.quantize_inputs(xpos, layer.x_scale, layer.hw)
+    if layer.conv is None:
+      y = crossbar.apply(layer.weights, q, key=pass_key)
     else:
-      y = conv_lib.conv_apply(plan.weights, q, *plan.conv, key=k)
-    scale = plan.x_scale * plan.w_scale
+      y = conv_lib.conv_apply(layer.weights, q, *layer.conv, key=pass_key)
+    scale = layer.x_scale * layer.w_scale
     return y.astype(jnp.float32) * _last_axis(scale, y.ndim)
 
   keys = (None, None) if key is None else jax.random.split(key)
-  if plan.signed and plan.signed_scheme == "twos_complement":
-    half = float(2 ** (plan.hw.input_bits - 1))
-    q = jnp.clip(jnp.round(x / plan.x_scale), -half, half - 1).astype(
+  if layer.signed and layer.signed_scheme == "twos_complement":
+    half = float(2 ** (layer.hw.input_bits - 1))
+    q = jnp.clip(jnp.round(x / layer.x_scale), -half, half - 1).astype(
         jnp.int32)
-    if plan.conv is None:
-      y = crossbar.apply(plan.weights, q, key=keys[0], signed_inputs=True)
+    if layer.conv is None:
+      y = crossbar.apply(layer.weights, q, key=keys[0], signed_inputs=True)
     else:
-      y = conv_lib.conv_apply(plan.weights, q, *plan.conv, key=keys[0],
+      y = conv_lib.conv_apply(layer.weights, q, *layer.conv, key=keys[0],
                               signed_inputs=True)
-    y = y.astype(jnp.float32) * _last_axis(plan.x_scale * plan.w_scale,
+    y = y.astype(jnp.float32) * _last_axis(layer.x_scale * layer.w_scale,
                                            y.ndim)
   else:
     y = one(jnp.maximum(x, 0.0), keys[0])
-    if plan.signed:
+    if layer.signed:
       y = y - one(jnp.maximum(-x, 0.0), keys[1])
-  y = y + _last_axis(plan.bias, y.ndim)
+  y = y + _last_axis(layer.bias, y.ndim)
   return y[0] if unbatched else y
 
 
@@ -216,7 +216,7 @@ class Calibration:
       signed inputs), a copy of the first 256 entries of the first
       calibration batch's input (``sample``, for ``adc_mode='calibrated'``),
       ``kernel``, ``bias`` and ``conv``. Read-only by convention:
-      :func:`program` reads it for every plan.
+      :func:`program` reads it every time it programs the model.
     bn: ``{layer path: (BatchNorm path, (gamma, beta, mean, var, eps))}``
       of the BatchNorms that directly consume a layer's output.
   """
@@ -230,13 +230,13 @@ def calibration(stats: Stats) -> Calibration:
   return Calibration(dict(stats.layers), dict(stats.bn))
 
 
-def _adc_range(stats, plan_w, hw, x_scale):
+def _adc_range(stats, qw, hw, x_scale):
   """The calibrated ADC range from the first calibration batch."""
   x = jnp.maximum(jnp.asarray(stats["sample"], jnp.float32), 0.0)
   if stats.get("conv") is not None:
     x = conv_lib.im2col(x if x.ndim == 4 else x[None], *stats["conv"])
   q = crossbar.quantize_inputs(x, x_scale, hw)
-  return calibrate.calibrate_adc_range(q, plan_w, hw)
+  return calibrate.calibrate_adc_range(q, qw, hw)
 
 
 SIGNED_SCHEMES = ("two_pass", "twos_complement")
@@ -244,20 +244,20 @@ SIGNED_SCHEMES = ("two_pass", "twos_complement")
 
 def program(calib: Calibration, hw: hardware.HardwareSpec, *,
             per: str = "layer", nonideal=None, key=None,
-            method: str = "auto", fold_bn: bool = True, compressed=None,
+            dataflow: str = "auto", fold_bn: bool = True, compressed=None,
             signed_scheme: str = "two_pass", index_and_add: bool = True
-            ) -> dict[str, LayerPlan]:
+            ) -> dict[str, EmulatedLayer]:
   """Programs every calibrated layer on ``hw`` (shared ones from codebooks).
 
   The second half of ``prepare_linen`` / ``prepare_nnx``: one calibration
-  programmed many times (other hardware, fault seeds) gives the same plans
+  programmed many times (other hardware, fault seeds) gives the same layers
   as preparing each from scratch, without running the model again.
 
   Args:
     calib: from :func:`rsjax.kernels.calibrate_linen` or
       :func:`rsjax.kernels.calibrate_nnx`.
     hw: the hardware.
-    per, nonideal, key, method, fold_bn, compressed, signed_scheme,
+    per, nonideal, key, dataflow, fold_bn, compressed, signed_scheme,
       index_and_add: as :func:`rsjax.kernels.prepare_linen`. With
       ``index_and_add=False`` a compressed layer is programmed densely: its
       decompressed matrix, quantized exactly as for index-and-add (the
@@ -266,7 +266,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       the hardware need not be the one the layer was shared for).
 
   Returns:
-    ``{layer path: LayerPlan}``.
+    ``{layer path: EmulatedLayer}``.
   """
   if not isinstance(calib, Calibration):
     raise TypeError(f"calib must be a rsjax.kernels.Calibration (from "
@@ -281,41 +281,42 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     raise ValueError(f"compressed layers {unknown} are not among the "
                      f"emulated layers {sorted(calib.layers)}")
   top = float(2**hw.input_bits - 1)
-  plans = {}
+  layers = {}
   for i, (name, st) in enumerate(sorted(calib.layers.items())):
-    layer = compressed.get(name)
+    shared = compressed.get(name)
     # A shared layer keeps its BatchNorm digital: folding would scale the
     # columns of a shared block differently and unshare it.
-    bn_path, bn = ((None, None) if not fold_bn or layer is not None
+    bn_path, bn = ((None, None) if not fold_bn or shared is not None
                    else calib.bn.get(name, (None, None)))
     matrix, bias = _fold(st["kernel"], st["bias"], bn)
     signed = st["min"] < 0
     levels = (2 ** (hw.input_bits - 1) - 1
               if signed and signed_scheme == "twos_complement" else top)
     x_scale = jnp.float32(st["max"] / levels if st["max"] > 0 else 1.0)
-    if layer is None:
+    if shared is None:
       qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
     else:
-      if tuple(layer.kernel_shape) != tuple(st["kernel"].shape):
+      if tuple(shared.kernel_shape) != tuple(st["kernel"].shape):
         raise ValueError(f"compressed layer {name} has kernel shape "
-                         f"{layer.kernel_shape}, the model's is "
+                         f"{shared.kernel_shape}, the model's is "
                          f"{tuple(st['kernel'].shape)}")
       # One layer scale: a stored block serves several output columns.
-      qcb, w_scale = quantize.quantize_weights(layer.codebook, hw.weight_bits,
-                                               per="layer")
-      qw = lowering.from_ous(kmeans.decompress(qcb, layer.index),
+      qcb, w_scale = quantize.quantize_weights(shared.codebook,
+                                               hw.weight_bits, per="layer")
+      qw = lowering.from_ous(kmeans.decompress(qcb, shared.index),
                              matrix.shape)
     adc_range = (_adc_range(st, qw, hw, x_scale)
                  if hw.adc_mode == "calibrated" else None)
-    k = None if key is None else jax.random.fold_in(key, i)
-    if layer is None or not index_and_add:
+    layer_key = None if key is None else jax.random.fold_in(key, i)
+    if shared is None or not index_and_add:
       weights = crossbar.prepare(qw, hw, adc_range=adc_range,
-                                 nonideal=nonideal, key=k, method=method)
+                                 nonideal=nonideal, key=layer_key,
+                                 dataflow=dataflow)
     else:
       weights = crossbar.prepare_shared(
-          qcb, layer.index, hw, in_features=matrix.shape[0],
+          qcb, shared.index, hw, in_features=matrix.shape[0],
           out_features=matrix.shape[1], adc_range=adc_range,
-          nonideal=nonideal, key=k, method=method)
-    plans[name] = LayerPlan(weights, w_scale, x_scale, bias, hw, signed,
-                            st.get("conv"), bn_path, signed_scheme)
-  return plans
+          nonideal=nonideal, key=layer_key, dataflow=dataflow)
+    layers[name] = EmulatedLayer(weights, w_scale, x_scale, bias, hw, signed,
+                                 st.get("conv"), bn_path, signed_scheme)
+  return layers

@@ -43,17 +43,18 @@ class _Recorder(nnx.Module):
     return self.stats.output(self.name, m(x))
 
 
-class EmulatedLayer(nnx.Module):
+class _Emulated(nnx.Module):
   """An NNX layer replaced by its crossbar emulation."""
 
-  def __init__(self, plan: model_lib.LayerPlan, index: int, key=None):
-    self.plan = nnx.data(plan)
+  def __init__(self, layer: model_lib.EmulatedLayer, index: int, key=None):
+    self.layer = nnx.data(layer)
     self.index = index
     self.key = None if key is None else nnx.data(key)
 
   def __call__(self, x):
-    k = None if self.key is None else jax.random.fold_in(self.key, self.index)
-    return model_lib.run_layer(self.plan, x, k)
+    key = None if self.key is None else jax.random.fold_in(self.key,
+                                                           self.index)
+    return model_lib.run_layer(self.layer, x, key)
 
 
 class _Identity(nnx.Module):
@@ -86,10 +87,10 @@ def _nnx_name(path) -> str:
 def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
                 hw: hardware.HardwareSpec, *, rules: str = r".*",
                 per: str = "layer", nonideal=None, key=None,
-                method: str = "auto", fold_bn: bool = True,
+                dataflow: str = "auto", fold_bn: bool = True,
                 compressed=None, signed_scheme: str = "two_pass",
                 index_and_add: bool = True
-                ) -> dict[str, model_lib.LayerPlan]:
+                ) -> dict[str, model_lib.EmulatedLayer]:
   """Calibrates and programs an NNX model's layers (see module).
 
   The model is not modified (a clone is calibrated); put it in eval mode.
@@ -98,11 +99,11 @@ def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
   is keyed by attribute path.
 
   Returns:
-    ``{attribute path: LayerPlan}`` for :func:`emulate_nnx`.
+    ``{attribute path: EmulatedLayer}`` for :func:`emulate_nnx`.
   """
   return model_lib.program(
       calibrate_nnx(model, batches, rules=rules), hw, per=per,
-      nonideal=nonideal, key=key, method=method, fold_bn=fold_bn,
+      nonideal=nonideal, key=key, dataflow=dataflow, fold_bn=fold_bn,
       compressed=compressed, signed_scheme=signed_scheme,
       index_and_add=index_and_add)
 
@@ -143,25 +144,26 @@ def calibrate_nnx(model: nnx.Module, batches: Iterable[Any], *,
   return model_lib.calibration(stats)
 
 
-def emulate_nnx(model: nnx.Module, plans, *, key=None) -> nnx.Module:
-  """A copy of ``model`` whose planned layers run on the emulator.
+def emulate_nnx(model: nnx.Module, layers, *, key=None) -> nnx.Module:
+  """A copy of ``model`` whose ``layers`` run on the emulator.
 
   Args:
     model: the NNX model (eval mode).
-    plans: from :func:`prepare_nnx`.
+    layers: from :func:`prepare_nnx` (or :func:`rsjax.kernels.program`).
     key: read-noise key (folded per layer); a fixed part of the copy.
 
   Returns:
     The emulated copy; call it like the model (also under ``nnx.jit``).
   """
   emulated = nnx.clone(model)
-  order = {name: i for i, name in enumerate(sorted(plans))}
-  folded = {p.folded for p in plans.values() if p.folded is not None}
+  order = {name: i for i, name in enumerate(sorted(layers))}
+  folded = {layer.folded for layer in layers.values()
+            if layer.folded is not None}
 
   def make(path, node):
     name = _nnx_name(path)
-    if name in plans and isinstance(node, (nnx.Linear, nnx.Conv)):
-      return EmulatedLayer(plans[name], order[name], key)
+    if name in layers and isinstance(node, (nnx.Linear, nnx.Conv)):
+      return _Emulated(layers[name], order[name], key)
     if name in folded and isinstance(node, nnx.BatchNorm):
       return _Identity()
     return None

@@ -22,16 +22,16 @@ from rsjax.kernels import crossbar
 
 def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
                     per: str = "layer", key=None, adc_range=None,
-                    nonideal=None, method: str = "auto"):
+                    nonideal=None, dataflow: str = "auto"):
   """``x @ w`` in float, emulated forward, straight-through backward.
 
   Args:
-    x: ``[..., K]`` float inputs (non-negative; negatives clip to 0).
-    w: ``[K, N]`` float weights.
+    x: ``[..., in_features]`` float inputs (non-negative; negatives clip to 0).
+    w: ``[in_features, out_features]`` float weights.
     hw: the hardware.
     x_scale: input quantization step (a scalar; ``x ~= q * x_scale``).
     per: weight scale ``'layer'`` or ``'column'``.
-    key, adc_range, nonideal, method: as
+    key, adc_range, nonideal, dataflow: as
       :func:`rsjax.kernels.crossbar_matmul`.
 
   Returns:
@@ -47,7 +47,7 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
   qw, w_scale = quantize.quantize_weights(jax.lax.stop_gradient(w),
                                           hw.weight_bits, per=per)
   y_int = crossbar.crossbar_matmul(qx, qw, hw, key=key, adc_range=adc_range,
-                                   nonideal=nonideal, method=method)
+                                   nonideal=nonideal, dataflow=dataflow)
   scale = x_scale * w_scale
   if scale.ndim:
     scale = scale.reshape((1,) * (y_int.ndim - 1) + (-1,))
@@ -58,14 +58,14 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
 def emulated_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                   padding="SAME", dilation=1, *, x_scale,
                   per: str = "layer", key=None, adc_range=None,
-                  nonideal=None, method: str = "auto"):
+                  nonideal=None, dataflow: str = "auto"):
   """NHWC/HWIO conv with an emulated forward and straight-through backward.
 
   Args:
     x: ``[B, H, W, cin]`` float inputs.
     kernel: ``[kh, kw, cin, cout]`` float kernel.
     hw, strides, padding, dilation: as :func:`rsjax.kernels.crossbar_conv`.
-    x_scale, per, key, adc_range, nonideal, method: as
+    x_scale, per, key, adc_range, nonideal, dataflow: as
       :func:`emulated_matmul`.
 
   Returns:
@@ -76,4 +76,4 @@ def emulated_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
   return emulated_matmul(patches, kernel.reshape(-1, kernel.shape[-1]), hw,
                          x_scale=x_scale, per=per, key=key,
                          adc_range=adc_range, nonideal=nonideal,
-                         method=method)
+                         dataflow=dataflow)

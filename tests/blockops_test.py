@@ -103,8 +103,8 @@ def test_compact_drops_emptied_entries():
   np.testing.assert_array_equal(cb[0, 1], np.zeros((2, 2)))
 
 
-@pytest.mark.parametrize("scope", ["row_block", "layer"])
-def test_recluster_many_batches_layers(scope):
+@pytest.mark.parametrize("codebook_scope", ["row_block", "layer"])
+def test_recluster_many_batches_layers(codebook_scope):
   plans = {"a": rules_lib.LayerPlan("a", (18, 8), (9, 2), 2, 0.5, "a"),
            "b": rules_lib.LayerPlan("b", (3, 3, 1, 12), (9, 2), 2, 0.0, "b")}
   kernels = {"a": jax.random.normal(jax.random.key(0), (18, 8)),
@@ -112,8 +112,8 @@ def test_recluster_many_batches_layers(scope):
   masks = {"a": jnp.array([[True, False, True, True], [False] * 4]),
            "b": jnp.ones((1, 6), bool)}
   out = jax.jit(lambda k, m: blockops.recluster_many(
-      k, m, plans, jax.random.key(2), n_init=2, max_iter=20, scope=scope))(
-          kernels, masks)
+      k, m, plans, jax.random.key(2), n_init=2, max_iter=20,
+      codebook_scope=codebook_scope))(kernels, masks)
   for p, (codebook, index) in out.items():
     num_rows, num_groups = plans[p].grid
     assert codebook.shape == (num_rows, 2, 9, 2)

@@ -95,7 +95,7 @@ def test_faults_are_seeded_and_hurt():
   assert set(by) == {(layout, kind, v) for layout in ("shared", "dense")
                      for kind, v in (("stuck", 0.0), ("stuck", 0.3),
                                      ("program_sigma", 1.0))}
-  ideal = em.accuracy(em.logits(em.plans(HW, shared=True)))
+  ideal = em.accuracy(em.logits(em.program(HW, shared=True)))
   for layout in ("shared", "dense"):
     clean = by[(layout, "stuck", 0.0)]
     assert clean["accuracies"] == [ideal] * 3 and clean["std"] == 0

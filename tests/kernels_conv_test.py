@@ -27,13 +27,13 @@ def _lax_conv(x, kernel, strides, padding, dilation=(1, 1)):
     ((2, 1), "VALID", (1, 1)),
     ((1, 1), [(2, 0), (1, 1)], (2, 1)),
 ])
-@pytest.mark.parametrize("method", ["exact", "table"])
-def test_lossless_conv_equals_lax(strides, padding, dilation, method):
+@pytest.mark.parametrize("dataflow", ["exact", "table"])
+def test_lossless_conv_equals_lax(strides, padding, dilation, dataflow):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 16, (2, 7, 6, 3))
   kernel = rng.integers(-127, 128, (3, 3, 3, 5))
   y = rk.crossbar_conv(x, kernel, HW, strides, padding, dilation,
-                       method=method)
+                       dataflow=dataflow)
   want = _lax_conv(x, kernel, strides, padding, dilation)
   assert y.shape == want.shape
   np.testing.assert_array_equal(np.asarray(y), np.asarray(want, np.int64))
@@ -77,7 +77,7 @@ def test_signed_input_conv_equals_lax():
   rng = np.random.default_rng(3)
   x = rng.integers(-128, 128, (1, 5, 5, 3))
   kernel = rng.integers(-127, 128, (3, 3, 3, 2))
-  y = rk.crossbar_conv(x, kernel, HW, 1, "SAME", method="table",
+  y = rk.crossbar_conv(x, kernel, HW, 1, "SAME", dataflow="table",
                        signed_inputs=True)
   want = _lax_conv(x, kernel, (1, 1), "SAME")
   np.testing.assert_array_equal(np.asarray(y), np.asarray(want, np.int64))

@@ -64,8 +64,8 @@ def test_matches_reference_on_random_specs(hw, m, k, n, seed):
   x, w = _rand(rng, hw, m, k, n, zero_blocks=seed % 2 == 0)
   calibrated = int(rng.integers(1, 2 * hw.partial_sum_max + 2))
   arg = calibrated if hw.adc_mode == "calibrated" else None
-  for method in ("table", "streamed", "direct"):
-    y = rk.crossbar_matmul(x, w, hw, adc_range=arg, method=method)
+  for dataflow in ("table", "streamed", "direct"):
+    y = rk.crossbar_matmul(x, w, hw, adc_range=arg, dataflow=dataflow)
     _check(y, x, w, hw, calibrated)
 
 
@@ -79,29 +79,29 @@ def test_isaac_lossy_all_modes(signed, mode):
   x = rng.integers(200, 256, (6, 23))
   w = rng.integers(-hw.max_weight, hw.max_weight + 1, (23, 9))
   lossless = ref.crossbar_output(x, w, hw.replace(adc_bits=5, adc_mode="clip"))
-  for method in ("table", "streamed", "direct"):
+  for dataflow in ("table", "streamed", "direct"):
     y = rk.crossbar_matmul(x, w, hw, adc_range=20 if mode == "calibrated"
-                           else None, method=method)
+                           else None, dataflow=dataflow)
     _check(y, x, w, hw, 20)
   assert not np.array_equal(np.asarray(y), lossless)
 
 
-@pytest.mark.parametrize("method", ["auto", "sliced", "exact", "table",
+@pytest.mark.parametrize("dataflow", ["auto", "sliced", "exact", "table",
                                     "streamed", "direct"])
 @pytest.mark.parametrize("use_jit", [False, True])
-def test_lossless_is_integer_matmul(method, use_jit):
+def test_lossless_is_integer_matmul(dataflow, use_jit):
   rng = np.random.default_rng(2)
   x, w = _rand(rng, ISAAC, 2 * 3 * 5, 31, 13)
   x = x.reshape(2, 3, 5, 31)
-  weights = rk.prepare(w, ISAAC, method=method)
+  weights = rk.prepare(w, ISAAC, dataflow=dataflow)
   f = (jax.jit(lambda a: rk.apply(weights, a)) if use_jit
        else lambda a: rk.apply(weights, a))
   y = f(jnp.asarray(x, jnp.int32))
   assert y.shape == (2, 3, 5, 13) and y.dtype == jnp.int32
   np.testing.assert_array_equal(np.asarray(y), x @ w)
   # 'sliced' is 'auto' without the integer-matmul short cut.
-  want = {"auto": "exact", "sliced": "table"}.get(method, method)
-  assert weights.method == want
+  want = {"auto": "exact", "sliced": "table"}.get(dataflow, dataflow)
+  assert weights.dataflow == want
 
 
 def test_differential_lossless_scale_is_exact():
@@ -109,8 +109,8 @@ def test_differential_lossless_scale_is_exact():
                           adc_mode="scale", adc_bits=5)
   rng = np.random.default_rng(3)
   x, w = _rand(rng, hw, 4, 19, 6)
-  for method in ("exact", "table", "streamed", "direct"):
-    y = rk.crossbar_matmul(x, w, hw, method=method)
+  for dataflow in ("exact", "table", "streamed", "direct"):
+    y = rk.crossbar_matmul(x, w, hw, dataflow=dataflow)
     np.testing.assert_array_equal(np.asarray(y), (x @ w).astype(np.float32))
 
 
@@ -126,9 +126,9 @@ def _shared_layer(rng, hw, k, n, slots):
 
 
 @pytest.mark.parametrize("signed", ["offset", "differential"])
-@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
-def test_shared_equals_dense_bit_exact(signed, method):
-  hw = rsjax.HardwareSpec(adc_bits=5 if method == "exact" else 4,
+@pytest.mark.parametrize("dataflow", ["exact", "table", "streamed", "direct"])
+def test_shared_equals_dense_bit_exact(signed, dataflow):
+  hw = rsjax.HardwareSpec(adc_bits=5 if dataflow == "exact" else 4,
                           signed=signed,
                           weight_bits=8 if signed == "offset" else 9)
   rng = np.random.default_rng(4)
@@ -136,8 +136,8 @@ def test_shared_equals_dense_bit_exact(signed, method):
   codebook, index, dense = _shared_layer(rng, hw, k, n, slots=3)
   x = rng.integers(128, 256, (7, k))
   y_shared = rk.shared_crossbar_matmul(x, codebook, index, hw,
-                                       out_features=n, method=method)
-  y_dense = rk.crossbar_matmul(x, dense, hw, method=method)
+                                       out_features=n, dataflow=dataflow)
+  y_dense = rk.crossbar_matmul(x, dense, hw, dataflow=dataflow)
   np.testing.assert_array_equal(np.asarray(y_shared), np.asarray(y_dense))
   _check(y_shared, x, dense, hw)
 
@@ -155,7 +155,7 @@ def test_spec_worked_example_index_and_add():
                 [codebook[1, 0], codebook[1, 0], codebook[1, 1],
                  codebook[1, 1]]])
   x = np.array([[3, 0, 7, 1], [1, 2, 3, 4]])
-  y = rk.shared_crossbar_matmul(x, codebook, index, hw, method="table")
+  y = rk.shared_crossbar_matmul(x, codebook, index, hw, dataflow="table")
   np.testing.assert_array_equal(np.asarray(y), x @ z)
 
 
@@ -189,7 +189,7 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="calibrated"):
     rk.crossbar_matmul(x, w, ISAAC.replace(adc_mode="calibrated"))
   with pytest.raises(ValueError, match="exact"):
-    rk.crossbar_matmul(x, w, ISAAC_LOSSY, method="exact")
+    rk.crossbar_matmul(x, w, ISAAC_LOSSY, dataflow="exact")
   codebook, index, _ = _shared_layer(rng, ISAAC, 18, 4, 2)
   with pytest.raises(ValueError, match="row-blocks"):
     rk.shared_crossbar_matmul(np.zeros((1, 18), np.int32), codebook,
@@ -209,31 +209,31 @@ def test_bad_inputs():
                               ISAAC.replace(ou_rows=3))
 
 
-@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
-def test_eager_without_jit(method):
-  hw = (ISAAC if method == "exact" else
+@pytest.mark.parametrize("dataflow", ["exact", "table", "streamed", "direct"])
+def test_eager_without_jit(dataflow):
+  hw = (ISAAC if dataflow == "exact" else
         ISAAC_LOSSY.replace(signed="differential", weight_bits=9))
   rng = np.random.default_rng(7)
   x, w = _rand(rng, hw, 3, 11, 4)
   with jax.disable_jit():
-    y = rk.crossbar_matmul(x, w, hw, method=method)
+    y = rk.crossbar_matmul(x, w, hw, dataflow=dataflow)
   _check(y, x, w, hw)
 
 
-@pytest.mark.parametrize("method", ["exact", "table", "streamed", "direct"])
-def test_signed_inputs_twos_complement(method):
+@pytest.mark.parametrize("dataflow", ["exact", "table", "streamed", "direct"])
+def test_signed_inputs_twos_complement(dataflow):
   rng = np.random.default_rng(8)
-  lossy = method != "exact"
+  lossy = dataflow != "exact"
   hw = ISAAC_LOSSY.replace(adc_mode="scale") if lossy else ISAAC
   x = rng.integers(-128, 128, (2, 3, 14))
   w = rng.integers(-127, 128, (14, 5))
-  y = rk.crossbar_matmul(x, w, hw, method=method, signed_inputs=True)
+  y = rk.crossbar_matmul(x, w, hw, dataflow=dataflow, signed_inputs=True)
   want = ref.crossbar_output_signed(x.reshape(-1, 14), w, hw).reshape(2, 3, 5)
   np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-6,
                              atol=1e-6 * np.abs(want).max())
   if not lossy:
     np.testing.assert_array_equal(np.asarray(y), x @ w)
-  lossless = rk.crossbar_matmul(x, w, ISAAC, method=method if lossy else
+  lossless = rk.crossbar_matmul(x, w, ISAAC, dataflow=dataflow if lossy else
                                 "exact", signed_inputs=True)
   np.testing.assert_array_equal(np.asarray(lossless), x @ w)
   with pytest.raises(ValueError, match="lie in"):
@@ -250,16 +250,16 @@ def test_streamed_when_table_too_large_and_in_chunks(monkeypatch, shared):
   codebook, index, dense = _shared_layer(rng, hw, k, n, slots=3)
   x = rng.integers(0, 256, (50, k))
 
-  def prepare(method):
+  def prepare(dataflow):
     if shared:
       return rk.prepare_shared(codebook, index, hw, out_features=n,
-                               in_features=k, method=method)
-    return rk.prepare(dense, hw, method=method)
+                               in_features=k, dataflow=dataflow)
+    return rk.prepare(dense, hw, dataflow=dataflow)
 
   want = np.asarray(rk.apply(prepare("table"), x))
   monkeypatch.setattr(rk.crossbar, "TABLE_MAX_BYTES", 1024)
   weights = prepare("sliced")
-  assert weights.method == "streamed" and weights.table is None
+  assert weights.dataflow == "streamed" and weights.table is None
   np.testing.assert_array_equal(np.asarray(rk.apply(weights, x)), want)
   monkeypatch.setattr(rk.dataflow, "_STREAM_CHUNK_BYTES", 1)
   assert rk.dataflow.chunk_rows(hw, "streamed", 5, n) == 8
@@ -280,7 +280,7 @@ def test_direct_dense_row_block_major_equals_direct(signed):
   x, w = _rand(rng, hw, 21, 45, 11, zero_blocks=True)
   weights = rk.prepare(w, hw, nonideal=rk.Nonideal(program_sigma=0.05),
                        key=jax.random.key(1))
-  assert weights.method == "direct" and rk.crossbar._dense_direct(weights)
+  assert weights.dataflow == "direct" and rk.crossbar._dense_direct(weights)
   pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
   xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), (0, pad)))
   args = (weights.cells, weights.active, xp, hw, weights.adc_range)

@@ -58,36 +58,36 @@ def _linen():
 
 def test_linen_emulation_tracks_float_and_folds_bn():
   model, variables, batches = _linen()
-  plans = rk.prepare_linen(model, variables, batches, FINE,
+  layers = rk.prepare_linen(model, variables, batches, FINE,
                                   train=False)
-  assert sorted(plans) == ["Conv_0", "Conv_1", "Dense_0"]
-  assert plans["Conv_0"].folded == "BatchNorm_0"
-  assert plans["Conv_0"].signed and not plans["Conv_1"].signed
+  assert sorted(layers) == ["Conv_0", "Conv_1", "Dense_0"]
+  assert layers["Conv_0"].folded == "BatchNorm_0"
+  assert layers["Conv_0"].signed and not layers["Conv_1"].signed
   want = model.apply(variables, batches[0], train=False)
   got = jax.jit(lambda x: rk.emulate_linen(
-      model, variables, x, plans, train=False))(batches[0])
+      model, variables, x, layers, train=False))(batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
 
 
 def test_linen_rules_and_lossy_adc():
   model, variables, batches = _linen()
-  plans = rk.prepare_linen(model, variables, batches, LOSSY,
+  layers = rk.prepare_linen(model, variables, batches, LOSSY,
                                   rules=r"Conv_1", train=False)
-  assert list(plans) == ["Conv_1"]
-  assert plans["Conv_1"].weights.method == "table"
-  y = rk.emulate_linen(model, variables, batches[0], plans,
+  assert list(layers) == ["Conv_1"]
+  assert layers["Conv_1"].weights.dataflow == "table"
+  y = rk.emulate_linen(model, variables, batches[0], layers,
                               train=False)
   assert y.shape == (4, 3) and bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_linen_noise_vmap_over_keys():
   model, variables, batches = _linen()
-  plans = rk.prepare_linen(
+  layers = rk.prepare_linen(
       model, variables, batches[:1], LOSSY, rules="Dense",
       nonideal=rk.Nonideal(read_sigma=0.5), train=False)
   run = lambda k: rk.emulate_linen(model, variables, batches[0],
-                                          plans, key=k, train=False)
+                                          layers, key=k, train=False)
   keys = jax.random.split(jax.random.key(1), 3)
   ys = jax.jit(jax.vmap(run))(keys)
   assert ys.shape == (3, 4, 3)
@@ -101,10 +101,10 @@ def test_nnx_emulation_tracks_float():
   model.bn.var[...] = model.bn.var[...] * 2.0
   model.eval()
   batches = _batches()
-  plans = rk.prepare_nnx(model, batches, FINE)
-  assert sorted(plans) == ["conv", "head"]
-  assert plans["conv"].folded == "bn"
-  emulated = rk.emulate_nnx(model, plans)
+  layers = rk.prepare_nnx(model, batches, FINE)
+  assert sorted(layers) == ["conv", "head"]
+  assert layers["conv"].folded == "bn"
+  emulated = rk.emulate_nnx(model, layers)
   want = model(batches[0])
   got = nnx.jit(lambda m, x: m(x))(emulated, batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
@@ -116,13 +116,13 @@ def test_nnx_emulation_tracks_float():
 def test_linen_calibrated_adc_per_column_weights():
   model, variables, batches = _linen()
   hw = LOSSY.replace(adc_mode="calibrated")
-  plans = rk.prepare_linen(model, variables, batches, hw,
+  layers = rk.prepare_linen(model, variables, batches, hw,
                                   per="column", train=False)
-  for plan in plans.values():
-    assert hw.adc_max <= int(plan.weights.adc_range) <= hw.partial_sum_max
-    assert plan.w_scale.shape == (plan.weights.out_features,)
+  for layer in layers.values():
+    assert hw.adc_max <= int(layer.weights.adc_range) <= hw.partial_sum_max
+    assert layer.w_scale.shape == (layer.weights.out_features,)
   want = model.apply(variables, batches[0], train=False)
-  got = rk.emulate_linen(model, variables, batches[0], plans,
+  got = rk.emulate_linen(model, variables, batches[0], layers,
                                 train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 0.1, err
@@ -132,13 +132,14 @@ def test_nnx_noise_keys():
   model = NnxNet(nnx.Rngs(0))
   model.eval()
   batches = _batches()
-  plans = rk.prepare_nnx(
+  layers = rk.prepare_nnx(
       model, batches[:1], LOSSY, rules="conv",
       nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
       key=jax.random.key(0))
-  assert list(plans) == ["conv"] and plans["conv"].weights.method == "direct"
-  a = rk.emulate_nnx(model, plans, key=jax.random.key(1))
-  b = rk.emulate_nnx(model, plans, key=jax.random.key(2))
+  assert list(layers) == ["conv"]
+  assert layers["conv"].weights.dataflow == "direct"
+  a = rk.emulate_nnx(model, layers, key=jax.random.key(1))
+  b = rk.emulate_nnx(model, layers, key=jax.random.key(2))
   np.testing.assert_array_equal(np.asarray(a(batches[0])),
                                 np.asarray(a(batches[0])))
   assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))
@@ -206,13 +207,13 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
   folded = rk.prepare_linen(model, variables, batches, hw, train=False)
   assert shared["Conv_0"].folded is None and dense["Conv_0"].folded is None
   assert folded["Conv_0"].folded is not None
-  run = lambda plans: np.asarray(rk.emulate_linen(
-      model, variables, batches[0], plans, train=False))
+  run = lambda layers: np.asarray(rk.emulate_linen(
+      model, variables, batches[0], layers, train=False))
   np.testing.assert_array_equal(run(shared), run(dense))
   # The direct dataflow keeps the index table as a route: index-and-add in
   # one, a dense matrix in the other, the same outputs.
   direct = {name: rk.prepare_linen(
-      model, variables, batches, hw, compressed=compressed, method="direct",
+      model, variables, batches, hw, compressed=compressed, dataflow="direct",
       index_and_add=flag, train=False) for name, flag in (("shared", True),
                                                            ("dense", False))}
   assert direct["shared"]["Conv_0"].weights.route is not None
@@ -232,19 +233,19 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
 
 def test_linen_twos_complement_first_layer():
   model, variables, batches = _linen()
-  plans = rk.prepare_linen(model, variables, batches, FINE,
+  layers = rk.prepare_linen(model, variables, batches, FINE,
                            signed_scheme="twos_complement", train=False)
-  assert plans["Conv_0"].signed
-  assert plans["Conv_0"].signed_scheme == "twos_complement"
+  assert layers["Conv_0"].signed
+  assert layers["Conv_0"].signed_scheme == "twos_complement"
   want = model.apply(variables, batches[0], train=False)
-  got = rk.emulate_linen(model, variables, batches[0], plans, train=False)
+  got = rk.emulate_linen(model, variables, batches[0], layers, train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
 
 
 def test_calibrate_once_program_many_equals_prepare():
   # One calibration programmed on two hardware specs (and with faults) gives
-  # the very plans prepare_* makes from scratch, for Linen and NNX.
+  # the very layers prepare_* makes from scratch, for Linen and NNX.
   model, variables, batches = _linen()
   calib = rk.calibrate_linen(model, variables, batches, train=False)
   assert sorted(calib.layers) == ["Conv_0", "Conv_1", "Dense_0"]
@@ -270,7 +271,7 @@ def test_calibrate_once_program_many_equals_prepare():
 def test_calibration_keeps_a_copy_of_the_first_rows():
   # The calibrated ADC range needs only the first rows of the first batch:
   # the calibration keeps a copy of those (not the caller's buffer, which
-  # may be reused) and programs the same plans as prepare_linen.
+  # may be reused) and programs the same layers as prepare_linen.
   model, variables, _ = _linen()
   rng = np.random.default_rng(1)
   batch = rng.standard_normal((300, 8, 8, 2)).astype(np.float32)

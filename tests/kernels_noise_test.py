@@ -18,19 +18,19 @@ def _data(seed=0, m=6, k=20, n=5):
           rng.integers(-127, 128, (k, n)))
 
 
-@pytest.mark.parametrize("method", ["table", "streamed", "direct"])
-def test_zero_noise_equals_ideal(method):
+@pytest.mark.parametrize("dataflow", ["table", "streamed", "direct"])
+def test_zero_noise_equals_ideal(dataflow):
   x, w = _data()
-  ideal = rk.crossbar_matmul(x, w, HW, method=method)
+  ideal = rk.crossbar_matmul(x, w, HW, dataflow=dataflow)
   noisy = rk.crossbar_matmul(x, w, HW, key=jax.random.key(0),
-                             nonideal=rk.Nonideal(), method=method)
+                             nonideal=rk.Nonideal(), dataflow=dataflow)
   np.testing.assert_array_equal(np.asarray(noisy), np.asarray(ideal))
 
 
 def test_zero_read_noise_direct_equals_table():
   x, w = _data(1)
-  table = rk.crossbar_matmul(x, w, HW, method="table")
-  direct = rk.crossbar_matmul(x, w, HW, method="direct")
+  table = rk.crossbar_matmul(x, w, HW, dataflow="table")
+  direct = rk.crossbar_matmul(x, w, HW, dataflow="direct")
   np.testing.assert_array_equal(np.asarray(table), np.asarray(direct))
 
 
@@ -89,7 +89,7 @@ def test_program_variation_statistics():
 def test_read_noise_mean_close_to_ideal():
   hw = HW.replace(adc_bits=5)  # lossless: noise is the only error
   x, w = _data(7, m=4)
-  ideal = np.asarray(rk.crossbar_matmul(x, w, hw, method="direct"), float)
+  ideal = np.asarray(rk.crossbar_matmul(x, w, hw, dataflow="direct"), float)
   nonideal = rk.Nonideal(read_sigma=0.3)
   keys = jax.random.split(jax.random.key(8), 16)
   runs = jax.vmap(lambda k: rk.crossbar_matmul(x, w, hw, key=k,
@@ -151,7 +151,7 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
   x, w = _data(5, m=64, k=1152, n=256)
   key = jax.random.key(6)
   outs = [np.asarray(rk.crossbar_matmul(x, w, HW, key=key, nonideal=nonideal,
-                                        method=m))
+                                        dataflow=m))
           for m in ("table", "streamed", "direct")]
   ideal = np.asarray(rk.crossbar_matmul(x, w, HW))
   assert not np.array_equal(outs[0], ideal)
@@ -159,8 +159,8 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
     np.testing.assert_array_equal(out, outs[0])
   # The chunk-major direct path (shared layers, read noise) sums in another
   # order (a batched einsum): unrounded conductances made it differ here.
-  direct = rk.prepare(w, HW, key=key, nonideal=nonideal, method="direct")
-  table = rk.prepare(w, HW, key=key, nonideal=nonideal, method="table")
+  direct = rk.prepare(w, HW, key=key, nonideal=nonideal, dataflow="direct")
+  table = rk.prepare(w, HW, key=key, nonideal=nonideal, dataflow="table")
   xi = jnp.asarray(x, jnp.int32)
   rows = rk.dataflow.chunk_rows(HW, "direct", direct.num_row_blocks, 256)
   chunk_major = rk.dataflow.map_rows(
@@ -177,6 +177,6 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
   keys = jax.random.split(key, 2)
   batch = {m: np.asarray(jax.jit(jax.vmap(
       lambda k, m=m: rk.crossbar_matmul(x, w, HW, key=k, nonideal=nonideal,
-                                        method=m)))(keys))
+                                        dataflow=m)))(keys))
            for m in ("table", "streamed")}
   np.testing.assert_array_equal(batch["streamed"], batch["table"])

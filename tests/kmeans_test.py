@@ -93,14 +93,14 @@ def test_duplicates_fewer_distinct_than_k():
   _numpy_fixed_point(ous, codebook, index)
 
 
-def test_deterministic_per_key_and_layer_scope():
+def test_deterministic_per_key_and_layer_codebook_scope():
   ous = jax.random.normal(jax.random.key(4), (4, 10, 3, 2))
   a = rsjax.cluster_ous(ous, 3, key=jax.random.key(7))
   b = rsjax.cluster_ous(ous, 3, key=jax.random.key(7))
   for u, v in zip(a, b):
     np.testing.assert_array_equal(u, v)
   codebook, index = rsjax.cluster_ous(ous, 3, key=jax.random.key(7),
-                                      scope="layer")
+                                      codebook_scope="layer")
   # One layer codebook of 3: every row-block stores a subset of it.
   stored = np.asarray(codebook).reshape(-1, 6)
   stored = stored[np.abs(stored).sum(1) > 0]
@@ -129,7 +129,8 @@ def test_half_precision_works(dtype):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(k=0), "k must be"), (dict(k=2.5), "k must be"),
-    (dict(scope="global"), "scope"), (dict(n_init=0), "n_init"),
+    (dict(codebook_scope="global"), "codebook_scope"),
+    (dict(n_init=0), "n_init"),
 ])
 def test_bad_arguments(bad, match):
   kw = dict(k=2, key=jax.random.key(0)) | bad

@@ -22,7 +22,7 @@ the same shape on the same machine and load. What is counted:
   256 input and output channels) whose table exceeds
   ``rsjax.kernels.crossbar.TABLE_MAX_BYTES``: the streamed table (each
   row-block's table built inside the call), the whole table forced
-  (``method='table'``) and the direct path, each per input row.
+  (``dataflow='table'``) and the direct path, each per input row.
 """
 
 from __future__ import annotations
@@ -107,22 +107,22 @@ def main():
 
   table_w = rk.prepare(w, lossy)
   t_prep = best_time(lambda a: rk.prepare(a, lossy).table, w, reps=5)
-  assert table_w.method == "table"
+  assert table_w.dataflow == "table"
   t_dense = report("lossy 4-bit clip, table", table_w)
   print(f"  prepare (once/weights)  {t_prep * 1e3:8.3f} ms; end to end "
         f"{(t_prep + t_dense) / t_float:6.1f}x")
   exact_w = rk.prepare(w, lossless)
-  assert exact_w.method == "exact"
+  assert exact_w.dataflow == "exact"
   report("lossless 5-bit, exact", exact_w)
   y_table = apply(table_w, x)
-  y_direct = apply(rk.prepare(w, lossy, method="direct"), x[:64])
+  y_direct = apply(rk.prepare(w, lossy, dataflow="direct"), x[:64])
   assert np.array_equal(np.asarray(y_table[:64]), np.asarray(y_direct))
   # Shared layers. The index-and-add conversions happen when the table is
   # built (once per stored block), so per input the shared and dense tables
   # cost the same lookups; the direct path (all partial sums per input, the
   # one read noise needs) converts each stored block once per input.
   direct_x = x[:args.direct_rows]
-  dense_direct = rk.prepare(w, lossy, method="direct")
+  dense_direct = rk.prepare(w, lossy, dataflow="direct")
   t_dd = best_time(apply, dense_direct, direct_x, reps=3)
   print(f"lossy, direct ({args.direct_rows} rows) {t_dd * 1e3:8.3f} ms "
         f"{t_dd * m / args.direct_rows / t_float:6.1f}x (scaled to {m} rows)")
@@ -133,7 +133,7 @@ def main():
     report(f"shared s={s}, table", sw, t_ref=t_dense)
     t_sp = best_time(lambda c: rk.prepare_shared(c, index, lossy, **kw).table,
                      codebook, reps=5)
-    sd = rk.prepare_shared(codebook, index, lossy, method="direct", **kw)
+    sd = rk.prepare_shared(codebook, index, lossy, dataflow="direct", **kw)
     t_sd = best_time(apply, sd, direct_x, reps=3)
     print(f"  prepare {t_sp * 1e3:7.2f} ms ({t_sp / t_prep:5.2f}x of dense); "
           f"direct {t_sd * 1e3:7.2f} ms ({t_sd / t_dd:5.2f}x of dense direct,"
@@ -153,13 +153,13 @@ def large_layer(args, rng, hw, apply):
   print(f"large layer x [{m}, {k}] @ w [{k}, {n}] (whole table "
         f"{table_mib:.0f} MiB), per 1000 rows:")
   streamed = rk.prepare(w, hw)
-  assert streamed.method == "streamed"
+  assert streamed.dataflow == "streamed"
   t_s = best_time(apply, streamed, x, reps=3)
-  whole = rk.prepare(w, hw, method="table")
+  whole = rk.prepare(w, hw, dataflow="table")
   t_t = best_time(apply, whole, x, reps=3)
-  t_prep = best_time(lambda a: rk.prepare(a, hw, method="table").table, w,
+  t_prep = best_time(lambda a: rk.prepare(a, hw, dataflow="table").table, w,
                      reps=2)
-  direct = rk.prepare(w, hw, method="direct")
+  direct = rk.prepare(w, hw, dataflow="direct")
   rows = args.direct_rows
   t_d = best_time(apply, direct, x[:rows], reps=2)
   per = lambda t, r: t / r * 1000 * 1e3

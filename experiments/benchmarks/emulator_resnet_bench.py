@@ -37,7 +37,7 @@ def main():
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--shape", default="32,32,3",
                       help="image height,width,channels")
-  parser.add_argument("--method", default="auto",
+  parser.add_argument("--dataflow", default="auto",
                       help="dataflow for every layer (rsjax.kernels.prepare)")
   args = parser.parse_args()
   shape = tuple(int(v) for v in args.shape.split(","))
@@ -51,11 +51,11 @@ def main():
                        jnp.float32)
   batches = images.reshape(-1, args.batch, *shape)
   start = time.perf_counter()
-  plans = rk.prepare_linen(model, variables, list(batches[:2]), hw,
-                           method=args.method, train=False)
+  layers = rk.prepare_linen(model, variables, list(batches[:2]), hw,
+                            dataflow=args.dataflow, train=False)
   t_prep = time.perf_counter() - start
   float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
-  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
+  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, layers,
                                                 train=False))
 
   def run(fn):
@@ -70,10 +70,10 @@ def main():
 
   t_float = run(float_eval)
   t_emu = run(emu_eval)
-  methods = sorted({p.weights.method for p in plans.values()})
+  dataflows = sorted({layer.weights.dataflow for layer in layers.values()})
   print(f"jax {jax.__version__}, {args.model} {shape}, {args.images} images "
         f"in batches "
-        f"of {args.batch}, {len(plans)} emulated layers ({methods}), "
+        f"of {args.batch}, {len(layers)} emulated layers ({dataflows}), "
         f"adc_bits={args.adc_bits}")
   print(f"float eval    {t_float:8.3f} s")
   print(f"emulated eval {t_emu:8.3f} s  {t_emu / t_float:6.1f}x")

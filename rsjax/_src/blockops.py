@@ -51,7 +51,7 @@ def block_rms(kernel, plan: rules_lib.LayerPlan):
 
 
 def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
-              max_iter: int, scope: str = "row_block"):
+              max_iter: int, codebook_scope: str = "row_block"):
   """k-means of the kept blocks: ``(codebook [R, K, bh, bw], index [R, G])``.
 
   Runs :func:`rsjax.cluster_ous`'s jitted core, so it is one compiled call
@@ -59,40 +59,41 @@ def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
   """
   ous = kernel_to_ous(apply_mask(kernel, mask, plan), plan)
   num_rows, num_groups, bh, bw = ous.shape
-  points = num_groups if scope == "row_block" else num_rows * num_groups
+  points = (num_groups if codebook_scope == "row_block"
+            else num_rows * num_groups)
   n_trials = 2 + int(math.log(max(min(plan.k, points), 1)))
   codebook, index = kmeans._cluster(  # pylint: disable=protected-access
       ous.reshape(num_rows, num_groups, bh * bw).astype(jnp.float32), key,
-      k=plan.k, n_init=n_init, max_iter=max_iter, scope=scope,
-      n_trials=n_trials)
+      k=plan.k, n_init=n_init, max_iter=max_iter,
+      codebook_scope=codebook_scope, n_trials=n_trials)
   codebook = codebook.reshape(num_rows, -1, bh, bw).astype(kernel.dtype)
   return codebook, index
 
 
 def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
-                   scope: str = "row_block"):
+                   codebook_scope: str = "row_block"):
   """:func:`recluster` of many layers, batched into few k-means calls.
 
-  Layers with the same ``k`` and block shape are clustered in one call (per
-  row-block scope): their row-blocks are stacked, each padded with all-zero
-  blocks up to the widest layer's column groups, which k-means treats as
-  pruned. One compiled k-means per group instead of one per layer keeps the
+  Layers with the same ``k`` and block shape are clustered in one call (with
+  ``codebook_scope='row_block'``): their row-blocks are stacked, each padded
+  with all-zero blocks up to the widest layer's column groups, which k-means
+  treats as pruned. One compiled k-means per group instead of one per layer keeps the
   training step's compile time and the re-clustering's launch count low.
 
   Args:
     kernels, masks, plans: ``{path: ...}`` of the shared layers.
     key: a ``jax.random`` key.
-    n_init, max_iter, scope: k-means settings.
+    n_init, max_iter, codebook_scope: k-means settings.
 
   Returns:
     ``{path: (codebook [R, min(k, G), bh, bw], index [R, G])}``.
   """
   out = {}
-  if scope != "row_block":
+  if codebook_scope != "row_block":
     for i, p in enumerate(plans):
       out[p] = recluster(kernels[p], masks[p], jax.random.fold_in(key, i),
                          plans[p], n_init=n_init, max_iter=max_iter,
-                         scope=scope)
+                         codebook_scope=codebook_scope)
     return out
   groups = {}
   for p, lp in plans.items():
@@ -109,7 +110,7 @@ def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
     n_trials = 2 + int(math.log(max(min(k, width), 1)))
     codebook, index = kmeans._cluster(  # pylint: disable=protected-access
         jnp.concatenate(xs), jax.random.fold_in(key, gi), k=k, n_init=n_init,
-        max_iter=max_iter, scope=scope, n_trials=n_trials)
+        max_iter=max_iter, codebook_scope=codebook_scope, n_trials=n_trials)
     start = 0
     for p in members:
       lp = plans[p]

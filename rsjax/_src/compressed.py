@@ -97,7 +97,8 @@ def compress_kernel(kernel, hw: hardware.HardwareSpec | Sequence[int], k: int,
       shape ``(bh, bw)``.
     k: stored blocks per row-block (see :func:`cluster_ous`).
     key: a ``jax.random`` key.
-    **cluster_kwargs: passed to :func:`cluster_ous` (``n_init``, ``scope``..).
+    **cluster_kwargs: passed to :func:`cluster_ous` (``n_init``,
+      ``codebook_scope``..).
 
   Returns:
     The :class:`CompressedLayer`.

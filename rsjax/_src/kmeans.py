@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-SCOPES = ("row_block", "layer")
+CODEBOOK_SCOPES = ("row_block", "layer")
 
 
 def _sq_dists(x, c):
@@ -186,19 +186,20 @@ def _cluster_rows(x, keys, k_rows, *, num_slots, max_iter, n_trials,
 
 
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter",
-                                             "scope", "n_trials"))
-def _cluster(x, key, *, k, n_init, max_iter, scope, n_trials, tol=1e-4):
+                                             "codebook_scope", "n_trials"))
+def _cluster(x, key, *, k, n_init, max_iter, codebook_scope, n_trials,
+             tol=1e-4):
   """Jitted core of :func:`cluster_ous` on ``x [R, G, D]`` float32."""
   num_rows, num_groups, _ = x.shape
   valid = jnp.any(x != 0, axis=-1)
   num_out = min(k, num_groups)
-  if scope == "row_block":
+  if codebook_scope == "row_block":
     return _cluster_rows(
         x, jax.random.split(key, (num_rows, n_init)),
         jnp.full((num_rows,), k, jnp.int32), num_slots=num_out,
         max_iter=max_iter, n_trials=n_trials, tol=tol)
-  # scope == "layer": one codebook for the whole layer; each row-block then
-  # stores the subset of it that it uses.
+  # codebook_scope == "layer": one codebook for the whole layer; each
+  # row-block then stores the subset of it that it uses.
   keys = jax.random.split(key, n_init)
   centroids, labels, _ = _kmeans_restarts(
       keys, x.reshape(num_rows * num_groups, -1), valid.reshape(-1), k,
@@ -233,7 +234,7 @@ def _check_args(ous, k, n_init, max_iter, name: str = "cluster_ous"):
 
 
 def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
-                tol: float = 1e-4, scope: str = "row_block",
+                tol: float = 1e-4, codebook_scope: str = "row_block",
                 n_trials: int | None = None):
   """Clusters OU blocks into shared codebooks (k-means, SPEC section 1).
 
@@ -250,9 +251,10 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
       centroids of a row-block move (squared, summed) by at most ``tol``
       times the mean per-dimension variance of its blocks. 0 runs to exact
       convergence.
-    scope: ``'row_block'`` (the paper: one codebook per row-block, as blocks
-      on the same wordlines see the same inputs) or ``'layer'`` (one codebook
-      for the layer; each row-block stores the entries it uses).
+    codebook_scope: ``'row_block'`` (the paper: one codebook per row-block,
+      as blocks on the same wordlines see the same inputs) or ``'layer'``
+      (one codebook for the layer; each row-block stores the entries it
+      uses).
     n_trials: candidates per greedy k-means++ step (default
       ``2 + floor(ln K)``, as scikit-learn).
 
@@ -262,21 +264,24 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
     order of first use; unused entries are zero.
 
   Raises:
-    ValueError: on a wrong rank, ``k < 1``, an unknown scope, a non-float
-      dtype, or NaN/inf blocks (checked when ``ous`` is concrete, i.e. not
-      under a caller's ``jit``).
+    ValueError: on a wrong rank, ``k < 1``, an unknown ``codebook_scope``, a
+      non-float dtype, or NaN/inf blocks (checked when ``ous`` is concrete,
+      i.e. not under a caller's ``jit``).
   """
   _check_args(ous, k, n_init, max_iter)
-  if scope not in SCOPES:
-    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+  if codebook_scope not in CODEBOOK_SCOPES:
+    raise ValueError(f"codebook_scope must be one of {CODEBOOK_SCOPES}, got "
+                     f"{codebook_scope!r}")
   dtype = jnp.result_type(ous)
   num_rows, num_groups, bh, bw = ous.shape
-  num_points = num_groups if scope == "row_block" else num_rows * num_groups
+  num_points = (num_groups if codebook_scope == "row_block"
+                else num_rows * num_groups)
   if n_trials is None:
     n_trials = 2 + int(math.log(max(min(int(k), num_points), 1)))
   x = jnp.asarray(ous, jnp.float32).reshape(num_rows, num_groups, bh * bw)
   codebook, index = _cluster(x, key, k=int(k), n_init=int(n_init),
-                             max_iter=int(max_iter), scope=scope,
+                             max_iter=int(max_iter),
+                             codebook_scope=codebook_scope,
                              n_trials=int(n_trials), tol=float(tol))
   codebook = codebook.reshape(num_rows, -1, bh, bw).astype(dtype)
   return codebook, index

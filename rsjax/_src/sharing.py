@@ -176,7 +176,7 @@ def _recluster_layers(kernels, layers, key, n_init, max_iter, scope):
   shared = {p: s.plan for p, s in layers.items() if s.codebook is not None}
   new = blockops.recluster_many(
       {p: kernels[p] for p in shared}, {p: layers[p].mask for p in shared},
-      shared, key, n_init=n_init, max_iter=max_iter, scope=scope)
+      shared, key, n_init=n_init, max_iter=max_iter, codebook_scope=scope)
   return {p: new.get(p, (s.codebook, s.index)) for p, s in layers.items()}
 
 
@@ -187,14 +187,15 @@ def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope):
   shared = {p: lp for p, lp in plan.items() if lp.shared}
   new = blockops.recluster_many(
       {p: kernels[p] for p in shared}, {p: masks[p] for p in shared}, shared,
-      key, n_init=n_init, max_iter=max_iter, scope=scope)
+      key, n_init=n_init, max_iter=max_iter, codebook_scope=scope)
   return {p: LayerState(masks[p], *new.get(p, (None, None)), lp)
           for p, lp in plan.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("n_init", "max_iter", "scope"))
+@functools.partial(jax.jit,
+                   static_argnames=("n_init", "max_iter", "codebook_scope"))
 def recluster(params, opt_state, key, *, n_init: int = 4, max_iter: int = 50,
-              scope: str = "row_block"):
+              codebook_scope: str = "row_block"):
   """A jitted re-clustering of every shared layer from ``params``.
 
   For the end of :func:`distance_sharing` (``W`` moved since the last
@@ -203,7 +204,8 @@ def recluster(params, opt_state, key, *, n_init: int = 4, max_iter: int = 50,
   """
   state = find_state(opt_state)
   kernels = pruning.kernels_of(params, pruning.plans_of(state.layers))
-  new = _recluster_layers(kernels, state.layers, key, n_init, max_iter, scope)
+  new = _recluster_layers(kernels, state.layers, key, n_init, max_iter,
+                          codebook_scope)
   layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
             for p, s in state.layers.items()}
   new_state = state._replace(layers=layers)
@@ -286,7 +288,8 @@ def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
                 recluster_every: int = 100,
                 prune: pruning.PruneSchedule = pruning.PruneSchedule(),
                 n_init: int = 2, max_iter: int = 30,
-                scope: str = "row_block") -> optax.GradientTransformation:
+                codebook_scope: str = "row_block"
+                ) -> optax.GradientTransformation:
   """Straight-through sharing around ``inner`` (see the module docstring).
 
   Args:
@@ -297,7 +300,8 @@ def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
     key: a ``jax.random`` key for the k-means seeding.
     recluster_every: steps between re-clusterings (the assignments).
     prune: the :class:`rsjax.PruneSchedule` of the rules' sparsities.
-    n_init, max_iter, scope: k-means settings (see :func:`rsjax.cluster_ous`).
+    n_init, max_iter, codebook_scope: k-means settings (see
+      :func:`rsjax.cluster_ous`).
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`SteState`; run the model
@@ -305,14 +309,15 @@ def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
   """
   return _sharing("ste", inner, rules, hw, key=key,
                   recluster_every=recluster_every, prune=prune, n_init=n_init,
-                  max_iter=max_iter, scope=scope)
+                  max_iter=max_iter, scope=codebook_scope)
 
 
 def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
                      lam: ScalarOrSchedule = 1e-3, recluster_every: int = 100,
                      prune: pruning.PruneSchedule = pruning.PruneSchedule(),
                      n_init: int = 2, max_iter: int = 30,
-                     scope: str = "row_block") -> optax.GradientTransformation:
+                     codebook_scope: str = "row_block"
+                     ) -> optax.GradientTransformation:
   """The paper's distance-to-centroid loop around ``inner``.
 
   Adds ``2 * lam(step) * (W - Z)``, the gradient of
@@ -322,7 +327,8 @@ def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
 
   Args:
     inner: any optax optimizer.
-    rules, hw, key, recluster_every, prune, n_init, max_iter, scope: as
+    rules, hw, key, recluster_every, prune, n_init, max_iter,
+      codebook_scope: as
       :func:`ste_sharing`.
     lam: the regulariser weight, a float or an ``optax`` schedule of the
       step (e.g. ``optax.linear_schedule(0, 1e-2, 1000)`` to pull harder as
@@ -333,4 +339,4 @@ def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
   """
   return _sharing("distance", inner, rules, hw, key=key,
                   recluster_every=recluster_every, prune=prune, n_init=n_init,
-                  max_iter=max_iter, scope=scope, lam=lam)
+                  max_iter=max_iter, scope=codebook_scope, lam=lam)
