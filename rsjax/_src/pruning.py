@@ -53,6 +53,11 @@ class PruneSchedule:
   scope: str = "layer"
 
   def __post_init__(self):
+    for name in ("begin", "end", "every"):
+      object.__setattr__(self, name, rules_lib.integer(
+          getattr(self, name), f"PruneSchedule.{name}"))
+    object.__setattr__(self, "power",
+                       rules_lib.number(self.power, "PruneSchedule.power"))
     if not 0 <= self.begin <= self.end:
       raise ValueError(f"need 0 <= begin <= end, got {self.begin}, {self.end}")
     if self.every < 1:
