@@ -16,6 +16,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
+from rsjax._src import validate
 from rsjax._src.pruning import LayerState
 from rsjax._src.sharing import FinetuneState
 
@@ -44,8 +45,12 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
     model on :func:`training_params`.
 
   Raises:
-    ValueError: in ``init``, on concrete params with more than ``k`` distinct
-      blocks in a row-block (not projected).
+    ValueError: ``reduce`` not ``'sum'`` or ``'mean'``; in ``init``, on
+      concrete params with more than ``k`` distinct blocks in a row-block
+      (not projected) or with NaN or inf weights (naming the path); in
+      ``update``, ``updates`` or ``params`` that lack a kernel path of the
+      state or differ in shape.
+    TypeError: in ``init``, a non-floating planned kernel.
   """
   if reduce not in ("sum", "mean"):
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
@@ -57,6 +62,7 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
 
   def init(params):
     plan = rules_lib.make_plan(params, rules, hw)
+    validate.check_kernels(params, plan, "centroid_finetune.init")
     kernels = pruning.kernels_of(params, plan)
     layers = {}
     for p, lp in plan.items():
@@ -80,6 +86,7 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
       raise ValueError("centroid_finetune needs params in update()")
     layers = state.layers
     plan = pruning.plans_of(layers)
+    validate.check_update(updates, params, plan, "centroid_finetune.update")
     masks = pruning.masks_of(layers)
 
     def to_codebook_grad(p, g):

@@ -31,6 +31,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import paths
 from rsjax._src import rules as rules_lib
+from rsjax._src import validate
 
 SCOPES = ("layer", "global")
 
@@ -309,10 +310,16 @@ def ou_pruning(inner: optax.GradientTransformation,
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`PruneState`.
+
+  Raises:
+    ValueError: as :func:`rsjax.ste_sharing` (NaN/inf at ``init``, paths and
+      shapes at ``update``).
+    TypeError: in ``init``, a non-floating planned kernel.
   """
 
   def init(params):
     plan = rules_lib.make_plan(params, rules, hw)
+    validate.check_kernels(params, plan, "ou_pruning.init")
     masks = initial_masks(params, plan, schedule)
     layers = {p: LayerState(masks[p], None, None, plan[p]) for p in plan}
     return PruneState(jnp.zeros((), jnp.int32), layers, inner.init(params))
@@ -321,6 +328,7 @@ def ou_pruning(inner: optax.GradientTransformation,
     if params is None:
       raise ValueError("ou_pruning needs params in update()")
     plan = plans_of(state.layers)
+    validate.check_update(updates, params, plan, "ou_pruning.update")
     masks = masks_of(state.layers)
     updates = masked_updates(updates, params, masks, plan)
     updates, inner_state = inner.update(updates, state.inner_state, params)
