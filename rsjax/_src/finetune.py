@@ -35,6 +35,14 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
   single weight whatever its member count). Non-shared leaves train as
   usual, pruned blocks stay zero.
 
+  The params stay exactly shared: each update lands every member of a
+  centroid on the stored centroid bit for bit (after
+  ``optax.apply_updates``), so ``params`` equal
+  ``rsjax.to_compressed(params, state)`` decompressed, and
+  :func:`rsjax.training_params` of them. This holds while the params passed
+  to ``update`` are the previous step's ``optax.apply_updates`` result (not
+  modified in between).
+
   Args:
     inner: any optax optimizer.
     rules, hw: as for the sharing stage (the same ``k``).
@@ -100,18 +108,26 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
     tree = codebook_tree(params, layers)
     cb_updates, inner_state = inner.update(grads, state.inner_state, tree)
     new_cb = pruning.kernels_of(optax.apply_updates(tree, cb_updates), plan)
-    kernels = pruning.kernels_of(params, plan)
+    # Each member of a centroid holds the old centroid's bits and gets the
+    # same step, materialised once (the barrier: no fused or FMA-contracted
+    # recomputation may differ between its uses), so after
+    # ``optax.apply_updates`` every member is ``old + step``, bit for bit
+    # the stored centroid. (``p + (new - p)`` need not round to ``new``.)
+    steps = {p: jax.lax.optimization_barrier(
+        (new_cb[p] - s.codebook).astype(s.codebook.dtype))
+             for p, s in layers.items() if s.codebook is not None}
 
     def to_param_update(p, u):
       s = layers[p]
       if s.codebook is None:
         return u
-      return blockops.shared_kernel(new_cb[p], s.index, s.plan) - kernels[p]
+      return blockops.shared_kernel(steps[p], s.index, s.plan)
 
     updates = pruning.map_planned(to_param_update, cb_updates, plan)
     updates = pruning.masked_updates(updates, params, masks, plan)
-    layers = {p: (s.replace(codebook=new_cb[p]) if s.codebook is not None
-                  else s) for p, s in layers.items()}
+    layers = {p: (s.replace(codebook=(s.codebook + steps[p]).astype(
+        s.codebook.dtype)) if s.codebook is not None else s)
+              for p, s in layers.items()}
     return updates, FinetuneState(state.count + 1, layers, inner_state)
 
   return optax.GradientTransformation(init, update)
