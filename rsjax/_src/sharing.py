@@ -364,11 +364,7 @@ def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
     An ``optax.GradientTransformation`` with :class:`DistanceState`.
 
   Raises:
-    ValueError: ``recluster_every < 1``; in ``init``, NaN or inf in a
-      planned kernel (concrete params only: under a caller's ``jit`` the
-      values are unknown), naming its path; in ``update``, ``updates`` or
-      ``params`` that lack a kernel path of the state or differ in shape.
-    TypeError: in ``init``, a non-floating planned kernel (path and dtype).
+    ValueError, TypeError: as :func:`ste_sharing`.
   """
   return _sharing("distance", inner, rules, hw, key=key,
                   recluster_every=recluster_every, prune=prune, n_init=n_init,
