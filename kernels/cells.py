@@ -31,6 +31,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rsjax._src import hardware
 
@@ -54,8 +55,12 @@ class Nonideal:
   def __post_init__(self):
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)):
+      if isinstance(value, (bool, np.bool_)) or not isinstance(
+          value, (int, float, np.integer, np.floating)):
         raise ValueError(f"Nonideal.{f.name} must be a number, got {value!r}")
+      # A Python float: equal models hash equal (it is a static jit arg).
+      value = float(value)
+      object.__setattr__(self, f.name, value)
       if value < 0:
         raise ValueError(f"Nonideal.{f.name} must be >= 0, got {value}")
     if self.stuck_at_0 + self.stuck_at_1 > 1:

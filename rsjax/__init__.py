@@ -28,6 +28,7 @@ from rsjax._src.pruning import PruneSchedule
 from rsjax._src.pruning import apply_masks
 from rsjax._src.pruning import ou_pruning
 from rsjax._src.pruning import prune_masks
+from rsjax._src.pruning import pruned_block_count
 from rsjax._src.quantize import dequantize
 from rsjax._src.quantize import quantize_weights
 from rsjax._src.report import compression_report
@@ -81,6 +82,7 @@ __all__ = (
     "path_str",
     "project",
     "prune_masks",
+    "pruned_block_count",
     "quantize_weights",
     "recluster",
     "save_compressed",

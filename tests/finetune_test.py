@@ -93,3 +93,48 @@ def test_nnx_optimizer_finetune_then_export():
   np.testing.assert_array_equal(comp["z/kernel"].to_kernel(),
                                 trained["z"]["kernel"])
   assert not np.array_equal(comp["z/kernel"].codebook, CODEBOOK)
+
+
+def _shared_params(seed):
+  """A random model already shared: conv (3, 3, 4, 16) and dense (72, 10)
+  at k = 3 on 9 x 2 blocks, some blocks pruned (zero)."""
+  rng = np.random.default_rng(seed)
+  params = {}
+  for name, shape in (("conv", (3, 3, 4, 16)), ("dense", (72, 10))):
+    plan = rules_lib.LayerPlan(name, shape, (9, 2), 3, 0.0, name)
+    rows, groups = plan.grid
+    codebook = rng.normal(size=(rows, 3, 9, 2)).astype(np.float32)
+    # Mixed magnitudes make p + (z - p) round away from z.
+    codebook *= 10.0 ** rng.integers(-4, 2, codebook.shape)
+    index = rng.integers(-1, 3, (rows, groups)).astype(np.int32)
+    params[name] = {"kernel": blockops.shared_kernel(
+        jnp.asarray(codebook), jnp.asarray(index), plan),
+                    "bias": jnp.zeros(shape[-1])}
+  return params
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("opt", ["nesterov", "sgd"])
+def test_params_land_exactly_on_the_centroids(opt, jit):
+  params = _shared_params(0)
+  inner = optax.sgd(0.7, momentum=0.9, nesterov=opt == "nesterov")
+  tx = finetune.centroid_finetune(inner, [rules_lib.Rule("kernel", k=3)],
+                                  (9, 2))
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  rng = np.random.default_rng(1)
+  for _ in range(4):
+    grads = jax.tree.map(
+        lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    layers = finalize.to_compressed(params, state)
+    for name in ("conv", "dense"):
+      kernel = np.asarray(params[name]["kernel"])
+      np.testing.assert_array_equal(
+          kernel, np.asarray(layers[f"{name}/kernel"].to_kernel()))
+      np.testing.assert_array_equal(
+          kernel, sharing.training_params(params, state)[name]["kernel"])
+  # The centroids did move.
+  assert not np.array_equal(params["dense"]["kernel"],
+                            _shared_params(0)["dense"]["kernel"])

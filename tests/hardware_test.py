@@ -1,5 +1,8 @@
 """HardwareSpec validation and derived quantities."""
 
+import json
+
+import numpy as np
 import pytest
 
 import rsjax
@@ -40,3 +43,30 @@ def test_dict_round_trip():
   assert rsjax.HardwareSpec.from_dict(hw.to_dict()) == hw
   with pytest.raises(ValueError, match="bogus"):
     rsjax.HardwareSpec.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize("signed,weight_bits", [("offset", 4),
+                                                ("differential", 5),
+                                                ("differential", 4)])
+def test_one_cell_per_weight(signed, weight_bits):
+  # 4-bit cells holding a whole stored weight: one slice, top levels unused.
+  hw = rsjax.HardwareSpec(signed=signed, weight_bits=weight_bits, cell_bits=4,
+                          ou_cols=8)
+  assert hw.stored_bits <= hw.cell_bits
+  assert hw.slices == 1 and hw.block_shape == (9, 8)
+  assert hw.partial_sum_max == 9 * 15  # the cell's top level, as stuck-at-1
+  assert not hw.adc_lossless and hw.replace(adc_bits=8).adc_lossless
+  assert rsjax.HardwareSpec(cell_bits=16).slices == 1
+  with pytest.raises(ValueError, match="cell_bits"):
+    rsjax.HardwareSpec(cell_bits=17)
+
+
+def test_numpy_integers_become_python_ints():
+  hw = rsjax.HardwareSpec(ou_rows=np.int64(9), cell_bits=np.int32(2),
+                          adc_bits=np.uint8(5))
+  assert hw == rsjax.HardwareSpec() and hash(hw) == hash(rsjax.HardwareSpec())
+  assert type(hw.ou_rows) is int and type(hw.adc_bits) is int
+  assert json.loads(json.dumps(hw.to_dict())) == rsjax.HardwareSpec().to_dict()
+  for value in (np.float32(9), np.bool_(True), "9"):
+    with pytest.raises(ValueError, match="ou_rows"):
+      rsjax.HardwareSpec(ou_rows=value)

@@ -38,9 +38,10 @@ def _check(y, x, w, hw, calibrated=None):
 
 @st.composite
 def specs(draw):
-  cell_bits = draw(st.integers(1, 3))
+  cell_bits = draw(st.integers(1, 4))
   signed = draw(st.sampled_from(["offset", "differential"]))
-  weight_bits = draw(st.integers(max(2, cell_bits + (signed != "offset")), 8))
+  # Any weight_bits: cells wider than a stored weight are one slice.
+  weight_bits = draw(st.integers(2, 8))
   stored = weight_bits - (signed == "differential")
   slices = -(-stored // cell_bits)
   input_bits = draw(st.integers(1, 8))
@@ -291,3 +292,27 @@ def test_direct_dense_row_block_major_equals_direct(signed):
     np.testing.assert_array_equal(np.asarray(fn(*args)), np.asarray(want))
   ideal = rk.crossbar_matmul(x, w, hw)
   _check(ideal, x, w, hw)
+
+
+@pytest.mark.parametrize("signed", ["offset", "differential"])
+def test_one_cell_per_weight(signed):
+  # 4-bit weights on 4-bit cells (differential: 3-bit magnitudes, the top
+  # level unused): one slice per weight, p_max = 9 * 15. (The emulator's
+  # entry points are jitted inside.)
+  hw = rsjax.HardwareSpec(signed=signed, weight_bits=4, cell_bits=4,
+                          ou_cols=4, input_bits=4, adc_bits=8)
+  assert hw.slices == 1 and hw.adc_lossless
+  rng = np.random.default_rng(7)
+  x, w = _rand(rng, hw, 5, 23, 11, zero_blocks=True)
+  x_hi = rng.integers(12, 16, (5, 23))  # large partial sums: saturates
+  for method, mode in (("exact", None), ("table", "clip"),
+                       ("streamed", "scale"), ("direct", "clip")):
+    y = rk.crossbar_matmul(x, w, hw, method=method)
+    np.testing.assert_array_equal(np.asarray(y), x @ w)
+    if mode is None:
+      continue
+    lossy = hw.replace(adc_bits=5, adc_mode=mode)
+    assert not lossy.adc_lossless
+    y = rk.crossbar_matmul(x_hi, w, lossy, method=method)
+    _check(y, x_hi, w, lossy)
+    assert not np.allclose(np.asarray(y, np.float64), x_hi @ w)

@@ -180,3 +180,12 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
                                         dataflow=m)))(keys))
            for m in ("table", "streamed")}
   np.testing.assert_array_equal(batch["streamed"], batch["table"])
+
+
+def test_nonideal_numpy_numbers_become_python_floats():
+  model = rk.Nonideal(program_sigma=np.float32(0.25), stuck_at_0=np.int64(0))
+  assert model == rk.Nonideal(program_sigma=0.25)
+  assert hash(model) == hash(rk.Nonideal(program_sigma=0.25))
+  assert type(model.program_sigma) is float and type(model.stuck_at_0) is float
+  with pytest.raises(ValueError, match="read_sigma"):
+    rk.Nonideal(read_sigma="0.1")

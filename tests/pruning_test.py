@@ -1,11 +1,17 @@
 """OU block pruning: schedule, per-layer and global targets, no drift."""
 
+import fractions
+import math
+
+import hypothesis
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import rsjax
 from rsjax._src import blockops
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
@@ -121,3 +127,66 @@ def test_global_scope_in_wrapper_and_masked_params():
     np.testing.assert_array_equal(
         _zero_blocks(pruning.kernels_of(masked, plan)[p], lp),
         ~np.asarray(state.layers[p].mask))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_counts_are_the_decimal_ones(jit):
+  # The products round below the decimal ones: 0.13 * 900 in float32 and
+  # 0.7 * 90 in float64.
+  assert np.floor(np.float32(0.13) * np.float32(900)) == 116
+  assert math.floor(0.7 * 90) == 62
+  assert rsjax.pruned_block_count(0.13, 900) == 117
+  assert rsjax.pruned_block_count(0.7, 90) == 63
+  assert rsjax.pruned_block_count([0.13, 0.7], [900, 90]) == 180
+  params = {"a": jnp.arange(900.0).reshape(30, 30) + 1,
+            "b": jnp.arange(90.0).reshape(9, 10) + 1}
+  rules = [rules_lib.Rule("a", sparsity=0.13), rules_lib.Rule("b",
+                                                              sparsity=0.7)]
+  plan = rules_lib.make_plan(params, rules, (1, 1))
+  kernels = pruning.kernels_of(params, plan)
+
+  def masks(fraction, scope):
+    return pruning.prune_masks(kernels, pruning.full_masks(plan), plan,
+                               fraction, scope)
+
+  f = jax.jit(masks, static_argnums=1) if jit else masks
+  out = f(1.0, "layer")
+  assert [int((~out[p]).sum()) for p in ("a", "b")] == [117, 63]
+  out = f(1.0, "global")
+  assert sum(int((~out[p]).sum()) for p in ("a", "b")) == 180
+  # Part of the way: floor(target * fraction).
+  out = f(0.5, "layer")
+  assert [int((~out[p]).sum()) for p in ("a", "b")] == [58, 31]
+  # Through the wrapper, the schedule's end reaches the target exactly.
+  tx = pruning.ou_pruning(optax.sgd(0.0), rules, (1, 1),
+                          pruning.PruneSchedule(begin=0, end=3, every=1))
+  state = tx.init(params)
+  step = jax.jit(tx.update) if jit else tx.update
+  for _ in range(3):
+    _, state = step(jax.tree.map(jnp.zeros_like, params), state, params)
+  assert [int((~state.layers[p].mask).sum()) for p in ("a", "b")] == [117, 63]
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+@hypothesis.given(digits=st.integers(0, 10**6 - 1), places=st.integers(1, 6),
+                  num_blocks=st.integers(0, 10**6))
+def test_count_is_exact_decimal_arithmetic(digits, places, num_blocks):
+  text = f"0.{digits:0{places}d}"[:2 + places]
+  sparsity = float(text)
+  want = math.floor(fractions.Fraction(text) * num_blocks)
+  assert rsjax.pruned_block_count(sparsity, num_blocks) == want
+  assert rsjax.pruned_block_count([sparsity, sparsity],
+                                  [num_blocks, 7]) == math.floor(
+                                      fractions.Fraction(text)
+                                      * (num_blocks + 7))
+
+
+def test_count_errors():
+  with pytest.raises(TypeError, match="sparsity"):
+    rsjax.pruned_block_count("0.3", 10)
+  with pytest.raises(TypeError, match="num_blocks"):
+    rsjax.pruned_block_count(0.3, 10.0)
+  with pytest.raises(ValueError, match="sparsity"):
+    rsjax.pruned_block_count(1.5, 10)
+  with pytest.raises(ValueError, match="2 sparsities"):
+    rsjax.pruned_block_count([0.1, 0.2], [10])

@@ -4,6 +4,7 @@ from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import rsjax
@@ -61,10 +62,46 @@ def test_rule_that_matches_nothing_is_named():
 
 @pytest.mark.parametrize("kwargs", [
     dict(k=0), dict(k=2, ratio=2.0), dict(ratio=0.5), dict(sparsity=1.0),
-    dict(sparsity=-0.1), dict(k=True)])
+    dict(sparsity=-0.1)])
 def test_bad_rules(kwargs):
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=list(kwargs)[-1]):
     rules_lib.Rule("x", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(ratio="8"), dict(sparsity="0.3"), dict(k="4"), dict(k=4.0),
+    dict(k=True), dict(sparsity=None), dict(ratio=np.bool_(True))])
+def test_wrong_types_name_the_field(kwargs):
+  with pytest.raises(TypeError, match=f"'x'.*{list(kwargs)[0]}"):
+    rules_lib.Rule("x", **kwargs)
+  with pytest.raises(TypeError, match="pattern"):
+    rules_lib.Rule(3, k=2)
+
+
+def test_numpy_numbers_become_python_numbers():
+  rule = rules_lib.Rule("x", k=np.int64(4), sparsity=np.float64(0.25))
+  assert rule == rules_lib.Rule("x", k=4, sparsity=0.25)
+  assert hash(rule) == hash(rules_lib.Rule("x", k=4, sparsity=0.25))
+  assert type(rule.k) is int and type(rule.sparsity) is float
+  assert type(rules_lib.Rule("x", ratio=np.int32(8)).ratio) is float
+  schedule = rsjax.PruneSchedule(begin=np.int64(2), end=np.int32(6),
+                                 every=np.int16(2), power=np.float32(1))
+  assert schedule == rsjax.PruneSchedule(begin=2, end=6, every=2, power=1.0)
+  assert type(schedule.every) is int
+  with pytest.raises(TypeError, match="PruneSchedule.every"):
+    rsjax.PruneSchedule(every=2.0)
+
+
+def test_a_single_rule_is_accepted():
+  params = _linen_params()
+  one = rules_lib.make_plan(params, rules_lib.Rule("Dense_0", k=2), (9, 2))
+  assert one == rules_lib.make_plan(params, [rules_lib.Rule("Dense_0", k=2)],
+                                    (9, 2))
+  with pytest.raises(ValueError, match="empty"):
+    rules_lib.make_plan(params, [], (9, 2))
+  for bad in ("Dense_0", [rules_lib.Rule("Dense_0", k=2), "Conv"], 3):
+    with pytest.raises(TypeError, match="Rule"):
+      rules_lib.make_plan(params, bad, (9, 2))
 
 
 def test_nnx_paths():

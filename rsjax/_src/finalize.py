@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rsjax._src import blockops
 from rsjax._src import compressed
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 from rsjax._src import sharing
+from rsjax._src import validate
 
 
 def _identity_layer(kernel, lp):
@@ -54,23 +56,34 @@ def to_compressed(params, opt_state=None, *, rules=None, hw=None
 
   Raises:
     ValueError: without a state, if a shared kernel has more than ``k``
-      distinct blocks in a row-block.
+      distinct blocks in a row-block; with one, if ``params`` lack a kernel
+      path the state was initialised on or its shape differs; on concrete
+      NaN or inf weights (naming the path).
+    TypeError: on a non-floating kernel (naming its path and dtype).
   """
   if opt_state is not None:
     state = sharing.find_state(opt_state)
-    kernels = pruning.kernels_of(params, pruning.plans_of(state.layers))
+    plan = pruning.plans_of(state.layers)
+    validate.check_tree(params, plan, "to_compressed")
+    validate.check_kernels(params, plan, "to_compressed")
+    kernels = pruning.kernels_of(params, plan)
     out = {}
     for p, s in state.layers.items():
       if s.codebook is None:
         out[p] = _identity_layer(
             blockops.apply_mask(kernels[p], s.mask, s.plan), s.plan)
         continue
+      if validate.concrete(s.codebook) and not np.isfinite(
+          np.asarray(s.codebook).astype(np.float64)).all():
+        raise ValueError(f"to_compressed: {p} has NaN or inf centroids in "
+                         "the optimizer state (training diverged?)")
       codebook, index = blockops.compact(s.codebook, s.index)
       out[p] = compressed.CompressedLayer(codebook, index, s.plan.kernel_shape)
     return out
   if rules is None or hw is None:
     raise ValueError("to_compressed needs opt_state, or rules and hw")
   plan = rules_lib.make_plan(params, rules, hw)
+  validate.check_kernels(params, plan, "to_compressed")
   kernels = pruning.kernels_of(params, plan)
   out = {}
   for p, lp in plan.items():

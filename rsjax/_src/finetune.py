@@ -16,6 +16,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
+from rsjax._src import validate
 from rsjax._src.pruning import LayerState
 from rsjax._src.sharing import FinetuneState
 
@@ -34,6 +35,14 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
   single weight whatever its member count). Non-shared leaves train as
   usual, pruned blocks stay zero.
 
+  The params stay exactly shared: each update lands every member of a
+  centroid on the stored centroid bit for bit (after
+  ``optax.apply_updates``), so ``params`` equal
+  ``rsjax.to_compressed(params, state)`` decompressed, and
+  :func:`rsjax.training_params` of them. This holds while the params passed
+  to ``update`` are the previous step's ``optax.apply_updates`` result (not
+  modified in between).
+
   Args:
     inner: any optax optimizer.
     rules, hw: as for the sharing stage (the same ``k``).
@@ -44,8 +53,12 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
     model on :func:`training_params`.
 
   Raises:
-    ValueError: in ``init``, on concrete params with more than ``k`` distinct
-      blocks in a row-block (not projected).
+    ValueError: ``reduce`` not ``'sum'`` or ``'mean'``; in ``init``, on
+      concrete params with more than ``k`` distinct blocks in a row-block
+      (not projected) or with NaN or inf weights (naming the path); in
+      ``update``, ``updates`` or ``params`` that lack a kernel path of the
+      state or differ in shape.
+    TypeError: in ``init``, a non-floating planned kernel.
   """
   if reduce not in ("sum", "mean"):
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
@@ -57,6 +70,7 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
 
   def init(params):
     plan = rules_lib.make_plan(params, rules, hw)
+    validate.check_kernels(params, plan, "centroid_finetune.init")
     kernels = pruning.kernels_of(params, plan)
     layers = {}
     for p, lp in plan.items():
@@ -80,6 +94,7 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
       raise ValueError("centroid_finetune needs params in update()")
     layers = state.layers
     plan = pruning.plans_of(layers)
+    validate.check_update(updates, params, plan, "centroid_finetune.update")
     masks = pruning.masks_of(layers)
 
     def to_codebook_grad(p, g):
@@ -93,18 +108,26 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
     tree = codebook_tree(params, layers)
     cb_updates, inner_state = inner.update(grads, state.inner_state, tree)
     new_cb = pruning.kernels_of(optax.apply_updates(tree, cb_updates), plan)
-    kernels = pruning.kernels_of(params, plan)
+    # Each member of a centroid holds the old centroid's bits and gets the
+    # same step, materialised once (the barrier: no fused or FMA-contracted
+    # recomputation may differ between its uses), so after
+    # ``optax.apply_updates`` every member is ``old + step``, bit for bit
+    # the stored centroid. (``p + (new - p)`` need not round to ``new``.)
+    steps = {p: jax.lax.optimization_barrier(
+        (new_cb[p] - s.codebook).astype(s.codebook.dtype))
+             for p, s in layers.items() if s.codebook is not None}
 
     def to_param_update(p, u):
       s = layers[p]
       if s.codebook is None:
         return u
-      return blockops.shared_kernel(new_cb[p], s.index, s.plan) - kernels[p]
+      return blockops.shared_kernel(steps[p], s.index, s.plan)
 
     updates = pruning.map_planned(to_param_update, cb_updates, plan)
     updates = pruning.masked_updates(updates, params, masks, plan)
-    layers = {p: (s.replace(codebook=new_cb[p]) if s.codebook is not None
-                  else s) for p, s in layers.items()}
+    layers = {p: (s.replace(codebook=(s.codebook + steps[p]).astype(
+        s.codebook.dtype)) if s.codebook is not None else s)
+              for p, s in layers.items()}
     return updates, FinetuneState(state.count + 1, layers, inner_state)
 
   return optax.GradientTransformation(init, update)

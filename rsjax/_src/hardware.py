@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import numpy as np
+
 ADC_MODES = ("clip", "scale", "calibrated")
 SIGNED_MAPPINGS = ("offset", "differential")
 
@@ -47,9 +49,13 @@ class HardwareSpec:
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if field.type in ("int", int):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, np.integer)):
           raise ValueError(
               f"HardwareSpec.{field.name} must be an int, got {value!r}")
+        # A Python int, so that equal specs hash equal and to_dict is JSON.
+        value = int(value)
+        object.__setattr__(self, field.name, value)
         if value < 1:
           raise ValueError(
               f"HardwareSpec.{field.name} must be >= 1, got {value}")
@@ -75,10 +81,11 @@ class HardwareSpec:
       raise ValueError(
           f"HardwareSpec.dac_bits ({self.dac_bits}) must be <= input_bits "
           f"({self.input_bits})")
-    if self.cell_bits > self.stored_bits:
+    # cell_bits above the stored bits is one cell per weight with its top
+    # levels unused; the cap keeps p_max and the shift-and-add in int32.
+    if self.cell_bits > 16:
       raise ValueError(
-          f"HardwareSpec.cell_bits ({self.cell_bits}) must be <= the stored "
-          f"bits per weight ({self.stored_bits})")
+          f"HardwareSpec.cell_bits must be <= 16, got {self.cell_bits}")
     if self.ou_rows > self.xbar_rows:
       raise ValueError(
           f"HardwareSpec.ou_rows ({self.ou_rows}) must be <= xbar_rows "
@@ -106,7 +113,8 @@ class HardwareSpec:
 
   @property
   def slices(self) -> int:
-    """Cells per weight: ``ceil(stored_bits / cell_bits)``."""
+    """Cells per weight: ``ceil(stored_bits / cell_bits)`` (1 when a cell
+    holds a whole weight, ``cell_bits >= stored_bits``)."""
     return -(-self.stored_bits // self.cell_bits)
 
   @property
@@ -131,7 +139,12 @@ class HardwareSpec:
 
   @property
   def partial_sum_max(self) -> int:
-    """Largest OU partial sum: ``ou_rows (2^dac-1) (2^cell-1)``."""
+    """Largest OU partial sum: ``ou_rows (2^dac-1) (2^cell-1)``.
+
+    The cell's top level, even when the stored values never reach it
+    (``cell_bits > stored_bits``, or a partly used top slice): a stuck-at-1
+    cell does, so the ADC range and the lossless test use it.
+    """
     return (self.ou_rows * (2**self.dac_bits - 1) * (2**self.cell_bits - 1))
 
   @property

@@ -20,6 +20,7 @@ of their targets, so layers with small blocks lose more.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 from flax import struct
@@ -30,6 +31,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import paths
 from rsjax._src import rules as rules_lib
+from rsjax._src import validate
 
 SCOPES = ("layer", "global")
 
@@ -53,6 +55,11 @@ class PruneSchedule:
   scope: str = "layer"
 
   def __post_init__(self):
+    for name in ("begin", "end", "every"):
+      object.__setattr__(self, name, rules_lib.integer(
+          getattr(self, name), f"PruneSchedule.{name}"))
+    object.__setattr__(self, "power",
+                       rules_lib.number(self.power, "PruneSchedule.power"))
     if not 0 <= self.begin <= self.end:
       raise ValueError(f"need 0 <= begin <= end, got {self.begin}, {self.end}")
     if self.every < 1:
@@ -99,6 +106,62 @@ def full_masks(plan) -> dict[str, jax.Array]:
   return {p: jnp.ones(lp.grid, bool) for p, lp in plan.items()}
 
 
+def _snapped_floor(target: float) -> int:
+  """``floor(target)``, but an integer within 1e-9 (relative) counts as it.
+
+  ``0.13 * 900`` is ``116.99999999999999`` in floats; the decimal the user
+  wrote means 117. A decimal sparsity of up to 8 digits times any block count
+  below ~1e8 is either an integer (float error ~1e-16 relative) or at least
+  1e-8 from one, so the snap never takes a true fraction up.
+  """
+  nearest = round(target)
+  if abs(target - nearest) <= 1e-9 * max(1.0, abs(target)):
+    return int(nearest)
+  return math.floor(target)
+
+
+def pruned_block_count(sparsity, num_blocks) -> int:
+  """How many of ``num_blocks`` OU blocks a ``sparsity`` prunes at the end.
+
+  ``floor(sparsity * num_blocks)`` taken exactly for the decimal written:
+  ``pruned_block_count(0.13, 900) == 117`` (the float product is
+  ``116.99999999999999``), ``pruned_block_count(0.7, 90) == 63``. Host
+  Python, on static values; a schedule's in-graph count is
+  ``floor(this * fraction)``, exactly this at fraction 1.
+
+  Args:
+    sparsity: a number in ``[0, 1]``, or a sequence of them (global scope:
+      the sum over layers).
+    num_blocks: an int, or a sequence of them matching ``sparsity``.
+
+  Returns:
+    The block count, a Python int in ``[0, sum(num_blocks)]``.
+
+  Raises:
+    TypeError: on non-numbers.
+    ValueError: on a sparsity outside ``[0, 1]`` or a negative count, or
+      sequences of different lengths.
+  """
+  many = isinstance(sparsity, (list, tuple))
+  sparsities = list(sparsity) if many else [sparsity]
+  counts = list(num_blocks) if many else [num_blocks]
+  if len(sparsities) != len(counts):
+    raise ValueError(f"{len(sparsities)} sparsities for {len(counts)} block "
+                     "counts")
+  sparsities = [rules_lib.number(x, "sparsity") for x in sparsities]
+  counts = [rules_lib.integer(n, "num_blocks") for n in counts]
+  if any(not 0.0 <= x <= 1.0 for x in sparsities):
+    raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
+  if any(n < 0 for n in counts):
+    raise ValueError(f"num_blocks must be >= 0, got {num_blocks!r}")
+  return _snapped_floor(math.fsum(x * n for x, n in zip(sparsities, counts)))
+
+
+def _scheduled_count(target: int, fraction):
+  """``floor(target * fraction)`` in-graph (``target`` at fraction 1)."""
+  return jnp.floor(jnp.float32(target) * fraction).astype(jnp.int32)
+
+
 def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
   """New masks pruning the lowest-RMS kept blocks up to ``fraction`` of target.
 
@@ -106,7 +169,9 @@ def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
     kernels: ``{path: kernel}``.
     masks: ``{path: [R, G] bool}`` current masks (never grown back).
     plan: ``{path: LayerPlan}``.
-    fraction: scalar in ``[0, 1]``, the schedule's progress.
+    fraction: scalar in ``[0, 1]``, the schedule's progress: each layer
+      prunes ``floor(pruned_block_count(sparsity, blocks) * fraction)``
+      blocks (``'global'``: of the summed count, over all pruned layers).
     scope: ``'layer'`` or ``'global'``.
 
   Returns:
@@ -121,15 +186,14 @@ def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
   out = dict(masks)
   if scope == "layer":
     for p in pruned:
-      n = scores[p].shape[0]
-      count = jnp.floor(plan[p].sparsity * fraction * n).astype(jnp.int32)
+      count = _scheduled_count(
+          pruned_block_count(plan[p].sparsity, scores[p].shape[0]), fraction)
       rank = jnp.argsort(jnp.argsort(scores[p]))
       out[p] = masks[p] & (rank >= count).reshape(plan[p].grid)
     return out
   sizes = [scores[p].shape[0] for p in pruned]
-  total = sum(sizes)
-  target = sum(plan[p].sparsity * n for p, n in zip(pruned, sizes)) / total
-  count = jnp.floor(target * fraction * total).astype(jnp.int32)
+  count = _scheduled_count(pruned_block_count(
+      [plan[p].sparsity for p in pruned], sizes), fraction)
   rank = jnp.argsort(jnp.argsort(jnp.concatenate([scores[p] for p in pruned])))
   keep = rank >= count
   start = 0
@@ -246,10 +310,16 @@ def ou_pruning(inner: optax.GradientTransformation,
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`PruneState`.
+
+  Raises:
+    ValueError: as :func:`rsjax.ste_sharing` (NaN/inf at ``init``, paths and
+      shapes at ``update``).
+    TypeError: in ``init``, a non-floating planned kernel.
   """
 
   def init(params):
     plan = rules_lib.make_plan(params, rules, hw)
+    validate.check_kernels(params, plan, "ou_pruning.init")
     masks = initial_masks(params, plan, schedule)
     layers = {p: LayerState(masks[p], None, None, plan[p]) for p in plan}
     return PruneState(jnp.zeros((), jnp.int32), layers, inner.init(params))
@@ -258,6 +328,7 @@ def ou_pruning(inner: optax.GradientTransformation,
     if params is None:
       raise ValueError("ou_pruning needs params in update()")
     plan = plans_of(state.layers)
+    validate.check_update(updates, params, plan, "ou_pruning.update")
     masks = masks_of(state.layers)
     updates = masked_updates(updates, params, masks, plan)
     updates, inner_state = inner.update(updates, state.inner_state, params)

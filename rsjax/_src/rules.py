@@ -48,23 +48,55 @@ class Rule:
   sparsity: float = 0.0
 
   def __post_init__(self):
+    if not isinstance(self.pattern, str):
+      raise TypeError(f"Rule.pattern must be a str regex, got "
+                      f"{self.pattern!r}")
     try:
       re.compile(self.pattern)
     except re.error as e:
       raise ValueError(f"bad regex {self.pattern!r}: {e}") from None
+    name = f"rule {self.pattern!r}"
+    # Python numbers, so that equal rules hash equal whatever the input type.
+    if self.k is not None:
+      object.__setattr__(self, "k", integer(self.k, f"{name}: k"))
+    if self.ratio is not None:
+      object.__setattr__(self, "ratio", number(self.ratio, f"{name}: ratio"))
+    object.__setattr__(self, "sparsity",
+                       number(self.sparsity, f"{name}: sparsity"))
     if self.k is not None and self.ratio is not None:
-      raise ValueError(f"rule {self.pattern!r}: give k or ratio, not both")
-    if self.k is not None and (isinstance(self.k, bool)
-                               or not isinstance(self.k, (int, np.integer))
-                               or self.k < 1):
-      raise ValueError(f"rule {self.pattern!r}: k must be an int >= 1, got "
-                       f"{self.k!r}")
+      raise ValueError(f"{name}: give k or ratio, not both")
+    if self.k is not None and self.k < 1:
+      raise ValueError(f"{name}: k must be an int >= 1, got {self.k!r}")
     if self.ratio is not None and not self.ratio >= 1:
-      raise ValueError(f"rule {self.pattern!r}: ratio must be >= 1, got "
-                       f"{self.ratio!r}")
+      raise ValueError(f"{name}: ratio must be >= 1, got {self.ratio!r}")
     if not 0.0 <= self.sparsity < 1.0:
-      raise ValueError(f"rule {self.pattern!r}: sparsity must be in [0, 1), "
-                       f"got {self.sparsity!r}")
+      raise ValueError(f"{name}: sparsity must be in [0, 1), got "
+                       f"{self.sparsity!r}")
+
+
+def integer(value, name: str) -> int:
+  """``value`` as a Python int: ints and NumPy integers, not bools.
+
+  Raises:
+    TypeError: naming ``name`` and the value, for anything else.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int, got {value!r}")
+  return int(value)
+
+
+def number(value, name: str) -> float:
+  """``value`` as a Python float: real numbers (Python or NumPy), not bools
+  or strings.
+
+  Raises:
+    TypeError: naming ``name`` and the value, for anything else.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{name} must be a number, got {value!r}")
+  return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +149,29 @@ def block_shape_of(hw) -> tuple[int, int]:
   return lowering._check_block_shape(hw)  # pylint: disable=protected-access
 
 
-def make_plan(params, rules: Sequence[Rule],
+def as_rules(rules) -> tuple[Rule, ...]:
+  """``rules`` as a non-empty tuple of :class:`Rule` (a single Rule is one).
+
+  Raises:
+    TypeError: if ``rules`` is not a Rule or a sequence of them.
+    ValueError: if it is empty.
+  """
+  if isinstance(rules, Rule):
+    return (rules,)
+  if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+    raise TypeError(f"rules must be a Rule or a sequence of Rule, got "
+                    f"{rules!r}")
+  rules = tuple(rules)
+  bad = [r for r in rules if not isinstance(r, Rule)]
+  if bad:
+    raise TypeError(f"rules must be a Rule or a sequence of Rule; not Rule: "
+                    f"{bad!r}")
+  if not rules:
+    raise ValueError("rules is empty: give at least one Rule")
+  return rules
+
+
+def make_plan(params, rules: Rule | Sequence[Rule],
               hw: hardware.HardwareSpec | Sequence[int]
               ) -> dict[str, LayerPlan]:
   """Resolves ``rules`` over the kernels of ``params``.
@@ -127,7 +181,7 @@ def make_plan(params, rules: Sequence[Rule],
 
   Args:
     params: a Linen params / variables dict or an NNX ``State``.
-    rules: :class:`Rule` s, first match wins.
+    rules: :class:`Rule` s, first match wins (or one Rule).
     hw: a :class:`HardwareSpec` (its ``block_shape``) or a block shape.
 
   Returns:
@@ -136,11 +190,9 @@ def make_plan(params, rules: Sequence[Rule],
 
   Raises:
     ValueError: if a rule matches no 2-D or 4-D leaf, or rules is empty.
+    TypeError: if ``rules`` holds something other than :class:`Rule` s.
   """
-  rules = tuple(rules)
-  if not rules or not all(isinstance(r, Rule) for r in rules):
-    raise ValueError(f"rules must be a non-empty sequence of Rule, got "
-                     f"{rules!r}")
+  rules = as_rules(rules)
   block = block_shape_of(hw)
   compiled = [re.compile(r.pattern) for r in rules]
   hits = [0] * len(rules)

@@ -45,6 +45,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
+from rsjax._src import validate
 from rsjax._src.pruning import LayerState
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
@@ -116,15 +117,26 @@ def straight_through(w, z):
   return _straight_through(w, z)
 
 
+def _state_and_plan(params, opt_state, where):
+  """The rsjax state in ``opt_state`` and its plan, ``params`` checked."""
+  state = find_state(opt_state)
+  plan = pruning.plans_of(state.layers)
+  validate.check_tree(params, plan, where)
+  return state, plan
+
+
 def training_params(params, opt_state):
   """The params the model runs on during training, for any rsjax state.
 
   Sharing layers (STE, fine-tune) give ``Z`` with the straight-through
   gradient to the params; pruned-only layers and the distance loop give the
   masked params. Non-planned leaves are returned as they are.
+
+  Raises:
+    ValueError: if ``params`` lack a kernel path the state was initialised
+      on, or its shape differs (a static check: also under ``jit``).
   """
-  state = find_state(opt_state)
-  plan = pruning.plans_of(state.layers)
+  state, plan = _state_and_plan(params, opt_state, "training_params")
   use_z = isinstance(state, (SteState, FinetuneState))
 
   def one(p, w):
@@ -140,9 +152,12 @@ def training_params(params, opt_state):
 
 
 def project(params, opt_state):
-  """Hard projection ``W := Z`` (and pruned blocks zero), from the state."""
-  state = find_state(opt_state)
-  plan = pruning.plans_of(state.layers)
+  """Hard projection ``W := Z`` (and pruned blocks zero), from the state.
+
+  Raises:
+    ValueError: as :func:`training_params`.
+  """
+  state, plan = _state_and_plan(params, opt_state, "project")
 
   def one(p, w):
     s = state.layers[p]
@@ -159,9 +174,12 @@ def distance_loss(params, opt_state):
   """``sum over shared layers of ||W - Z||_F^2`` with ``Z`` from the state.
 
   ``Z`` is a constant here (no gradient), as in the paper.
+
+  Raises:
+    ValueError: as :func:`training_params`.
   """
-  state = find_state(opt_state)
-  leaves = pruning.kernels_of(params, pruning.plans_of(state.layers))
+  state, plan = _state_and_plan(params, opt_state, "distance_loss")
+  leaves = pruning.kernels_of(params, plan)
   total = jnp.zeros((), jnp.float32)
   for p, s in state.layers.items():
     if s.codebook is None:
@@ -180,8 +198,10 @@ def _recluster_layers(kernels, layers, key, n_init, max_iter, scope):
   return {p: new.get(p, (s.codebook, s.index)) for p, s in layers.items()}
 
 
-def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope):
+def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope,
+                 where):
   plan = rules_lib.make_plan(params, rules, hw)
+  validate.check_kernels(params, plan, where)
   masks = pruning.initial_masks(params, plan, schedule)
   kernels = pruning.kernels_of(params, plan)
   shared = {p: lp for p, lp in plan.items() if lp.shared}
@@ -201,9 +221,12 @@ def recluster(params, opt_state, key, *, n_init: int = 4, max_iter: int = 50,
   For the end of :func:`distance_sharing` (``W`` moved since the last
   re-clustering) or any manual schedule. Returns ``opt_state`` with the
   rsjax state's codebooks and indices replaced (the rest untouched).
+
+  Raises:
+    ValueError: as :func:`training_params`.
   """
-  state = find_state(opt_state)
-  kernels = pruning.kernels_of(params, pruning.plans_of(state.layers))
+  state, plan = _state_and_plan(params, opt_state, "recluster")
+  kernels = pruning.kernels_of(params, plan)
   new = _recluster_layers(kernels, state.layers, key, n_init, max_iter,
                           codebook_scope)
   layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
@@ -227,16 +250,18 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
     raise ValueError(f"recluster_every must be >= 1, got {recluster_every}")
   state_cls = SteState if kind == "ste" else DistanceState
   lam_fn = _lam_fn(lam) if kind == "distance" else None
+  name = f"{kind}_sharing"
 
   def init(params):
     layers = _init_layers(params, rules, hw, prune, key, n_init, max_iter,
-                          scope)
+                          scope, f"{name}.init")
     return state_cls(jnp.zeros((), jnp.int32), layers, inner.init(params))
 
   def update(updates, state, params=None):
     if params is None:
-      raise ValueError(f"{kind} sharing needs params in update()")
+      raise ValueError(f"{name} needs params in update()")
     plan = pruning.plans_of(state.layers)
+    validate.check_update(updates, params, plan, f"{name}.update")
     masks = pruning.masks_of(state.layers)
     if kind == "distance":
       lam_t = jnp.asarray(lam_fn(state.count), jnp.float32)
@@ -306,6 +331,13 @@ def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
   Returns:
     An ``optax.GradientTransformation`` with :class:`SteState`; run the model
     on :func:`training_params`.
+
+  Raises:
+    ValueError: ``recluster_every < 1``; in ``init``, NaN or inf in a
+      planned kernel (concrete params only: under a caller's ``jit`` the
+      values are unknown), naming its path; in ``update``, ``updates`` or
+      ``params`` that lack a kernel path of the state or differ in shape.
+    TypeError: in ``init``, a non-floating planned kernel (path and dtype).
   """
   return _sharing("ste", inner, rules, hw, key=key,
                   recluster_every=recluster_every, prune=prune, n_init=n_init,
@@ -336,6 +368,9 @@ def distance_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`DistanceState`.
+
+  Raises:
+    ValueError, TypeError: as :func:`ste_sharing`.
   """
   return _sharing("distance", inner, rules, hw, key=key,
                   recluster_every=recluster_every, prune=prune, n_init=n_init,
