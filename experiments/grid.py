@@ -2,7 +2,7 @@
 
   python -m experiments.grid --grid=experiments/configs/results_fmnist.py \
       --runs_dir=runs [--only=REGEX] [--parallel=2] [--deadline_s=3600] \
-      [--list] [--report]
+      [--nosweeps] [--list] [--report]
 
 A grid file defines ``get_grid() -> Grid``: :class:`Point` s (one pipeline
 run each: a config file and overrides, optionally starting from another
@@ -246,7 +246,8 @@ def _main(argv):
   deadline = time.time() + _DEADLINE.value if _DEADLINE.value else None
   os.makedirs(_RUNS.value, exist_ok=True)
   finished = run_points(grid, _RUNS.value, _PARALLEL.value, deadline)
-  run_sweeps(grid, _RUNS.value, _PARALLEL.value, deadline)
+  if _SWEEPS.value:
+    run_sweeps(grid, _RUNS.value, _PARALLEL.value, deadline)
   failed = [n for n, ok in finished.items() if not ok]
   if _REPORT.value:
     from experiments import results  # pylint: disable=g-import-not-at-top
@@ -274,6 +275,8 @@ if __name__ == "__main__":
       "running jobs then (they resume on the next call); 0: none.")
   _LIST = flags.DEFINE_bool("list", False, "Print the commands and whether "
                             "each point is done; run nothing.")
+  _SWEEPS = flags.DEFINE_bool("sweeps", True, "Run the selected sweeps "
+                              "after the points (--nosweeps: points only).")
   _REPORT = flags.DEFINE_bool("report", False, "Write --out from the runs.")
   _OUT = flags.DEFINE_string("out", "RESULTS.md", "With --report.")
   app.run(_main)
