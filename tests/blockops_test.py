@@ -1,4 +1,4 @@
-"""Per-layer OU block operations, on the paper's worked example (SPEC 1)."""
+"""Per-layer OU block operations, on the paper's worked example (docs/compression.md)."""
 
 import jax
 import jax.numpy as jnp

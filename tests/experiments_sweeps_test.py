@@ -69,7 +69,7 @@ def test_grid_lossless_point_equals_quantized_model():
 
 
 def test_lossless_adc_bits():
-  assert sweeps.lossless_adc_bits(HW) == 5  # p_max 27 (SPEC section 5)
+  assert sweeps.lossless_adc_bits(HW) == 5  # p_max 27 (docs/hardware.md)
   assert sweeps.lossless_adc_bits(HW.replace(ou_rows=32, cell_bits=4)) == 9
 
 

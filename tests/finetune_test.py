@@ -13,7 +13,7 @@ from rsjax._src import finetune
 from rsjax._src import rules as rules_lib
 from rsjax._src import sharing
 
-# The SPEC section 1 worked example at 2x2 blocks, Z already shared.
+# The paper's worked example (docs/compression.md) at 2x2 blocks, Z already shared.
 CODEBOOK = np.array([[[[1, 5], [2, 4]], [[1, 1], [8, 7]]],
                      [[[7, 2], [1, 4]], [[2, 9], [5, 3]]]], np.float32)
 INDEX = np.array([[0, 1, 0, 0], [0, 0, 1, 1]], np.int32)

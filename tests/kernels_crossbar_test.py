@@ -1,4 +1,4 @@
-"""rsjax.kernels crossbar MVMs against the NumPy reference of SPEC section 2."""
+"""rsjax.kernels crossbar MVMs against the NumPy reference of docs/hardware.md."""
 
 import hypothesis
 from hypothesis import strategies as st
@@ -144,7 +144,7 @@ def test_shared_equals_dense_bit_exact(signed, dataflow):
 
 
 def test_spec_worked_example_index_and_add():
-  # SPEC section 1: 2x2 OUs, 2 row-blocks x 4 column groups, 2 clusters.
+  # The paper's worked example (docs/compression.md): 2x2 OUs, 2 row-blocks x 4 column groups, 2 clusters.
   hw = rsjax.HardwareSpec(ou_rows=2, ou_cols=2, cell_bits=8, weight_bits=8,
                           adc_bits=12, xbar_rows=4, xbar_cols=8)
   assert hw.block_shape == (2, 2)

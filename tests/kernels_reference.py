@@ -1,4 +1,4 @@
-"""An independent NumPy crossbar reference written from SPEC section 2.
+"""An independent NumPy crossbar reference written from docs/hardware.md.
 
 Explicit loops over row-blocks, column groups, cycles, arrays and slices with
 exact Python/NumPy integers; nothing from rsjax.kernels is used.

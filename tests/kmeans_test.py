@@ -1,4 +1,4 @@
-"""Batched k-means: the SPEC worked example, a NumPy check, scikit-learn."""
+"""Batched k-means: the paper's worked example, a NumPy check, scikit-learn."""
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,7 @@ SIGNED_MAPPINGS = ("offset", "differential")
 
 @dataclasses.dataclass(frozen=True)
 class HardwareSpec:
-  """A ReRAM crossbar accelerator (ISAAC-like defaults, SPEC section 2).
+  """A ReRAM crossbar accelerator (ISAAC-like defaults, docs/hardware.md).
 
   Attributes:
     xbar_rows: wordlines per crossbar.

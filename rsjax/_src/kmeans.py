@@ -236,7 +236,7 @@ def _check_args(ous, k, n_init, max_iter, name: str = "cluster_ous"):
 def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
                 tol: float = 1e-4, codebook_scope: str = "row_block",
                 n_trials: int | None = None):
-  """Clusters OU blocks into shared codebooks (k-means, SPEC section 1).
+  """Clusters OU blocks into shared codebooks (k-means, docs/compression.md).
 
   Args:
     ous: ``[R, G, bh, bw]`` blocks from :func:`rsjax.to_ous`. Float16,

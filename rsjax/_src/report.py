@@ -1,4 +1,4 @@
-"""Compression accounting (SPEC section 3), per layer and in total.
+"""Compression accounting (docs/compression.md), per layer and in total.
 
 Figures, for a layer with ``R`` row-blocks and ``G`` column groups:
 
@@ -54,7 +54,7 @@ def _ceil_log2(n: np.ndarray) -> np.ndarray:
 def layer_report(layer: compressed_lib.CompressedLayer,
                  hw: hardware.HardwareSpec, positions: int = 1
                  ) -> dict[str, Any]:
-  """Every SPEC section 3 figure for one compressed layer.
+  """Every figure of docs/compression.md's report for one compressed layer.
 
   Args:
     layer: the :class:`CompressedLayer`.
@@ -129,7 +129,7 @@ def layer_report(layer: compressed_lib.CompressedLayer,
 def compression_report(layers: Mapping[str, Any], hw: hardware.HardwareSpec,
                        positions: Mapping[str, int] | None = None
                        ) -> dict[str, Any]:
-  """The SPEC section 3 figures per layer and in total.
+  """The report's figures (docs/compression.md) per layer and in total.
 
   Args:
     layers: ``{name: CompressedLayer}``; a plain kernel array counts as an
