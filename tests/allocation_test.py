@@ -292,8 +292,8 @@ def test_nnx_state_gives_the_same_allocation(trained, allocated):
   x, y = _data()
   graphdef, state = nnx.split(NnxNet(nnx.Rngs(0)))
   for name, linen in zip("abc", ("Dense_0", "Dense_1", "Dense_2")):
-    state[name]["kernel"].value = params[linen]["kernel"]
-    state[name]["bias"].value = params[linen]["bias"]
+    state[name]["kernel"].set_value(params[linen]["kernel"])
+    state[name]["bias"].set_value(params[linen]["bias"])
 
   def loss_fn(s):
     logits = nnx.merge(graphdef, s)(x)

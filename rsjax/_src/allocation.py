@@ -222,7 +222,8 @@ def _budget_of(dense: int, target_ou_ratio, stored_ous) -> int:
 
 
 def _cluster_probes(probes, *, key, n_init: int, max_iter: int,
-                    max_elements: int = _MAX_ELEMENTS):
+                    max_elements: int = _MAX_ELEMENTS,
+                    num_slots: int | None = None):
   """Row-block k-means of every ``{(path, k): ous}`` probe, decompressed.
 
   All probes run through one compiled k-means: their row-blocks are stacked,
@@ -230,12 +231,14 @@ def _cluster_probes(probes, *, key, n_init: int, max_iter: int,
   into equal chunks (the last padded with all-zero row-blocks) of at most
   ``max_elements`` distances each. Probe ``i`` gets the keys of
   :func:`rsjax.cluster_layers`: ``fold_in(key, i)`` split per row-block.
+  ``num_slots`` (default: the largest ``k``) fixes the compiled width, so
+  calls with other ``k`` s reuse one compile.
   """
   if not probes:
     return {}
   groups = max(o.shape[1] for o in probes.values())
   block = next(iter(probes.values())).shape[2:]
-  slots = min(max(k for _, k in probes), groups)
+  slots = min(max(num_slots or 0, *(k for _, k in probes)), groups)
   x, keys, k_rows = [], [], []
   for i, ((_, k), o) in enumerate(probes.items()):
     x.append(jnp.pad(jnp.asarray(o, jnp.float32).reshape(
