@@ -8,6 +8,7 @@ loss on the held-out last 1,000 training images, and the model is shared
 one-shot at those. Both are evaluated on the test set.
 
   python -m experiments.benchmarks.allocate_bench [--steps=300] [--ks=1,2,4,8]
+      [--candidates=1,2,3,4,6,8,12,16,24,32,48,64]
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from rsjax._src import allocation
 
 _STEPS = flags.DEFINE_integer("steps", 300, "float training steps")
 _KS = flags.DEFINE_string("ks", "1,2,4,8", "uniform k values to compare")
+_CANDIDATES = flags.DEFINE_string(
+    "candidates", "", "k candidates of every layer (default: powers of two "
+    "below G, then G)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of init, batches and k-means")
 _DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Fashion-MNIST IDX files")
@@ -102,6 +106,8 @@ def main(argv):
     layers = rsjax.to_compressed(new, rules=rules, hw=hw)
     return new, rsjax.compression_report(layers, hw)["total"]
 
+  candidates = ([int(v) for v in _CANDIDATES.value.split(",")]
+                if _CANDIDATES.value else None)
   rows = []
   base_rules = [rsjax.Rule(".", k=1)]
   for k in (int(v) for v in _KS.value.split(",")):
@@ -109,7 +115,7 @@ def main(argv):
     ratio = total["ou_ratio"]
     start = time.time()
     alloc = rsjax.allocate_k(probe_loss, params, base_rules, hw,
-                             target_ou_ratio=ratio,
+                             target_ou_ratio=ratio, candidates=candidates,
                              key=jax.random.fold_in(key, 2))
     took = time.time() - start
     allocated, total_a = one_shot(alloc.k)
