@@ -226,6 +226,19 @@ def test_never_worse_than_uniform_and_brute_force(trained, allocated):
       assert math.isclose(a.predicted_loss_increase, best[0], abs_tol=1e-9)
 
 
+def test_draws_are_averaged(trained, allocated):
+  loss_fn, params = trained
+  two = rsjax.allocate_k(loss_fn, params, RULES, HW, target_ou_ratio=4.0,
+                         candidates=CANDS, key=jax.random.key(2), num_draws=2)
+  for p, t in two.table.items():
+    one = allocated.table[p].loss_increase  # draw 0 alone
+    # Every k = 1 draw is the row-block mean: draws agree exactly there.
+    np.testing.assert_allclose(t.loss_increase[0], one[0], atol=1e-6)
+    assert t.loss_increase[-1] == 0.0
+  assert any(t.loss_increase != allocated.table[p].loss_increase
+             for p, t in two.table.items())
+
+
 def test_deterministic_for_a_key(trained, allocated):
   loss_fn, params = trained
   again = rsjax.allocate_k(loss_fn, params, RULES, HW, target_ou_ratio=4.0,
@@ -244,6 +257,7 @@ def test_deterministic_for_a_key(trained, allocated):
     ({"target_ou_ratio": float("nan")}, "target_ou_ratio must be"),
     ({"target_ou_ratio": True}, "target_ou_ratio must be"),
     ({"stored_ous": 0}, "stored_ous must be an int >= 1"),
+    ({"stored_ous": 9, "num_draws": 0}, "num_draws must be an int >= 1"),
     ({"stored_ous": 2.5}, "stored_ous must be an int"),
     ({"target_ou_ratio": 40.0}, r"ou_ratio 16 at best"),
     ({"stored_ous": 5}, r"cheapest candidates store 6 of 96 OUs"),

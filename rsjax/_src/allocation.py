@@ -300,7 +300,8 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
                stored_ous: int | None = None,
                candidates: Sequence[int] | Mapping[str, Sequence[int]]
                | None = None,
-               key, n_init: int = 8, max_iter: int = 100) -> Allocation:
+               key, num_draws: int = 1, n_init: int = 8,
+               max_iter: int = 100) -> Allocation:
   """Chooses each shared layer's ``k`` for a target, at the least loss.
 
   The layers the ``rules`` share (``k`` or ``ratio``) are allocated; their
@@ -324,6 +325,10 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
       ``{path: sequence}`` (layers left out get the default): powers of two
       below the layer's column groups ``G``, then ``G`` (unshared).
     key: a ``jax.random`` key; the result is deterministic for a key.
+    num_draws: k-means draws per probe (the first with ``key``, draw ``d``
+      with ``fold_in(key, d)``); the table holds their mean increase.
+      One-shot sharing's loss varies with the draw, so more draws give
+      steadier sensitivities.
     n_init, max_iter: k-means settings of the probes.
 
   Returns:
@@ -331,11 +336,15 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
 
   Raises:
     ValueError: if not exactly one of ``target_ou_ratio`` and ``stored_ous``
-      is given or it is out of range, if ``candidates`` is malformed or names
-      a layer that is not shared, if no rule shares a layer, if ``loss_fn``
-      is not a finite scalar, or if the target cannot be met even at the
-      cheapest candidates (the message gives the best reachable ratio).
+      is given or it is out of range, if ``num_draws`` is not an int >= 1,
+      if ``candidates`` is malformed or names a layer that is not shared, if
+      no rule shares a layer, if ``loss_fn`` is not a finite scalar, or if
+      the target cannot be met even at the cheapest candidates (the message
+      gives the best reachable ratio).
   """
+  if (isinstance(num_draws, bool)
+      or not isinstance(num_draws, (int, np.integer)) or num_draws < 1):
+    raise ValueError(f"num_draws must be an int >= 1, got {num_draws!r}")
   full_plan = rules_lib.make_plan(params, rules, hw)
   plan = {p: lp for p, lp in full_plan.items() if lp.shared}
   if not plan:
@@ -371,14 +380,19 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
   # k at least a layer's widest row-block keeps every block: lossless.
   probes = [(p, k) for p in plan for k in cands[p]
             if k < int(kept[p].max(initial=0))]
-  shared = _cluster_probes({pk: ous[pk[0]] for pk in probes}, key=key,
-                           n_init=n_init, max_iter=max_iter)
-  for (p, k), blocks in shared.items():
-    kernel = blockops.ous_to_kernel(blocks, plan[p]).astype(kernels[p].dtype)
-    probe = pruning.map_planned(lambda _, x, w=kernel: w, reference,
-                                {p: plan[p]})
-    increase[p][cands[p].index(k)] = _scalar(
-        jitted, probe, f"{p} shared at k={k}") - base
+  for draw in range(num_draws):
+    # Each draw: the same shapes, so one compiled k-means for all of them.
+    shared = _cluster_probes({pk: ous[pk[0]] for pk in probes},
+                             key=jax.random.fold_in(key, draw) if draw
+                             else key,
+                             n_init=n_init, max_iter=max_iter)
+    for (p, k), blocks in shared.items():
+      kernel = blockops.ous_to_kernel(blocks, plan[p]).astype(
+          kernels[p].dtype)
+      probe = pruning.map_planned(lambda _, x, w=kernel: w, reference,
+                                  {p: plan[p]})
+      increase[p][cands[p].index(k)] += (_scalar(
+          jitted, probe, f"{p} shared at k={k}") - base) / num_draws
 
   names = list(plan)
   picked = _knapsack([costs[p] for p in names], [increase[p] for p in names],
