@@ -1,17 +1,16 @@
 """Per-layer k allocation: costs, the knapsack, the loss probes, the rules."""
 
-import itertools
 import math
 
 from flax import nnx
 import flax.linen as nn
-from hypothesis import given, settings, strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import knapsack_test
 import rsjax
 from rsjax._src import allocation
 
@@ -67,61 +66,6 @@ def allocated(trained):
   loss_fn, params = trained
   return rsjax.allocate_k(loss_fn, params, RULES, HW, target_ou_ratio=4.0,
                           candidates=CANDS, key=jax.random.key(2))
-
-
-def _brute_force(costs, losses, budget):
-  best = None
-  for choice in itertools.product(*[range(len(c)) for c in costs]):
-    cost = sum(c[i] for c, i in zip(costs, choice))
-    loss = sum(l[i] for l, i in zip(losses, choice))
-    if cost <= budget and (best is None or (loss, cost) < best[:2]):
-      best = (loss, cost, choice)
-  return best
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.data())
-def test_knapsack_matches_brute_force(data):
-  num_layers = data.draw(st.integers(1, 4))
-  costs, losses = [], []
-  for _ in range(num_layers):
-    n = data.draw(st.integers(1, 4))
-    costs.append(sorted(data.draw(st.lists(st.integers(0, 12), min_size=n,
-                                           max_size=n))))
-    # Small integers: exact sums, so ties are real ties.
-    losses.append(data.draw(st.lists(st.integers(-3, 9), min_size=n,
-                                     max_size=n)))
-  budget = data.draw(st.integers(0, 40))
-  picked = allocation._knapsack(costs, [list(map(float, l)) for l in losses],
-                                budget)
-  best = _brute_force(costs, losses, budget)
-  if best is None:
-    assert picked is None
-    return
-  assert picked is not None
-  cost = sum(c[i] for c, i in zip(costs, picked))
-  loss = sum(l[i] for l, i in zip(losses, picked))
-  assert cost <= budget
-  assert (loss, cost) == best[:2]  # least loss, then least cost
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.data())
-def test_knapsack_discretised_stays_within_budget(data):
-  costs = [sorted(data.draw(st.lists(st.integers(1, 500), min_size=1,
-                                     max_size=3))) for _ in range(3)]
-  losses = [[float(v) for v in data.draw(st.lists(
-      st.integers(0, 9), min_size=len(c), max_size=len(c)))] for c in costs]
-  budget = data.draw(st.integers(1, 1500))
-  unit = -(-budget // 7)
-  picked = allocation._knapsack(costs, losses, budget, max_steps=7)
-  # Exactly the optimum of the costs rounded up to the unit.
-  rounded = [[-(-c // unit) for c in layer] for layer in costs]
-  best = _brute_force(rounded, losses, budget // unit)
-  assert (picked is None) == (best is None)
-  if picked is not None:
-    assert sum(c[i] for c, i in zip(costs, picked)) <= budget
-    assert sum(l[i] for l, i in zip(losses, picked)) == best[0]
 
 
 def test_default_candidates():
@@ -222,7 +166,7 @@ def test_never_worse_than_uniform_and_brute_force(trained, allocated):
                          for p, t in table.items()}
       assert a.stored_ous <= budget
       assert a.predicted_loss_increase <= uniform_loss
-      best = _brute_force(costs, losses, budget)
+      best = knapsack_test.brute_force(costs, losses, budget)
       assert math.isclose(a.predicted_loss_increase, best[0], abs_tol=1e-9)
 
 

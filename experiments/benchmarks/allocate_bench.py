@@ -33,6 +33,7 @@ _KS = flags.DEFINE_string("ks", "1,2,4,8", "uniform k values to compare")
 _CANDIDATES = flags.DEFINE_string(
     "candidates", "", "k candidates of every layer (default: powers of two "
     "below G, then G)")
+_DRAWS = flags.DEFINE_integer("num_draws", 1, "k-means draws per probe")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of init, batches and k-means")
 _DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Fashion-MNIST IDX files")
@@ -116,6 +117,7 @@ def main(argv):
     start = time.time()
     alloc = rsjax.allocate_k(probe_loss, params, base_rules, hw,
                              target_ou_ratio=ratio, candidates=candidates,
+                             num_draws=_DRAWS.value,
                              key=jax.random.fold_in(key, 2))
     took = time.time() - start
     allocated, total_a = one_shot(alloc.k)

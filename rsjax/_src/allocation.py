@@ -9,9 +9,7 @@ choice is the sum of its layers' measured increases.
 
 The choice is a multiple-choice knapsack (one option per layer, integer
 costs: stored OUs), solved exactly by dynamic programming over the stored-OU
-budget. A budget above ``2**20`` steps is discretised: costs are rounded up
-to units of ``ceil(budget / 2**20)`` OUs, so the answer still meets the
-budget, and it is optimal for the rounded costs.
+budget (:mod:`knapsack`).
 
 Stored OUs of a layer at ``k``: ``sum_r min(k, kept_r)`` over its row-blocks,
 ``kept_r`` the row-block's non-pruned (not all-zero) blocks, which is what the
@@ -32,11 +30,11 @@ import numpy as np
 
 from rsjax._src import blockops
 from rsjax._src import kmeans
+from rsjax._src import knapsack
 from rsjax._src import paths
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 
-_MAX_STEPS = 2 ** 20
 # Distances a k-means chunk computes at once (n_init x rows x G x slots).
 _MAX_ELEMENTS = 2 ** 26
 
@@ -151,51 +149,6 @@ def _candidates_of(candidates, plan) -> dict[str, tuple[int, ...]]:
 def stored_ous_at(kept_per_row_block, k: int) -> int:
   """``sum_r min(k, kept_r)``: a layer's stored OUs at ``k``."""
   return int(np.minimum(np.asarray(kept_per_row_block, np.int64), k).sum())
-
-
-def _knapsack(costs, losses, budget: int, max_steps: int = _MAX_STEPS
-              ) -> list[int] | None:
-  """Exact multiple-choice knapsack: one option per layer, least loss.
-
-  Args:
-    costs: per layer, the options' integer costs, ascending.
-    losses: per layer, the options' losses.
-    budget: the largest allowed total cost.
-    max_steps: the DP's budget resolution; above it costs are rounded up to
-      units of ``ceil(budget / max_steps)``.
-
-  Returns:
-    The chosen option of each layer (the least loss; among equal losses the
-    least total cost), or None if no choice fits.
-  """
-  unit = max(1, -(-budget // max_steps))
-  steps = budget // unit
-  best = np.full(steps + 1, np.inf)
-  best[0] = 0.0
-  choices = []
-  for layer_costs, layer_losses in zip(costs, losses):
-    new = np.full_like(best, np.inf)
-    choice = np.zeros(steps + 1, np.int32)
-    for c, (cost, loss) in enumerate(zip(layer_costs, layer_losses)):
-      shift = -(-int(cost) // unit)
-      if shift > steps:
-        continue
-      cand = np.full_like(best, np.inf)
-      cand[shift:] = best[:steps + 1 - shift] + loss
-      better = cand < new
-      new = np.where(better, cand, new)
-      choice = np.where(better, c, choice)
-    best = new
-    choices.append(choice)
-  if not np.isfinite(best).any():
-    return None
-  b = int(np.argmin(best))  # first minimum: the least cost among ties
-  picked = []
-  for layer_costs, choice in zip(reversed(costs), reversed(choices)):
-    c = int(choice[b])
-    picked.append(c)
-    b -= -(-int(layer_costs[c]) // unit)
-  return picked[::-1]
 
 
 def _budget_of(dense: int, target_ou_ratio, stored_ous) -> int:
@@ -395,8 +348,8 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
           jitted, probe, f"{p} shared at k={k}") - base) / num_draws
 
   names = list(plan)
-  picked = _knapsack([costs[p] for p in names], [increase[p] for p in names],
-                     budget - fixed)
+  picked = knapsack.solve([costs[p] for p in names],
+                          [increase[p] for p in names], budget - fixed)
   assert picked is not None  # the cheapest choice fits, checked above
   chosen = {p: cands[p][c] for p, c in zip(names, picked)}
   table = {p: LayerSensitivity(cands[p], tuple(costs[p]), tuple(increase[p]),
