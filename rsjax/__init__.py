@@ -1,5 +1,8 @@
 """rsjax: OU-level weight sharing for ReRAM crossbar accelerators in JAX."""
 
+from rsjax._src.allocation import Allocation
+from rsjax._src.allocation import LayerSensitivity
+from rsjax._src.allocation import allocate_k
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.cost import CostModel
@@ -48,14 +51,17 @@ from rsjax._src.sharing import training_params
 __version__ = "0.1.0"
 
 __all__ = (
+    "Allocation",
     "CompressedLayer",
     "CompressedModel",
     "CostModel",
     "HardwareSpec",
     "LayerPlan",
+    "LayerSensitivity",
     "LayerState",
     "PruneSchedule",
     "Rule",
+    "allocate_k",
     "apply_masks",
     "centroid_finetune",
     "cluster_layers",
