@@ -67,6 +67,11 @@ def check(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
       lambda key: models_lib.init_variables(model, key, info.image_shape),
       jax.random.key(0))
   recipe_lib.plan(recipe, variables["params"], hardware(config))
+  if config.share.allocate_ou_ratio and not recipe.runs("share"):
+    raise ValueError("share.allocate_ou_ratio needs the 'share' stage")
+  if config.share.allocate_ou_ratio and config.share.allocate_ou_ratio < 1:
+    raise ValueError(f"share.allocate_ou_ratio must be >= 1 (or 0: off), "
+                     f"got {config.share.allocate_ou_ratio}")
   return recipe
 
 
@@ -116,6 +121,14 @@ class Run:
 
   def checkpoint(self, name: str) -> str:
     return os.path.join(self.workdir, "checkpoints", name)
+
+  @property
+  def rules(self) -> tuple[rsjax.Rule, ...]:
+    """The recipe's rules, or the allocated ones once sharing chose them."""
+    if self.done("share") and "allocated_rules" in self.results("share"):
+      return tuple(recipe_lib.parse_rule(r)
+                   for r in self.results("share")["allocated_rules"])
+    return self.recipe.rules
 
   # Variables.
 

@@ -1,7 +1,8 @@
 """A finished run's report: ``results.json``, the CSV, the plots, a summary.
 
 ``results.json`` holds ``model``, ``dataset``, ``config``, ``recipe``
-(variant, stages, rules, sharing, distillation), ``hardware``,
+(variant, stages, rules, sharing, distillation; with ``share.
+allocate_ou_ratio`` the target and the allocated rules), ``hardware``,
 ``provenance`` (commit, dirty tree, library versions, devices),
 ``accuracy`` {float, quantized, compressed, emulated}, ``accuracy_detail``,
 ``compression`` (the totals of :func:`rsjax.compression_report`, headline
@@ -124,6 +125,10 @@ def write(run, wall_s: float) -> dict[str, Any]:
   for stage in ("prune", "share", "finetune"):
     if run.applies(stage):
       detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
+  recipe = dict(run.recipe_json)
+  if run.config.share.allocate_ou_ratio:
+    recipe["allocate_ou_ratio"] = run.config.share.allocate_ou_ratio
+    recipe["allocated_rules"] = run.results("share")["allocated_rules"]
   sweep = run.results("adc_sweep")["sweep"]
   timing = {s: v["time_s"] for s, v in run.state["stages"].items()}
   # Stage times are from the invocations that ran them; 'total' is the
@@ -134,7 +139,7 @@ def write(run, wall_s: float) -> dict[str, Any]:
       "model": run.config.model.name,
       "dataset": run.config.data.name,
       "config": workdir_lib.config_json(run.config),
-      "recipe": run.recipe_json,
+      "recipe": recipe,
       "hardware": run.hw.to_dict(),
       "provenance": run.provenance,
       "accuracy": accuracy,

@@ -96,6 +96,9 @@ def base_variant(name: str) -> str:
 def rules_label(recipe: Mapping[str, Any]) -> str:
   """The recipe's rules, ``'; '``-joined (a regex's ``|`` escaped: it would
   split the Markdown table's cell)."""
+  if recipe.get("allocated_rules"):
+    return (f"allocated for {recipe['allocate_ou_ratio']:g}x: "
+            + "; ".join(recipe["allocated_rules"]).replace("|", "\\|"))
   return "; ".join(recipe["rules"]).replace("|", "\\|") or "-"
 
 

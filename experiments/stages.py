@@ -17,6 +17,7 @@ checkpoint that the next stage starts from.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Callable
@@ -26,7 +27,9 @@ import jax.numpy as jnp
 import rsjax
 from rsjax import kernels as rk
 
+from experiments import data as data_lib
 from experiments import models as models_lib
+from experiments import recipe as recipe_lib
 from experiments import train as train_lib
 from experiments import workdir as workdir_lib
 
@@ -145,18 +148,50 @@ def project(recipe, params, opt_state, *, key, n_init: int):
   return rsjax.project(params, opt_state)
 
 
-def share(run) -> dict[str, Any]:
-  """OU-level sharing with the recipe's method, ending in ``W := Z``."""
+def allocate(run, variables) -> rsjax.Allocation:
+  """Per-layer ``k`` for ``share.allocate_ou_ratio`` (:func:`rsjax.
+  allocate_k`), probed with the loss on ``share.allocate_examples``
+  training images (not the test set)."""
   sc = run.config.share
+  batch = data_lib.train_batch(run.train_split, sc.allocate_examples,
+                               run.config.seed + 1, 0, augment=False)
+  model = run.compress_model
+
+  def loss_fn(params):
+    logits = model.apply({**variables, "params": params}, batch["image"],
+                         train=False)
+    return jnp.mean(train_lib.cross_entropy(logits, batch["label"]))
+
+  return rsjax.allocate_k(loss_fn, variables["params"], run.recipe.rules,
+                          run.hw, target_ou_ratio=sc.allocate_ou_ratio,
+                          key=jax.random.fold_in(run.key, 5),
+                          n_init=sc.n_init)
+
+
+def share(run) -> dict[str, Any]:
+  """OU-level sharing with the recipe's method, ending in ``W := Z``.
+
+  With ``share.allocate_ou_ratio`` the rules' ``k`` are first allocated
+  per layer; the later stages use those rules (:attr:`Run.rules`).
+  """
+  sc = run.config.share
+  variables = run.latest_variables()
+  recipe, extra = run.recipe, {}
+  if sc.allocate_ou_ratio:
+    allocation = allocate(run, variables)
+    recipe = dataclasses.replace(recipe, rules=allocation.rules)
+    extra = {"allocated_rules": [recipe_lib.format_rule(r)
+                                 for r in allocation.rules],
+             "allocation": allocation.to_dict()}
   tx = sharing_transform(
-      run.recipe, _inner(run, sc.learning_rate, sc.steps), run.hw,
+      recipe, _inner(run, sc.learning_rate, sc.steps), run.hw,
       key=jax.random.fold_in(run.key, 1), recluster_every=sc.recluster_every,
       n_init=sc.n_init, lam=sc.lam)
-  state = _train_with(run, "share", run.latest_variables(), tx, sc.steps)
-  params = project(run.recipe, state.params, state.opt_state,
+  state = _train_with(run, "share", variables, tx, sc.steps)
+  params = project(recipe, state.params, state.opt_state,
                    key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
   return {**_finish(run, "share", state, params), "steps": sc.steps,
-          "method": run.recipe.sharing}
+          "method": recipe.sharing, **extra}
 
 
 def finetune(run) -> dict[str, Any]:
@@ -164,7 +199,7 @@ def finetune(run) -> dict[str, Any]:
   fc = run.config.finetune
   variables = run.latest_variables()
   tx = rsjax.centroid_finetune(_inner(run, fc.learning_rate, fc.steps),
-                               run.recipe.rules, run.hw, reduce=fc.reduce)
+                               run.rules, run.hw, reduce=fc.reduce)
   state = _train_with(run, "finetune", variables, tx, fc.steps)
   params = rsjax.training_params(state.params, state.opt_state)
   return {**_finish(run, "finetune", state, params), "steps": fc.steps,
@@ -181,7 +216,7 @@ def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
   to_compressed`); the others, kept dense, are mapped to crossbars as they
   are (an identity index). Keys are variable paths (``'params/...'``).
   """
-  planned = (rsjax.to_compressed(params, rules=run.recipe.rules, hw=run.hw)
+  planned = (rsjax.to_compressed(params, rules=run.rules, hw=run.hw)
              if run.recipe.stages else {})
   leaves = dict(rsjax.named_leaves(params))
   out = {}

@@ -5,6 +5,7 @@ input."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import tensorflow_datasets as tfds
 from experiments import data
 from experiments import models
 from experiments import pipeline
+from experiments import recipe as recipe_lib
 from experiments import report
 from experiments import stages
 from experiments import train
@@ -183,7 +185,8 @@ def _block_masks(layer):
   return np.asarray(layer.index) >= 0
 
 
-@pytest.mark.parametrize("variant", ["baseline", "prune", "share"])
+@pytest.mark.parametrize("variant", ["baseline", "prune", "share",
+                                     "allocate"])
 def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
                                           variant):
   """Prune only, share only and the float baseline are recipes: the stages
@@ -195,13 +198,17 @@ def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
       "baseline": ((), ()),
       "prune": (("prune",), ("kernel$ sparsity=0.7",)),
       "share": (("share", "finetune"), ("^conv1/", "kernel$ k=2")),
+      "allocate": (("share",), ("kernel$ k=8",)),
   }[variant]
   config.prune.steps = 3
+  if variant == "allocate":
+    config.share.allocate_ou_ratio = 6.0
+    config.share.allocate_examples = 64
   workdir = str(tmp_path / variant)
   res = pipeline.run(config, workdir)
   ran = set(json.load(open(os.path.join(workdir, "state.json")))["stages"])
   compression = {"baseline": set(), "prune": {"prune"},
-                 "share": {"share", "finetune"}}[variant]
+                 "share": {"share", "finetune"}, "allocate": {"share"}}[variant]
   assert ran == {"train", "export", "evaluate", "adc_sweep"} | compression
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
       {"train", "baseline"} | compression)
@@ -229,6 +236,15 @@ def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
     fc1 = saved.layers["params/fc1/dense/kernel"]
     assert (~_block_masks(fc1)).sum() == 1890
     assert ratio > 3.0
+  elif variant == "allocate":
+    # Per-layer k for 6x over every layer (all are shared here).
+    assert ratio >= 6.0
+    allocated = res["recipe"]["allocated_rules"]
+    assert len(allocated) == 5 and res["recipe"]["allocate_ou_ratio"] == 6.0
+    for text, (path, layer) in zip(allocated, saved.layers.items()):
+      rule = recipe_lib.parse_rule(text)
+      assert rule.pattern == "^" + re.escape(path[len("params/"):]) + "$"
+      assert layer.stored_per_row_block().max() <= rule.k
   else:
     conv1 = saved.layers["params/conv1/conv/kernel"]
     assert conv1.is_identity() and _block_masks(conv1).all()

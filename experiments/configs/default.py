@@ -115,6 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.recluster_every = 100
   # The paper loop's regulariser weight.
   config.share.lam = 1e-3
+  # Per-layer k for this ou_ratio over the shared and pruned layers
+  # (rsjax.allocate_k, probing the loss on allocate_examples training
+  # images; the rules' k are replaced, their sparsity kept); 0: the rules'.
+  config.share.allocate_ou_ratio = 0.0
+  config.share.allocate_examples = 1000
 
   # Centroid fine-tune with fixed assignments (rsjax.centroid_finetune).
   config.finetune = ml_collections.ConfigDict()
