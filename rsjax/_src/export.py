@@ -1,39 +1,45 @@
-"""Saving a compressed model to one file and loading it back bit-exact.
+"""Saving a whole compressed model to one file and loading it back bit-exact.
 
-The file is a NumPy ``.npz`` archive (readable with ``np.load`` alone):
+The file is a NumPy ``.npz`` archive (readable with ``np.load`` alone; the
+byte-level description is ``docs/format.md``):
 
 - ``__meta__``: UTF-8 JSON: format name and version, the hardware spec, user
-  metadata, and per layer its name, kernel shape, grid and dtypes.
+  metadata, per layer its name, kernel shape, grid and dtypes, and (version
+  2) the model's variables tree, whose leaves name the array that holds them.
 - per layer ``i``: ``L{i}.codebook`` (the float codebook; bfloat16 is kept as
   its raw 16 bits), ``L{i}.codebook_q`` (integers at ``weight_bits``, one
   layer scale, as the hardware stores them), ``L{i}.scale``,
   ``L{i}.index_packed`` (each row-block's codes ``index + 1`` bit-packed at
   ``ceil(log2(max code + 1))`` bits, LSB first) and ``L{i}.index_widths``.
+- per stored parameter ``j`` (version 2): ``P{j}``, every leaf of the tree
+  except the compressed kernels, which are rebuilt from their layer.
 - ``__sha256__``: a digest of the metadata and every array, checked on load,
-  so a corrupted or edited file is an error, never a silently wrong model.
+  so a damaged or edited file is an error, never a silently wrong model.
+
+Version-1 files (crossbar layers only) still load, with ``params=None``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import tempfile
-import zipfile
-import zlib
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rsjax._src import compressed as compressed_lib
 from rsjax._src import hardware
 from rsjax._src import lowering
+from rsjax._src import model_file
+from rsjax._src import paths
 from rsjax._src import quantize
 
 FORMAT = "rsjax-compressed"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,100 +52,142 @@ class CompressedModel:
     quantized: ``{name: (codebook_q, scale)}``: integer codebooks at
       ``hw.weight_bits`` and their float32 layer scale.
     metadata: the user metadata saved with it.
+    params: the whole variables tree as nested dicts (string keys) of NumPy
+      arrays, each compressed kernel decompressed from its float codebook;
+      ``None`` for a file saved without ``params``.
   """
 
   layers: dict[str, compressed_lib.CompressedLayer]
   hw: hardware.HardwareSpec
   quantized: dict[str, tuple[np.ndarray, np.ndarray]]
   metadata: dict[str, Any]
+  params: dict[str, Any] | None = None
 
 
-def pack_index(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Bit-packs an index table ``[R, G]`` (``-1`` = pruned).
+def decompress_kernel(codebook: np.ndarray, index: np.ndarray,
+                      kernel_shape: tuple[int, ...]) -> np.ndarray:
+  """A layer's kernel from its codebook and index table, in NumPy.
 
-  Returns:
-    ``(packed uint8, widths [R] uint8)``: row ``r`` uses ``widths[r]`` bits a
-    code, the least bits that hold its largest code ``index + 1``.
+  The same as ``CompressedLayer.to_kernel()``: block ``index[r, g]`` of
+  ``codebook[r]`` (zeros where ``-1``) at OU ``(r, g)``, the padded edges
+  cropped, the crossbar matrix reshaped to ``kernel_shape``.
   """
-  codes = np.asarray(index, np.int64) + 1
-  if codes.size and codes.min() < 0:
-    raise ValueError("index values must be >= -1")
-  widths = np.array([int(m).bit_length() for m in codes.max(axis=1)]
-                    if codes.shape[1] else [0] * codes.shape[0], np.uint8)
-  max_width = int(widths.max()) if widths.size else 0
-  bits = (codes[:, :, None] >> np.arange(max_width)) & 1
-  mask = np.arange(max_width)[None, None, :] < widths[:, None, None]
-  flat = bits[np.broadcast_to(mask, bits.shape)].astype(np.uint8)
-  return np.packbits(flat, bitorder="little"), widths
+  num_rows, _, bh, bw = codebook.shape
+  num_groups = index.shape[1]
+  blocks = codebook[np.arange(num_rows)[:, None], np.maximum(index, 0)]
+  blocks[index < 0] = 0
+  matrix = blocks.transpose(0, 2, 1, 3).reshape(num_rows * bh,
+                                                num_groups * bw)
+  rows = int(np.prod(kernel_shape[:-1]))
+  return matrix[:rows, :kernel_shape[-1]].reshape(kernel_shape)
 
 
-def unpack_index(packed: np.ndarray, widths: np.ndarray,
-                 num_groups: int) -> np.ndarray:
-  """The inverse of :func:`pack_index`: ``[R, G]`` int32."""
-  widths = np.asarray(widths, np.int64)
-  max_width = int(widths.max()) if widths.size else 0
-  total = int(widths.sum()) * num_groups
-  flat = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")
-  if flat.size < total or flat.size - total >= 8:
-    raise ValueError(
-        f"packed index holds {flat.size} bits, expected {total} (+ padding)")
-  mask = np.arange(max_width)[None, None, :] < widths[:, None, None]
-  mask = np.broadcast_to(mask, (widths.size, num_groups, max_width))
-  bits = np.zeros(mask.shape, np.int64)
-  bits[mask] = flat[:total]
-  codes = np.sum(bits << np.arange(max_width), axis=-1)
-  return (codes - 1).astype(np.int32)
+def _param_leaves(params) -> list[tuple[tuple[str, ...], str, Any]]:
+  """``[(keys, path, leaf)]``; ``path`` as :func:`rsjax.named_leaves`."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  out, seen = [], set()
+  for keypath, leaf in flat:
+    if (keypath and isinstance(keypath[-1], jax.tree_util.GetAttrKey) and
+        keypath[-1].name == "value"):  # an NNX Variable's value: no name
+      keypath = keypath[:-1]
+    keys = tuple(paths._key_name(k) for k in keypath)  # pylint: disable=protected-access
+    path = "/".join(keys)
+    if not keys:
+      raise TypeError("params must be a tree (nested dicts or an NNX State) "
+                      f"of arrays, got a {type(params).__name__}")
+    if path in seen:
+      raise ValueError(f"params holds the path {path!r} twice (keys that "
+                       "are equal as strings)")
+    seen.add(path)
+    out.append((keys, path, leaf))
+  return out
 
 
-def _codebook_to_numpy(codebook) -> tuple[np.ndarray, str]:
-  dtype = jnp.result_type(codebook)
-  array = np.asarray(codebook)
-  if dtype == jnp.bfloat16:  # npz has no bfloat16: keep the raw bits.
-    return array.view(np.uint16), "bfloat16"
-  return array, str(array.dtype)
-
-
-def _codebook_from_numpy(array: np.ndarray, dtype: str):
-  if dtype == "bfloat16":
-    return jnp.asarray(array.view(jnp.bfloat16))
-  return jnp.asarray(array.astype(np.dtype(dtype), copy=False))
-
-
-def _digest(meta_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
-  h = hashlib.sha256(meta_bytes)
-  for name in sorted(arrays):
-    a = np.ascontiguousarray(arrays[name])
-    h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
+def _encode_params(params, layers: Mapping[str, Any],
+                   arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The tree's JSON (leaves ``[array name, dtype]``); fills ``arrays``."""
+  leaves = _param_leaves(params)
+  by_path = {path: leaf for _, path, leaf in leaves}
+  for name in layers:
+    if name not in by_path:
+      kernel_paths = [p for p, x in by_path.items() if np.ndim(x) >= 2]
+      near = [p for p in kernel_paths if p.endswith("/" + name)]
+      raise ValueError(
+          f"layer {name!r} is not a path in params"
+          + (f" (did you mean {near[0]!r}?)" if near else "")
+          + f"; its kernel paths are {kernel_paths}")
+  layer_ids = {name: i for i, name in enumerate(layers)}
+  tree: dict[str, Any] = {}
+  num_stored = 0
+  for keys, path, leaf in leaves:
+    if path in layer_ids:
+      shape = tuple(np.shape(leaf))
+      if shape != tuple(layers[path].kernel_shape):
+        raise ValueError(
+            f"params leaf {path!r} has shape {shape}, its compressed layer "
+            f"the kernel shape {tuple(layers[path].kernel_shape)}")
+      dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype")
+                       else np.asarray(leaf).dtype)
+      spec = [f"L{layer_ids[path]}", dtype.name]
+    else:
+      try:
+        stored, dtype_name = model_file.to_storable(np.asarray(leaf))
+      except TypeError as e:
+        raise TypeError(
+            f"params leaf {path!r} ({type(leaf).__name__}) is not a numeric "
+            f"array ({e}); store a PRNG key as jax.random.key_data(key)"
+        ) from e
+      spec = [f"P{num_stored}", dtype_name]
+      arrays[spec[0]] = stored
+      num_stored += 1
+    node = tree
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = spec
+  return tree
 
 
 def save_compressed(path: str | os.PathLike,
                     layers: Mapping[str, compressed_lib.CompressedLayer],
                     hw: hardware.HardwareSpec,
-                    metadata: Mapping[str, Any] | None = None) -> None:
+                    metadata: Mapping[str, Any] | None = None,
+                    *, params=None) -> None:
   """Writes a compressed model to ``path`` (atomically: never half a file).
 
   Args:
-    path: the file; ``.npz`` is not appended.
-    layers: ``{name: CompressedLayer}``.
+    path: the file; ``.npz`` is not appended. Its directory must exist.
+    layers: ``{path: CompressedLayer}``, e.g. from :func:`to_compressed`.
     hw: the hardware spec (its ``block_shape`` must match every layer).
-    metadata: JSON-serialisable extra information (model name, accuracy..).
+    metadata: JSON-serialisable extra information (model name, accuracy..);
+      NumPy and JAX scalars and arrays are stored as Python numbers and lists.
+    params: the model's whole variables tree (Linen ``{'params': ...,
+      'batch_stats': ...}`` or an NNX ``State``), for a file that holds the
+      whole model. The leaf at each layer's path is not stored: it is rebuilt
+      from the layer on load, so it must have the layer's kernel shape.
+
+  Raises:
+    ValueError: no layers (and no ``params``), a layer for other hardware,
+      a layer name that is not a path of ``params`` or of another shape.
+    TypeError: a layer that is not a ``CompressedLayer``, metadata that is
+      not JSON-serialisable, a ``params`` leaf that is not a numeric array.
+    FileNotFoundError: the directory of ``path`` does not exist.
   """
-  if not layers:
-    raise ValueError("save_compressed needs at least one layer")
+  if not layers and params is None:
+    raise ValueError("save_compressed needs at least one layer or params")
+  user_metadata = model_file.jsonable(dict(metadata or {}), "metadata")
   arrays: dict[str, np.ndarray] = {}
   layer_meta = []
   for i, (name, layer) in enumerate(layers.items()):
     if not isinstance(layer, compressed_lib.CompressedLayer):
-      raise ValueError(f"layer {name!r} is not a CompressedLayer")
+      raise TypeError(f"layer {name!r} is not a CompressedLayer but a "
+                      f"{type(layer).__name__}")
     if tuple(layer.block_shape) != hw.block_shape:
       raise ValueError(
           f"layer {name!r} has blocks {tuple(layer.block_shape)}, the "
           f"hardware {hw.block_shape}")
-    codebook, dtype = _codebook_to_numpy(layer.codebook)
+    codebook, dtype = model_file.to_storable(np.asarray(layer.codebook))
     q, scale = quantize.quantize_weights(layer.codebook, hw.weight_bits)
-    packed, widths = pack_index(np.asarray(layer.index))
+    packed, widths = model_file.pack_index(np.asarray(layer.index))
     arrays.update({
         f"L{i}.codebook": codebook,
         f"L{i}.codebook_q": np.asarray(q).astype(
@@ -152,91 +200,119 @@ def save_compressed(path: str | os.PathLike,
                        "grid": list(layer.index.shape),
                        "slots": int(layer.codebook.shape[1]),
                        "codebook_dtype": dtype})
+  tree = None if params is None else _encode_params(params, layers, arrays)
   meta = {"format": FORMAT, "version": VERSION, "hardware": hw.to_dict(),
-          "metadata": dict(metadata or {}), "layers": layer_meta}
+          "metadata": user_metadata, "layers": layer_meta, "params": tree}
   meta_bytes = json.dumps(meta, sort_keys=True).encode()
   arrays["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
   arrays["__sha256__"] = np.frombuffer(
-      _digest(meta_bytes, arrays).encode(), np.uint8)
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+      model_file.digest(meta_bytes, arrays).encode(), np.uint8)
+  model_file.write_npz(path, arrays)
 
 
-def _read_arrays(path: str) -> dict[str, np.ndarray]:
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      return {name: npz[name] for name in npz.files}
-  except FileNotFoundError:
-    raise
-  except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-          KeyError) as e:
-    raise ValueError(
-        f"{path} is truncated, corrupted or not an rsjax compressed model: "
-        f"{e}") from e
+def _legacy_error(path: str) -> ValueError:
+  return ValueError(
+      f"{path} is an experiments compressed_model.npz (the older, unchecked "
+      "format with 'PATH::codebook' and '::hardware' entries), not an rsjax "
+      "compressed model file; convert it once, from the repository root, with "
+      "`python -m experiments.convert_legacy OLD.npz NEW.npz` and load NEW.npz")
 
 
-def load_compressed(path: str | os.PathLike,
-                    hw: hardware.HardwareSpec | None = None
-                    ) -> CompressedModel:
-  """Reads a file written by :func:`save_compressed`, bit-exact.
-
-  Args:
-    path: the file.
-    hw: if given, the hardware the caller expects; a file for another spec
-      is an error.
-
-  Returns:
-    The :class:`CompressedModel`.
-
-  Raises:
-    ValueError: the file is truncated, corrupted, of another format or
-      version, inconsistent, or for another hardware spec than ``hw``.
-  """
-  path = os.fspath(path)
-  arrays = _read_arrays(path)
-  if "__meta__" not in arrays or "__sha256__" not in arrays:
-    raise ValueError(f"{path} is not an rsjax compressed model (no metadata)")
-  meta_bytes = arrays.pop("__meta__").tobytes()
-  digest = arrays.pop("__sha256__").tobytes().decode("ascii", "replace")
-  if _digest(meta_bytes, {**arrays, "__meta__": np.frombuffer(
-      meta_bytes, np.uint8)}) != digest:
-    raise ValueError(f"{path} is corrupted: its checksum does not match")
-  meta = json.loads(meta_bytes)
-  if meta.get("format") != FORMAT:
-    raise ValueError(f"{path} is not an rsjax compressed model")
-  if meta.get("version") != VERSION:
-    raise ValueError(
-        f"{path} has format version {meta.get('version')}, this rsjax reads "
-        f"version {VERSION}")
-  saved_hw = hardware.HardwareSpec.from_dict(meta["hardware"])
-  if hw is not None and hw != saved_hw:
-    raise ValueError(
-        f"{path} was compressed for {saved_hw}, not the expected {hw}")
-  layers, quantized = {}, {}
+def _decode_layers(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   saved_hw: hardware.HardwareSpec):
+  """``(layers, quantized, kernels)`` from a checksum-verified file."""
+  layers, quantized, kernels = {}, {}, []
   for i, info in enumerate(meta["layers"]):
-    codebook = _codebook_from_numpy(arrays[f"L{i}.codebook"],
-                                    info["codebook_dtype"])
+    codebook = model_file.from_storable(arrays[f"L{i}.codebook"],
+                                        info["codebook_dtype"])
     num_rows, num_groups = info["grid"]
-    index = unpack_index(arrays[f"L{i}.index_packed"],
+    index = model_file.unpack_index(arrays[f"L{i}.index_packed"],
                          arrays[f"L{i}.index_widths"], num_groups)
-    kernel_shape = tuple(info["kernel_shape"])
+    kernel_shape = tuple(int(d) for d in info["kernel_shape"])
     rows = int(np.prod(kernel_shape[:-1]))
     expected = (num_rows, info["slots"]) + saved_hw.block_shape
     if (codebook.shape != expected or index.shape != (num_rows, num_groups) or
         lowering.grid_shape((rows, kernel_shape[-1]), saved_hw.block_shape)
         != (num_rows, num_groups) or index.max(initial=-1) >= info["slots"]):
-      raise ValueError(f"{path}: layer {info['name']!r} is inconsistent")
+      raise ValueError(f"layer {info['name']!r} is inconsistent")
     layers[info["name"]] = compressed_lib.CompressedLayer(
-        codebook, jnp.asarray(index), kernel_shape)
+        jnp.asarray(codebook), jnp.asarray(index), kernel_shape)
     quantized[info["name"]] = (arrays[f"L{i}.codebook_q"].astype(np.int32),
                                arrays[f"L{i}.scale"])
-  return CompressedModel(layers, saved_hw, quantized, meta["metadata"])
+    kernels.append(decompress_kernel(codebook, index, kernel_shape))
+  return layers, quantized, kernels
+
+
+def _decode_tree(node, arrays: Mapping[str, np.ndarray],
+                 kernels: list[np.ndarray]):
+  if isinstance(node, dict):
+    return {key: _decode_tree(child, arrays, kernels)
+            for key, child in node.items()}
+  source, dtype_name = node
+  if source.startswith("L"):
+    return kernels[int(source[1:])].astype(np.dtype(dtype_name))
+  if not source.startswith("P"):
+    raise ValueError(f"a params leaf names {source!r}")
+  return model_file.from_storable(arrays[source], dtype_name)
+
+
+def load_compressed(path: str | os.PathLike | BinaryIO,
+                    hw: hardware.HardwareSpec | None = None
+                    ) -> CompressedModel:
+  """Reads a file written by :func:`save_compressed`, bit-exact.
+
+  Args:
+    path: the file (format version 1 or 2), or a binary file object.
+    hw: if given, the hardware the caller expects; a file for another spec
+      is an error.
+
+  Returns:
+    The :class:`CompressedModel`; its ``params`` is ``None`` for a file
+    saved without ``params`` (and for every version-1 file).
+
+  Raises:
+    FileNotFoundError: no file at ``path``.
+    ValueError: the file is damaged (truncated, corrupted, edited), not an
+      rsjax compressed model (a legacy experiments file says how to convert
+      it), of a newer format version, or for another hardware spec than
+      ``hw``. Every message names ``path``.
+  """
+  data, path = model_file.read_source(path)
+  arrays = model_file.read_npz(data, path)
+  if "__meta__" not in arrays or "__sha256__" not in arrays:
+    if any("::" in name for name in arrays):
+      raise _legacy_error(path)
+    raise model_file.damaged(path, "it has no rsjax metadata")
+  meta_bytes = arrays.pop("__meta__").tobytes()
+  digest = arrays.pop("__sha256__").tobytes()
+  arrays_and_meta = {**arrays, "__meta__": np.frombuffer(meta_bytes, np.uint8)}
+  if model_file.digest(meta_bytes, arrays_and_meta).encode() != digest:
+    raise model_file.damaged(path, "its SHA-256 checksum does not match")
+  try:
+    meta = json.loads(meta_bytes.decode("utf-8"))
+    file_format, version = meta.get("format"), meta.get("version")
+  except Exception as e:  # pylint: disable=broad-except
+    raise model_file.damaged(path, f"unreadable metadata ({e})") from e
+  if file_format != FORMAT:
+    raise model_file.damaged(path, f"its format is {file_format!r}")
+  if version not in READABLE_VERSIONS:
+    raise ValueError(
+        f"{path} has format version {version!r}; this rsjax reads versions "
+        f"{READABLE_VERSIONS} (a newer rsjax may read it)")
+  try:
+    saved_hw = hardware.HardwareSpec.from_dict(meta["hardware"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} holds an invalid hardware spec: {e}") from e
+  if hw is not None and hw != saved_hw:
+    raise ValueError(
+        f"{path} was compressed for {saved_hw}, not the expected {hw}")
+  try:
+    layers, quantized, kernels = _decode_layers(meta, arrays, saved_hw)
+    tree = meta.get("params") if version >= 2 else None
+    params = None if tree is None else _decode_tree(tree, arrays, kernels)
+    user_metadata = dict(meta["metadata"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"{path} passes its checksum but is inconsistent (not written by "
+        f"save_compressed?): {type(e).__name__}: {e}") from e
+  return CompressedModel(layers, saved_hw, quantized, user_metadata, params)
