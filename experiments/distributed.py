@@ -252,8 +252,13 @@ def to_host(tree) -> Any:
 
 
 def sum_over_processes(values) -> np.ndarray:
-  """The element-wise sum of ``values`` (a float64 vector) over processes."""
+  """The element-wise float64 sum of ``values`` over processes.
+
+  The values travel as float32 (JAX's default width): counts are exact
+  below 2**24 per process.
+  """
   values = np.asarray(values, np.float64)
   if jax.process_count() == 1:
     return values
-  return np.asarray(multihost_utils.process_allgather(values)).sum(0)
+  gathered = multihost_utils.process_allgather(values.astype(np.float32))
+  return np.asarray(gathered, np.float64).sum(0)
