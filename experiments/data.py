@@ -12,6 +12,8 @@ download attempt on an offline machine hangs for minutes before failing).
 
 Batches are numpy: :func:`batch_indices` is a pure function of
 ``(seed, step)``, so a resumed run sees exactly the batches it would have seen.
+On a multi-process run each process reads only its ``rows`` of every global
+batch (the same global batch as one process reads whole).
 """
 
 from __future__ import annotations
@@ -384,17 +386,34 @@ def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def augment_crop_flip(images: np.ndarray, seed: int, step: int,
-                      pad: int = 4) -> np.ndarray:
-  """Random crop (zero-pad ``pad``) and horizontal flip, seeded by step."""
+                      pad: int = 4, *, rows: slice | None = None,
+                      batch_size: int | None = None) -> np.ndarray:
+  """Random crop (zero-pad ``pad``) and horizontal flip, seeded by step.
+
+  Args:
+    images: uint8 ``[B, H, W, C]``; with ``rows``, those rows of a batch of
+      ``batch_size``, which get the same crops and flips as in the whole.
+    seed: the run's seed.
+    step: the training step.
+    pad: the crop's zero padding.
+    rows: the slice of the batch ``images`` holds (default all of it).
+    batch_size: the whole batch's size (with ``rows``).
+  """
   rng = np.random.default_rng([seed, step, 1])
   b, h, w, _ = images.shape
+  total = b if batch_size is None else batch_size
+  rows = slice(0, total) if rows is None else rows
+  dy = rng.integers(0, 2 * pad + 1, total)[rows]
+  dx = rng.integers(0, 2 * pad + 1, total)[rows]
+  flip = (rng.random(total) < 0.5)[rows]
+  if dy.shape[0] != b:
+    raise ValueError(f"rows {rows} of a batch of {total} are not the "
+                     f"{b} images given")
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dy = rng.integers(0, 2 * pad + 1, b)
-  dx = rng.integers(0, 2 * pad + 1, b)
-  rows = dy[:, None] + np.arange(h)[None]
+  rows_y = dy[:, None] + np.arange(h)[None]
   cols = dx[:, None] + np.arange(w)[None]
-  out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  flip = rng.random(b) < 0.5
+  out = padded[np.arange(b)[:, None, None], rows_y[:, :, None],
+               cols[:, None, :]]
   out[flip] = out[flip, :, ::-1]
   return out
 
@@ -407,11 +426,20 @@ def normalize(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
 
 
 def train_batch(split: Split, batch_size: int, seed: int, step: int,
-                augment: bool) -> dict[str, np.ndarray]:
-  """Training batch ``step``: ``{'image': float32, 'label': int32}``."""
-  images, labels = split.get(batch_indices(len(split), batch_size, seed, step))
+                augment: bool, rows: slice | None = None
+                ) -> dict[str, np.ndarray]:
+  """Training batch ``step``: ``{'image': float32, 'label': int32}``.
+
+  With ``rows`` (a slice of ``range(batch_size)``), only those rows of it
+  are read.
+  """
+  indices = batch_indices(len(split), batch_size, seed, step)
+  if rows is not None:
+    indices = indices[rows]
+  images, labels = split.get(indices)
   if augment:
-    images = augment_crop_flip(images, seed, step)
+    images = augment_crop_flip(images, seed, step, rows=rows,
+                               batch_size=batch_size)
   return {"image": normalize(images, split.info), "label": labels}
 
 
@@ -424,23 +452,27 @@ def train_batches(split: Split, batch_size: int, seed: int, augment: bool,
     step += 1
 
 
-def eval_batches(split: Split, batch_size: int
+def eval_batches(split: Split, batch_size: int, rows: slice | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in order, the last batch zero-padded with ``mask``.
 
   Every batch has ``batch_size`` rows so one compiled step serves them all
-  (and a batch divides evenly across devices).
+  (and a batch divides evenly across devices); with ``rows`` (a slice of
+  ``range(batch_size)``) only those rows of each are read and yielded.
   """
+  rows = slice(0, batch_size) if rows is None else rows
+  lo, hi, _ = rows.indices(batch_size)
   for start in range(0, len(split), batch_size):
-    stop = min(len(split), start + batch_size)
-    images, labels = split.get(np.arange(start, stop))
-    n = stop - start
-    pad = batch_size - n
+    stop = min(len(split), start + hi)
+    first = min(start + lo, stop)
+    images, labels = split.get(np.arange(first, stop))
+    n, width = stop - first, hi - lo
+    pad = width - n
     images = normalize(images, split.info)
-    mask = np.ones((batch_size,), bool)
+    mask = np.ones((width,), bool)
     if pad:
       images = np.concatenate(
-          [images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+          [images, np.zeros((pad, *split.info.image_shape), images.dtype)])
       labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
       mask[n:] = False
     yield {"image": images, "label": labels, "mask": mask}

@@ -3,6 +3,11 @@
   python -m experiments.main --config=experiments/configs/default.py \
       --workdir=/tmp/rsjax_default [--config.train.steps=500] [--overwrite]
 
+On several processes or hosts run the same command on each (see
+docs/multihost.md): under SLURM, Open MPI or a multi-host TPU it joins them
+by itself; elsewhere add ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` (or JAX's environment variables).
+
 Only flags are parsed here; the logic is in :mod:`experiments.pipeline`.
 """
 
@@ -16,6 +21,7 @@ from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
 from experiments import data
+from experiments import distributed
 from experiments import pipeline
 from experiments import report
 from experiments import train
@@ -25,6 +31,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and "
                                "results go.", required=True)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete a previous run of another config in workdir.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Join a multi-process run with jax.distributed.initialize: 'auto' when "
+    "the flags below (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+    "$JAX_PROCESS_ID) are set or SLURM/Open MPI/a multi-host TPU started "
+    "several processes; 'on' always (JAX detects the cluster); 'off' never.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "How many processes take part.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, num_processes).",
+    lower_bound=0)
 # lock_config: a config key that does not exist is an error, not a new field.
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/default.py", "Experiment config file.",
@@ -46,6 +65,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tfds.disable_progress_bar()
+  try:
+    distributed.initialize(distributed.launch_from_env(
+        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+        _PROCESS_ID.value))
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   logging.info("JAX devices: %s", jax.devices())
   try:
     results = pipeline.run(_CONFIG.value, _WORKDIR.value,
@@ -55,7 +80,8 @@ def main(argv):
     # Expected user-facing failures: the message says what to do, a
     # traceback would only bury it.
     raise SystemExit(f"error: {e}") from None
-  print(report.summary_table(results))
+  if distributed.is_primary():
+    print(report.summary_table(results))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import ml_collections
 import rsjax
 
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import models as models_lib
 from experiments import provenance
 from experiments import recipe as recipe_lib
@@ -99,9 +100,10 @@ class Run:
     self.model = models_lib.create_model(
         config.model.name, num_classes=self.info.num_classes)
     self.compress_model = compression_model(config, self.info.num_classes)
-    log.info("model %s on %s %s, %d device(s), hardware %s, recipe %s",
-             config.model.name, dc.name, self.info.image_shape,
-             self.mesh.devices.size, self.hw, self.recipe_json)
+    log.info("model %s on %s %s, %d device(s) in %d process(es), hardware "
+             "%s, recipe %s", config.model.name, dc.name,
+             self.info.image_shape, self.mesh.devices.size,
+             jax.process_count(), self.hw, self.recipe_json)
 
   # Stage bookkeeping.
 
@@ -118,6 +120,8 @@ class Run:
                            self.state)
     log.info("stage %s done in %.1f s: %s", stage, seconds,
              {k: v for k, v in results.items() if not isinstance(v, dict)})
+    # What process 0 wrote in the stage (the model file) is read by all.
+    distributed.barrier(f"stage_done:{stage}")
 
   def checkpoint(self, name: str) -> str:
     return os.path.join(self.workdir, "checkpoints", name)
@@ -176,16 +180,20 @@ class Run:
     tc, split = self.config.train, self.train_split
     augment, seed = self.config.data.augment, self.config.seed
 
-    def get_batch(step):
-      return data_lib.train_batch(split, tc.batch_size, seed, step, augment)
+    def get_batch(step, rows):
+      return data_lib.train_batch(split, tc.batch_size, seed, step, augment,
+                                  rows)
 
     return train_lib.TrainLoop(
         name, steps, get_batch, self.checkpoint(name), tc.checkpoint_every,
-        tc.log_every, step_callback=self.step_callback, **kwargs)
+        tc.log_every, step_callback=self.step_callback,
+        batch_size=tc.batch_size, **kwargs)
 
   def eval_batches(self):
-    return data_lib.eval_batches(self.eval_split,
-                                 self.config.train.eval_batch_size)
+    """This process's rows of the eval batches."""
+    size = self.config.train.eval_batch_size
+    return data_lib.eval_batches(self.eval_split, size,
+                                 train_lib.batch_rows(self.mesh, size))
 
   def emulation_batches(self):
     """The first ``eval.emulate_limit`` eval examples (emulation is slow)."""
@@ -196,7 +204,7 @@ class Run:
 
   def evaluate(self, model, variables, with_loss: bool = False):
     metrics = train_lib.evaluate(model, variables, self.eval_batches(),
-                                 self.mesh)
+                                 self.mesh, self.config.train.eval_batch_size)
     return metrics if with_loss else metrics["accuracy"]
 
   def applies(self, stage: str) -> bool:
@@ -205,6 +213,8 @@ class Run:
 
 
 def _log_to_workdir(workdir: str) -> logging.Handler:
+  if not distributed.is_primary():
+    return logging.NullHandler()  # process 0 keeps the workdir's log
   handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
   handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(message)s"))

@@ -24,10 +24,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import rsjax
 from rsjax import kernels as rk
 
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import models as models_lib
 from experiments import recipe as recipe_lib
 from experiments import train as train_lib
@@ -236,8 +238,9 @@ def export(run) -> dict[str, Any]:
   metadata = {"model": run.config.model.name,
               "dataset": run.config.data.name,
               "recipe": run.recipe_json, "provenance": run.provenance}
-  rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
-                        params=variables)
+  if distributed.is_primary():  # the others read it after the stage
+    rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
+                          params=variables)
   return {"file": os.path.basename(run.model_file), "layers": list(layers)}
 
 
@@ -291,13 +294,18 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
                            compressed=layers, key=key, train=False)
   forward = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
                                                train=False))
-  correct = total = 0.0
-  for b in batches():
+  counts = np.zeros(2)  # correct, total
+  for i, b in enumerate(batches()):
+    # Processes take turns (the counts are summed below): each emulates on
+    # its own devices, with the same calibrated plans.
+    if i % jax.process_count() != jax.process_index():
+      continue
     hit = jnp.argmax(forward(b["image"]), -1) == b["label"]
     mask = jnp.asarray(b["mask"], jnp.float32)
-    correct += float(jnp.sum(hit.astype(jnp.float32) * mask))
-    total += float(jnp.sum(mask))
-  return correct / max(total, 1.0)
+    counts += [float(jnp.sum(hit.astype(jnp.float32) * mask)),
+               float(jnp.sum(mask))]
+  correct, total = distributed.sum_over_processes(counts)
+  return float(correct / max(total, 1.0))
 
 
 def _emulated(run, variables, layers, hw, key) -> float:

@@ -1,10 +1,12 @@
 """Data-parallel training and evaluation (flax examples style).
 
-One global ``jax.jit`` step over a ``Mesh`` of all local devices: the batch is
-sharded along the ``'data'`` axis, the train state is replicated. The same
-code runs unchanged on 1 or N devices and computes the same global-batch
-loss (BatchNorm statistics included), so runs agree across device counts up
-to float reduction order.
+One global ``jax.jit`` step over a ``Mesh`` of all devices (every process's,
+on a multi-process run): the batch is sharded along the ``'data'`` axis, the
+train state is replicated. Each process supplies only its own rows of a
+global batch (:func:`batch_rows`). The same code runs unchanged on 1 or N
+devices and 1 or N processes and computes the same global-batch loss
+(BatchNorm statistics included), so runs agree across device and process
+counts up to float reduction order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from experiments import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +43,13 @@ class TrainState(train_state.TrainState):
 
 
 def make_mesh() -> Mesh:
-  """A 1-D ``('data',)`` mesh over all local devices."""
-  return Mesh(np.asarray(jax.local_devices()), ("data",))
+  """A 1-D ``('data',)`` mesh over all devices of all processes.
+
+  Devices are grouped by process, so each process's share of a batch is
+  one contiguous block of rows.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), ("data",))
 
 
 def shardings(mesh: Mesh):
@@ -53,6 +62,29 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
   if batch_size % n:
     raise ValueError(
         f"batch size {batch_size} must be a multiple of the {n} devices")
+
+
+def batch_rows(mesh: Mesh, batch_size: int) -> slice:
+  """The rows of a ``batch_size`` global batch this process supplies."""
+  check_batch(batch_size, mesh)
+  return distributed.process_rows(shardings(mesh)[1], batch_size)
+
+
+def _to_global(batch: Mapping[str, Any], mesh: Mesh,
+               batch_size: int | None) -> dict[str, jax.Array]:
+  """A batch as global arrays sharded over the mesh.
+
+  With ``batch_size``, ``batch`` holds this process's :func:`batch_rows`
+  of a global batch of that size; without, it is the whole global batch
+  (every process read all of it and keeps its rows).
+  """
+  if batch_size is None:
+    batch_size = batch["image"].shape[0]
+    rows = batch_rows(mesh, batch_size)
+    batch = {k: np.asarray(v)[rows] for k, v in batch.items()}
+  else:
+    check_batch(batch_size, mesh)
+  return distributed.global_batch(batch, shardings(mesh)[1], batch_size)
 
 
 def make_optimizer(name: str, learning_rate: float, steps: int,
@@ -200,19 +232,29 @@ def eval_step(model: nn.Module, variables, batch):
 
 
 def evaluate(model: nn.Module, variables, batches: Iterator[Mapping[str, Any]],
-             mesh: Mesh) -> dict[str, float]:
+             mesh: Mesh, batch_size: int | None = None) -> dict[str, float]:
   """Accuracy and mean loss over ``batches`` (data-parallel).
 
+  Args:
+    model: the Linen model.
+    variables: its variables (replicated over the mesh here).
+    batches: ``{'image', 'label', 'mask'}`` numpy batches: whole global
+      batches, or with ``batch_size`` this process's :func:`batch_rows` of
+      global batches of that size.
+    mesh: from :func:`make_mesh`.
+    batch_size: the global batch size when ``batches`` are process rows.
+
   Returns:
-    ``{'accuracy', 'loss', 'count'}``.
+    ``{'accuracy', 'loss', 'count'}`` over the global batches (every
+    process gets the same numbers).
   """
-  replicated, sharded = shardings(mesh)
+  replicated, _ = shardings(mesh)
   variables = jax.device_put(variables, replicated)
   step = _jitted_eval_step(model, replicated)
   totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
   for batch in batches:
-    check_batch(batch["image"].shape[0], mesh)
-    out = step(variables, jax.device_put(dict(batch), sharded))
+    # The step's sums are replicated: every process reads the global ones.
+    out = step(variables, _to_global(batch, mesh, batch_size))
     for k in totals:
       totals[k] += float(out[k])
   count = max(totals["count"], 1.0)
@@ -235,7 +277,9 @@ class TrainLoop:
   Attributes:
     name: the stage name (for logs and the checkpoint folder).
     steps: total steps.
-    get_batch: ``step -> {'image', 'label'}`` numpy batch (pure in step).
+    get_batch: ``step -> {'image', 'label'}`` numpy batch (pure in step):
+      the whole global batch; with ``batch_size``, ``(step, rows) ->`` only
+      the rows (a slice, :func:`batch_rows`) this process supplies.
     checkpoint_dir: where the orbax CheckpointManager keeps this loop's state.
     checkpoint_every: steps between checkpoints (the last step always is).
     log_every: steps between progress logs and NaN checks.
@@ -246,6 +290,7 @@ class TrainLoop:
     distill: optional distillation from a teacher (:class:`Distillation`).
     teacher_variables: the teacher's variables for ``distill`` (not
       checkpointed: a resumed loop gets them again from its caller).
+    batch_size: the global batch size, when ``get_batch`` reads rows.
   """
 
   name: str
@@ -259,6 +304,7 @@ class TrainLoop:
   view: Callable[[Any, Any], Any] | None = None
   distill: Distillation | None = None
   teacher_variables: Any = None
+  batch_size: int | None = None
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -272,8 +318,10 @@ class TrainLoop:
       NanLossError: a non-finite loss; the last checkpoint (finite, saved
         before it) is kept.
     """
-    replicated, sharded = shardings(mesh)
+    replicated, _ = shardings(mesh)
     state = jax.device_put(state, replicated)
+    rows = (None if self.batch_size is None
+            else batch_rows(mesh, self.batch_size))
     with self._manager() as manager:
       latest = manager.latest_step()
       if latest is not None:
@@ -300,10 +348,10 @@ class TrainLoop:
       t0, s0 = time.perf_counter(), start
       pending = []
       for step in range(start, self.steps):
-        batch = self.get_batch(step)
-        check_batch(batch["image"].shape[0], mesh)
-        state, metrics = step_fn(state, jax.device_put(dict(batch), sharded),
-                                 teacher)
+        batch = (self.get_batch(step) if rows is None
+                 else self.get_batch(step, rows))
+        state, metrics = step_fn(
+            state, _to_global(batch, mesh, self.batch_size), teacher)
         pending.append(metrics)
         done = step + 1
         is_ckpt = done % self.checkpoint_every == 0 or done == self.steps

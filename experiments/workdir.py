@@ -10,7 +10,9 @@ Workdir layout::
   results.json, adc_sweep.csv, accuracy_vs_adc_bits.png,
   layer_compression.png        the report
 
-Every file is written atomically: a reader sees the old or the new one.
+Every file is written atomically: a reader sees the old or the new one. On
+a multi-process run the workdir is one folder all processes share: process
+0 writes the files, every process takes part in the (orbax) checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from experiments import distributed
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "compressed_model.rsjax.npz"
@@ -44,7 +48,13 @@ class WorkdirConflictError(RuntimeError):
 
 
 def atomic_write(path: str, payload: bytes | str) -> None:
-  """Writes a file so readers see the old or the new one, never half."""
+  """Writes a file so readers see the old or the new one, never half.
+
+  On a multi-process run only process 0 writes; the others computed the
+  same payload and skip it.
+  """
+  if not distributed.is_primary():
+    return
   mode = "wb" if isinstance(payload, bytes) else "w"
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -128,7 +138,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict,
           f"{workdir} holds a run of another config (differences: "
           f"{_config_diff(stored, current)}). Use another --workdir, or "
           "pass --overwrite to delete that run.")
-    if overwrite:
+    if overwrite and distributed.is_primary():
       log.info("--overwrite: deleting the previous run in %s", workdir)
       for name in OWNED:
         p = os.path.join(workdir, name)
@@ -137,6 +147,15 @@ def prepare(workdir: str, config: ml_collections.ConfigDict,
         elif os.path.exists(p):
           os.remove(p)
   write_json(path, current)
+  # The others read the workdir only once process 0 has cleared and
+  # claimed it; a process that then cannot see config.json is on another
+  # filesystem.
+  distributed.barrier("workdir_prepared")
+  if not os.path.exists(path):
+    raise WorkdirConflictError(
+        f"process {jax.process_index()} cannot see {path}, which process 0 "
+        "wrote: on a multi-process run --workdir must be one folder every "
+        "process shares (a network filesystem or a bucket)")
 
 
 def load_state(workdir: str) -> dict[str, Any]:
@@ -148,10 +167,15 @@ def load_state(workdir: str) -> dict[str, Any]:
 
 
 def save_tree(path: str, tree) -> None:
-  """An orbax checkpoint of ``tree`` (written by process 0 only)."""
+  """An orbax checkpoint of ``tree``.
+
+  Every process calls it (orbax coordinates who writes what); it returns
+  once the checkpoint is complete for all of them.
+  """
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.abspath(path), tree, force=True)
     ckptr.wait_until_finished()
+  distributed.barrier(f"saved:{os.path.abspath(path)}")
 
 
 def load_tree(path: str):

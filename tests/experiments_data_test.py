@@ -187,3 +187,42 @@ def test_train_batches_match_train_batch():
     got, want = next(it), data.train_batch(split, 4, 3, step, False)
     np.testing.assert_array_equal(got["label"], want["label"])
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def _distinct_split(n):
+  info = data.get_info("fashion_mnist")
+  images = np.arange(n * 28 * 28, dtype=np.int64).reshape(n, 28, 28, 1)
+  return data.Split(info, n, (images * 7 % 251).astype(np.uint8),
+                    np.arange(n, dtype=np.int32))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_process_rows_of_a_train_batch_tile_the_whole(augment):
+  # Each process of a multi-process run reads its rows of a global batch;
+  # together they are exactly the one-process batch, augmentation included.
+  split = _distinct_split(24)
+  whole = data.train_batch(split, 8, seed=5, step=3, augment=augment)
+  parts = [data.train_batch(split, 8, 5, 3, augment, rows=slice(i, i + 2))
+           for i in range(0, 8, 2)]
+  for k in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]),
+                                  whole[k])
+
+
+def test_augment_rows_must_match_the_images():
+  images = np.zeros((3, 8, 8, 1), np.uint8)
+  with pytest.raises(ValueError, match="rows"):
+    data.augment_crop_flip(images, 0, 0, rows=slice(0, 2), batch_size=4)
+
+
+def test_process_rows_of_eval_batches_tile_the_whole():
+  split = _distinct_split(6)
+  whole = list(data.eval_batches(split, 4))
+  halves = [list(data.eval_batches(split, 4, rows=slice(i, i + 2)))
+            for i in (0, 2)]
+  assert [b["image"].shape[0] for b in halves[0]] == [2, 2]
+  for b, lo, hi in zip(whole, halves[0], halves[1]):
+    for k in ("image", "label", "mask"):
+      np.testing.assert_array_equal(np.concatenate([lo[k], hi[k]]), b[k])
+  # The last batch's second half is padding only.
+  assert halves[1][1]["mask"].tolist() == [False, False]
