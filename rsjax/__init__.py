@@ -1,5 +1,6 @@
 """rsjax: OU-level weight sharing for ReRAM crossbar accelerators in JAX."""
 
+from rsjax._src.batchnorm import fold_batchnorm
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.export import CompressedModel
@@ -60,6 +61,7 @@ __all__ = (
     "dequantize",
     "distance_loss",
     "distance_sharing",
+    "fold_batchnorm",
     "format_report",
     "from_crossbar_matrix",
     "from_ous",
