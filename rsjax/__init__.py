@@ -3,6 +3,7 @@
 from rsjax._src.allocation import Allocation
 from rsjax._src.allocation import LayerSensitivity
 from rsjax._src.allocation import allocate_k
+from rsjax._src.batchnorm import fold_batchnorm
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.cost import CostModel
@@ -72,6 +73,7 @@ __all__ = (
     "dequantize",
     "distance_loss",
     "distance_sharing",
+    "fold_batchnorm",
     "format_cost",
     "format_report",
     "from_crossbar_matrix",
