@@ -1,4 +1,4 @@
-"""The OU analog-to-digital converter (SPEC section 2).
+"""The OU analog-to-digital converter (docs/hardware.md, docs/emulator.md).
 
 Every mode is one uniform ADC with ``adc_max = 2^adc_bits - 1`` codes over a
 *range*: the partial sum that maps to the top code. An analog partial sum

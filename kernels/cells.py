@@ -1,7 +1,7 @@
 """Weights to ReRAM cells: signed mapping, bit slicing and non-idealities.
 
 A signed ``weight_bits`` integer matrix is stored as unsigned cell levels
-(SPEC section 2). ``offset`` stores ``u = w + 2^(b-1)`` in one array and the
+(docs/hardware.md, docs/emulator.md). ``offset`` stores ``u = w + 2^(b-1)`` in one array and the
 digital side subtracts ``2^(b-1) * sum(x)``; ``differential`` stores the
 ``b-1`` bit magnitudes of the positive and negative parts in two arrays whose
 outputs are subtracted. Each stored value is split into ``slices`` cells of

@@ -1,4 +1,4 @@
-"""OU activations and ADC conversions per layer (SPEC sections 2 and 3).
+"""OU activations and ADC conversions per layer (docs/hardware.md, docs/compression.md).
 
 Counted as the core's compression report counts them: per crossbar MVM (one
 input vector; a conv makes one per output pixel, ``positions``), one OU

@@ -366,7 +366,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
                     adc_range=None,
                     nonideal: cells_lib.Nonideal | None = None,
                     dataflow: str = "auto", signed_inputs: bool = False):
-  """Emulated ``x @ w`` on ReRAM crossbars (SPEC section 2).
+  """Emulated ``x @ w`` on ReRAM crossbars (docs/hardware.md, docs/emulator.md).
 
   Args:
     x: ``[..., in_features]`` unsigned ints in ``[0, 2^input_bits)``.
@@ -394,7 +394,7 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
                            adc_range=None,
                            nonideal: cells_lib.Nonideal | None = None,
                            dataflow: str = "auto", signed_inputs: bool = False):
-  """Index-and-add emulation of a shared layer (SPEC section 2).
+  """Index-and-add emulation of a shared layer (docs/hardware.md, docs/emulator.md).
 
   Each stored block is converted once per row-block and cycle and its ADC
   outputs are routed by the index table. Equal, bit for bit, to

@@ -1,6 +1,6 @@
 """Jitted emulation dataflows behind :func:`rsjax.kernels.apply`.
 
-Four ways to get the same numbers (SPEC section 2):
+Four ways to get the same numbers (docs/hardware.md, docs/emulator.md):
 
 * ``table``: with ``dac_bits * ou_rows`` small (1-bit DAC, 9-row OUs: 512
   input patterns per row-block), the ADC outputs of every input pattern are
