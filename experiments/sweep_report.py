@@ -193,10 +193,9 @@ def _command_note(sweep: Mapping[str, Any]) -> str:
           + ", ".join(missing) + ").**" if missing else "")
   if len(commands) == 1:
     return f"Command: `{commands[0]}`" + note
-  return (f"Merged from {len(commands)} parts "
-          "(experiments/configs/results_sweeps_parts.sh, one "
-          "`python -m experiments.sweeps` per grid row, equality and fault "
-          f"setting); the first part: `{commands[0]}`" + note)
+  return (f"Merged from {len(commands)} parts (the sweep's parts in its "
+          "grid file, one `python -m experiments.sweeps` each, run by "
+          f"`experiments.grid`); the first part: `{commands[0]}`" + note)
 
 
 def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
