@@ -447,7 +447,7 @@ def summary(out: dict[str, Any]) -> str:
   lines.append(f"  share     init k-means {sh['init_kmeans_s']:.2f} s, "
                f"re-cluster step +{sh['recluster_extra_s']:.3f} s, "
                f"finish {sh['finish_s']:.2f} s ({c['share_method']}, "
-               f"k={c['share_k']})")
+               f"rules {', '.join(c['rules'])})")
   lines.append(f"  prune     {s['prune']['one_shot_s']:.2f} s one shot")
   e = s["eval"]
   lines.append(f"  eval      {e['examples_per_s']:9.0f} examples/s  "
