@@ -244,10 +244,11 @@ def hwaware(run) -> dict[str, Any]:
   results = {**_finish(run, "hwaware", state, params), "steps": hc.steps,
              "adc_bits": hw.adc_bits, "adc_mode": hw.adc_mode}
   if run.config.eval.emulate:
-    saved = run.latest_variables()
+    after = jax.device_get({**train_lib.state_variables(state),
+                            "params": params})
     results["emulated_before"] = before
     results["emulated_after"] = _emulated(
-        run, saved, crossbar_layers(run, saved["params"]), hw,
+        run, after, crossbar_layers(run, after["params"]), hw,
         jax.random.fold_in(run.key, 5))
   return results
 

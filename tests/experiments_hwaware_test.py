@@ -19,15 +19,15 @@ from experiments_fixtures import fmnist_data_dir  # noqa: F401
 def _tiny(config, data_dir):
   config.data.data_dir = data_dir
   config.data.eval_limit = 250
-  config.train.steps = 4
+  config.train.steps = 2
   config.train.batch_size = 16
   config.train.eval_batch_size = 250
   config.train.warmup_steps = 1
   config.train.log_every = 2
   config.train.checkpoint_every = 2
-  config.share.steps = 2
+  config.share.steps = 1
   config.share.n_init = 1
-  config.finetune.steps = 2
+  config.finetune.steps = 1
   config.eval.emulate = False
   config.eval.adc_bits = ()
   config.hwaware.steps = 3

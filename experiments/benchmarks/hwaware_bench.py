@@ -1,6 +1,6 @@
 """Hardware-aware training speed against float (issue 17, item 2).
 
-Run: ``python experiments/benchmarks/hwaware_bench.py``
+Run: ``python -m experiments.benchmarks.hwaware_bench``
 
 Every figure is the best of ``--reps`` runs of an already compiled function,
 measured in this one process, so the ratios are against float code of the
@@ -34,14 +34,21 @@ from rsjax import kernels as rk
 from experiments import models
 
 
-def best_time(fn, *args, reps=10):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
+def best_times(calls, reps=10):
+  """Best seconds of each ``(fn, *args)``, run in turn ``reps`` times.
+
+  Interleaved, so that a burst of load on the shared machine hits every
+  function alike rather than one of them.
+  """
+  for fn, *args in calls:
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
+  best = [float("inf")] * len(calls)
+  for _ in range(reps):
+    for i, (fn, *args) in enumerate(calls):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      best[i] = min(best[i], time.perf_counter() - start)
+  return best
 
 
 def mvm(hw, m, k, n, reps):
@@ -51,16 +58,14 @@ def mvm(hw, m, k, n, reps):
   w = jnp.asarray(rng.integers(-hw.max_weight, hw.max_weight + 1, (k, n)),
                   jnp.int32)
   xf, wf = x.astype(jnp.float32), w.astype(jnp.float32)
-  t_float = best_time(jax.jit(jnp.matmul), xf, wf, reps=reps)
   step = jax.jit(lambda w, x: rk.apply(rk.prepare(w, hw), x))
-  t_step = best_time(step, w, x, reps=reps)
-  weights = rk.prepare(w, hw)
-  t_apply = best_time(jax.jit(rk.apply), weights, x, reps=reps)
-  t_prep = best_time(jax.jit(lambda w: rk.prepare(w, hw)), w, reps=reps)
+  times = best_times([(jax.jit(jnp.matmul), xf, wf), (step, w, x),
+                      (jax.jit(rk.apply), rk.prepare(w, hw), x),
+                      (jax.jit(lambda w: rk.prepare(w, hw)), w)], reps)
   # Timing the per-step path is only meaningful if it is the emulator's.
   np.testing.assert_array_equal(np.asarray(step(w, x)[:64]), np.asarray(
       rk.crossbar_matmul(x[:64], w, hw, dataflow="direct")))
-  return t_float, t_step, t_apply, t_prep
+  return tuple(times)
 
 
 def lenet_steps(hw, batch, reps):
@@ -89,8 +94,8 @@ def lenet_steps(hw, batch, reps):
   hwaware = make_step(lambda v, x: rk.hwaware_apply_linen(model, v, x, hw,
                                                           calib))
   state = tx.init(params)
-  return (best_time(plain, params, state, x, y, reps=reps),
-          best_time(hwaware, params, state, x, y, reps=reps))
+  return tuple(best_times([(plain, params, state, x, y),
+                           (hwaware, params, state, x, y)], reps))
 
 
 def main():
