@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import rsjax
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -223,9 +225,8 @@ def init_variables(model: nn.Module, key, image_shape: Sequence[int]):
 def fold_batchnorm(model: nn.Module, variables):
   """Folds every BatchNorm into the layer before it.
 
-  For ``y = gamma (x W - mean) / sqrt(var + eps) + beta`` the folded layer is
-  ``W' = W * s`` (per output column), ``b' = beta - mean * s`` with
-  ``s = gamma / sqrt(var + eps)``: in eval mode the BN-free model computes the
+  Each :class:`ConvBN` / :class:`DenseBN` gets the kernel and bias of
+  :func:`rsjax.fold_batchnorm`: in eval mode the BN-free model computes the
   same function.
 
   Args:
@@ -247,12 +248,10 @@ def fold_batchnorm(model: nn.Module, variables):
       layer = next((k for k in ("conv", "dense") if k in sub), None)
       if layer is not None and "bn" in sub:
         bn, bn_stats = sub["bn"], s[name]["bn"]
-        scale = bn["scale"] * jax.lax.rsqrt(bn_stats["var"] + BN_EPSILON)
-        kernel = sub[layer]["kernel"]
-        kernel = kernel * scale.reshape((1,) * (kernel.ndim - 1) + (-1,))
-        bias = bn["bias"] - bn_stats["mean"] * scale
-        if "bias" in sub[layer]:
-          bias = bias + sub[layer]["bias"] * scale
+        kernel, bias = rsjax.fold_batchnorm(
+            sub[layer]["kernel"], sub[layer].get("bias"),
+            mean=bn_stats["mean"], var=bn_stats["var"], scale=bn["scale"],
+            offset=bn["bias"], epsilon=BN_EPSILON)
         out[name] = {layer: {"kernel": kernel, "bias": bias}}
       else:
         out[name] = fold(sub, s.get(name, {}))

@@ -245,11 +245,7 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
         or not isinstance(mod, (nn.Dense, nn.Conv))):
       return next_fun(*args, **kwargs)
     p = mod.variables["params"]
-    conv = None
-    if isinstance(mod, nn.Conv):
-      conv = model_lib.conv_config(
-          mod.kernel_size, mod.strides, mod.padding, mod.kernel_dilation,
-          mod.input_dilation, mod.feature_group_count)
+    conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
     return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
                 order, key, nonideal, per)
 
@@ -266,11 +262,7 @@ class _HwLayer(nnx.Module):
 
   def __call__(self, x):
     m = self.inner
-    conv = None
-    if isinstance(m, nnx.Conv):
-      conv = model_lib.conv_config(m.kernel_size, m.strides, m.padding,
-                                   m.kernel_dilation, m.input_dilation,
-                                   m.feature_group_count)
+    conv = model_lib.conv_config(m) if isinstance(m, nnx.Conv) else None
     bias = m.bias[...] if m.bias is not None else None
     return self.run(x, m.kernel[...], bias, conv)
 

@@ -12,8 +12,8 @@ Two steps, without rewriting the model:
    ``'<attribute path>/kernel'`` for NNX): the largest input seen (the input
    scale is ``max / (2^input_bits - 1)``), whether inputs go negative, and a
    ``BatchNorm`` that directly consumes the layer's output. That BatchNorm is
-   folded into the layer (``W' = W * g / sqrt(v + eps)``,
-   ``b' = (b - m) g / sqrt(v + eps) + beta``) and skipped at emulation time.
+   folded into the layer (:func:`rsjax.fold_batchnorm`) and skipped at
+   emulation time.
    Weights are quantized to ``weight_bits`` (per layer or per column) and
    programmed with :func:`rsjax.kernels.prepare`: the per-weight work is done
    once, here.
@@ -37,12 +37,15 @@ Biases are added digitally in float. Models must run in inference mode
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from typing import Any
 
 from flax import struct
 import jax
 import jax.numpy as jnp
 
+from rsjax._src import batchnorm
 from rsjax._src import hardware
 from rsjax._src import kmeans
 from rsjax._src import lowering
@@ -90,17 +93,27 @@ def _hashable_padding(padding):
   return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
-def conv_config(kernel_size, strides, padding, dilation, input_dilation,
-                 groups):
-  if groups != 1:
+def conv_config(conv) -> tuple:
+  """``(kernel_size, strides, padding, dilation)`` of a Linen or NNX Conv.
+
+  Both Flax APIs name the attributes alike.
+
+  Raises:
+    ValueError: for what the emulator does not support: grouped or
+      input-dilated convolutions, padding other than SAME, VALID or pairs.
+  """
+  padding, dilation = conv.padding, conv.kernel_dilation
+  if conv.feature_group_count != 1:
     raise ValueError("grouped convolutions are not supported by the emulator")
+  input_dilation = conv.input_dilation
   if input_dilation not in (None, 1) and any(
       d != 1 for d in (input_dilation if not isinstance(input_dilation, int)
                        else (input_dilation,))):
     raise ValueError("input dilation is not supported by the emulator")
   if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
     raise ValueError(f"padding {padding!r} is not supported by the emulator")
-  return (tuple(kernel_size), strides if strides is not None else 1,
+  return (tuple(conv.kernel_size),
+          conv.strides if conv.strides is not None else 1,
           _hashable_padding(padding), dilation if dilation is not None else 1)
 
 
@@ -111,10 +124,7 @@ def _fold(kernel, bias, bn):
   bias = (jnp.zeros((n,), jnp.float32) if bias is None
           else jnp.asarray(bias, jnp.float32))
   if bn is not None:
-    gamma, beta, mean, var, eps = bn
-    s = gamma * jax.lax.rsqrt(var + jnp.float32(eps))
-    matrix = matrix * s[None]
-    bias = (bias - mean) * s + beta
+    matrix, bias = batchnorm.fold_batchnorm(matrix, bias, **bn)
   return matrix, bias
 
 
@@ -171,39 +181,86 @@ _SAMPLE_ROWS = 256
 
 
 class Stats:
-  """Running input statistics of the layers (calibration only)."""
+  """Running input statistics of the layers (calibration only).
 
-  def __init__(self):
+  A front end reports the call of each layer whose kernel path ``rules``
+  match (:meth:`matches`; :meth:`layer`) and each BatchNorm's
+  (:meth:`batchnorm`) while :meth:`record` runs the model. ``kinds`` names
+  the layer classes looked for, for the error when none matched.
+  """
+
+  def __init__(self, rules: str, kinds: str):
+    self.rules = rules
+    self.kinds = kinds
+    self._regex = re.compile(rules)
     self.layers: dict[str, dict[str, Any]] = {}
     self.produced: dict[int, str] = {}
     self.alive: list[Any] = []
-    self.bn: dict[str, tuple[str, tuple]] = {}
+    self.bn: dict[str, tuple[str, dict[str, Any]]] = {}
 
-  def see(self, name, x, params):
+  def matches(self, kernel_path: str) -> bool:
+    """Whether the layer of ``kernel_path`` is emulated (``re.search``)."""
+    return self._regex.search(kernel_path) is not None
+
+  def layer(self, name, x, call, *, kernel, bias, conv=None):
+    """Records the input ``x`` of layer ``name`` and returns ``call(x)``.
+
+    Args:
+      name: the layer's path.
+      x: its input.
+      call: runs the layer (the float model's own call).
+      kernel: its kernel.
+      bias: its bias, or None.
+      conv: the Conv module (for :func:`conv_config`), None for a dense
+        layer.
+    """
     if name not in self.layers:
       # A copy of the first rows only: enough for calibrate_adc_range (its
       # first max_rows rows) without holding a whole calibration batch, or
       # a buffer the caller may reuse, for the calibration's lifetime.
-      batched = (x.ndim == 4 if params.get("conv") is not None
-                 else x.ndim >= 2)
+      batched = x.ndim == 4 if conv is not None else x.ndim >= 2
       sample = x[:_SAMPLE_ROWS] if batched else x
-      self.layers[name] = {"max": 0.0, "min": 0.0,
-                           "sample": jnp.array(sample, copy=True), **params}
+      self.layers[name] = {
+          "max": 0.0, "min": 0.0, "sample": jnp.array(sample, copy=True),
+          "kernel": kernel, "bias": bias,
+          "conv": None if conv is None else conv_config(conv)}
     stat = self.layers[name]
     stat["max"] = max(stat["max"], float(jnp.max(x)), float(-jnp.min(x)))
     stat["min"] = min(stat["min"], float(jnp.min(x)))
-
-  def output(self, name, y):
+    y = call(x)
     # Ids identify the very array a BatchNorm consumes; keep it alive so the
     # id is not reused within the batch.
     self.produced[id(y)] = name
     self.alive.append(y)
     return y
 
-  def batchnorm(self, x, bn_path, params):
+  def batchnorm(self, x, bn_path, **stats):
+    """Notes a BatchNorm on ``x``: folded if ``x`` is a layer's output.
+
+    Args:
+      x: the BatchNorm's input.
+      bn_path: its path.
+      **stats: its ``mean``, ``var``, ``scale``, ``offset`` and ``epsilon``
+        (the keywords of :func:`rsjax.fold_batchnorm`).
+    """
     name = self.produced.get(id(x))
     if name is not None:
-      self.bn[name] = (bn_path, params)
+      self.bn[name] = (bn_path, stats)
+
+  def record(self, batches, run) -> Calibration:
+    """Runs ``run(batch)`` on every batch; the finished :class:`Calibration`.
+
+    Raises:
+      ValueError: if no layer was recorded.
+    """
+    for batch in batches:
+      self.produced.clear()
+      self.alive.clear()
+      run(batch)
+    if not self.layers:
+      raise ValueError(f"no {self.kinds} layer matched the rules "
+                       f"{self.rules!r}")
+    return Calibration(dict(self.layers), dict(self.bn))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,17 +274,26 @@ class Calibration:
       calibration batch's input (``sample``, for ``adc_mode='calibrated'``),
       ``kernel``, ``bias`` and ``conv``. Read-only by convention:
       :func:`program` reads it every time it programs the model.
-    bn: ``{layer path: (BatchNorm path, (gamma, beta, mean, var, eps))}``
-      of the BatchNorms that directly consume a layer's output.
+    bn: ``{layer path: (BatchNorm path, statistics)}`` of the BatchNorms
+      that directly consume a layer's output; the statistics are the
+      ``mean``, ``var``, ``scale``, ``offset`` and ``epsilon`` keywords of
+      :func:`rsjax.fold_batchnorm`.
   """
 
   layers: dict[str, dict[str, Any]]
-  bn: dict[str, tuple[str, tuple]]
+  bn: dict[str, tuple[str, dict[str, Any]]]
 
 
-def calibration(stats: Stats) -> Calibration:
-  """The finished record of ``stats``."""
-  return Calibration(dict(stats.layers), dict(stats.bn))
+def layer_keys(layers, key) -> dict[str, Any]:
+  """Each emulated layer's read-noise key (``key`` folded with its rank)."""
+  return {name: None if key is None else jax.random.fold_in(key, i)
+          for i, name in enumerate(sorted(layers))}
+
+
+def folded_batchnorms(layers) -> set[str]:
+  """The paths of the BatchNorms folded into ``layers`` (skipped when run)."""
+  return {layer.folded for layer in layers.values()
+          if layer.folded is not None}
 
 
 def _adc_range(stats, qw, hw, x_scale):
@@ -242,6 +308,28 @@ def _adc_range(stats, qw, hw, x_scale):
 SIGNED_SCHEMES = ("two_pass", "twos_complement")
 
 
+def _check_options(**options):
+  """Raises for a ``per``, ``dataflow`` or ``signed_scheme`` out of range."""
+  choices = {"per": quantize.PER, "dataflow": crossbar.DATAFLOWS,
+             "signed_scheme": SIGNED_SCHEMES}
+  for name, value in options.items():
+    if name in choices and value not in choices[name]:
+      raise ValueError(f"{name} must be one of {choices[name]}, got "
+                       f"{value!r}")
+
+
+def split_options(kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``kwargs`` split into :func:`program`'s options and the rest.
+
+  The options are checked here, so that a bad one fails before the model is
+  run on the calibration batches.
+  """
+  names = set(inspect.signature(program).parameters) - {"calib", "hw"}
+  options = {k: v for k, v in kwargs.items() if k in names}
+  _check_options(**options)
+  return options, {k: v for k, v in kwargs.items() if k not in names}
+
+
 def program(calib: Calibration, hw: hardware.HardwareSpec, *,
             per: str = "layer", nonideal=None, key=None,
             dataflow: str = "auto", fold_bn: bool = True, compressed=None,
@@ -253,28 +341,49 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
   programmed many times (other hardware, fault seeds) gives the same layers
   as preparing each from scratch, without running the model again.
 
+  These are also the programming options of ``prepare_linen`` and
+  ``prepare_nnx``.
+
   Args:
     calib: from :func:`rsjax.kernels.calibrate_linen` or
       :func:`rsjax.kernels.calibrate_nnx`.
     hw: the hardware.
-    per, nonideal, key, dataflow, fold_bn, compressed, signed_scheme,
-      index_and_add: as :func:`rsjax.kernels.prepare_linen`. With
-      ``index_and_add=False`` a compressed layer is programmed densely: its
-      decompressed matrix, quantized exactly as for index-and-add (the
+    per: weight scale per ``'layer'`` or ``'column'``.
+    nonideal: device non-idealities (:class:`rsjax.kernels.Nonideal`), None
+      for ideal devices.
+    key: ``jax.random`` key for the programming non-idealities (one per
+      layer is folded from it).
+    dataflow: as :func:`rsjax.kernels.prepare`, for every layer.
+    fold_bn: fold a BatchNorm that directly follows a layer into it
+      (:func:`rsjax.fold_batchnorm`); False keeps it digital.
+    compressed: ``{path: rsjax.CompressedLayer}`` of shared layers (module
+      or attribute path, or ``'params/<path>/kernel'``): these run the
+      index-and-add dataflow on their codebook, quantized with one layer
+      scale, and index table (the model's kernel is not used); their
+      BatchNorm stays digital. Calibrate with the decompressed kernels in
+      the model, so that downstream input scales see the compressed model's
+      activations.
+    signed_scheme: how layers with negative inputs are fed: ``'two_pass'``
+      or ``'twos_complement'`` (see :class:`EmulatedLayer`).
+    index_and_add: False programs the ``compressed`` layers densely instead:
+      the decompressed matrix, quantized exactly as for index-and-add (the
       codebook, one layer scale) and with its BatchNorm kept digital, so the
       two layouts hold the same numbers and differ only in the dataflow (and
       the hardware need not be the one the layer was shared for).
 
   Returns:
-    ``{layer path: EmulatedLayer}``.
+    ``{layer path: EmulatedLayer}`` for ``emulate_linen`` / ``emulate_nnx``.
+
+  Raises:
+    TypeError: if ``calib`` is not a :class:`Calibration`.
+    ValueError: for an unknown ``per``, ``dataflow`` or ``signed_scheme``,
+      or a compressed layer that is not calibrated or has another shape.
   """
   if not isinstance(calib, Calibration):
     raise TypeError(f"calib must be a rsjax.kernels.Calibration (from "
                     f"calibrate_linen / calibrate_nnx), got "
                     f"{type(calib).__name__}")
-  if signed_scheme not in SIGNED_SCHEMES:
-    raise ValueError(f"signed_scheme must be one of {SIGNED_SCHEMES}, got "
-                     f"{signed_scheme!r}")
+  _check_options(per=per, dataflow=dataflow, signed_scheme=signed_scheme)
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
   unknown = sorted(set(compressed) - set(calib.layers))
   if unknown:

@@ -5,11 +5,9 @@ See :mod:`rsjax.kernels.model` for what is calibrated, folded and emulated.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable
 
 from flax import nnx
-import jax
 
 from rsjax._src import hardware
 from rsjax.kernels import model as model_lib
@@ -18,43 +16,34 @@ from rsjax.kernels import model as model_lib
 class _Recorder(nnx.Module):
   """Stands in for a layer or BatchNorm during NNX calibration."""
 
-  def __init__(self, inner, name, stats, layer):
+  def __init__(self, inner, name, stats):
     self.inner = inner
     self.name = name
     self.stats = stats
-    self.layer = layer
 
   def __call__(self, x):
     m = self.inner
-    if not self.layer:
-      self.stats.batchnorm(x, self.name, (
-          m.scale[...] if m.scale is not None else 1.0,
-          m.bias[...] if m.bias is not None else 0.0,
-          m.mean[...], m.var[...], m.epsilon))
+    if isinstance(m, nnx.BatchNorm):
+      self.stats.batchnorm(
+          x, self.name, mean=m.mean[...], var=m.var[...],
+          scale=None if m.scale is None else m.scale[...],
+          offset=None if m.bias is None else m.bias[...], epsilon=m.epsilon)
       return m(x)
-    conv = None
-    if isinstance(m, nnx.Conv):
-      conv = model_lib.conv_config(m.kernel_size, m.strides, m.padding,
-                                   m.kernel_dilation, m.input_dilation,
-                                   m.feature_group_count)
-    self.stats.see(self.name, x, {
-        "kernel": m.kernel[...],
-        "bias": m.bias[...] if m.bias is not None else None, "conv": conv})
-    return self.stats.output(self.name, m(x))
+    return self.stats.layer(
+        self.name, x, m, kernel=m.kernel[...],
+        bias=None if m.bias is None else m.bias[...],
+        conv=m if isinstance(m, nnx.Conv) else None)
 
 
 class _Emulated(nnx.Module):
   """An NNX layer replaced by its crossbar emulation."""
 
-  def __init__(self, layer: model_lib.EmulatedLayer, index: int, key=None):
+  def __init__(self, layer: model_lib.EmulatedLayer, key=None):
     self.layer = nnx.data(layer)
-    self.index = index
     self.key = None if key is None else nnx.data(key)
 
   def __call__(self, x):
-    key = None if self.key is None else jax.random.fold_in(self.key,
-                                                           self.index)
-    return model_lib.run_layer(self.layer, x, key)
+    return model_lib.run_layer(self.layer, x, self.key)
 
 
 class _Identity(nnx.Module):
@@ -85,27 +74,33 @@ def _nnx_name(path) -> str:
 
 
 def prepare_nnx(model: nnx.Module, batches: Iterable[Any],
-                hw: hardware.HardwareSpec, *, rules: str = r".*",
-                per: str = "layer", nonideal=None, key=None,
-                dataflow: str = "auto", fold_bn: bool = True,
-                compressed=None, signed_scheme: str = "two_pass",
-                index_and_add: bool = True
+                hw: hardware.HardwareSpec, *, rules: str = r".*", **options
                 ) -> dict[str, model_lib.EmulatedLayer]:
   """Calibrates and programs an NNX model's layers (see module).
 
-  The model is not modified (a clone is calibrated); put it in eval mode.
-  Arguments as :func:`rsjax.kernels.prepare_linen`; rules match
-  ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``, and ``compressed``
-  is keyed by attribute path.
+  :func:`calibrate_nnx`, then :func:`rsjax.kernels.program`. The model is
+  not modified (a clone is calibrated); put it in eval mode.
+
+  Args:
+    model: the NNX model.
+    batches: a few input batches.
+    hw: the hardware.
+    rules: regex over ``'<attribute path>/kernel'``, e.g. ``'conv1/kernel'``.
+    **options: the programming options of :func:`rsjax.kernels.program`
+      (``compressed`` keyed by attribute path).
 
   Returns:
     ``{attribute path: EmulatedLayer}`` for :func:`emulate_nnx`.
+
+  Raises:
+    TypeError: for a keyword that is not a programming option.
   """
-  return model_lib.program(
-      calibrate_nnx(model, batches, rules=rules), hw, per=per,
-      nonideal=nonideal, key=key, dataflow=dataflow, fold_bn=fold_bn,
-      compressed=compressed, signed_scheme=signed_scheme,
-      index_and_add=index_and_add)
+  options, unknown = model_lib.split_options(options)
+  if unknown:
+    raise TypeError(f"prepare_nnx got unknown keyword arguments "
+                    f"{sorted(unknown)}")
+  return model_lib.program(calibrate_nnx(model, batches, rules=rules), hw,
+                           **options)
 
 
 def calibrate_nnx(model: nnx.Module, batches: Iterable[Any], *,
@@ -121,27 +116,19 @@ def calibrate_nnx(model: nnx.Module, batches: Iterable[Any], *,
   Returns:
     The :class:`rsjax.kernels.Calibration`.
   """
-  regex = re.compile(rules)
-  stats = model_lib.Stats()
+  stats = model_lib.Stats(rules, "Linear/Conv")
   probe = nnx.clone(model)
 
   def make(path, node):
     name = _nnx_name(path)
-    if (isinstance(node, (nnx.Linear, nnx.Conv))
-        and regex.search(f"{name}/kernel")):
-      return _Recorder(node, name, stats, True)
-    if isinstance(node, nnx.BatchNorm):
-      return _Recorder(node, name, stats, False)
+    if ((isinstance(node, (nnx.Linear, nnx.Conv))
+         and stats.matches(f"{name}/kernel"))
+        or isinstance(node, nnx.BatchNorm)):
+      return _Recorder(node, name, stats)
     return None
 
   _swap(probe, make)
-  for batch in batches:
-    stats.produced.clear()
-    stats.alive.clear()
-    probe(batch)
-  if not stats.layers:
-    raise ValueError(f"no Linear/Conv layer matched the rules {rules!r}")
-  return model_lib.calibration(stats)
+  return stats.record(batches, probe)
 
 
 def emulate_nnx(model: nnx.Module, layers, *, key=None) -> nnx.Module:
@@ -156,14 +143,13 @@ def emulate_nnx(model: nnx.Module, layers, *, key=None) -> nnx.Module:
     The emulated copy; call it like the model (also under ``nnx.jit``).
   """
   emulated = nnx.clone(model)
-  order = {name: i for i, name in enumerate(sorted(layers))}
-  folded = {layer.folded for layer in layers.values()
-            if layer.folded is not None}
+  keys = model_lib.layer_keys(layers, key)
+  folded = model_lib.folded_batchnorms(layers)
 
   def make(path, node):
     name = _nnx_name(path)
     if name in layers and isinstance(node, (nnx.Linear, nnx.Conv)):
-      return _Emulated(layers[name], order[name], key)
+      return _Emulated(layers[name], keys[name])
     if name in folded and isinstance(node, nnx.BatchNorm):
       return _Identity()
     return None

@@ -1,5 +1,6 @@
 """rsjax: OU-level weight sharing for ReRAM crossbar accelerators in JAX."""
 
+from rsjax._src.batchnorm import fold_batchnorm
 from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.cost import CostModel
@@ -65,6 +66,7 @@ __all__ = (
     "dequantize",
     "distance_loss",
     "distance_sharing",
+    "fold_batchnorm",
     "format_cost",
     "format_report",
     "from_crossbar_matrix",

@@ -285,3 +285,22 @@ def test_calibration_keeps_a_copy_of_the_first_rows():
     assert int(got[name].weights.adc_range) == int(want[name].weights.adc_range)
     np.testing.assert_array_equal(np.asarray(got[name].x_scale),
                                   np.asarray(want[name].x_scale))
+
+
+def _never():
+  raise AssertionError("the model ran on calibration batches")
+  yield  # pylint: disable=unreachable
+
+
+def test_bad_programming_option_fails_before_calibration():
+  model, variables, _ = _linen()
+  nnx_model = NnxNet(nnx.Rngs(0))
+  with pytest.raises(ValueError, match="dataflow"):
+    rk.prepare_linen(model, variables, _never(), LOSSY, dataflow="fast",
+                     train=False)
+  with pytest.raises(ValueError, match="per"):
+    rk.prepare_nnx(nnx_model, _never(), LOSSY, per="row")
+  with pytest.raises(ValueError, match="signed_scheme"):
+    rk.prepare_nnx(nnx_model, _never(), LOSSY, signed_scheme="sign")
+  with pytest.raises(TypeError, match="rule"):
+    rk.prepare_nnx(nnx_model, _never(), LOSSY, rule="conv")
