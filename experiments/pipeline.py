@@ -180,7 +180,7 @@ class Run:
     tc, split = self.config.train, self.train_split
     augment, seed = self.config.data.augment, self.config.seed
 
-    def get_batch(step, rows):
+    def get_batch(step, rows=None):
       return data_lib.train_batch(split, tc.batch_size, seed, step, augment,
                                   rows)
 

@@ -4,8 +4,10 @@ The recipe is data in the experiment config (``config.recipe`` and the stage
 sections), turned into a :class:`Recipe` of library objects:
 
 - ``recipe.stages``: the compression stages run after the float baseline, in
-  this order: any of ``'prune'``, ``'share'``, ``'finetune'``
-  (``'finetune'`` needs ``'share'``). ``()`` keeps the float baseline (it is
+  this order: any of ``'prune'``, ``'share'``, ``'finetune'``,
+  ``'hwaware'`` (``'finetune'`` needs ``'share'``; ``'hwaware'``, the
+  hardware-aware fine-tune on the crossbar emulator, keeps whatever
+  structure the stages before it left, or trains the float baseline). ``()`` keeps the float baseline (it is
   still quantized, emulated and reported as a dense crossbar model).
   Prune only is ``('prune',)``, share only ``('share', 'finetune')`` with
   rules that prune nothing, prune + share ``('prune', 'share', 'finetune')``.
@@ -33,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import rsjax
 
-COMPRESSION_STAGES = ("prune", "share", "finetune")
+COMPRESSION_STAGES = ("prune", "share", "finetune", "hwaware")
 SHARING_METHODS = ("ste", "paper")
 _SETTING = re.compile(r"^(k|ratio|sparsity)=(\S+)$")
 
@@ -119,7 +121,7 @@ class Recipe:
     if self.sharing not in SHARING_METHODS:
       raise ValueError(f"share.method must be one of {SHARING_METHODS}, "
                        f"got {self.sharing!r}")
-    if self.stages and not self.rules:
+    if self.compresses and not self.rules:
       raise ValueError(f"recipe.stages {self.stages} need recipe.rules")
     shares = any(r.k is not None or r.ratio is not None for r in self.rules)
     prunes = any(r.sparsity > 0 for r in self.rules)
@@ -140,10 +142,15 @@ class Recipe:
     return stage in self.stages
 
   @property
+  def compresses(self) -> bool:
+    """Whether a stage prunes or shares (``'hwaware'`` alone does not)."""
+    return any(s != "hwaware" for s in self.stages)
+
+  @property
   def variant(self) -> str:
     """``'float baseline'``, ``'prune only'``, ``'share only'`` or
     ``'prune + share'``."""
-    if not self.stages:
+    if not self.compresses:
       return "float baseline"
     if "share" not in self.stages:
       return "prune only"

@@ -122,13 +122,17 @@ def write(run, wall_s: float) -> dict[str, Any]:
   accuracy = {k: evaluated[k]
               for k in ("float", "quantized", "compressed", "emulated")}
   detail = {"compressed_quantized": evaluated["compressed_quantized"]}
-  for stage in ("prune", "share", "finetune"):
+  for stage in ("prune", "share", "finetune", "hwaware"):
     if run.applies(stage):
       detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
   recipe = dict(run.recipe_json)
   if run.config.share.allocate_ou_ratio:
     recipe["allocate_ou_ratio"] = run.config.share.allocate_ou_ratio
     recipe["allocated_rules"] = run.results("share")["allocated_rules"]
+  if run.applies("hwaware"):
+    hwaware = run.results("hwaware")
+    for k in ("adc_bits", "adc_mode", "emulated_before", "emulated_after"):
+      detail[f"hwaware_{k}"] = hwaware.get(k)
   sweep = run.results("adc_sweep")["sweep"]
   timing = {s: v["time_s"] for s, v in run.state["stages"].items()}
   # Stage times are from the invocations that ran them; 'total' is the

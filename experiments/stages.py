@@ -208,6 +208,88 @@ def finetune(run) -> dict[str, Any]:
           "reduce": fc.reduce}
 
 
+def hwaware_hardware(hw: rsjax.HardwareSpec, hc) -> rsjax.HardwareSpec:
+  """The hardware the ``hwaware`` stage trains for (its ADC settings)."""
+  return hw.replace(adc_bits=int(hc.adc_bits) or hw.adc_bits,
+                    adc_mode=hc.adc_mode or hw.adc_mode)
+
+
+def _hwaware_tx(run, inner):
+  """Keeps the structure the earlier stages left: shared and pruned."""
+  if run.recipe.runs("share"):
+    return rsjax.centroid_finetune(inner, run.rules, run.hw,
+                                   reduce=run.config.finetune.reduce)
+  if run.recipe.runs("prune"):
+    # The pruned blocks are zero, so pruning once at step 0 to the same
+    # sparsity fixes exactly those masks.
+    schedule = rsjax.PruneSchedule(begin=0, end=0, every=1,
+                                   scope=run.recipe.schedule.scope)
+    return rsjax.ou_pruning(inner, run.rules, run.hw, schedule)
+  return inner
+
+
+def hwaware(run) -> dict[str, Any]:
+  """Hardware-aware fine-tune: the forward on the crossbar emulator.
+
+  Every crossbar layer runs :func:`rsjax.kernels.hwaware_layer` at
+  ``hwaware.adc_bits``/``adc_mode`` with programming noise and faults drawn
+  per step; the backward is straight-through. Input scales (and calibrated
+  ADC ranges) come from ``eval.calibration_batches`` training batches; the
+  ADC ranges are re-calibrated every ``hwaware.recalibrate_every`` steps on
+  the current weights and batch (0: never), the input scales as
+  ``hwaware.scales`` says.
+  """
+  hc = run.config.hwaware
+  hw = hwaware_hardware(run.hw, hc)
+  nonideal = rk.Nonideal(program_sigma=hc.program_sigma,
+                         stuck_at_0=hc.stuck_at_0, stuck_at_1=hc.stuck_at_1)
+  nonideal = nonideal if nonideal.programs else None
+  model = run.compress_model
+  variables = run.latest_variables()
+  tx = _hwaware_tx(run, _inner(run, hc.learning_rate, hc.steps))
+  state = train_lib.create_state(model, variables, tx)
+  train_batches = lambda step: [
+      run.loop("hwaware", 0).get_batch(step + i)["image"]
+      for i in range(max(run.config.eval.calibration_batches, 1))]
+  before = None
+  if run.config.eval.emulate:
+    before = _emulated(run, variables, crossbar_layers(
+        run, variables["params"]), hw, jax.random.fold_in(run.key, 5))
+  calib, done = None, 0
+  every = hc.recalibrate_every or max(hc.steps, 1)
+  while True:
+    current = {**train_lib.state_variables(state),
+               "params": rsjax.training_params(state.params,
+                                               state.opt_state)}
+    calib = rk.calibrate_hwaware_linen(model, current, train_batches(done),
+                                       hw, previous=calib, scales=hc.scales,
+                                       train=False)
+    if done >= hc.steps:
+      break
+    done = min(done + every, hc.steps)
+
+    def apply_fn(v, x, rngs=None, calib=calib, **kwargs):
+      key = None if rngs is None else rngs["noise"]
+      return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
+                                    nonideal=nonideal, **kwargs)
+
+    state = state.replace(apply_fn=apply_fn)
+    state = run.loop("hwaware", done, view=rsjax.training_params,
+                     noise_key=jax.random.fold_in(run.key, 6)
+                     ).run(state, run.mesh)
+  params = rsjax.training_params(state.params, state.opt_state)
+  results = {**_finish(run, "hwaware", state, params), "steps": hc.steps,
+             "adc_bits": hw.adc_bits, "adc_mode": hw.adc_mode}
+  if run.config.eval.emulate:
+    after = jax.device_get({**train_lib.state_variables(state),
+                            "params": params})
+    results["emulated_before"] = before
+    results["emulated_after"] = _emulated(
+        run, after, crossbar_layers(run, after["params"]), hw,
+        jax.random.fold_in(run.key, 5))
+  return results
+
+
 # --- export and evaluation ---------------------------------------------------
 
 
@@ -219,7 +301,7 @@ def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
   are (an identity index). Keys are variable paths (``'params/...'``).
   """
   planned = (rsjax.to_compressed(params, rules=run.rules, hw=run.hw)
-             if run.recipe.stages else {})
+             if run.recipe.compresses else {})
   leaves = dict(rsjax.named_leaves(params))
   out = {}
   for path in rsjax.kernel_paths(params):
@@ -354,6 +436,7 @@ def adc_sweep(run) -> dict[str, Any]:
 
 STAGE_FNS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "train": train, "prune": prune, "share": share, "finetune": finetune,
-    "export": export, "evaluate": evaluate, "adc_sweep": adc_sweep,
+    "hwaware": hwaware, "export": export, "evaluate": evaluate,
+    "adc_sweep": adc_sweep,
 }
 STAGES = tuple(STAGE_FNS)

@@ -167,7 +167,7 @@ def distillation_loss(logits, teacher_logits, temperature: float):
 def train_step(state: TrainState, batch, teacher_variables=None, *,
                constraint: Callable[[Any], Any] | None = None,
                view: Callable[[Any, Any], Any] | None = None,
-               distill: Distillation | None = None):
+               distill: Distillation | None = None, noise_key=None):
   """One SGD step on the global batch; returns ``(state, metrics)``.
 
   Args:
@@ -179,6 +179,9 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     view: ``(params, opt_state) -> params`` the forward pass runs on (e.g.
       ``rsjax.training_params``: the shared weights of a sharing wrapper).
     distill: distil from a teacher (see :class:`Distillation`).
+    noise_key: if given, ``apply_fn`` gets ``rngs={'noise': key}`` with the
+      key folded with the step (a fresh draw of the emulated hardware's
+      non-idealities per step).
   """
   has_bn = bool(state.batch_stats)
   if distill is not None:
@@ -187,6 +190,9 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     teacher_logits = jax.lax.stop_gradient(
         distill.apply_fn(teacher_variables, batch["image"]))
 
+  rngs = ({} if noise_key is None else
+          {"rngs": {"noise": jax.random.fold_in(noise_key, state.step)}})
+
   def loss_fn(params):
     if view is not None:
       params = view(params, state.opt_state)
@@ -194,10 +200,10 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     if has_bn:
       variables["batch_stats"] = state.batch_stats
       logits, updates = state.apply_fn(variables, batch["image"], train=True,
-                                       mutable=["batch_stats"])
+                                       mutable=["batch_stats"], **rngs)
     else:
       logits, updates = state.apply_fn(variables, batch["image"],
-                                       train=True), {}
+                                       train=True, **rngs), {}
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
     if distill is not None:
       soft = jnp.mean(distillation_loss(logits, teacher_logits,
@@ -288,6 +294,8 @@ class TrainLoop:
     step_callback: ``(name, step)`` called after each finished step (tests
       use it to simulate a kill).
     distill: optional distillation from a teacher (:class:`Distillation`).
+    noise_key: optional key folded with the step into ``rngs={'noise': ...}``
+      of ``apply_fn`` (see :func:`train_step`).
     teacher_variables: the teacher's variables for ``distill`` (not
       checkpointed: a resumed loop gets them again from its caller).
     batch_size: the global batch size, when ``get_batch`` reads rows.
@@ -305,6 +313,7 @@ class TrainLoop:
   distill: Distillation | None = None
   teacher_variables: Any = None
   batch_size: int | None = None
+  noise_key: Any = None
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -336,7 +345,8 @@ class TrainLoop:
                      self.name, latest)
       step_fn = jax.jit(
           functools.partial(train_step, constraint=self.constraint,
-                            view=self.view, distill=self.distill),
+                            view=self.view, distill=self.distill,
+                            noise_key=self.noise_key),
           donate_argnums=0, out_shardings=(replicated, replicated))
       teacher = None
       if self.distill is not None:

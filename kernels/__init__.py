@@ -16,6 +16,12 @@ from rsjax.kernels.crossbar import shared_crossbar_matmul
 from rsjax.kernels.model import Calibration
 from rsjax.kernels.model import EmulatedLayer
 from rsjax.kernels.model import program
+from rsjax.kernels.hwaware import HwCalibration
+from rsjax.kernels.hwaware import calibrate_hwaware_linen
+from rsjax.kernels.hwaware import calibrate_hwaware_nnx
+from rsjax.kernels.hwaware import hwaware_apply_linen
+from rsjax.kernels.hwaware import hwaware_layer
+from rsjax.kernels.hwaware import hwaware_nnx
 from rsjax.kernels.linen_model import calibrate_linen
 from rsjax.kernels.linen_model import emulate_linen
 from rsjax.kernels.linen_model import prepare_linen
@@ -29,9 +35,12 @@ __all__ = (
     "Calibration",
     "CrossbarWeights",
     "EmulatedLayer",
+    "HwCalibration",
     "Nonideal",
     "apply",
     "calibrate_adc_range",
+    "calibrate_hwaware_linen",
+    "calibrate_hwaware_nnx",
     "calibrate_linen",
     "calibrate_nnx",
     "conv_apply",
@@ -43,6 +52,9 @@ __all__ = (
     "emulate_nnx",
     "emulated_conv",
     "emulated_matmul",
+    "hwaware_apply_linen",
+    "hwaware_layer",
+    "hwaware_nnx",
     "prepare",
     "prepare_linen",
     "prepare_nnx",

@@ -113,7 +113,8 @@ def _program(cells, active, route, hw, nonideal, dataflow, adc_range, key):
   g = cells_lib.program(cells, hw, nonideal, key)
   if dataflow != "table":
     return g, None
-  table = dataflow_lib.build_table(g, hw, adc_range)
+  table = dataflow_lib.build_table(
+      g, hw, adc_range, ideal=nonideal is None or not nonideal.programs)
   if route is None:
     return None, table * active[:, None, :]
   # Index-and-add: the ADC outputs of each stored block were tabulated once

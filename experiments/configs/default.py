@@ -71,8 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The compression recipe: which stages run after the float baseline and
   # on which layers (see experiments/recipe.py and docs/experiments.md).
   config.recipe = ml_collections.ConfigDict()
-  # Any of 'prune', 'share', 'finetune', in this order ('finetune' needs
-  # 'share'); () keeps the float baseline.
+  # Any of 'prune', 'share', 'finetune', 'hwaware', in this order
+  # ('finetune' needs 'share'); () keeps the float baseline.
   config.recipe.stages = ("prune", "share", "finetune")
   # rsjax.Rule's as 'REGEX [k=K | ratio=R] [sparsity=S]' over paths of the
   # params tree ('conv1/conv/kernel'), first match wins; a rule without
@@ -127,6 +127,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.learning_rate = 1e-3
   # Member gradients into a centroid: 'sum' (exact) or 'mean'.
   config.finetune.reduce = "sum"
+
+  # Hardware-aware fine-tune (stage 'hwaware', off unless recipe.stages
+  # names it): the forward on the crossbar emulator (rsjax.kernels.hwaware),
+  # straight-through backward, keeping the model shared/pruned.
+  config.hwaware = ml_collections.ConfigDict()
+  config.hwaware.steps = 0
+  config.hwaware.learning_rate = 1e-4
+  # ADC of the emulated forward: 0 / '' take config.hw's.
+  config.hwaware.adc_bits = 0
+  config.hwaware.adc_mode = ""
+  # Programming noise and stuck-at faults, drawn afresh every step.
+  config.hwaware.program_sigma = 0.0
+  config.hwaware.stuck_at_0 = 0.0
+  config.hwaware.stuck_at_1 = 0.0
+  # Re-calibrate the ADC ranges (adc_mode 'calibrated') every N steps on the
+  # current weights and batch (0: once, at the start); input scales then
+  # 'fixed' or 'running_max'.
+  config.hwaware.recalibrate_every = 0
+  config.hwaware.scales = "fixed"
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.

@@ -1,0 +1,306 @@
+"""Hardware-aware training of whole Linen and NNX models on the emulator.
+
+The forward pass runs every calibrated ``Dense``/``Conv`` (Linen) or
+``Linear``/``Conv`` (NNX) through the crossbar emulator with the model's
+*current* weights: they are quantized (``weight_bits``, max-abs scale),
+programmed (:func:`rsjax.kernels.prepare`, with programming noise and faults
+drawn from this step's key) and applied (:func:`rsjax.kernels.apply`) inside
+the caller's jitted step. The backward pass is straight-through: the
+gradient of the float layer on the clipped inputs, ``clip(x) @ w``, as in
+:func:`rsjax.kernels.emulated_matmul`.
+
+Shared layers are emulated densely from the decompressed shared matrix,
+``rsjax.training_params(params, state)``: the dense emulation of a
+decompressed layer equals its index-and-add emulation from the codebooks bit
+for bit (zero blocks are never activated; one layer scale, and quantizing
+the decompressed matrix per layer equals decompressing the quantized
+codebook), so the numbers are those of the shared crossbars, and the
+gradient reaches the codebooks through ``training_params``'s
+straight-through view (``rsjax.centroid_finetune`` keeps them shared).
+
+BatchNorm stays digital (it is not folded: it trains), biases are added in
+float. Input scales and ADC ranges (``adc_mode='calibrated'``) come from
+:func:`calibrate_hwaware_linen` / :func:`calibrate_hwaware_nnx`, run eagerly
+outside the step; call them again every few steps to re-calibrate the ADC
+ranges on the current weights and batch, the input scales kept (``'fixed'``)
+or raised to the running maximum (``'running_max'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from flax import linen as nn
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+
+from rsjax._src import hardware
+from rsjax._src import quantize
+from rsjax.kernels import cells as cells_lib
+from rsjax.kernels import conv as conv_lib
+from rsjax.kernels import crossbar
+from rsjax.kernels import linen_model
+from rsjax.kernels import model as model_lib
+from rsjax.kernels import nnx_model
+
+SCALE_UPDATES = ("fixed", "running_max")
+
+
+@struct.dataclass
+class HwCalibration:
+  """Per-layer input scales and ADC ranges for hardware-aware training.
+
+  Attributes:
+    x_scales: ``{layer path: float32 scalar}`` input quantization steps.
+    adc_ranges: ``{layer path: int32 scalar}`` ADC ranges
+      (``adc_mode='calibrated'``), else None.
+    signed: the layer paths whose inputs go negative (two unsigned passes).
+    hw: the hardware the ranges were calibrated for.
+  """
+
+  x_scales: dict
+  adc_ranges: dict | None
+  signed: tuple[str, ...] = struct.field(pytree_node=False)
+  hw: hardware.HardwareSpec = struct.field(pytree_node=False)
+
+
+def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
+                      scales: str, per: str) -> HwCalibration:
+  if scales not in SCALE_UPDATES:
+    raise ValueError(f"scales must be one of {SCALE_UPDATES}, got {scales!r}")
+  if previous is not None and not isinstance(previous, HwCalibration):
+    raise TypeError(f"previous must be a HwCalibration, got "
+                    f"{type(previous).__name__}")
+  top = float(2**hw.input_bits - 1)
+  x_scales, adc_ranges, signed = {}, {}, []
+  for name, st in sorted(calib.layers.items()):
+    peak = st["max"]
+    if previous is not None and name in previous.x_scales:
+      old = float(previous.x_scales[name]) * top
+      peak = old if scales == "fixed" else max(old, peak)
+    x_scale = jnp.float32(peak / top if peak > 0 else 1.0)
+    x_scales[name] = x_scale
+    if st["min"] < 0 or (previous is not None and name in previous.signed):
+      signed.append(name)
+    if hw.adc_mode == "calibrated":
+      matrix = jnp.asarray(st["kernel"], jnp.float32).reshape(
+          -1, st["kernel"].shape[-1])
+      qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
+      adc_ranges[name] = jnp.int32(model_lib._adc_range(  # pylint: disable=protected-access
+          st, qw, hw, x_scale))
+  return HwCalibration(x_scales, adc_ranges or None, tuple(signed), hw)
+
+
+def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
+                            rules: str = r".*", previous=None,
+                            scales: str = "fixed", per: str = "layer",
+                            **apply_kwargs) -> HwCalibration:
+  """Input scales (and ADC ranges) of a Linen model's layers from data.
+
+  Runs eagerly (outside ``jit``), like :func:`rsjax.kernels.calibrate_linen`.
+
+  Args:
+    model: the Linen module.
+    variables: its variables (the params the model trains on, e.g.
+      ``rsjax.training_params`` of the shared model).
+    batches: a few input batches.
+    hw: the hardware (``adc_mode='calibrated'`` also calibrates ranges:
+      the 0.999 quantile of the layer's partial sums on the first batch).
+    rules: regex over ``'params/<module path>/kernel'``.
+    previous: the calibration being updated, or None.
+    scales: with ``previous``, ``'fixed'`` keeps its input scales (only the
+      ADC ranges follow the current weights) and ``'running_max'`` raises
+      them to the largest input seen.
+    per: weight scale, ``'layer'`` (shared layers need it) or ``'column'``.
+    **apply_kwargs: for ``model.apply`` (e.g. ``train=False``).
+
+  Returns:
+    The :class:`HwCalibration`.
+  """
+  calib = linen_model.calibrate_linen(model, variables, batches, rules=rules,
+                                      **apply_kwargs)
+  return _from_calibration(calib, hw, previous=previous, scales=scales,
+                           per=per)
+
+
+def calibrate_hwaware_nnx(model: nnx.Module, batches, hw, *,
+                          rules: str = r".*", previous=None,
+                          scales: str = "fixed",
+                          per: str = "layer") -> HwCalibration:
+  """As :func:`calibrate_hwaware_linen` for an NNX model (in eval mode)."""
+  calib = nnx_model.calibrate_nnx(model, batches, rules=rules)
+  return _from_calibration(calib, hw, previous=previous, scales=scales,
+                           per=per)
+
+
+def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
+                  signed: bool = False, conv=None, adc_range=None,
+                  nonideal: cells_lib.Nonideal | None = None, key=None,
+                  per: str = "layer", dataflow: str = "auto"):
+  """One Dense/Conv layer: emulated forward, straight-through backward.
+
+  Args:
+    x: ``[..., in]`` (Dense) or ``[B, H, W, cin]`` (conv) float inputs.
+    kernel: ``[in, out]`` or ``[kh, kw, cin, cout]`` float kernel.
+    bias: ``[out]`` or None (added digitally).
+    hw: the hardware.
+    x_scale: the input step; inputs saturate at ``x_scale (2^input_bits -
+      1)``.
+    signed: inputs may be negative: two unsigned passes
+      ``f(relu(x)) - f(relu(-x))``, one programming for both.
+    conv: ``(kernel_size, strides, padding, dilation)`` or None.
+    adc_range: int32 scalar for ``adc_mode='calibrated'``.
+    nonideal: device non-idealities; programming ones are drawn from
+      ``key`` (a fresh draw per key: per step).
+    key: ``jax.random`` key (required with non-idealities).
+    per: weight scale ``'layer'`` or ``'column'``.
+    dataflow: as :func:`rsjax.kernels.prepare`.
+
+  Returns:
+    float32 output like the float layer's.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  if conv is not None:
+    x = conv_lib.im2col(x, *conv)
+  w = jnp.asarray(kernel, jnp.float32).reshape(-1, kernel.shape[-1])
+  x_scale = jax.lax.stop_gradient(jnp.asarray(x_scale, jnp.float32))
+  top = x_scale * jnp.float32(2**hw.input_bits - 1)
+  x_clip = jnp.clip(x, -top if signed else 0.0, top)
+  y_float = jnp.matmul(x_clip, w, precision=jax.lax.Precision.HIGHEST)
+  qw, w_scale = quantize.quantize_weights(jax.lax.stop_gradient(w),
+                                          hw.weight_bits, per=per)
+  k_prog, k_read = (None, None) if key is None else jax.random.split(key)
+  weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
+                             key=k_prog, dataflow=dataflow)
+  xs = jax.lax.stop_gradient(x)
+
+  def one(xpos, pass_key):
+    q = crossbar.quantize_inputs(xpos, x_scale, hw)
+    return crossbar.apply(weights, q, key=pass_key).astype(jnp.float32)
+
+  k_pos, k_neg = (None, None) if k_read is None else jax.random.split(k_read)
+  y_int = one(jnp.maximum(xs, 0.0), k_pos)
+  if signed:
+    y_int = y_int - one(jnp.maximum(-xs, 0.0), k_neg)
+  y_emul = y_int * model_lib._last_axis(  # pylint: disable=protected-access
+      x_scale * w_scale, y_int.ndim)
+  y = y_float + jax.lax.stop_gradient(y_emul - y_float)
+  if bias is not None:
+    y = y + jnp.asarray(bias, jnp.float32).reshape((1,) * (y.ndim - 1)
+                                                   + (-1,))
+  return y
+
+
+def _check(calib, hw):
+  if not isinstance(calib, HwCalibration):
+    raise TypeError(f"calib must be a HwCalibration (from "
+                    f"calibrate_hwaware_linen / calibrate_hwaware_nnx), got "
+                    f"{type(calib).__name__}")
+  if hw.adc_mode == "calibrated" and calib.adc_ranges is None:
+    raise ValueError("adc_mode='calibrated' needs ADC ranges: calibrate with "
+                     "the calibrated hardware")
+
+
+def _run(name, calib, hw, x, kernel, bias, conv, order, key, nonideal, per):
+  layer_key = None if key is None else jax.random.fold_in(key, order[name])
+  rng = None if hw.adc_mode != "calibrated" else calib.adc_ranges[name]
+  return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
+                       signed=name in calib.signed, conv=conv, adc_range=rng,
+                       nonideal=nonideal, key=layer_key, per=per)
+
+
+def hwaware_apply_linen(model: nn.Module, variables, x,
+                        hw: hardware.HardwareSpec, calib: HwCalibration, *,
+                        key=None, nonideal=None, per: str = "layer",
+                        **apply_kwargs):
+  """``model.apply(variables, x)`` with the calibrated layers emulated.
+
+  For a jitted training step: ``loss = ce(hwaware_apply_linen(model,
+  {'params': rsjax.training_params(p, s)}, x, hw, calib, key=step_key))``.
+
+  Args:
+    model: the Linen module.
+    variables: its variables (``params`` differentiable).
+    x: the input batch.
+    hw: the hardware (``adc_bits``/``adc_mode`` may differ from the one the
+      model was compressed for, not the block shape of shared layers).
+    calib: from :func:`calibrate_hwaware_linen`.
+    key: this step's key for the non-idealities (one per layer is folded).
+    nonideal: :class:`rsjax.kernels.Nonideal`, or None.
+    per: weight scale (``'layer'`` for shared layers).
+    **apply_kwargs: for ``model.apply`` (``train=True``, ``mutable``...).
+
+  Returns:
+    What ``model.apply`` returns.
+  """
+  _check(calib, hw)
+  order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
+
+  def emulate(next_fun, args, kwargs, ctx):
+    mod = ctx.module
+    name = linen_model._linen_name(mod)  # pylint: disable=protected-access
+    if (ctx.method_name != "__call__" or not args or name not in order
+        or not isinstance(mod, (nn.Dense, nn.Conv))):
+      return next_fun(*args, **kwargs)
+    p = mod.variables["params"]
+    conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
+    return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
+                order, key, nonideal, per)
+
+  with nn.intercept_methods(emulate):
+    return model.apply(variables, x, **apply_kwargs)
+
+
+class _HwLayer(nnx.Module):
+  """Runs a wrapped NNX Linear/Conv on the emulator (its own params)."""
+
+  def __init__(self, inner, run):
+    self.inner = inner
+    self.run = run
+
+  def __call__(self, x):
+    m = self.inner
+    conv = model_lib.conv_config(m) if isinstance(m, nnx.Conv) else None
+    bias = m.bias[...] if m.bias is not None else None
+    return self.run(x, m.kernel[...], bias, conv)
+
+
+@contextlib.contextmanager
+def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
+                calib: HwCalibration, *, key=None, nonideal=None,
+                per: str = "layer"):
+  """Within the context, ``model``'s calibrated layers run on the emulator.
+
+  The layers are swapped in place and restored on exit, so the params stay
+  the model's own (gradients reach them, BatchNorm statistics update):
+  ``with rk.hwaware_nnx(model, hw, calib, key=k): loss = ce(model(x))``
+  inside the function given to ``nnx.value_and_grad``.
+
+  Args:
+    model: the NNX model.
+    hw, calib, key, nonideal, per: as :func:`hwaware_apply_linen`.
+
+  Yields:
+    ``model``.
+  """
+  _check(calib, hw)
+  order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
+  swapped = {}
+
+  def make(path, node):
+    name = nnx_model._nnx_name(path)  # pylint: disable=protected-access
+    if name not in order or not isinstance(node, (nnx.Linear, nnx.Conv)):
+      return None
+    swapped[path] = node
+    return _HwLayer(node, lambda x, k, b, c, name=name: _run(
+        name, calib, hw, x, k, b, c, order, key, nonideal, per))
+
+  nnx_model._swap(model, make)  # pylint: disable=protected-access
+  try:
+    yield model
+  finally:
+    nnx_model._swap(  # pylint: disable=protected-access
+        model, lambda path, node: swapped.get(path)
+        if isinstance(node, _HwLayer) else None)

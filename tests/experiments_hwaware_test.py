@@ -1,0 +1,90 @@
+"""The pipeline's ``hwaware`` stage: it keeps the recipe's structure."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import rsjax
+
+from experiments import pipeline
+from experiments import recipe as recipe_lib
+from experiments import workdir as workdir_lib
+from experiments.configs import default
+# The session fixture, imported so pytest finds it in this module.
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
+
+
+def _tiny(config, data_dir):
+  config.data.data_dir = data_dir
+  config.data.eval_limit = 250
+  config.train.steps = 2
+  config.train.batch_size = 16
+  config.train.eval_batch_size = 250
+  config.train.warmup_steps = 1
+  config.train.log_every = 2
+  config.train.checkpoint_every = 2
+  config.share.steps = 1
+  config.share.n_init = 1
+  config.finetune.steps = 1
+  config.eval.emulate = False
+  config.eval.adc_bits = ()
+  config.hwaware.steps = 3
+  return config
+
+
+@pytest.mark.parametrize("variant", ["share", "prune"])
+def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
+                                           variant):
+  config = _tiny(default.get_config(), fmnist_data_dir)
+  if variant == "share":
+    config.recipe.stages = ("share", "finetune", "hwaware")
+    config.recipe.rules = ("^conv1/", "kernel$ k=2")
+    config.hwaware.adc_bits = 4
+    # Two segments (re-calibration), noise; the calibrated ADC and the
+    # emulated before/after figures are left out: each costs minutes of
+    # compiles on a loaded 2-core box (the unit tests cover calibration).
+    config.hwaware.recalibrate_every = 2
+    config.hwaware.program_sigma = 0.05
+  else:
+    config.recipe.stages = ("prune", "hwaware")
+    config.recipe.rules = ("kernel$ sparsity=0.5",)
+  workdir = str(tmp_path / variant)
+  res = pipeline.run(config, workdir)
+  state = json.load(open(os.path.join(workdir, "state.json")))["stages"]
+  assert "hwaware" in state
+  hw_res = state["hwaware"]["results"]
+  assert hw_res["steps"] == 3
+  saved = rsjax.load_compressed(os.path.join(workdir,
+                                             "compressed_model.rsjax.npz"))
+  if variant == "share":
+    assert hw_res["adc_bits"] == 4 and hw_res["adc_mode"] == "clip"
+    for path, layer in saved.layers.items():
+      if path != "params/conv1/conv/kernel":
+        assert layer.stored_per_row_block().max() <= 2
+    assert res["accuracy_detail"]["hwaware_adc_bits"] == 4
+  else:
+    pruned = workdir_lib.load_tree(os.path.join(workdir, "checkpoints",
+                                                "prune"))["params"]
+    after = dict(rsjax.named_leaves(saved.params["params"]))
+    for path, kernel in rsjax.named_leaves(pruned):
+      if path.endswith("kernel"):
+        np.testing.assert_array_equal(np.asarray(kernel) == 0,
+                                      np.asarray(after[path]) == 0)
+    hw_params = workdir_lib.load_tree(os.path.join(
+        workdir, "checkpoints", "hwaware"))["params"]
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree.leaves(pruned), jax.tree.leaves(hw_params)))
+
+
+def test_recipe_hwaware_alone_needs_no_rules():
+  config = default.get_config()
+  config.recipe.stages = ("hwaware",)
+  config.recipe.rules = ()
+  recipe = recipe_lib.from_config(config)
+  assert recipe.variant == "float baseline" and not recipe.compresses
+  with pytest.raises(ValueError, match="order"):
+    config.recipe.stages = ("hwaware", "prune")
+    config.recipe.rules = ("kernel$ sparsity=0.5",)
+    recipe_lib.from_config(config)
