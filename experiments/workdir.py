@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from rsjax._src import model_file
 
 from experiments import distributed
 
@@ -55,19 +55,9 @@ def atomic_write(path: str, payload: bytes | str) -> None:
   """
   if not distributed.is_primary():
     return
-  mode = "wb" if isinstance(payload, bytes) else "w"
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, mode) as f:
-      f.write(payload)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  data = payload.encode() if isinstance(payload, str) else payload
+  # The library's writer (its model files are written the same way).
+  model_file.atomic_write(path, lambda f: f.write(data))
 
 
 def jsonable(x):

@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import zipfile
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import jax
 import ml_dtypes  # pylint: disable=unused-import  (registers 'bfloat16' ..)
@@ -40,9 +40,13 @@ def damaged(path: str, detail: Any) -> ValueError:
       f"model file: {detail}")
 
 
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]
-              ) -> None:
-  """Writes ``arrays`` as a compressed ``.npz`` at ``path``, atomically.
+def atomic_write(path: str | os.PathLike,
+                 write: Callable[[BinaryIO], None]) -> None:
+  """Writes a file so readers see the old or the new one, never half.
+
+  ``write(f)`` fills a temporary file beside ``path``, which then replaces
+  ``path``; on any error the temporary file is removed. The file gets the
+  usual permissions (the umask applies).
 
   Raises:
     FileNotFoundError: the directory of ``path`` does not exist (it is not
@@ -59,7 +63,7 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -67,6 +71,12 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]
+              ) -> None:
+  """Writes ``arrays`` as a compressed ``.npz`` at ``path``, atomically."""
+  atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def read_source(source) -> tuple[bytes, str]:
