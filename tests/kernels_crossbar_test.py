@@ -305,14 +305,14 @@ def test_one_cell_per_weight(signed):
   rng = np.random.default_rng(7)
   x, w = _rand(rng, hw, 5, 23, 11, zero_blocks=True)
   x_hi = rng.integers(12, 16, (5, 23))  # large partial sums: saturates
-  for method, mode in (("exact", None), ("table", "clip"),
-                       ("streamed", "scale"), ("direct", "clip")):
-    y = rk.crossbar_matmul(x, w, hw, method=method)
+  for dataflow, mode in (("exact", None), ("table", "clip"),
+                         ("streamed", "scale"), ("direct", "clip")):
+    y = rk.crossbar_matmul(x, w, hw, dataflow=dataflow)
     np.testing.assert_array_equal(np.asarray(y), x @ w)
     if mode is None:
       continue
     lossy = hw.replace(adc_bits=5, adc_mode=mode)
     assert not lossy.adc_lossless
-    y = rk.crossbar_matmul(x_hi, w, lossy, method=method)
+    y = rk.crossbar_matmul(x_hi, w, lossy, dataflow=dataflow)
     _check(y, x_hi, w, lossy)
     assert not np.allclose(np.asarray(y, np.float64), x_hi @ w)
