@@ -20,6 +20,7 @@ of their targets, so layers with small blocks lose more.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import math
 from typing import Any, NamedTuple
 
@@ -106,18 +107,13 @@ def full_masks(plan) -> dict[str, jax.Array]:
   return {p: jnp.ones(lp.grid, bool) for p, lp in plan.items()}
 
 
-def _snapped_floor(target: float) -> int:
-  """``floor(target)``, but an integer within 1e-9 (relative) counts as it.
+def _decimal(x: float) -> fractions.Fraction:
+  """The decimal a float was written as (its shortest repr), exactly.
 
   ``0.13 * 900`` is ``116.99999999999999`` in floats; the decimal the user
-  wrote means 117. A decimal sparsity of up to 8 digits times any block count
-  below ~1e8 is either an integer (float error ~1e-16 relative) or at least
-  1e-8 from one, so the snap never takes a true fraction up.
+  wrote means 117.
   """
-  nearest = round(target)
-  if abs(target - nearest) <= 1e-9 * max(1.0, abs(target)):
-    return int(nearest)
-  return math.floor(target)
+  return fractions.Fraction(repr(float(x)))
 
 
 def pruned_block_count(sparsity, num_blocks) -> int:
@@ -154,7 +150,7 @@ def pruned_block_count(sparsity, num_blocks) -> int:
     raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
   if any(n < 0 for n in counts):
     raise ValueError(f"num_blocks must be >= 0, got {num_blocks!r}")
-  return _snapped_floor(math.fsum(x * n for x, n in zip(sparsities, counts)))
+  return math.floor(sum(_decimal(x) * n for x, n in zip(sparsities, counts)))
 
 
 def _scheduled_count(target: int, fraction):
