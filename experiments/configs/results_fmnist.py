@@ -4,8 +4,9 @@
       --runs_dir=runs --parallel=2 [--group=cpu|gpu] [--only=REGEX] --report
 
 Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
-(ResNet-20 and VGG-8, sized for an accelerator) and ``seeds`` (repeats of
-headline candidates). Every point of a model starts from that model's
+(ResNet-20 and VGG-8, sized for an accelerator), ``seeds`` (repeats of
+headline candidates) and ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
+``k`` against per-layer allocation). Every point of a model starts from that model's
 baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
 
@@ -13,7 +14,8 @@ Point names: ``MODEL[_TAG]_VARIANT``, the variant ``prune_pP`` (prune only),
 ``share_kK`` (share only), ``ste_pP_kK`` / ``paper_pP_kK`` (prune + share
 with that method); tag ``bn``: BatchNorm kept; ``lk``: the first conv and
 the head pruned but not shared; ``long``: 4000 sharing + 3000 fine-tune
-steps; ``kdW``: distillation weight W; suffix ``_sS``: seed S.
+steps; ``kdW``: distillation weight W; ``emu``: emulated on 2000 test images;
+``aR``: per-layer ``k`` allocated for R x ``ou_ratio``; suffix ``_sS``: seed S.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ PRUNE_STEPS = 1000
 
 
 def base(model: str) -> Point:
-  return Point(f"{model}_base", CONFIGS[model], group=GROUPS[model])
+  # VGG-8's emulation and ADC sweep are its sweep's work (hours on a CPU).
+  flags = {"eval.emulate": False} if model == "vgg8" else {}
+  return Point(f"{model}_base", CONFIGS[model], flags, group=GROUPS[model])
 
 
 def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
@@ -154,6 +158,23 @@ def gpu_points() -> list[Point]:
   ]
 
 
+# The 60-70x study: distillation 0.5, the long schedule, seeds 0-2 of the
+# uniform k = 4 point and of the per-layer allocation at 64x
+# (share.allocate_ou_ratio, the same kept-dense first conv and head), with
+# the emulated accuracy (lossless ADC) on 2000 test images.
+_STUDY = dict(keep=_LK, compress__distill_weight=0.5, eval__emulate=True,
+              eval__emulate_limit=2000, eval__adc_bits=(), **_LONG)
+
+
+def study_points() -> list[Point]:
+  vgg = lambda *a, **kw: point("vgg8", *a, group="study",
+                               **{**_VGG, **_STUDY, **kw})
+  return [vgg(*args, seed=s, **kw) for s in (0, 1, 2) for args, kw in (
+      (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_long_emu")),
+      (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_long_a64",
+                             share__allocate_ou_ratio=64.0)))]
+
+
 _GRID = {"ou_rows": ("8", "9", "16", "32"), "cell_bits": ("1", "2", "4")}
 
 
@@ -182,4 +203,5 @@ def sweeps() -> list[Sweep]:
 def get_grid() -> Grid:
   models = ("mlp", "lenet5", "resnet20", "vgg8")
   return Grid(points=[base(m) for m in models] + cpu_points()
-              + seed_points() + gpu_points(), sweeps=sweeps())
+              + seed_points() + gpu_points() + study_points(),
+              sweeps=sweeps())
