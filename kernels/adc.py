@@ -12,9 +12,10 @@ Every mode is one uniform ADC with ``adc_max = 2^adc_bits - 1`` codes over a
   than partial-sum values (``adc_max >= p_max``) the LSB stays one unit, so a
   lossless ADC is exact in every mode.
 * ``calibrated``: ``range`` is a per-layer integer taken from data
-  (:func:`rsjax.kernels.calibrate_adc_range`: a high quantile of the layer's
-  nonzero partial sums), clamped to ``[adc_max, max(p_max, adc_max)]``: fine
-  steps where sums are common, saturation above.
+  (:func:`rsjax.kernels.calibrate_adc_range`: by default the range of least
+  place-weighted squared conversion error on the layer's partial sums),
+  within ``[adc_max, max(p_max, adc_max)]``: fine steps where sums are
+  common, saturation above.
 
 Rounding is half-up. For integer ``p`` the code is exact in float32: the
 quotient of two small integers lands on a half-integer only when it is one.

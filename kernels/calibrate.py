@@ -1,4 +1,17 @@
-"""A per-layer ADC range from data, for ``adc_mode='calibrated'``."""
+"""A per-layer ADC range from data, for ``adc_mode='calibrated'``.
+
+Two criteria pick the range from the ideal OU partial sums of sample inputs:
+
+* ``'mse'`` (the default): the range whose conversions err least, each
+  squared error weighted by the square of the conversion's place in the
+  output (``2^(t dac_bits + s cell_bits)`` for cycle ``t``, slice ``s``).
+  A range a little above ``adc_max`` rounds nearly every sum, one at
+  ``adc_max`` only clips the rare large ones, and this weighs the two.
+* ``'quantile'``: a high quantile of the nonzero sums. It moves in unit
+  steps as the weights change, and one step (``adc_max`` to ``adc_max + 1``)
+  turns exact small sums into rounded ones: a 4-bit LeNet-5 re-calibrated
+  that way during hardware-aware training collapsed from 0.84 to 0.35.
+"""
 
 from __future__ import annotations
 
@@ -13,38 +26,68 @@ from rsjax.kernels import checks
 from rsjax.kernels import crossbar
 
 
+METHODS = ("mse", "quantile")
+
+
 @functools.partial(jax.jit, static_argnames=("hw",))
 def _histogram(levels, active, x, hw):
-  """Counts of each ideal partial-sum value over all conversions of ``x``."""
+  """``[cycles, slices, p_max + 1]`` counts of each ideal partial sum."""
   num_arrays, num_rb, rows, cols, slices = levels.shape
   xr = jnp.transpose(x.reshape(x.shape[0], num_rb, rows), (1, 0, 2))
   g = levels.astype(jnp.float32).reshape(num_arrays, num_rb, rows,
                                          cols * slices)
   live = jnp.repeat(active, slices, axis=1)[None, :, None, :]
+  length = hw.partial_sum_max + 1
+  # Column k of g holds slice k % slices: the bin of (slice, sum).
+  slice_of = jnp.arange(cols * slices, dtype=jnp.int32) % slices
 
-  def cycle(hist, t):
+  def cycle(_, t):
     xt = ((xr >> (t * hw.dac_bits)) & (2**hw.dac_bits - 1)).astype(
         jnp.float32)
     p = jnp.einsum("rmi,arik->armk", xt, g,
                    precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
     p = jnp.where(jnp.broadcast_to(live, p.shape) > 0, p, 0)
-    return hist + jnp.bincount(p.ravel(), length=hw.partial_sum_max + 1), None
+    bins = slice_of[None, None, None, :] * length + p
+    return None, jnp.bincount(bins.ravel(), length=slices * length).reshape(
+        slices, length)
 
-  hist, _ = jax.lax.scan(cycle, jnp.zeros((hw.partial_sum_max + 1,),
-                                          jnp.int32),
-                         jnp.arange(hw.cycles, dtype=jnp.int32))
+  _, hist = jax.lax.scan(cycle, None, jnp.arange(hw.cycles, dtype=jnp.int32))
   return hist
 
 
+def _weighted_errors(hist, hw) -> np.ndarray:
+  """Squared conversion error of each candidate range, place-weighted.
+
+  Args:
+    hist: ``[cycles, slices, p_max + 1]`` counts (NumPy).
+    hw: the hardware.
+
+  Returns:
+    ``[candidates]`` float64 errors for ranges ``adc_max ..
+    max(p_max, adc_max)``.
+  """
+  cycles, slices, length = hist.shape
+  place = (np.arange(cycles)[:, None] * hw.dac_bits
+           + np.arange(slices)[None, :] * hw.cell_bits)
+  per_sum = np.tensordot(4.0 ** place, hist.astype(np.float64), axes=2)
+  p = np.arange(length, dtype=np.float64)
+  top = hw.adc_max
+  ranges = np.arange(top, max(hw.partial_sum_max, top) + 1, dtype=np.float64)
+  code = np.minimum(np.floor(p[None] * top / ranges[:, None] + 0.5), top)
+  err = code * ranges[:, None] / top - p[None]
+  return (err**2) @ per_sum
+
+
 def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
-                        quantile: float = 0.999,
+                        method: str = "mse", quantile: float = 0.999,
                         max_rows: int = 256) -> int:
   """A per-layer ADC range for ``adc_mode='calibrated'`` from sample inputs.
 
-  The range is the ``quantile`` of the layer's nonzero ideal OU partial sums
-  over the sample (all cycles, row-blocks, columns and slices of stored
-  blocks), clamped to ``[adc_max, max(p_max, adc_max)]``: the ADC resolves
-  the common sums and saturates only the rare large ones.
+  The ideal OU partial sums of the sample (all cycles, row-blocks, columns
+  and slices of stored blocks) decide it, within ``[adc_max, max(p_max,
+  adc_max)]``: ``method='mse'`` takes the range of least place-weighted
+  squared conversion error (the smallest on a tie), ``'quantile'`` the
+  ``quantile`` of the nonzero sums (see the module).
 
   Args:
     x: ``[..., in_features]`` unsigned int sample inputs (the first
@@ -52,12 +95,15 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
     w: ``[in_features, out_features]`` signed int weights (the decompressed
       matrix of a shared layer).
     hw: the hardware.
-    quantile: in ``(0, 1]``.
+    method: ``'mse'`` or ``'quantile'``.
+    quantile: in ``(0, 1]``, for ``method='quantile'``.
     max_rows: sample rows used, to bound memory.
 
   Returns:
     The range, a Python int.
   """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   if not 0 < quantile <= 1:
     raise ValueError(f"quantile must be in (0, 1], got {quantile}")
   if getattr(w, "ndim", None) != 2:
@@ -70,7 +116,10 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   weights = crossbar.prepare(w, hw.replace(adc_mode="clip"), dataflow="direct")
   pad = weights.num_row_blocks * hw.ou_rows - in_features
   hist = np.asarray(_histogram(weights.cells, weights.active,
-                               jnp.pad(x2, ((0, 0), (0, pad))), hw))[1:]
+                               jnp.pad(x2, ((0, 0), (0, pad))), hw))
+  if method == "mse":
+    return hw.adc_max + int(np.argmin(_weighted_errors(hist, hw)))
+  hist = hist.sum(axis=(0, 1))[1:]
   total = hist.sum()
   if total == 0:
     return hw.adc_max

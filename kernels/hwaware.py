@@ -107,7 +107,7 @@ def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
       ``rsjax.training_params`` of the shared model).
     batches: a few input batches.
     hw: the hardware (``adc_mode='calibrated'`` also calibrates ranges:
-      the 0.999 quantile of the layer's partial sums on the first batch).
+      :func:`rsjax.kernels.calibrate_adc_range` on the first batch).
     rules: regex over ``'params/<module path>/kernel'``.
     previous: the calibration being updated, or None.
     scales: with ``previous``, ``'fixed'`` keeps its input scales (only the

@@ -132,11 +132,71 @@ def test_counters_match_core_report():
 def test_calibrated_range_from_data():
   hw = HW.replace(adc_mode="calibrated")
   x, w = _data(10, m=32, k=36, n=8)
-  lo = rk.calibrate_adc_range(x, w, hw, quantile=0.5)
-  hi = rk.calibrate_adc_range(x, w, hw, quantile=1.0)
+  lo = rk.calibrate_adc_range(x, w, hw, method="quantile", quantile=0.5)
+  hi = rk.calibrate_adc_range(x, w, hw, method="quantile", quantile=1.0)
   assert hw.adc_max <= lo <= hi <= hw.partial_sum_max
   y = rk.crossbar_matmul(x, w, hw, adc_range=hi)
   assert y.dtype == jnp.float32
+
+
+def _mse_range_reference(x, w, hw):
+  """The place-weighted least-squares ADC range, by enumerating in NumPy."""
+  rows, bw = hw.ou_rows, hw.block_shape[1]
+  k, n = w.shape
+  kp = -(-k // rows) * rows
+  xp = np.zeros((x.shape[0], kp), np.int64)
+  xp[:, :k] = x
+  u = np.zeros((kp, n), np.int64)
+  u[:k] = w + 2 ** (hw.weight_bits - 1)  # offset mapping
+  wpad = np.zeros((kp, n), np.int64)
+  wpad[:k] = w
+  ranges = range(hw.adc_max, max(hw.partial_sum_max, hw.adc_max) + 1)
+  errors = np.zeros(len(ranges))
+  for r0 in range(0, kp, rows):
+    for c in range(n):
+      g0 = c // bw * bw
+      if not wpad[r0:r0 + rows, g0:g0 + bw].any():
+        continue  # a zero block is never stored
+      for s in range(hw.slices):
+        level = (u[r0:r0 + rows, c] >> (s * hw.cell_bits)) & (
+            2**hw.cell_bits - 1)
+        for t in range(hw.cycles):
+          bits = (xp[:, r0:r0 + rows] >> t) & 1
+          p = bits @ level
+          for i, rng in enumerate(ranges):
+            code = np.minimum(np.floor(p * hw.adc_max / rng + 0.5),
+                              hw.adc_max)
+            err = code * rng / hw.adc_max - p
+            errors[i] += 4.0 ** (t + s * hw.cell_bits) * np.sum(err**2)
+  return ranges[int(np.argmin(errors))], errors
+
+
+@pytest.mark.parametrize("adc_bits,seed", [(4, 0), (3, 1), (2, 2)])
+def test_mse_range_matches_numpy(adc_bits, seed):
+  hw = rsjax.HardwareSpec(adc_bits=adc_bits, adc_mode="calibrated")
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, (12, 22)) * (rng.random((12, 22)) < 0.6)
+  w = rng.integers(-20, 21, (22, 6))
+  w[9:18, 2:4] = 0  # one pruned block
+  want, errors = _mse_range_reference(x, w, hw)
+  assert len(set(errors)) > 1  # the choice is not a tie
+  assert rk.calibrate_adc_range(x, w, hw) == want
+
+
+def test_mse_range_keeps_unit_step_for_small_sums():
+  # Small weights (under the offset mapping a small negative one fills its
+  # low slices) and a fifth of the inputs at full scale: the 0.999 quantile
+  # of the sums is above adc_max, yet a coarser step would round every
+  # small sum, which costs more than clipping the rare large ones.
+  hw = rsjax.HardwareSpec(adc_bits=4, adc_mode="calibrated")
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, (64, 36)) * (rng.random((64, 36)) < 0.7)
+  x = np.where(rng.random((64, 36)) < 0.2, 255, x)
+  w = rng.integers(-3, 4, (36, 8))
+  assert rk.calibrate_adc_range(x, w, hw) == hw.adc_max
+  assert rk.calibrate_adc_range(x, w, hw, method="quantile") > hw.adc_max
+  with pytest.raises(ValueError, match="method must be one of"):
+    rk.calibrate_adc_range(x, w, hw, method="max")
 
 
 @pytest.mark.parametrize("nonideal", [
