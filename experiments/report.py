@@ -131,7 +131,8 @@ def write(run, wall_s: float) -> dict[str, Any]:
     recipe["allocated_rules"] = run.results("share")["allocated_rules"]
   if run.applies("hwaware"):
     hwaware = run.results("hwaware")
-    for k in ("adc_bits", "adc_mode", "emulated_before", "emulated_after"):
+    for k in ("steps", "adc_bits", "adc_mode", "emulated_before",
+              "emulated_after", "emulated_lossless_before"):
       detail[f"hwaware_{k}"] = hwaware.get(k)
   sweep = run.results("adc_sweep")["sweep"]
   timing = {s: v["time_s"] for s, v in run.state["stages"].items()}

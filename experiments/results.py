@@ -19,6 +19,10 @@ points.
 Every run records its provenance (commit, dirty tree, library versions,
 device). A table mixes runs of several commits only with
 ``--allow_mixed_commits``, and says which commits its figures come from.
+Runs that end in the hardware-aware fine-tune (recipe stage ``hwaware``) get
+a table of their own: emulated accuracy on their ADC before and after, and
+on a lossless ADC before (they are not compression points).
+
 Beside the Markdown, ``RESULTS.json`` (``--out`` with ``.json``) holds the
 same figures for programs: per model the headline (``ou_ratio``,
 ``loss_pp_mean``, ``loss_pp_std``, ``seeds``, ``runs``) and the Pareto
@@ -469,8 +473,58 @@ def _provenance_text(runs: Sequence[Mapping[str, Any]]) -> str:
           " (the first run's versions and device).")
 
 
+def is_hwaware(results: Mapping[str, Any]) -> bool:
+  """Whether a run ends in the hardware-aware fine-tune (its own table)."""
+  return "hwaware" in results["recipe"].get("stages", ())
+
+
+def hwaware_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The figures of the hardware-aware fine-tune runs, by model and ADC."""
+  out = []
+  for r in runs:
+    d = r["accuracy_detail"]
+    before, after = d.get("hwaware_emulated_before"), d.get(
+        "hwaware_emulated_after")
+    lossless = d.get("hwaware_emulated_lossless_before")
+    out.append({
+        "run": r["name"], "model": r["model"],
+        "adc_bits": d.get("hwaware_adc_bits"),
+        "adc_mode": d.get("hwaware_adc_mode"),
+        "steps": d.get("hwaware_steps", r["config"]["hwaware"]["steps"]),
+        "images": r["config"]["eval"]["emulate_limit"],
+        "emulated_lossless_before": lossless,
+        "emulated_before": before, "emulated_after": after,
+        "gap_pp_after": (None if lossless is None or after is None
+                         else round(100 * (lossless - after), 2)),
+        "float_after": r["accuracy"]["compressed"],
+        "emulated_lossless_after": r["accuracy"]["emulated"]})
+  return sorted(out, key=lambda h: (h["model"], -(h["adc_bits"] or 0),
+                                    h["adc_mode"] or ""))
+
+
+def hwaware_table(runs: Sequence[Mapping[str, Any]]) -> str:
+  """Markdown: emulated accuracy before and after the hardware-aware
+  fine-tune, against the lossless emulation before it."""
+  head = ("| model | run | ADC | steps | test images | lossless before | "
+          "ADC before | ADC after | gap to lossless (pp) | "
+          "float after | lossless after |")
+  lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+  for h in hwaware_rows(runs):
+    lines.append("| " + " | ".join([
+        h["model"], h["run"], f"{h['adc_bits']}-bit {h['adc_mode']}",
+        str(h["steps"]), str(h["images"]),
+        _fmt(h["emulated_lossless_before"], ".4f"),
+        _fmt(h["emulated_before"], ".4f"),
+        f"**{_fmt(h['emulated_after'], '.4f')}**",
+        _fmt(h["gap_pp_after"], "+.2f"), _fmt(h["float_after"], ".4f"),
+        _fmt(h["emulated_lossless_after"], ".4f")]) + " |")
+  return "\n".join(lines)
+
+
 def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The machine-readable results (``RESULTS.json``)."""
+  hwaware = [r for r in runs if is_hwaware(r)]
+  runs = [r for r in runs if not is_hwaware(r)]
   points = point_rows(runs)
   by_group = {g[0]["name"]: g for g in seed_groups(runs)}
   models = {}
@@ -500,11 +554,17 @@ def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                                       "bit_ratio", "crossbar_ratio",
                                       "compressed", "emulated", "loss_pp")}
                    for p in pareto_front(mpoints)]}
-  return {"commits": commits(runs), "models": models}
+  out = {"commits": commits(runs + hwaware), "models": models}
+  if hwaware:
+    out["hwaware"] = hwaware_rows(hwaware)
+  return out
 
 
 def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
-  """The generated Markdown: headlines, one table per model, the plot."""
+  """The generated Markdown: headlines, one table per model, the plot, and
+  the hardware-aware fine-tune runs in a table of their own."""
+  hwaware = [r for r in runs if is_hwaware(r)]
+  runs = [r for r in runs if not is_hwaware(r)]
   rows = [row(r) for r in runs]
   points = point_rows(runs)
   models = sorted({r["model"] for r in rows})
@@ -545,6 +605,13 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None) -> str:
             "`crossbar_ratio` (rows), one column per model.", "",
             f"![accuracy vs ou_ratio, bit_ratio, crossbar_ratio]({plot_name})",
             ""]
+  if hwaware:
+    out += ["## Hardware-aware fine-tune: accuracy on a lossy ADC", "",
+            "Emulated accuracy at the fine-tune's ADC before and after it, "
+            "and on a lossless ADC before it (the reference), on the first "
+            "`test images` of the test set; float and lossless after: the "
+            f"fine-tuned model. {_provenance_text(hwaware)}", "",
+            hwaware_table(hwaware), ""]
   return "\n".join(out)
 
 
@@ -577,7 +644,7 @@ def write_report(runs_dir: str, out: str, plot: str | None = None, *,
     plot = os.path.splitext(out)[0] + "_pareto.png"
   rel = os.path.relpath(plot, os.path.dirname(os.path.abspath(out)) or ".")
   if runs:
-    pareto_plot([row(r) for r in runs], plot)
+    pareto_plot([row(r) for r in runs if not is_hwaware(r)], plot)
   generated = render(runs, rel if runs else None)
   write_generated(out, generated, BEGIN_MARK, END_MARK)
   return generated

@@ -214,6 +214,13 @@ def hwaware_hardware(hw: rsjax.HardwareSpec, hc) -> rsjax.HardwareSpec:
                     adc_mode=hc.adc_mode or hw.adc_mode)
 
 
+def lossless_hardware(hw: rsjax.HardwareSpec) -> rsjax.HardwareSpec:
+  """``hw`` with the fewest ADC bits that convert every partial sum."""
+  if hw.adc_lossless:
+    return hw
+  return hw.replace(adc_bits=hw.partial_sum_max.bit_length())
+
+
 def _hwaware_tx(run, inner):
   """Keeps the structure the earlier stages left: shared and pruned."""
   if run.recipe.runs("share"):
@@ -237,7 +244,10 @@ def hwaware(run) -> dict[str, Any]:
   ADC ranges) come from ``eval.calibration_batches`` training batches; the
   ADC ranges are re-calibrated every ``hwaware.recalibrate_every`` steps on
   the current weights and batch (0: never), the input scales as
-  ``hwaware.scales`` says.
+  ``hwaware.scales`` says. With ``eval.emulate`` the results hold the
+  emulated accuracy at the stage's ADC before and after, and at a lossless
+  ADC before (``emulated_lossless_before``), on ``eval.emulate_limit``
+  test images.
   """
   hc = run.config.hwaware
   hw = hwaware_hardware(run.hw, hc)
@@ -251,10 +261,15 @@ def hwaware(run) -> dict[str, Any]:
   train_batches = lambda step: [
       run.loop("hwaware", 0).get_batch(step + i)["image"]
       for i in range(max(run.config.eval.calibration_batches, 1))]
-  before = None
+  before = lossless = None
   if run.config.eval.emulate:
-    before = _emulated(run, variables, crossbar_layers(
-        run, variables["params"]), hw, jax.random.fold_in(run.key, 5))
+    layers = crossbar_layers(run, variables["params"])
+    before = _emulated(run, variables, layers, hw,
+                       jax.random.fold_in(run.key, 5))
+    # The reference the fine-tune is measured against: the same model on
+    # an ADC that converts every partial sum exactly.
+    lossless = _emulated(run, variables, layers, lossless_hardware(run.hw),
+                         jax.random.fold_in(run.key, 5))
   calib, done = None, 0
   every = hc.recalibrate_every or max(hc.steps, 1)
   while True:
@@ -284,6 +299,7 @@ def hwaware(run) -> dict[str, Any]:
     after = jax.device_get({**train_lib.state_variables(state),
                             "params": params})
     results["emulated_before"] = before
+    results["emulated_lossless_before"] = lossless
     results["emulated_after"] = _emulated(
         run, after, crossbar_layers(run, after["params"]), hw,
         jax.random.fold_in(run.key, 5))

@@ -348,3 +348,45 @@ def test_results_json_has_headline_and_pareto(tmp_path):
   assert summary["models"]["mlp"]["headline"] is None
   pareto = [p["run"] for p in summary["models"]["lenet5"]["pareto"]]
   assert pareto[0] == "lenet5_prune_p0.5" and "lenet5_ste_p0.8_k2" in pareto
+
+
+def _make_hwaware(payload, bits, mode, before, after, lossless):
+  payload["recipe"]["stages"] = ["prune", "share", "finetune", "hwaware"]
+  payload["config"]["hwaware"] = {"steps": 500}
+  payload["config"]["eval"] = {"emulate_limit": 2000}
+  payload["accuracy_detail"] = {
+      "hwaware_steps": 500, "hwaware_adc_bits": bits,
+      "hwaware_adc_mode": mode, "hwaware_emulated_before": before,
+      "hwaware_emulated_after": after,
+      "hwaware_emulated_lossless_before": lossless}
+
+
+def test_hwaware_runs_get_their_own_table(tmp_path):
+  runs_dir = str(tmp_path / "runs")
+  _write(runs_dir, "lenet5_base", init="", compressed=0.896, ou_ratio=5.0)
+  # A worse "compressed" accuracy and a higher ratio: as a compression
+  # point it would take the Pareto front; it must not.
+  _write(runs_dir, "lenet5_hw3_clip", compressed=0.40, ou_ratio=50.0)
+  _update(runs_dir, "lenet5_hw3_clip",
+          lambda p: _make_hwaware(p, 3, "clip", 0.151, 0.80, 0.899))
+  _write(runs_dir, "lenet5_hw4_calibrated", compressed=0.88, ou_ratio=50.0)
+  _update(runs_dir, "lenet5_hw4_calibrated",
+          lambda p: _make_hwaware(p, 4, "calibrated", 0.894, 0.897, 0.899))
+  out = str(tmp_path / "R.md")
+  text = results.write_report(runs_dir, out)
+  compression, hw_part = text.split("## Hardware-aware fine-tune", 1)
+  assert "hw3" not in compression and "hw4" not in compression
+  lines = [l for l in hw_part.splitlines() if l.startswith("| lenet5")]
+  # 4 bits first, then 3; the gap is lossless before - ADC after, in pp.
+  assert lines[0].rstrip(" |").split(" | ")[2:11] == [
+      "4-bit calibrated", "500", "2000", "0.8990", "0.8940", "**0.8970**",
+      "+0.20", "0.8800", "0.8970"]
+  assert lines[1].split(" | ")[2] == "3-bit clip"
+  assert "+9.90" in lines[1]
+  with open(str(tmp_path / "R.json")) as f:
+    summary = json.load(f)
+  assert [h["run"] for h in summary["hwaware"]] == [
+      "lenet5_hw4_calibrated", "lenet5_hw3_clip"]
+  assert summary["models"]["lenet5"]["headline"]["run"] == "lenet5_base"
+  assert all(p["run"] == "lenet5_base"
+             for p in summary["models"]["lenet5"]["pareto"])

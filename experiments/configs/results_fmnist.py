@@ -5,8 +5,9 @@
 
 Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
 (ResNet-20 and VGG-8, sized for an accelerator), ``seeds`` (repeats of
-headline candidates) and ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
-``k`` against per-layer allocation). Every point of a model starts from that model's
+headline candidates), ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
+``k`` against per-layer allocation) and ``hwaware`` (hardware-aware
+fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``). Every point of a model starts from that model's
 baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
 
@@ -175,6 +176,30 @@ def study_points() -> list[Point]:
                              share__allocate_ou_ratio=64.0)))]
 
 
+# Hardware-aware fine-tune of each CPU model's base compression (its config's
+# recipe, deterministic on a CPU: the same model as MODEL_base) at 4- and
+# 3-bit ADCs, clip and calibrated, emulated on 2000 test images.
+HWAWARE_STEPS = {"mlp": 2000, "lenet5": 1000}
+
+
+def hwaware_points() -> list[Point]:
+  out = []
+  for m in ("mlp", "lenet5"):
+    for bits in (4, 3):
+      for mode in ("clip", "calibrated"):
+        flags = {
+            "recipe.stages": ("prune", "share", "finetune", "hwaware"),
+            "hwaware.steps": HWAWARE_STEPS[m],
+            "hwaware.learning_rate": 2e-4, "hwaware.adc_bits": bits,
+            "hwaware.adc_mode": mode, "eval.emulate_limit": 2000,
+            "eval.adc_bits": ()}
+        if mode == "calibrated":
+          flags["hwaware.recalibrate_every"] = 250
+        out.append(Point(f"{m}_hw{bits}_{mode}", CONFIGS[m], flags,
+                         base=f"{m}_base", group="hwaware"))
+  return out
+
+
 _GRID = {"ou_rows": ("8", "9", "16", "32"), "cell_bits": ("1", "2", "4")}
 
 
@@ -203,5 +228,6 @@ def sweeps() -> list[Sweep]:
 def get_grid() -> Grid:
   models = ("mlp", "lenet5", "resnet20", "vgg8")
   return Grid(points=[base(m) for m in models] + cpu_points()
-              + seed_points() + gpu_points() + study_points(),
+              + seed_points() + gpu_points() + study_points()
+              + hwaware_points(),
               sweeps=sweeps())
