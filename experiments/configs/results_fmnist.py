@@ -7,7 +7,8 @@ Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
 (ResNet-20 and VGG-8, sized for an accelerator), ``seeds`` (repeats of
 headline candidates), ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
 ``k`` against per-layer allocation) and ``hwaware`` (hardware-aware
-fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``). Every point of a model starts from that model's
+fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``) and ``alloc`` (LeNet-5's
+headline ratio with per-layer ``k``). Every point of a model starts from that model's
 baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
 
@@ -176,6 +177,14 @@ def study_points() -> list[Point]:
                              share__allocate_ou_ratio=64.0)))]
 
 
+# Per-layer k (share.allocate_ou_ratio) against the uniform k = 8 headline of
+# LeNet-5 at its ratio (5.22x), the same seeds side by side.
+def alloc_points() -> list[Point]:
+  return [point("lenet5", "share", 0, 8, tag="bn_a5.22", bn=True,
+                seed=s or None, group="alloc", share__allocate_ou_ratio=5.22)
+          for s in (0, 1, 2)]
+
+
 # Hardware-aware fine-tune of each CPU model's base compression (its config's
 # recipe, deterministic on a CPU: the same model as MODEL_base) at 4- and
 # 3-bit ADCs, clip and calibrated, emulated on 2000 test images.
@@ -229,5 +238,5 @@ def get_grid() -> Grid:
   models = ("mlp", "lenet5", "resnet20", "vgg8")
   return Grid(points=[base(m) for m in models] + cpu_points()
               + seed_points() + gpu_points() + study_points()
-              + hwaware_points(),
+              + hwaware_points() + alloc_points(),
               sweeps=sweeps())
