@@ -306,7 +306,7 @@ def _apply(weights: CrossbarWeights, x, key, rows, signed):
   if hw.signed == "offset" and dataflow != "exact":
     pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]
     xsum = jnp.sum(jnp.pad(x, ((0, 0), (0, pad))).reshape(
-        x.shape[0], -1, hw.ou_rows), axis=-1)
+        x.shape[0], -1, hw.ou_rows), axis=-1, dtype=jnp.int32)
     corr = jnp.left_shift(
         jnp.dot(xsum, weights.active, preferred_element_type=jnp.int32),
         hw.weight_bits - 1)

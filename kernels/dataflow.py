@@ -71,7 +71,9 @@ def _combine(codes, hw):
   sign, shift = _weights(hw)
   lead = (slice(None),) + (None,) * (codes.ndim - 1)
   shifted = jnp.left_shift(codes, shift[(None,) * (codes.ndim - 1)])
-  return jnp.sum(jnp.sum(shifted, axis=-1) * sign[lead[:-1]], axis=0)
+  # int32 sums: with jax_enable_x64 an integer sum would widen to int64.
+  return jnp.sum(jnp.sum(shifted, axis=-1, dtype=jnp.int32) * sign[lead[:-1]],
+                 axis=0, dtype=jnp.int32)
 
 
 def num_patterns(hw: hardware.HardwareSpec) -> int:
@@ -155,7 +157,8 @@ def patterns(x, hw: hardware.HardwareSpec):
   cyc = (jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits)
   row = (jnp.arange(hw.ou_rows, dtype=jnp.int32) * hw.dac_bits)
   d = (xr[:, :, None, :] >> cyc[None, None, :, None]) & (2**hw.dac_bits - 1)
-  pat = jnp.sum(jnp.left_shift(d, row[None, None, None, :]), axis=-1)
+  pat = jnp.sum(jnp.left_shift(d, row[None, None, None, :]), axis=-1,
+                dtype=jnp.int32)
   return jnp.transpose(pat, (1, 0, 2))
 
 
@@ -269,7 +272,7 @@ def direct_apply(cells, route, active, x, hw: hardware.HardwareSpec,
   z, _ = jax.lax.scan(cycle, jnp.zeros((num_rb, m, cols), jnp.int32),
                       jnp.arange(hw.cycles, dtype=jnp.int32))
   if route is None:
-    return jnp.sum(z * active[:, None, :], axis=0)
+    return jnp.sum(z * active[:, None, :], axis=0, dtype=jnp.int32)
   return _route_rows(z, route)
 
 

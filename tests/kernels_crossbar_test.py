@@ -316,3 +316,20 @@ def test_one_cell_per_weight(signed):
     y = rk.crossbar_matmul(x_hi, w, lossy, dataflow=dataflow)
     _check(y, x_hi, w, lossy)
     assert not np.allclose(np.asarray(y, np.float64), x_hi @ w)
+
+
+@pytest.mark.parametrize("dataflow", ["table", "streamed", "direct", "sliced"])
+def test_runs_with_64bit_types_enabled(dataflow):
+  # A user with jax_enable_x64 on: integer sums must not widen to int64
+  # (scan carries and int32 dots refused them before).
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 256, (6, 40))
+  w = rng.integers(-127, 128, (40, 16))
+  hw = rsjax.HardwareSpec(adc_bits=4)
+  want = np.asarray(rk.crossbar_matmul(x, w, hw, dataflow=dataflow))
+  with jax.enable_x64(True):
+    got = rk.crossbar_matmul(x, w, hw, dataflow=dataflow)
+    signed = rk.crossbar_matmul(x - 128, w, hw, signed_inputs=True,
+                                dataflow=dataflow)
+  assert got.dtype == jnp.int32 and signed.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), want)
