@@ -261,6 +261,15 @@ PARETO_METRICS = (("ou_ratio", "dense OUs / stored OUs"),
                   ("crossbar_ratio", "dense / packed crossbars"))
 
 
+def _log_x(ax) -> None:
+  """A log x axis labelled at 1, 2 and 5 times powers of ten, plainly."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  ax.set_xscale("log")
+  ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   """Compressed accuracy vs each of :data:`PARETO_METRICS` (one row of
   panels per metric, one column per model), one series per variant, the
@@ -268,7 +277,6 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   models = sorted({r["model"] for r in rows})
   cols = max(len(models), 1)
@@ -301,10 +309,7 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
         ax.axhline(f, color="k", linestyle="--", linewidth=1, label="float")
         ax.axhline(f - MAX_LOSS_PP / 100, color="r", linestyle=":",
                    linewidth=1, label=f"float - {MAX_LOSS_PP} pp")
-      ax.set_xscale("log")
-      ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-      ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+      _log_x(ax)
       ax.set_xlabel(f"{metric} ({meaning})")
       ax.set_ylabel("test accuracy (compressed, float eval)")
       ax.set_title(f"{model} / {mrows[0]['dataset']}")
@@ -500,7 +505,7 @@ def energy_plot(runs: Sequence[Mapping[str, Any]], path: str) -> None:
       ax.plot([h["energy_pj"] * 1e-3], [h["compressed"]], "o", markersize=16,
               markerfacecolor="none", markeredgecolor="r",
               label=f"headline {h['name']}")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("energy per inference (nJ, log scale)")
     ax.set_ylabel("test accuracy (compressed, float eval)")
     ax.set_title(f"{model} / {mrows[0]['dataset']}")
@@ -631,6 +636,20 @@ def _provenance_text(runs: Sequence[Mapping[str, Any]]) -> str:
           " (the first run's versions and device).")
 
 
+def _cost_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The energy table's rows as JSON values (the dense row has no loss:
+  it is the baseline run's dense mapping, not its compressed model)."""
+  out = []
+  for label, rep, _, res in layout_points(runs):
+    cost = None if res is None else layout_cost(
+        res, "dense" if label == "dense" else None)
+    if cost is not None:
+      out.append({"row": label, "run": rep["run"],
+                  "loss_pp": None if label == "dense" else rep["loss_pp"],
+                  **cost})
+  return out
+
+
 def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The machine-readable results (``RESULTS.json``)."""
   points = point_rows(runs)
@@ -666,11 +685,7 @@ def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                                       "compressed", "emulated", "loss_pp",
                                       "layout", "energy_pj")}
                    for p in pareto_front(mpoints)],
-        "hardware_cost": [
-            {"row": label, "run": rep["run"], "loss_pp": rep["loss_pp"],
-             **layout_cost(res, "dense" if label == "dense" else None)}
-            for label, rep, _, res in layout_points(mruns)
-            if res is not None and layout_cost(res) is not None]}
+        "hardware_cost": _cost_rows(mruns)}
   return {"commits": commits(runs), "models": models}
 
 

@@ -300,6 +300,8 @@ def test_energy_plot_and_json(tmp_path):
   head = summary["headline"]
   assert head["run"] == "p" and head["layout"] == "pruned"
   assert head["energy_pj"] == 600e3 and head["latency_ns"] == 60e3
+  assert summary["hardware_cost"][0]["loss_pp"] is None
+  assert summary["hardware_cost"][1]["loss_pp"] == pytest.approx(0.2)
   assert [(c["row"], c["run"], c["layout"], c["energy_pj"])
           for c in summary["hardware_cost"]] == [
               ("dense", "b", "dense", 1000e3),
