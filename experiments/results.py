@@ -261,30 +261,51 @@ PARETO_METRICS = (("ou_ratio", "dense OUs / stored OUs"),
                   ("crossbar_ratio", "dense / packed crossbars"))
 
 
-def _log_x(ax) -> None:
-  """A log x axis labelled at 1, 2 and 5 times powers of ten, plainly."""
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+# One marker and colour per compressed variant, in both plots.
+_MARKERS = dict(zip(VARIANTS[1:], "o^sD"))
+_COLORS = dict(zip(VARIANTS[1:], ("C0", "C1", "C2", "C3")))
+
+
+def _finish_panel(ax, xlabel: str, title: str) -> None:
+  """A log x axis labelled at 1, 2 and 5 times powers of ten, plainly; the
+  accuracy axis, title, grid and legend."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   ax.set_xscale("log")
   ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
   ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
   ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("test accuracy (compressed, float eval)")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7)
+
+
+def _save_plot(fig, path: str) -> None:
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=90)
+  _pyplot().close(fig)
+  os.replace(tmp, path)
 
 
 def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   """Compressed accuracy vs each of :data:`PARETO_METRICS` (one row of
   panels per metric, one column per model), one series per variant, the
   float baseline and the 0.5 pp line dashed."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = _pyplot()
   models = sorted({r["model"] for r in rows})
   cols = max(len(models), 1)
   fig, axes = plt.subplots(len(PARETO_METRICS), cols,
                            figsize=(5.5 * cols, 4.2 * len(PARETO_METRICS)),
                            squeeze=False)
-  markers = dict(zip(VARIANTS[1:], "o^sD"))
-  colors = dict(zip(VARIANTS[1:], ("C0", "C1", "C2", "C3")))
   for (metric, meaning), ax_row in zip(PARETO_METRICS, axes):
     for ax, model in zip(ax_row, models):
       mrows = [r for r in rows if r["model"] == model]
@@ -294,9 +315,9 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
                       and r["compressed"] is not None),
                      key=lambda r: r[metric])
         b = base_variant(v)
-        if pts and b in markers:
+        if pts and b in _MARKERS:
           ax.plot([r[metric] for r in pts], [r["compressed"] for r in pts],
-                  marker=markers[b], color=colors[b], label=v,
+                  marker=_MARKERS[b], color=_COLORS[b], label=v,
                   linestyle="--" if v != b else "-",
                   fillstyle="none" if v != b else "full")
       front = pareto_front(mrows, metric)
@@ -309,17 +330,9 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
         ax.axhline(f, color="k", linestyle="--", linewidth=1, label="float")
         ax.axhline(f - MAX_LOSS_PP / 100, color="r", linestyle=":",
                    linewidth=1, label=f"float - {MAX_LOSS_PP} pp")
-      _log_x(ax)
-      ax.set_xlabel(f"{metric} ({meaning})")
-      ax.set_ylabel("test accuracy (compressed, float eval)")
-      ax.set_title(f"{model} / {mrows[0]['dataset']}")
-      ax.grid(True, which="both", alpha=0.3)
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+      _finish_panel(ax, f"{metric} ({meaning})",
+                    f"{model} / {mrows[0]['dataset']}")
+  _save_plot(fig, path)
 
 
 # The layouts of the hardware cost table and the variants they are taken from.
@@ -403,7 +416,8 @@ def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
   lines.append(
       f"| dense | {points[0][1]['name']} | - | "
       f"{_vs(dense['dense_crossbars'], 0)} | {_vs(d_act, 0)} | "
-      f"{_vs(d_adc, 0)} | {_vs(d_adc, 0)} | 0 | {_vs(dense['dense_bits'], 0)} |")
+      f"{_vs(d_adc, 0)} | {_vs(d_adc, 0)} | 0 | "
+      f"{_vs(dense['dense_bits'], 0)} |")
   for layout, rep, within, res in points[1:]:
     if rep is None:
       lines.append(f"| {layout} | no run | | | | | | | |")
@@ -470,9 +484,7 @@ def energy_plot(runs: Sequence[Mapping[str, Any]], path: str) -> None:
   """Compressed accuracy vs energy per inference, one panel per model:
   every run a point (in the layout its model uses, one marker per variant),
   the float baseline at its dense energy, the headline ringed."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   rows = [row(r) for r in runs]
   points = point_rows(runs)
@@ -480,8 +492,6 @@ def energy_plot(runs: Sequence[Mapping[str, Any]], path: str) -> None:
   fig, axes = plt.subplots(1, max(len(models), 1),
                            figsize=(5.5 * max(len(models), 1), 4.2),
                            squeeze=False)
-  markers = dict(zip(VARIANTS[1:], "o^sD"))
-  colors = dict(zip(VARIANTS[1:], ("C0", "C1", "C2", "C3")))
   for ax, model in zip(axes[0], models):
     mrows = [r for r in rows if r["model"] == model]
     for v in sorted({r["variant"] for r in mrows}):
@@ -491,7 +501,7 @@ def energy_plot(runs: Sequence[Mapping[str, Any]], path: str) -> None:
       if pts:
         ax.plot([r["energy_pj"] * 1e-3 for r in pts],
                 [r["compressed"] for r in pts], linestyle="none",
-                marker=markers.get(b, "x"), color=colors.get(b, "k"),
+                marker=_MARKERS.get(b, "x"), color=_COLORS.get(b, "k"),
                 fillstyle="none" if v != b else "full",
                 label=f"{v} ({pts[0]['layout']})")
     base = next((r for r in runs if r["model"] == model and is_baseline(r)),
@@ -505,17 +515,9 @@ def energy_plot(runs: Sequence[Mapping[str, Any]], path: str) -> None:
       ax.plot([h["energy_pj"] * 1e-3], [h["compressed"]], "o", markersize=16,
               markerfacecolor="none", markeredgecolor="r",
               label=f"headline {h['name']}")
-    _log_x(ax)
-    ax.set_xlabel("energy per inference (nJ, log scale)")
-    ax.set_ylabel("test accuracy (compressed, float eval)")
-    ax.set_title(f"{model} / {mrows[0]['dataset']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
+    _finish_panel(ax, "energy per inference (nJ, log scale)",
+                  f"{model} / {mrows[0]['dataset']}")
+  _save_plot(fig, path)
 
 
 def seed_groups(runs: Sequence[Mapping[str, Any]]
