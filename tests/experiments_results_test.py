@@ -254,6 +254,23 @@ def test_hardware_cost_reads_the_old_cost_key():
   assert results.energy_table([unpriced]) == ""
 
 
+def test_run_summary_reads_either_key_and_the_sweep_energy():
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  new, old = _priced_runs()[:2]
+  for r in (new, old):
+    r.update(hardware={}, timing_s={"total": 1.0},
+             adc_sweep=[{"adc_bits": 3, "accuracy": 0.5, "energy_pj": None,
+                         "layout": "shared"},
+                        {"adc_bits": 4, "accuracy": 0.8,
+                         "energy_pj": 123456.0, "layout": "shared"}])
+  for r in (new, old):
+    text = report.summary_table(r)
+    assert "dense 1.000 uJ, pruned 0.600 uJ" in text
+    assert "3b: 0.5000, 4b: 0.8000 (123.5 nJ shared)" in text
+  old["adc_sweep"] = [{"adc_bits": 5, "accuracy": 0.9}]  # before the energy
+  assert "5b: 0.9000\n" in report.summary_table(old)
+
+
 def test_energy_table_rows_and_ratios():
   runs = _priced_runs()
   table = results.energy_table(runs).splitlines()
