@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import rsjax
 
@@ -220,6 +221,27 @@ def init_variables(model: nn.Module, key, image_shape: Sequence[int]):
   """``{'params', 'batch_stats'?}`` for one input of ``image_shape``."""
   x = jnp.zeros((1, *image_shape), jnp.float32)
   return dict(jax.jit(functools.partial(model.init, train=False))(key, x))
+
+
+def layer_positions(model, variables, image_shape) -> dict[str, int]:
+  """MVMs per inference of each kernel path: a conv's output pixels."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+
+  def apply(x):
+    return model.apply(variables, x, train=False,
+                       capture_intermediates=True, mutable=["intermediates"])
+
+  _, state = jax.eval_shape(apply, x)
+  inter = dict(rsjax.named_leaves(state["intermediates"]))
+  out = {}
+  for path, leaf in rsjax.named_leaves(variables):
+    if not path.endswith("/kernel"):
+      continue
+    module = path[len("params/"):-len("/kernel")]
+    shape = inter.get(f"{module}/__call__/0")
+    if shape is not None:
+      out[path] = int(np.prod(shape.shape[1:-1])) if leaf.ndim == 4 else 1
+  return out
 
 
 def fold_batchnorm(model: nn.Module, variables):

@@ -156,6 +156,23 @@ class Recipe:
       return "prune only"
     return "prune + share" if "prune" in self.stages else "share only"
 
+  @property
+  def layout(self) -> str:
+    """The :func:`rsjax.hardware_cost` layout its model runs in
+    (:func:`cost_layout`)."""
+    return cost_layout(self.stages)
+
+
+def cost_layout(stages: Sequence[str]) -> str:
+  """The :func:`rsjax.hardware_cost` layout of a recipe's stages.
+
+  ``'shared'`` if they share (index-and-add; the layout skips pruned blocks
+  too), ``'pruned'`` if they prune only, else ``'dense'``.
+  """
+  if "share" in stages:
+    return "shared"
+  return "pruned" if "prune" in stages else "dense"
+
 
 def _distill(cc: ml_collections.ConfigDict) -> tuple[float, float] | None:
   weight = float(cc.distill_weight)

@@ -6,9 +6,11 @@ allocate_ou_ratio`` the target and the allocated rules), ``hardware``,
 ``provenance`` (commit, dirty tree, library versions, devices),
 ``accuracy`` {float, quantized, compressed, emulated}, ``accuracy_detail``,
 ``compression`` (the totals of :func:`rsjax.compression_report`, headline
-``ou_ratio``), ``layers``, ``cost`` (energy, latency and area per
-inference of the dense, pruned and shared layouts at the run's ADC,
-:func:`rsjax.inference_cost`), ``adc_sweep`` and ``timing_s``.
+``ou_ratio``), ``layers``, ``hardware_cost`` (energy, latency and area
+per inference of the dense, pruned and shared layouts at the run's ADC,
+:func:`rsjax.hardware_cost`; runs written before it was renamed have it as
+``cost``), ``adc_sweep`` (per ADC resolution: emulated accuracy and the
+energy per inference of the layout the model runs in) and ``timing_s``.
 """
 
 from __future__ import annotations
@@ -18,37 +20,14 @@ import io
 import os
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import rsjax
 
+from experiments import results as results_lib
 from experiments import stages as stages_lib
 from experiments import workdir as workdir_lib
 
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
                     "stored_ous", "dense_ous", "index_bits")
-
-
-def layer_positions(model, variables, image_shape) -> dict[str, int]:
-  """MVMs per inference of each kernel path: a conv's output pixels."""
-  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-
-  def apply(x):
-    return model.apply(variables, x, train=False,
-                       capture_intermediates=True, mutable=["intermediates"])
-
-  _, state = jax.eval_shape(apply, x)
-  inter = dict(rsjax.named_leaves(state["intermediates"]))
-  out = {}
-  for path, leaf in rsjax.named_leaves(variables):
-    if not path.endswith("/kernel"):
-      continue
-    module = path[len("params/"):-len("/kernel")]
-    shape = inter.get(f"{module}/__call__/0")
-    if shape is not None:
-      out[path] = int(np.prod(shape.shape[1:-1])) if leaf.ndim == 4 else 1
-  return out
 
 
 def _pyplot():
@@ -72,8 +51,18 @@ def plot_sweep(path, sweep, title, references):
   for (name, value), style in zip(references.items(), ("--", ":")):
     if value is not None:
       ax.axhline(value, color="gray", linestyle=style, label=name)
+  priced = [s for s in sweep if s.get("energy_pj") is not None]
+  if priced:
+    # Energy on its own axis: it is what a resolution costs beside what it
+    # keeps of the accuracy.
+    energy_ax = ax.twinx()
+    energy_ax.plot([s["adc_bits"] for s in priced],
+                   [s["energy_pj"] * 1e-3 for s in priced], "s--",
+                   color="C1", label=f"energy ({priced[0]['layout']})")
+    energy_ax.set_ylabel("energy per inference (nJ)", color="C1")
+    energy_ax.legend(fontsize=8, loc="lower right")
   ax.set_xticks(bits)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="center right")
   ax.set_xlabel("ADC bits")
   ax.set_ylabel("accuracy")
   ax.set_title(title)
@@ -95,12 +84,18 @@ def plot_layers(path, layer_figs, title):
   _save_fig(fig, path)
 
 
+SWEEP_CSV_COLUMNS = ("adc_bits", "accuracy", "energy_pj", "layout")
+
+
 def _sweep_csv(sweep) -> str:
+  """One row per ADC resolution; energy and layout empty where the sweep
+  has none (runs before the energy was added, or no ADC figure)."""
   out = io.StringIO()
   writer = csv.writer(out)
-  writer.writerow(["adc_bits", "accuracy"])
+  writer.writerow(SWEEP_CSV_COLUMNS)
   for s in sweep:
-    writer.writerow([s["adc_bits"], s["accuracy"]])
+    writer.writerow(["" if s.get(k) is None else s[k]
+                     for k in SWEEP_CSV_COLUMNS])
   return out.getvalue()
 
 
@@ -115,9 +110,7 @@ def write(run, wall_s: float) -> dict[str, Any]:
     The results (JSON values).
   """
   variables, layers = stages_lib.load_model(run)
-  positions = layer_positions(run.compress_model, variables,
-                              run.info.image_shape)
-  report = rsjax.compression_report(layers, run.hw, positions)
+  report = stages_lib.model_report(run, variables, layers)
   evaluated = run.results("evaluate")
   accuracy = {k: evaluated[k]
               for k in ("float", "quantized", "compressed", "emulated")}
@@ -151,7 +144,7 @@ def write(run, wall_s: float) -> dict[str, Any]:
       "accuracy_detail": detail,
       "compression": dict(report["total"]),
       "layers": dict(report["layers"]),
-      "cost": rsjax.inference_cost(report, run.hw)["layouts"],
+      "hardware_cost": rsjax.hardware_cost(report, run.hw)["layouts"],
       "adc_sweep": sweep,
       "timing_s": timing,
   })
@@ -186,7 +179,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
   for k in COMPRESSION_KEYS:
     v = results["compression"].get(k)
     rows.append((k, fmt(v, ".2f" if "ratio" in k else ",.0f")))
-  cost = results.get("cost")
+  cost = results_lib.hardware_cost(results)
   if cost:
     rows.append(("energy / inference", ", ".join(
         f"{layout} {c['energy_pj']['total'] / 1e6:.3f} uJ"
@@ -194,6 +187,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
   if results["adc_sweep"]:
     rows.append(("adc sweep", ", ".join(
         f"{s['adc_bits']}b: {s['accuracy']:.4f}"
+        + ("" if s.get("energy_pj") is None
+           else f" ({s['energy_pj'] / 1e3:,.1f} nJ {s['layout']})")
         for s in results["adc_sweep"])))
   else:
     rows.append(("adc sweep", "skipped (no emulation)"))

@@ -433,20 +433,44 @@ def evaluate(run) -> dict[str, Any]:
   }
 
 
+def model_report(run, variables, layers) -> dict[str, Any]:
+  """:func:`rsjax.compression_report` of the run's model, each layer with
+  its crossbar MVMs per inference (a conv's output pixels)."""
+  positions = models_lib.layer_positions(run.compress_model, variables,
+                                         run.info.image_shape)
+  return rsjax.compression_report(layers, run.hw, positions)
+
+
 def adc_sweep(run) -> dict[str, Any]:
-  """Emulated accuracy at each of ``eval.adc_bits``."""
+  """Emulated accuracy and energy per inference at each of
+  ``eval.adc_bits``.
+
+  The energy (:func:`rsjax.hardware_cost`, pJ) is that of the layout the
+  model runs in (:attr:`Recipe.layout`: ``shared``, ``pruned`` or
+  ``dense``); None at a resolution :class:`rsjax.CostModel` has no ADC
+  figure for.
+  """
   if not run.config.eval.emulate:
     log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
              "eval.emulate is False")
     return {"sweep": [], "skipped": "eval.emulate is False"}
   variables, layers = load_model(run)
+  report = model_report(run, variables, layers)
+  layout = run.recipe.layout
+  costs = rsjax.CostModel()
   sweep = []
   for bits in run.config.eval.adc_bits:
-    acc = _emulated(run, variables, layers,
-                    run.hw.replace(adc_bits=int(bits)),
+    hw = run.hw.replace(adc_bits=int(bits))
+    acc = _emulated(run, variables, layers, hw,
                     jax.random.fold_in(run.key, 3))
-    log.info("ADC %d bits: accuracy %.4f", bits, acc)
-    sweep.append({"adc_bits": int(bits), "accuracy": acc})
+    energy = None
+    if hw.adc_bits in costs.adc_energy_pj:
+      energy = rsjax.hardware_cost(
+          report, hw, costs)["layouts"][layout]["energy_pj"]["total"]
+    log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
+             layout, "n/a" if energy is None else f"{energy:.4g}")
+    sweep.append({"adc_bits": int(bits), "accuracy": acc,
+                  "energy_pj": energy, "layout": layout})
   return {"sweep": sweep}
 
 

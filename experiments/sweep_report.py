@@ -76,13 +76,26 @@ def grid_table(sweep: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _nj(energy: Mapping[str, float] | None, layout: str) -> str:
+  return "n/a" if energy is None else f"{energy[layout] * 1e-3:,.1f}"
+
+
 def equality_table(sweep: Mapping[str, Any]) -> str:
-  """Index-and-add vs dense layout of the same weights, per ADC bits."""
-  lines = ["| ADC bits | shared (index-and-add) | dense layout | "
-           "max abs logit difference |", "|---|---|---|---|"]
-  for e in sweep["equality"]:
-    lines.append(f"| {e['adc_bits']} | {_pct(e['shared'])} | "
-                 f"{_pct(e['dense'])} | {e['max_abs_diff']:g} |")
+  """Index-and-add vs dense layout of the same weights, per ADC bits: the
+  accuracy (%) and, in sweeps that hold it, the energy per inference."""
+  entries = sweep["equality"]
+  priced = any("energy_pj" in e for e in entries)
+  head = ["ADC bits", "shared (index-and-add)", "dense layout",
+          "max abs logit difference"]
+  if priced:
+    head += ["shared energy (nJ)", "dense energy (nJ)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for e in entries:
+    cells = [str(e["adc_bits"]), _pct(e["shared"]), _pct(e["dense"]),
+             f"{e['max_abs_diff']:g}"]
+    if priced:
+      cells += [_nj(e.get("energy_pj"), k) for k in ("shared", "dense")]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

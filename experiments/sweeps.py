@@ -23,8 +23,9 @@ scales calibrated on the first ``--calibration`` *training* images:
 ``equality``
   At the run's hardware, for every ADC resolution: the index-and-add
   dataflow on the codebooks and index tables against the decompressed
-  matrix programmed densely; accuracy of both and the largest logit
-  difference (0 means bit-identical).
+  matrix programmed densely; accuracy of both, the largest logit
+  difference (0 means bit-identical) and the energy per inference of both
+  layouts (:func:`rsjax.hardware_cost`).
 ``faults``
   Stuck-at faults (half stuck at the lowest level, half at the highest) and
   programming variation (Gaussian, in cell levels), ``--seeds`` keys each;
@@ -219,16 +220,36 @@ def grid(em: Emulator, *, ou_rows: Sequence[int], cell_bits: Sequence[int],
   return rows
 
 
+def inference_report(subject: Subject) -> dict[str, Any]:
+  """:func:`rsjax.compression_report` of the subject with each layer's
+  crossbar MVMs per inference (a conv's output pixels)."""
+  positions = models_lib.layer_positions(subject.model, subject.params,
+                                         subject.images.shape[1:])
+  return rsjax.compression_report(
+      subject.layers, subject.hw,
+      {k: v for k, v in positions.items() if k in subject.layers})
+
+
 def equality(em: Emulator, adc_bits: Sequence[int]) -> list[dict[str, Any]]:
-  """Index-and-add vs the dense layout of the same weights."""
+  """Index-and-add vs the dense layout of the same weights, with each
+  layout's energy per inference (:func:`rsjax.hardware_cost`, pJ; None at
+  a resolution :class:`rsjax.CostModel` has no ADC figure for)."""
+  report = inference_report(em.subject) if em.subject.layers else None
+  costs = rsjax.CostModel()
   out = []
   for b in sorted({int(x) for x in adc_bits}):
     hw = em.subject.hw.replace(adc_bits=b)
     shared = em.logits(em.program(hw, shared=True, dataflow="sliced"))
     dense = em.logits(em.program(hw, shared=False, dataflow="sliced"))
+    energy = None
+    if report is not None and b in costs.adc_energy_pj:
+      layouts = rsjax.hardware_cost(report, hw, costs)["layouts"]
+      energy = {k: layouts[k]["energy_pj"]["total"]
+                for k in ("shared", "dense")}
     out.append({"adc_bits": b, "shared": em.accuracy(shared),
                 "dense": em.accuracy(dense),
-                "max_abs_diff": _max_diff(shared, dense)})
+                "max_abs_diff": _max_diff(shared, dense),
+                "energy_pj": energy})
   return out
 
 

@@ -8,7 +8,7 @@ from rsjax._src.compressed import CompressedLayer
 from rsjax._src.compressed import compress_kernel
 from rsjax._src.cost import CostModel
 from rsjax._src.cost import format_cost
-from rsjax._src.cost import inference_cost
+from rsjax._src.cost import hardware_cost
 from rsjax._src.export import CompressedModel
 from rsjax._src.finalize import to_compressed
 from rsjax._src.finetune import centroid_finetune
@@ -79,7 +79,7 @@ __all__ = (
     "from_crossbar_matrix",
     "from_ous",
     "grid_shape",
-    "inference_cost",
+    "hardware_cost",
     "kernel_paths",
     "layer_report",
     "load_compressed",

@@ -70,7 +70,7 @@ def test_constants_are_table_one_divided_out():
 
 
 def test_isaac_tile_and_ima_area(isaac_tile_report):
-  cost = rsjax.inference_cost(isaac_tile_report, ISAAC_HW)
+  cost = rsjax.hardware_cost(isaac_tile_report, ISAAC_HW)
   dense = cost["layouts"]["dense"]
   area = dense["area_um2"]
   assert dense["crossbars"] == ISAAC_TILE_XBARS
@@ -84,8 +84,8 @@ def test_isaac_ima_and_tile_power(isaac_tile_report):
   fig = isaac_tile_report["total"]
   assert fig["ou_activations_dense"] == ISAAC_TILE_XBARS
   assert fig["adc_conversions_dense"] == ISAAC_TILE_XBARS * 128
-  energy = rsjax.inference_cost(isaac_tile_report,
-                                ISAAC_HW)["layouts"]["dense"]["energy_pj"]
+  energy = rsjax.hardware_cost(isaac_tile_report,
+                               ISAAC_HW)["layouts"]["dense"]["energy_pj"]
   # pJ per 100 ns is 0.01 mW; 12 IMAs a tile.
   per_ima = {key: value / 100.0 / 12 for key, value in energy.items()}
   # Derived from these very rows: exact.
@@ -105,7 +105,7 @@ def test_isaac_ima_and_tile_power(isaac_tile_report):
 
 
 def test_worked_example_by_hand(worked_example):
-  cost = rsjax.inference_cost(_report(worked_example), HW)
+  cost = rsjax.hardware_cost(_report(worked_example), HW)
   dense, shared = cost["layouts"]["dense"], cost["layouts"]["shared"]
   # 3 positions x 8 input cycles x 8 blocks (4 stored); 8 cells an OU.
   conversions = 3 * 8 * 8 * 8
@@ -137,7 +137,7 @@ def test_worked_example_by_hand(worked_example):
 def test_breakdown_sums_to_total(worked_example):
   report = rsjax.compression_report({"a": worked_example, "b": W}, HW,
                                     positions={"a": 5})
-  cost = rsjax.inference_cost(report, HW)
+  cost = rsjax.hardware_cost(report, HW)
   for layout, fig in cost["layouts"].items():
     parts = {k: v for k, v in fig["energy_pj"].items() if k != "total"}
     assert set(parts) == set(rsjax._src.cost.ENERGY_KEYS)
@@ -154,8 +154,8 @@ def test_breakdown_sums_to_total(worked_example):
 
 @pytest.mark.parametrize("scale", [2, 7])
 def test_energy_and_latency_linear_in_counts(worked_example, scale):
-  one = rsjax.inference_cost(_report(worked_example, 4), HW)
-  many = rsjax.inference_cost(_report(worked_example, 4 * scale), HW)
+  one = rsjax.hardware_cost(_report(worked_example, 4), HW)
+  many = rsjax.hardware_cost(_report(worked_example, 4 * scale), HW)
   for layout in rsjax._src.cost.LAYOUTS:
     a, b = one["layouts"][layout], many["layouts"][layout]
     for key, value in a["energy_pj"].items():
@@ -166,8 +166,8 @@ def test_energy_and_latency_linear_in_counts(worked_example, scale):
 
 def test_fewer_adc_bits_cost_less(worked_example):
   report = _report(worked_example)
-  four = rsjax.inference_cost(report, HW.replace(adc_bits=4))
-  five = rsjax.inference_cost(report, HW)
+  four = rsjax.hardware_cost(report, HW.replace(adc_bits=4))
+  five = rsjax.hardware_cost(report, HW)
   for layout in rsjax._src.cost.LAYOUTS:
     a, b = four["layouts"][layout], five["layouts"][layout]
     assert a["energy_pj"]["adc"] < b["energy_pj"]["adc"]
@@ -178,7 +178,7 @@ def test_fewer_adc_bits_cost_less(worked_example):
 
 
 def test_sharing_cuts_adc_energy_by_its_factor(worked_example):
-  cost = rsjax.inference_cost(_report(worked_example), HW)
+  cost = rsjax.hardware_cost(_report(worked_example), HW)
   ou_ratio = _report(worked_example)["total"]["ou_ratio"]
   dense = cost["layouts"]["dense"]["energy_pj"]
   shared = cost["layouts"]["shared"]["energy_pj"]
@@ -188,7 +188,7 @@ def test_sharing_cuts_adc_energy_by_its_factor(worked_example):
 
 
 def test_uncompressed_layer_pays_no_table():
-  cost = rsjax.inference_cost(rsjax.compression_report({"w": W}, HW), HW)
+  cost = rsjax.hardware_cost(rsjax.compression_report({"w": W}, HW), HW)
   dense, shared = cost["layouts"]["dense"], cost["layouts"]["shared"]
   assert shared["energy_pj"] == dense["energy_pj"]
   assert shared["area_um2"] == dense["area_um2"]
@@ -197,16 +197,48 @@ def test_uncompressed_layer_pays_no_table():
 def test_pure_and_leaves_report_alone(worked_example):
   report = _report(worked_example)
   before = copy.deepcopy(report)
-  first = rsjax.inference_cost(report, HW)
+  first = rsjax.hardware_cost(report, HW)
   assert report == before
-  assert rsjax.inference_cost(report, HW) == first
+  assert rsjax.hardware_cost(report, HW) == first
+
+
+def test_layers_mapping_prices_as_its_report(worked_example):
+  layers = {"a": worked_example, "b": W}
+  positions = {"a": 5}
+  from_layers = rsjax.hardware_cost(layers, HW, positions=positions)
+  from_report = rsjax.hardware_cost(
+      rsjax.compression_report(layers, HW, positions), HW)
+  assert from_layers == from_report
+  # positions reach the report: 5 MVMs of 'a' cost 5 times one.
+  one = rsjax.hardware_cost(layers, HW)["layers"]["a"]["dense"]
+  assert from_layers["layers"]["a"]["dense"]["energy_pj"] == pytest.approx(
+      5 * one["energy_pj"])
+
+
+def test_shared_layout_of_a_pruned_and_shared_layer(worked_example):
+  # Prune one block of each row-block: 'shared' activates only the distinct
+  # blocks still used, 'pruned' every kept one; no separate pruned+shared.
+  index = np.array(worked_example.index).copy()
+  index[:, 0] = -1
+  layer = rsjax.CompressedLayer(worked_example.codebook, index,
+                                worked_example.kernel_shape)
+  report = _report(layer)
+  cost = rsjax.hardware_cost(report, HW)
+  assert set(cost["layouts"]) == {"dense", "pruned", "shared"}
+  fig = report["layers"]["x"]
+  stored = int(layer.stored_per_row_block().sum())
+  kept = int(np.sum(index >= 0))
+  assert (fig["stored_ous"], fig["kept_ous"]) == (stored, kept)
+  adc = {k: v["energy_pj"]["adc"] for k, v in cost["layouts"].items()}
+  assert adc["pruned"] == pytest.approx(3 * 8 * kept * 8 * 0.99)
+  assert adc["shared"] == pytest.approx(3 * 8 * stored * 8 * 0.99)
 
 
 def test_adc_table_override(worked_example):
   costs = COSTS.replace(adc_energy_pj={**COSTS.adc_energy_pj, 3: 0.6},
                         adc_area_um2={**COSTS.adc_area_um2, 3: 300.0})
-  cost = rsjax.inference_cost(_report(worked_example), HW.replace(adc_bits=3),
-                              costs)
+  cost = rsjax.hardware_cost(_report(worked_example), HW.replace(adc_bits=3),
+                             costs)
   assert cost["layouts"]["dense"]["energy_pj"]["adc"] == pytest.approx(
       3 * 8 * 8 * 8 * 0.6)
   assert COSTS.adc_energy_pj[8] == pytest.approx(1.666666667)  # unchanged
@@ -216,7 +248,7 @@ def test_adc_table_override(worked_example):
 
 
 def test_format_cost(worked_example):
-  text = rsjax.format_cost(rsjax.inference_cost(_report(worked_example), HW))
+  text = rsjax.format_cost(rsjax.hardware_cost(_report(worked_example), HW))
   lines = text.splitlines()
   assert lines[0].split()[:2] == ["layout", "energy"]
   assert [l.split()[0] for l in lines[2:5]] == ["dense", "pruned", "shared"]
@@ -227,7 +259,7 @@ def test_format_cost(worked_example):
 def test_bad_input(worked_example):
   report = _report(worked_example)
   with pytest.raises(ValueError, match=r"adc_bits=3.*adc_energy_pj"):
-    rsjax.inference_cost(report, HW.replace(adc_bits=3))
+    rsjax.hardware_cost(report, HW.replace(adc_bits=3))
   with pytest.raises(ValueError, match=r"CostModel.dac_energy_pj.*-1"):
     rsjax.CostModel(dac_energy_pj=-1.0)
   with pytest.raises(ValueError, match=r"adc_area_um2\[5\]"):
@@ -239,19 +271,31 @@ def test_bad_input(worked_example):
   with pytest.raises(ValueError, match="keys must be ADC bits"):
     rsjax.CostModel(adc_energy_pj={0: 1.0})
   with pytest.raises(ValueError, match="dac_bits"):
-    rsjax.inference_cost(report, HW.replace(dac_bits=2))
+    rsjax.hardware_cost(report, HW.replace(dac_bits=2))
   with pytest.raises(ValueError, match="lacks.*index_bits"):
     bad = copy.deepcopy(report)
     del bad["layers"]["x"]["index_bits"]
-    rsjax.inference_cost(bad, HW)
+    rsjax.hardware_cost(bad, HW)
   with pytest.raises(ValueError, match="not made for this hw"):
-    rsjax.inference_cost(report, HW.replace(input_bits=4))
+    rsjax.hardware_cost(report, HW.replace(input_bits=4))
   with pytest.raises(ValueError, match="not made for this hw"):
-    rsjax.inference_cost(report, HW.replace(signed="differential"))
+    rsjax.hardware_cost(report, HW.replace(signed="differential"))
   with pytest.raises(ValueError, match="'layers'"):
-    rsjax.inference_cost({"total": report["total"]}, HW)
+    rsjax.hardware_cost({"total": report["total"]}, HW)
   with pytest.raises(TypeError, match="CostModel"):
-    rsjax.inference_cost(report, HW, costs={"adc": 1})
+    rsjax.hardware_cost(report, HW, costs={"adc": 1})
+  with pytest.raises(ValueError, match="positions applies to a layers"):
+    rsjax.hardware_cost(report, HW, positions={"x": 3})
+  with pytest.raises(TypeError, match="layers_or_report must be.*list"):
+    rsjax.hardware_cost([worked_example], HW)
+  with pytest.raises(ValueError, match="layers_or_report is empty"):
+    rsjax.hardware_cost({}, HW)
+  with pytest.raises(TypeError, match=r"layers_or_report\['x'\] is a str"):
+    rsjax.hardware_cost({"x": "kernel"}, HW)
+  with pytest.raises(ValueError, match="'layers' mapping is empty"):
+    rsjax.hardware_cost({"layers": {}, "total": {}}, HW)
+  with pytest.raises(ValueError, match="positions given for unknown"):
+    rsjax.hardware_cost({"x": worked_example}, HW, positions={"y": 2})
 
 
 @pytest.mark.slow  # three k-means compiles: about 20 s on an idle 2-core CPU

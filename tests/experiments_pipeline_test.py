@@ -107,10 +107,12 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   on_disk = json.load(open(os.path.join(workdir, "results.json")))
   assert on_disk == results
   for key in ("model", "dataset", "config", "recipe", "hardware",
-              "provenance", "accuracy", "compression", "layers", "cost",
-              "adc_sweep", "timing_s"):
+              "provenance", "accuracy", "compression", "layers",
+              "hardware_cost", "adc_sweep", "timing_s"):
     assert key in on_disk
-  energy = {k: v["energy_pj"]["total"] for k, v in on_disk["cost"].items()}
+  assert "cost" not in on_disk  # the key's name before hardware_cost
+  energy = {k: v["energy_pj"]["total"]
+            for k, v in on_disk["hardware_cost"].items()}
   assert energy["shared"] < energy["pruned"] <= energy["dense"]
   assert on_disk["recipe"] == {
       "variant": "prune + share", "stages": ["prune", "share", "finetune"],
@@ -130,7 +132,7 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   assert on_disk["compression"]["ou_ratio"] > 1.0
   assert on_disk["config"]["train"]["steps"] == 6
   with open(os.path.join(workdir, "adc_sweep.csv")) as f:
-    assert f.readline().strip() == "adc_bits,accuracy"
+    assert f.readline().strip() == "adc_bits,accuracy,energy_pj,layout"
   assert os.path.exists(os.path.join(workdir, "layer_compression.png"))
 
   # The one model file reloads to the compressed model that was evaluated.
@@ -173,11 +175,19 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   # 8-bit activations and weights on a lossless ADC: close to the float
   # compressed model (on 250 examples, 0.04 is 10 of them).
   assert emulated == pytest.approx(res["accuracy"]["compressed"], abs=0.04)
-  sweep = {p["adc_bits"]: p["accuracy"] for p in res["adc_sweep"]}
-  assert set(sweep) == {3, 5} and sweep[5] == emulated
-  assert 0.0 <= sweep[3] <= 1.0
+  sweep = {p["adc_bits"]: p for p in res["adc_sweep"]}
+  assert set(sweep) == {3, 5} and sweep[5]["accuracy"] == emulated
+  assert 0.0 <= sweep[3]["accuracy"] <= 1.0
+  # The energy of the layout the prune + share model runs in, at each ADC:
+  # the run's own at 5 bits; CostModel has no 3-bit ADC figure.
+  assert {p["layout"] for p in sweep.values()} == {"shared"}
+  assert sweep[5]["energy_pj"] == pytest.approx(
+      res["hardware_cost"]["shared"]["energy_pj"]["total"])
+  assert sweep[3]["energy_pj"] is None
   rows = (emu_dir / "adc_sweep.csv").read_text().split()
-  assert rows[0] == "adc_bits,accuracy" and rows[2] == f"5,{emulated}"
+  assert rows[0] == "adc_bits,accuracy,energy_pj,layout"
+  assert rows[1] == f"3,{sweep[3]['accuracy']},,shared"
+  assert rows[2] == f"5,{emulated},{sweep[5]['energy_pj']},shared"
   assert (emu_dir / "accuracy_vs_adc_bits.png").stat().st_size > 1000
 
 

@@ -46,17 +46,19 @@ def _recipe(stages_, rules, sharing="ste"):
   return recipe_lib.from_config(config)
 
 
-@pytest.mark.parametrize("stages_, rules, variant", [
-    ((), (), "float baseline"),
-    (("prune",), ("kernel$ sparsity=0.5",), "prune only"),
-    (("share", "finetune"), ("kernel$ k=4",), "share only"),
-    (("share",), ("^conv1/", "kernel$ k=4"), "share only"),
+@pytest.mark.parametrize("stages_, rules, variant, layout", [
+    ((), (), "float baseline", "dense"),
+    (("prune",), ("kernel$ sparsity=0.5",), "prune only", "pruned"),
+    (("share", "finetune"), ("kernel$ k=4",), "share only", "shared"),
+    (("share",), ("^conv1/", "kernel$ k=4"), "share only", "shared"),
     (("prune", "share", "finetune"), ("kernel$ k=4 sparsity=0.5",),
-     "prune + share"),
+     "prune + share", "shared"),
+    (("hwaware",), (), "float baseline", "dense"),
 ])
-def test_variants(stages_, rules, variant):
+def test_variants(stages_, rules, variant, layout):
   recipe = _recipe(stages_, rules)
   assert recipe.variant == variant
+  assert recipe.layout == recipe_lib.cost_layout(stages_) == layout
   assert recipe_lib.describe(recipe)["stages"] == list(stages_)
 
 

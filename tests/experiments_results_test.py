@@ -203,6 +203,134 @@ def test_cost_table_rows_and_ratios():
   assert results.cost_table([runs[1]]) == ""  # no baseline: no table
 
 
+def _layout_cost(energy_nj, latency_us, crossbars, index_add_pj=0.0):
+  """One layout of a hardware_cost: total energy, half of it in the ADC."""
+  energy = {"total": energy_nj * 1e3, "adc": energy_nj * 500.0,
+            "index_table": index_add_pj / 2, "adders": index_add_pj / 2}
+  return {"energy_pj": energy, "latency_ns": latency_us * 1e3,
+          "interval_ns": latency_us * 500.0, "crossbars": crossbars,
+          "area_um2": {"core": crossbars * 1e4, "total": 2e5 + crossbars * 1e4}}
+
+
+def _priced(results_dict, key="hardware_cost", **energies_nj):
+  """Gives a results dict a hardware cost (``cost``: the old key) with
+  ``energies_nj`` per layout; latency in us is a tenth of the energy."""
+  results_dict[key] = {
+      layout: _layout_cost(nj, nj / 10, 10 if layout != "shared" else 5,
+                           index_add_pj=7.0 if layout == "shared" else 0.0)
+      for layout, nj in energies_nj.items()}
+  return results_dict
+
+
+def _priced_runs():
+  # Each run prices every layout; the table takes its own model's layout.
+  dense = {"dense": 1000.0, "pruned": 600.0}
+  return [
+      _priced(_costed("b", prune=0.2, k=8, compressed=0.89, base=True),
+              shared=300.0, **dense),
+      _priced(_costed("p", prune=0.5, k=None, compressed=0.898, kept=50,
+                      stored=50), key="cost", shared=500.0, **dense),
+      _priced(_costed("s", prune=0.0, k=4, compressed=0.80, kept=100,
+                      stored=25), shared=400.0, **dense),
+      _priced(_costed("s2", prune=0.0, k=8, compressed=0.85, kept=100,
+                      stored=40), key="cost", shared=800.0, **dense),
+  ]
+
+
+def test_hardware_cost_reads_the_old_cost_key():
+  new, old = _priced_runs()[:2]
+  assert results.hardware_cost(new) is new["hardware_cost"]
+  assert results.hardware_cost(old) is old["cost"]
+  assert results.hardware_cost({"accuracy": {}}) is None
+  # Each run in the layout its model uses.
+  assert results.row(new)["layout"] == "shared"
+  assert results.row(new)["energy_pj"] == 300e3
+  assert results.row(old)["layout"] == "pruned"
+  assert results.row(old)["energy_pj"] == 600e3
+  assert results.row(old)["latency_ns"] == 60e3
+  assert results.layout_cost(old, "dense")["energy_pj"] == 1000e3
+  unpriced = _costed("u", prune=0.5, k=None, compressed=0.9)
+  assert results.row(unpriced)["energy_pj"] is None
+  assert results.energy_table([unpriced]) == ""
+
+
+def test_run_summary_reads_either_key_and_the_sweep_energy():
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  new, old = _priced_runs()[:2]
+  for r in (new, old):
+    r.update(hardware={}, timing_s={"total": 1.0},
+             adc_sweep=[{"adc_bits": 3, "accuracy": 0.5, "energy_pj": None,
+                         "layout": "shared"},
+                        {"adc_bits": 4, "accuracy": 0.8,
+                         "energy_pj": 123456.0, "layout": "shared"}])
+  for r in (new, old):
+    text = report.summary_table(r)
+    assert "dense 1.000 uJ, pruned 0.600 uJ" in text
+    assert "3b: 0.5000, 4b: 0.8000 (123.5 nJ shared)" in text
+  old["adc_sweep"] = [{"adc_bits": 5, "accuracy": 0.9}]  # before the energy
+  assert "5b: 0.9000\n" in report.summary_table(old)
+
+
+def test_energy_table_rows_and_ratios():
+  runs = _priced_runs()
+  table = results.energy_table(runs).splitlines()
+  assert table[0].startswith("| layout | run | loss (pp) | run's layout | "
+                             "energy (nJ) |")
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
+  assert all(len(c) == table[0].count("|") - 1 for c in cells)
+  # The rows (and points) of the counts table.
+  assert [c[:2] for c in cells] == [
+      ["dense", "b"], ["pruned", "p"], ["shared", "s2 (none within 0.5 pp)"],
+      ["pruned + shared", "b (none within 0.5 pp)"]]
+  assert cells[0][3:9] == ["dense", "1,000.0", "500.0", "0.00", "100.0",
+                           "50.0"]
+  # p prunes only (its 'cost' key): the pruned layout, 600 nJ.
+  assert cells[1][3:5] == ["pruned", "600.0 (1.67x)"]
+  assert cells[1][9:] == ["0.1000", "0.3000"]  # same crossbars as dense
+  # s2 and b share: the shared layout, with the index-and-add energy.
+  assert cells[2][3:6] == ["shared", "800.0 (1.25x)", "400.0 (1.25x)"]
+  assert cells[2][6] == "0.01"
+  assert cells[3][3:5] == ["shared", "300.0 (3.33x)"]
+  assert cells[3][7] == "30.0 (3.33x)"
+  assert cells[3][9:] == ["0.0500 (2.00x)", "0.2500 (1.20x)"]
+  # A layout without a run: one empty row of the table's width.
+  no_share = [r for r in runs if r["name"] not in ("s", "s2")]
+  row = results.energy_table(no_share).splitlines()[4]
+  assert row.startswith("| shared | no run |")
+  assert row.count("|") == table[0].count("|")
+
+
+def test_energy_plot_and_json(tmp_path):
+  runs_dir = str(tmp_path / "priced")
+  for r in _priced_runs():
+    os.makedirs(os.path.join(runs_dir, r["name"]))
+    with open(os.path.join(runs_dir, r["name"], "results.json"), "w") as f:
+      json.dump({k: v for k, v in r.items() if k != "name"}, f)
+  out = str(tmp_path / "R.md")
+  results.write_report(runs_dir, out)
+  text = open(out).read()
+  assert "### vgg8: energy, latency and area per inference" in text
+  assert "![accuracy vs energy per inference](R_energy.png)" in text
+  assert os.path.getsize(str(tmp_path / "R_energy.png")) > 1000
+  summary = json.load(open(tmp_path / "R.json"))["models"]["vgg8"]
+  # p (prune only, 0.2 pp loss) is the headline: 600 nJ, pruned layout.
+  head = summary["headline"]
+  assert head["run"] == "p" and head["layout"] == "pruned"
+  assert head["energy_pj"] == 600e3 and head["latency_ns"] == 60e3
+  assert summary["hardware_cost"][0]["loss_pp"] is None
+  assert summary["hardware_cost"][1]["loss_pp"] == pytest.approx(0.2)
+  assert [(c["row"], c["run"], c["layout"], c["energy_pj"])
+          for c in summary["hardware_cost"]] == [
+              ("dense", "b", "dense", 1000e3),
+              ("pruned", "p", "pruned", 600e3),
+              ("shared", "s2", "shared", 800e3),
+              ("pruned + shared", "b", "shared", 300e3)]
+  # Runs without any hardware cost: no energy table, no energy plot.
+  results.write_report(_fixture(tmp_path), str(tmp_path / "bare.md"))
+  assert "energy" not in open(str(tmp_path / "bare.md")).read()
+  assert not os.path.exists(str(tmp_path / "bare_energy.png"))
+
+
 def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
   runs = _fixture(tmp_path)
   _write(runs, "lenet5_bn_share_k2", prune=0.0, k=2, compressed=0.897,

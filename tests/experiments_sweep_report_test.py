@@ -29,8 +29,11 @@ def _sweep(run="lenet5_x", broken=False):
                        "weight_bits": 8, "input_bits": 8, "dac_bits": 1,
                        "adc_mode": "clip"},
           "timing_s": {"total": 120.0}, "grid": grid,
-          "equality": [{"adc_bits": 4, "shared": 0.87, "dense": 0.87,
-                        "max_abs_diff": 0.0}],
+          "equality": [{"adc_bits": 3, "shared": 0.5, "dense": 0.5,
+                        "max_abs_diff": 0.0, "energy_pj": None},
+                       {"adc_bits": 4, "shared": 0.87, "dense": 0.87,
+                        "max_abs_diff": 0.0,
+                        "energy_pj": {"shared": 12345.0, "dense": 67890.0}}],
           "faults": faults}
 
 
@@ -44,7 +47,14 @@ def test_tables():
   assert "yes, bit-identical logits (1 ADC point)" in grid[3]
   broken = sweep_report.grid_table(_sweep(broken=True))
   assert "NO: ADC 5: max diff 0.5" in broken
-  assert sweep_report.equality_table(s).splitlines()[2] == (
+  equality = sweep_report.equality_table(s).splitlines()
+  assert equality[0].endswith("| shared energy (nJ) | dense energy (nJ) |")
+  assert equality[2:] == ["| 3 | 50.00 | 50.00 | 0 | n/a | n/a |",
+                          "| 4 | 87.00 | 87.00 | 0 | 12.3 | 67.9 |"]
+  # A sweep from before the energy was added: no energy columns.
+  for e in s["equality"]:
+    del e["energy_pj"]
+  assert sweep_report.equality_table(s).splitlines()[3] == (
       "| 4 | 87.00 | 87.00 | 0 |")
   faults = sweep_report.fault_table(s).splitlines()
   assert faults[2].startswith("| stuck-at rate | 0.01 | 80.00 ± 1.00")

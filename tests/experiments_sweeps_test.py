@@ -82,6 +82,17 @@ def test_index_and_add_equals_dense_layout(use_bn):
   assert [o["adc_bits"] for o in out] == [3, 4, 5]
   for o in out:
     assert o["max_abs_diff"] == 0 and o["shared"] == o["dense"]
+  # Energy per inference of both layouts (an MLP: one MVM a layer); no
+  # 3-bit ADC figure.
+  layers = em.subject.layers
+  assert out[0]["energy_pj"] is None
+  for o in out[1:]:
+    hw = HW.replace(adc_bits=o["adc_bits"])
+    cost = rsjax.hardware_cost(layers, hw)["layouts"]
+    assert o["energy_pj"] == {k: cost[k]["energy_pj"]["total"]
+                              for k in ("shared", "dense")}
+    assert o["energy_pj"]["shared"] < o["energy_pj"]["dense"]
+  assert out[1]["energy_pj"]["dense"] < out[2]["energy_pj"]["dense"]
 
 
 def test_faults_are_seeded_and_hurt():

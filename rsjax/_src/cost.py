@@ -17,7 +17,9 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from rsjax._src import compressed as compressed_lib
 from rsjax._src import hardware
+from rsjax._src import report as report_lib
 
 LAYOUTS = ("dense", "pruned", "shared")
 ENERGY_KEYS = ("adc", "dac", "crossbar", "sample_hold", "shift_add",
@@ -272,30 +274,72 @@ def _area(crossbars: int, index_bits: int, layout: str,
   }
 
 
-def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
-                   costs: CostModel | None = None) -> dict[str, Any]:
+def _as_report(layers_or_report: Any, hw: hardware.HardwareSpec,
+               positions: Mapping[str, int] | None) -> Mapping[str, Any]:
+  """The compression report that ``layers_or_report`` is or makes."""
+  if not isinstance(layers_or_report, Mapping):
+    raise TypeError(
+        "layers_or_report must be a compression_report(...) dict or a "
+        "{name: CompressedLayer or kernel array} mapping, got "
+        f"{type(layers_or_report).__name__}")
+  if not layers_or_report:
+    raise ValueError("layers_or_report is empty: give a compression_report "
+                     "or at least one layer")
+  if isinstance(layers_or_report.get("layers"), Mapping):
+    if positions is not None:
+      raise ValueError(
+          "positions applies to a layers mapping only: a compression report "
+          "already holds each layer's positions")
+    return layers_or_report
+  for name, layer in layers_or_report.items():
+    if isinstance(layer, Mapping):
+      raise ValueError(
+          f"layers_or_report[{name!r}] is a mapping: a compression report "
+          "needs a 'layers' mapping of per-layer figures; a layers mapping "
+          "holds CompressedLayers or kernel arrays")
+    if not (isinstance(layer, compressed_lib.CompressedLayer)
+            or hasattr(layer, "ndim")):
+      raise TypeError(
+          f"layers_or_report[{name!r}] is a {type(layer).__name__}: a layers "
+          "mapping holds CompressedLayers or kernel arrays")
+  return report_lib.compression_report(layers_or_report, hw, positions)
+
+
+def hardware_cost(layers_or_report: Mapping[str, Any],
+                  hw: hardware.HardwareSpec, costs: CostModel | None = None,
+                  *, positions: Mapping[str, int] | None = None
+                  ) -> dict[str, Any]:
   """Energy, latency and area of one inference, per layout.
 
   Args:
-    report: what :func:`compression_report` returns for ``hw``.
-    hw: the hardware the report was made for (``adc_bits`` picks the ADC).
+    layers_or_report: what :func:`compression_report` returns for ``hw``,
+      or the ``{name: CompressedLayer or kernel}`` mapping it takes (the
+      report is then made here, with ``positions``).
+    hw: the hardware the report is for (``adc_bits`` picks the ADC; the
+      report's counts do not depend on it).
     costs: the per-component costs, default :class:`CostModel()`.
+    positions: with a layers mapping, ``{name: crossbar MVMs per
+      inference}`` as :func:`compression_report` takes it (default 1 each).
 
   Returns:
     ``{'layouts': {layout: {'energy_pj': {component: pJ, 'total': pJ},
     'latency_ns', 'interval_ns', 'crossbars', 'area_um2': {component: um^2,
     'core': um^2, 'total': um^2}}}, 'layers': {name: {layout: {'energy_pj': pJ,
     'latency_ns': ns}}}, 'adc_bits': ...}`` for layouts ``dense``, ``pruned``
-    and ``shared``. ``latency_ns`` runs the layers one after another;
-    ``interval_ns`` is the slowest layer, the time per inference when layers
-    are pipelined. ``core`` is the area that grows with the crossbars and
-    the index table (ADC, DAC, cells, S+H, S+A, table, adders); ``total``
-    adds the IMA registers and whole tiles (eDRAM, bus, router share...).
+    and ``shared`` (``shared`` skips pruned blocks too: for a pruned and
+    shared model it is the pruned + shared layout). ``latency_ns`` runs the
+    layers one after another; ``interval_ns`` is the slowest layer, the time
+    per inference when layers are pipelined. ``core`` is the area that grows
+    with the crossbars and the index table (ADC, DAC, cells, S+H, S+A, table,
+    adders); ``total`` adds the IMA registers and whole tiles (eDRAM, bus,
+    router share...).
 
   Raises:
-    ValueError: a report without the per-layer figures or made for other
-      hardware, a DAC resolution the costs do not hold for, or an ADC width
-      without a figure.
+    TypeError: ``layers_or_report`` neither a report nor a layers mapping,
+      ``hw`` not a :class:`HardwareSpec`, ``costs`` not a :class:`CostModel`.
+    ValueError: an empty mapping, ``positions`` with a report, a report
+      without the per-layer figures or made for other hardware, a DAC
+      resolution the costs do not hold for, or an ADC width without a figure.
   """
   costs = CostModel() if costs is None else costs
   if not isinstance(costs, CostModel):
@@ -306,11 +350,13 @@ def inference_cost(report: Mapping[str, Any], hw: hardware.HardwareSpec,
     raise ValueError(
         f"hw.dac_bits={hw.dac_bits} but CostModel.dac_bits={costs.dac_bits}: "
         "give DAC figures for that resolution")
-  layers = report.get("layers") if isinstance(report, Mapping) else None
-  if not isinstance(layers, Mapping) or not layers:
-    raise ValueError("report must be a compression_report dict with a "
-                     "non-empty 'layers' mapping")
+  layers = _as_report(layers_or_report, hw, positions)["layers"]
+  if not layers:
+    raise ValueError("the compression report's 'layers' mapping is empty")
   for name, fig in layers.items():
+    if not isinstance(fig, Mapping):
+      raise TypeError(f"report layer {name!r} is a {type(fig).__name__}, "
+                      "not a mapping of figures")
     missing = [key for key in _LAYER_KEYS if key not in fig]
     if missing:
       raise ValueError(f"report layer {name!r} lacks {missing}")
