@@ -7,8 +7,8 @@ Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
 (ResNet-20 and VGG-8, sized for an accelerator), ``seeds`` (repeats of
 headline candidates), ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
 ``k`` against per-layer allocation) and ``hwaware`` (hardware-aware
-fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``) and ``alloc`` (LeNet-5's
-headline ratio with per-layer ``k``). Every point of a model starts from that model's
+fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``) and ``alloc`` (LeNet-5 with
+per-layer ``k`` at the ratios of uniform ``k`` = 8 and 4). Every point of a model starts from that model's
 baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
 
@@ -177,12 +177,13 @@ def study_points() -> list[Point]:
                              share__allocate_ou_ratio=64.0)))]
 
 
-# Per-layer k (share.allocate_ou_ratio) against the uniform k = 8 headline of
-# LeNet-5 at its ratio (5.22x), the same seeds side by side.
+# Per-layer k (share.allocate_ou_ratio) against uniform k at the same ratio
+# on LeNet-5 (BN kept, share only): at k = 8 (5.22x, the headline) and
+# k = 4 (9.87x), side by side with lenet5_bn_share_k8 / _k4.
 def alloc_points() -> list[Point]:
-  return [point("lenet5", "share", 0, 8, tag="bn_a5.22", bn=True,
-                seed=s or None, group="alloc", share__allocate_ou_ratio=5.22)
-          for s in (0, 1, 2)]
+  return [point("lenet5", "share", 0, k, tag=f"bn_a{ratio:g}", bn=True,
+                group="alloc", share__allocate_ou_ratio=ratio)
+          for k, ratio in ((8, 5.22), (4, 9.87))]
 
 
 # Hardware-aware fine-tune of each CPU model's base compression (its config's
