@@ -5,8 +5,9 @@ emulated) -> ADC sweep -> report.
 Every stage ends with a checkpoint and an entry in ``state.json`` (written
 atomically): a killed run resumes at the first unfinished stage, a training
 stage from its latest step checkpoint. The stages are in
-:mod:`experiments.stages`, the files in :mod:`experiments.workdir` and the
-report in :mod:`experiments.report`.
+:mod:`experiments.stages` (training and compression) and
+:mod:`experiments.evaluation` (export, evaluation, ADC sweep), the files in
+:mod:`experiments.workdir` and the report in :mod:`experiments.report`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import rsjax
 
 from experiments import results as results_lib
-from experiments import stages as stages_lib
+from experiments import evaluation
 from experiments import workdir as workdir_lib
 
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
@@ -109,8 +109,8 @@ def write(run, wall_s: float) -> dict[str, Any]:
   Returns:
     The results (JSON values).
   """
-  variables, layers = stages_lib.load_model(run)
-  report = stages_lib.model_report(run, variables, layers)
+  variables, layers = evaluation.load_model(run)
+  report = evaluation.model_report(run, variables, layers)
   evaluated = run.results("evaluate")
   accuracy = {k: evaluated[k]
               for k in ("float", "quantized", "compressed", "emulated")}

@@ -3,11 +3,9 @@
 ``train`` trains the float baseline; ``prune`` runs :func:`rsjax.ou_pruning`
 (the library's ranking and counting); ``share`` runs
 :func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing` and ends with
-:func:`rsjax.project`; ``finetune`` runs :func:`rsjax.centroid_finetune`;
-``export`` writes the whole compressed model with
-:func:`rsjax.save_compressed`; ``evaluate`` and ``adc_sweep`` read that file
-back (:func:`rsjax.load_compressed`) and run it in float, quantized and on
-the crossbar emulator (:mod:`rsjax.kernels`).
+:func:`rsjax.project`; ``finetune`` runs :func:`rsjax.centroid_finetune`; ``hwaware``
+fine-tunes on the crossbar emulator (:mod:`rsjax.kernels`); ``export``,
+``evaluate`` and ``adc_sweep`` are in :mod:`experiments.evaluation`.
 
 Each stage takes the :class:`experiments.pipeline.Run` and returns its
 results (JSON values); a compression stage saves its variables, in which
@@ -24,12 +22,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import rsjax
 from rsjax import kernels as rk
 
 from experiments import data as data_lib
-from experiments import distributed
+from experiments import evaluation
 from experiments import models as models_lib
 from experiments import recipe as recipe_lib
 from experiments import train as train_lib
@@ -263,13 +260,14 @@ def hwaware(run) -> dict[str, Any]:
       for i in range(max(run.config.eval.calibration_batches, 1))]
   before = lossless = None
   if run.config.eval.emulate:
-    layers = crossbar_layers(run, variables["params"])
-    before = _emulated(run, variables, layers, hw,
-                       jax.random.fold_in(run.key, 5))
+    layers = evaluation.crossbar_layers(run, variables["params"])
+    before = evaluation.run_emulated(run, variables, layers, hw,
+                                     jax.random.fold_in(run.key, 5))
     # The reference the fine-tune is measured against: the same model on
     # an ADC that converts every partial sum exactly.
-    lossless = _emulated(run, variables, layers, lossless_hardware(run.hw),
-                         jax.random.fold_in(run.key, 5))
+    lossless = evaluation.run_emulated(run, variables, layers,
+                                       lossless_hardware(run.hw),
+                                       jax.random.fold_in(run.key, 5))
   calib, done = None, 0
   every = hc.recalibrate_every or max(hc.steps, 1)
   while True:
@@ -300,183 +298,15 @@ def hwaware(run) -> dict[str, Any]:
                             "params": params})
     results["emulated_before"] = before
     results["emulated_lossless_before"] = lossless
-    results["emulated_after"] = _emulated(
-        run, after, crossbar_layers(run, after["params"]), hw,
+    results["emulated_after"] = evaluation.run_emulated(
+        run, after, evaluation.crossbar_layers(run, after["params"]), hw,
         jax.random.fold_in(run.key, 5))
   return results
 
 
-# --- export and evaluation ---------------------------------------------------
-
-
-def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
-  """Every Dense/Conv kernel of ``params`` as a ``CompressedLayer``.
-
-  Planned layers are read off their exact values (:func:`rsjax.
-  to_compressed`); the others, kept dense, are mapped to crossbars as they
-  are (an identity index). Keys are variable paths (``'params/...'``).
-  """
-  planned = (rsjax.to_compressed(params, rules=run.rules, hw=run.hw)
-             if run.recipe.compresses else {})
-  leaves = dict(rsjax.named_leaves(params))
-  out = {}
-  for path in rsjax.kernel_paths(params):
-    layer = planned.get(path)
-    if layer is None:
-      layer = rsjax.CompressedLayer.from_kernel(leaves[path],
-                                                run.hw.block_shape)
-    out[f"params/{path}"] = layer
-  return out
-
-
-def export(run) -> dict[str, Any]:
-  """Writes the whole compressed model (``compressed_model.rsjax.npz``)."""
-  variables = run.latest_variables()
-  layers = crossbar_layers(run, variables["params"])
-  metadata = {"model": run.config.model.name,
-              "dataset": run.config.data.name,
-              "recipe": run.recipe_json, "provenance": run.provenance}
-  if distributed.is_primary():  # the others read it after the stage
-    rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
-                          params=variables)
-  return {"file": os.path.basename(run.model_file), "layers": list(layers)}
-
-
-def load_model(run):
-  """``(variables, layers)`` of the exported model file (jnp arrays)."""
-  model = rsjax.load_compressed(run.model_file, hw=run.hw)
-  variables = jax.tree_util.tree_map(jnp.asarray, model.params)
-  return variables, dict(model.layers)
-
-
-def quantized(variables, hw: rsjax.HardwareSpec):
-  """``variables`` with every kernel quantized to ``hw.weight_bits``.
-
-  One scale per layer, as a stored shared block serves several output
-  columns whose integers must agree.
-  """
-  crossbar = set(rsjax.kernel_paths(variables["params"]))
-
-  def one(keypath, x):
-    if rsjax.path_str(keypath) not in crossbar:
-      return x
-    q, scale = rsjax.quantize_weights(x, hw.weight_bits, per="layer")
-    return rsjax.dequantize(q, scale)
-
-  params = jax.tree_util.tree_map_with_path(one, variables["params"])
-  return {**variables, "params": params}
-
-
-def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
-                      batches: Callable[[], Any], *, key,
-                      calibration_batches: int = 2) -> float:
-  """Accuracy with every crossbar layer on the emulator.
-
-  Layers run the index-and-add dataflow from their codebooks (one layer
-  scale) and index tables; input scales are calibrated on the first
-  ``calibration_batches`` of ``batches()``.
-
-  Args:
-    model: the Linen model (inference mode).
-    variables: its variables (compressed kernels in place).
-    layers: ``{'params/...': CompressedLayer}``.
-    hw: the hardware, ADC included.
-    batches: returns an iterable of batches (``image``, ``label``,
-      ``mask``).
-    key: for the non-idealities.
-    calibration_batches: how many batches calibrate the input scales.
-  """
-  calibration = [b["image"] for _, b in zip(range(calibration_batches),
-                                            batches())]
-  plans = rk.prepare_linen(model, variables, calibration, hw,
-                           compressed=layers, key=key, train=False)
-  forward = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
-                                               train=False))
-  counts = np.zeros(2)  # correct, total
-  for i, b in enumerate(batches()):
-    # Processes take turns (the counts are summed below): each emulates on
-    # its own devices, with the same calibrated plans.
-    if i % jax.process_count() != jax.process_index():
-      continue
-    hit = jnp.argmax(forward(b["image"]), -1) == b["label"]
-    mask = jnp.asarray(b["mask"], jnp.float32)
-    counts += [float(jnp.sum(hit.astype(jnp.float32) * mask)),
-               float(jnp.sum(mask))]
-  correct, total = distributed.sum_over_processes(counts)
-  return float(correct / max(total, 1.0))
-
-
-def _emulated(run, variables, layers, hw, key) -> float:
-  return emulated_accuracy(
-      run.compress_model, variables, layers, hw, run.emulation_batches,
-      key=key, calibration_batches=run.config.eval.calibration_batches)
-
-
-def evaluate(run) -> dict[str, Any]:
-  """Float, quantized, compressed and emulated accuracy."""
-  variables, layers = load_model(run)
-  base = run.compress_base()
-  model = run.compress_model
-  emulated = None
-  if run.config.eval.emulate:
-    emulated = _emulated(run, variables, layers, run.hw,
-                         jax.random.fold_in(run.key, 2))
-  else:
-    log.info("emulated evaluation skipped: eval.emulate is False")
-  return {
-      "float": run.results("train")["accuracy_float"],
-      "quantized": run.evaluate(model, quantized(base, run.hw)),
-      "compressed": run.evaluate(model, variables),
-      "compressed_quantized": run.evaluate(model,
-                                           quantized(variables, run.hw)),
-      "emulated": emulated,
-  }
-
-
-def model_report(run, variables, layers) -> dict[str, Any]:
-  """:func:`rsjax.compression_report` of the run's model, each layer with
-  its crossbar MVMs per inference (a conv's output pixels)."""
-  positions = models_lib.layer_positions(run.compress_model, variables,
-                                         run.info.image_shape)
-  return rsjax.compression_report(layers, run.hw, positions)
-
-
-def adc_sweep(run) -> dict[str, Any]:
-  """Emulated accuracy and energy per inference at each of
-  ``eval.adc_bits``.
-
-  The energy (:func:`rsjax.hardware_cost`, pJ) is that of the layout the
-  model runs in (:attr:`Recipe.layout`: ``shared``, ``pruned`` or
-  ``dense``); None at a resolution :class:`rsjax.CostModel` has no ADC
-  figure for.
-  """
-  if not run.config.eval.emulate:
-    log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
-             "eval.emulate is False")
-    return {"sweep": [], "skipped": "eval.emulate is False"}
-  variables, layers = load_model(run)
-  report = model_report(run, variables, layers)
-  layout = run.recipe.layout
-  costs = rsjax.CostModel()
-  sweep = []
-  for bits in run.config.eval.adc_bits:
-    hw = run.hw.replace(adc_bits=int(bits))
-    acc = _emulated(run, variables, layers, hw,
-                    jax.random.fold_in(run.key, 3))
-    energy = None
-    if hw.adc_bits in costs.adc_energy_pj:
-      energy = rsjax.hardware_cost(
-          report, hw, costs)["layouts"][layout]["energy_pj"]["total"]
-    log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
-             layout, "n/a" if energy is None else f"{energy:.4g}")
-    sweep.append({"adc_bits": int(bits), "accuracy": acc,
-                  "energy_pj": energy, "layout": layout})
-  return {"sweep": sweep}
-
-
 STAGE_FNS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "train": train, "prune": prune, "share": share, "finetune": finetune,
-    "hwaware": hwaware, "export": export, "evaluate": evaluate,
-    "adc_sweep": adc_sweep,
+    "hwaware": hwaware, "export": evaluation.export,
+    "evaluate": evaluation.evaluate, "adc_sweep": evaluation.adc_sweep,
 }
 STAGES = tuple(STAGE_FNS)

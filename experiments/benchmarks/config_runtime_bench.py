@@ -28,7 +28,7 @@ config's recipe (experiments.recipe):
   ``stages.project``;
 * ``finetune``: ``rsjax.centroid_finetune`` on the projected weights;
 * ``eval``: ``train.evaluate`` (per eval batch);
-* ``emulate``: ``stages.emulated_accuracy`` on the fine-tuned
+* ``emulate``: ``evaluation.emulated_accuracy`` on the fine-tuned
   compressed model (calibration, compile and per-batch time separated).
 
 The expected total is::
@@ -70,6 +70,7 @@ import optax
 import rsjax
 
 from experiments import data as data_lib
+from experiments import evaluation
 from experiments import models as models_lib
 from experiments import pipeline
 from experiments import stages as stages_lib
@@ -353,7 +354,7 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     def emulated(n, adc_bits):
       split = dataclasses.replace(eval_split, size=n * ebs)
       t0 = time.perf_counter()
-      stages_lib.emulated_accuracy(
+      evaluation.emulated_accuracy(
           folded_model, compressed, layers, hw.replace(adc_bits=adc_bits),
           lambda: data_lib.eval_batches(split, ebs),
           key=jax.random.fold_in(key, 2))
