@@ -663,8 +663,9 @@ def hwaware_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "images": r["config"]["eval"]["emulate_limit"],
         "emulated_lossless_before": lossless,
         "emulated_before": before, "emulated_after": after,
-        "gap_pp_after": (None if lossless is None or after is None
-                         else round(100 * (lossless - after), 2)),
+        "after_minus_lossless_pp": (
+            None if lossless is None or after is None
+            else round(100 * (after - lossless), 2)),
         "float_after": r["accuracy"]["compressed"],
         "emulated_lossless_after": r["accuracy"]["emulated"]})
   return sorted(out, key=lambda h: (h["model"], -(h["adc_bits"] or 0),
@@ -675,7 +676,7 @@ def hwaware_table(runs: Sequence[Mapping[str, Any]]) -> str:
   """Markdown: emulated accuracy before and after the hardware-aware
   fine-tune, against the lossless emulation before it."""
   head = ("| model | run | ADC | steps | test images | lossless before | "
-          "ADC before | ADC after | gap to lossless (pp) | "
+          "ADC before | ADC after | after - lossless (pp) | "
           "float after | lossless after |")
   lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
   for h in hwaware_rows(runs):
@@ -685,7 +686,8 @@ def hwaware_table(runs: Sequence[Mapping[str, Any]]) -> str:
         _fmt(h["emulated_lossless_before"], ".4f"),
         _fmt(h["emulated_before"], ".4f"),
         f"**{_fmt(h['emulated_after'], '.4f')}**",
-        _fmt(h["gap_pp_after"], "+.2f"), _fmt(h["float_after"], ".4f"),
+        _fmt(h["after_minus_lossless_pp"], "+.2f"),
+        _fmt(h["float_after"], ".4f"),
         _fmt(h["emulated_lossless_after"], ".4f")]) + " |")
   return "\n".join(lines)
 

@@ -505,12 +505,12 @@ def test_hwaware_runs_get_their_own_table(tmp_path):
   compression, hw_part = text.split("## Hardware-aware fine-tune", 1)
   assert "hw3" not in compression and "hw4" not in compression
   lines = [l for l in hw_part.splitlines() if l.startswith("| lenet5")]
-  # 4 bits first, then 3; the gap is lossless before - ADC after, in pp.
+  # 4 bits first, then 3; ADC after - lossless before, in pp.
   assert lines[0].rstrip(" |").split(" | ")[2:11] == [
       "4-bit calibrated", "500", "2000", "0.8990", "0.8940", "**0.8970**",
-      "+0.20", "0.8800", "0.8970"]
+      "-0.20", "0.8800", "0.8970"]
   assert lines[1].split(" | ")[2] == "3-bit clip"
-  assert "+9.90" in lines[1]
+  assert "-9.90" in lines[1]
   with open(str(tmp_path / "R.json")) as f:
     summary = json.load(f)
   assert [h["run"] for h in summary["hwaware"]] == [
