@@ -153,9 +153,8 @@ def evaluate(run) -> dict[str, Any]:
 def model_report(run, variables, layers) -> dict[str, Any]:
   """:func:`rsjax.compression_report` of the run's model, each layer with
   its crossbar MVMs per inference (a conv's output pixels)."""
-  positions = models_lib.layer_positions(run.compress_model, variables,
-                                         run.info.image_shape)
-  return rsjax.compression_report(layers, run.hw, positions)
+  return models_lib.inference_report(run.compress_model, variables, layers,
+                                     run.hw, run.info.image_shape)
 
 
 def adc_sweep(run) -> dict[str, Any]:
@@ -174,16 +173,13 @@ def adc_sweep(run) -> dict[str, Any]:
   variables, layers = load_model(run)
   report = model_report(run, variables, layers)
   layout = run.recipe.layout
-  costs = rsjax.CostModel()
   sweep = []
   for bits in run.config.eval.adc_bits:
     hw = run.hw.replace(adc_bits=int(bits))
     acc = run_emulated(run, variables, layers, hw,
-                    jax.random.fold_in(run.key, 3))
-    energy = None
-    if hw.adc_bits in costs.adc_energy_pj:
-      energy = rsjax.hardware_cost(
-          report, hw, costs)["layouts"][layout]["energy_pj"]["total"]
+                       jax.random.fold_in(run.key, 3))
+    energy = models_lib.inference_energy(report, hw, (layout,))
+    energy = None if energy is None else energy[layout]
     log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
              layout, "n/a" if energy is None else f"{energy:.4g}")
     sweep.append({"adc_bits": int(bits), "accuracy": acc,

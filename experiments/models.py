@@ -244,6 +244,28 @@ def layer_positions(model, variables, image_shape) -> dict[str, int]:
   return out
 
 
+def inference_report(model, variables, layers, hw: rsjax.HardwareSpec,
+                     image_shape) -> dict[str, Any]:
+  """:func:`rsjax.compression_report` of ``layers`` with each one's crossbar
+  MVMs per inference (:func:`layer_positions`)."""
+  positions = layer_positions(model, variables, image_shape)
+  return rsjax.compression_report(
+      layers, hw, {k: v for k, v in positions.items() if k in layers})
+
+
+def inference_energy(report, hw: rsjax.HardwareSpec,
+                     layouts: Sequence[str]) -> dict[str, float] | None:
+  """Total energy per inference (pJ) of each layout at ``hw``'s ADC.
+
+  None at a resolution :class:`rsjax.CostModel` has no ADC figure for.
+  """
+  costs = rsjax.CostModel()
+  if hw.adc_bits not in costs.adc_energy_pj:
+    return None
+  priced = rsjax.hardware_cost(report, hw, costs)["layouts"]
+  return {k: priced[k]["energy_pj"]["total"] for k in layouts}
+
+
 def fold_batchnorm(model: nn.Module, variables):
   """Folds every BatchNorm into the layer before it.
 

@@ -220,32 +220,21 @@ def grid(em: Emulator, *, ou_rows: Sequence[int], cell_bits: Sequence[int],
   return rows
 
 
-def inference_report(subject: Subject) -> dict[str, Any]:
-  """:func:`rsjax.compression_report` of the subject with each layer's
-  crossbar MVMs per inference (a conv's output pixels)."""
-  positions = models_lib.layer_positions(subject.model, subject.params,
-                                         subject.images.shape[1:])
-  return rsjax.compression_report(
-      subject.layers, subject.hw,
-      {k: v for k, v in positions.items() if k in subject.layers})
-
-
 def equality(em: Emulator, adc_bits: Sequence[int]) -> list[dict[str, Any]]:
   """Index-and-add vs the dense layout of the same weights, with each
   layout's energy per inference (:func:`rsjax.hardware_cost`, pJ; None at
   a resolution :class:`rsjax.CostModel` has no ADC figure for)."""
-  report = inference_report(em.subject) if em.subject.layers else None
-  costs = rsjax.CostModel()
+  sub = em.subject
+  report = (models_lib.inference_report(sub.model, sub.params, sub.layers,
+                                        sub.hw, sub.images.shape[1:])
+            if sub.layers else None)
   out = []
   for b in sorted({int(x) for x in adc_bits}):
     hw = em.subject.hw.replace(adc_bits=b)
     shared = em.logits(em.program(hw, shared=True, dataflow="sliced"))
     dense = em.logits(em.program(hw, shared=False, dataflow="sliced"))
-    energy = None
-    if report is not None and b in costs.adc_energy_pj:
-      layouts = rsjax.hardware_cost(report, hw, costs)["layouts"]
-      energy = {k: layouts[k]["energy_pj"]["total"]
-                for k in ("shared", "dense")}
+    energy = (None if report is None else
+              models_lib.inference_energy(report, hw, ("shared", "dense")))
     out.append({"adc_bits": b, "shared": em.accuracy(shared),
                 "dense": em.accuracy(dense),
                 "max_abs_diff": _max_diff(shared, dense),
