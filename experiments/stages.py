@@ -268,28 +268,27 @@ def hwaware(run) -> dict[str, Any]:
     lossless = evaluation.run_emulated(run, variables, layers,
                                        lossless_hardware(run.hw),
                                        jax.random.fold_in(run.key, 5))
-  calib, done = None, 0
-  every = hc.recalibrate_every or max(hc.steps, 1)
-  while True:
+
+  def calibrate(state, step, previous):
     current = {**train_lib.state_variables(state),
                "params": rsjax.training_params(state.params,
                                                state.opt_state)}
-    calib = rk.calibrate_hwaware_linen(model, current, train_batches(done),
-                                       hw, previous=calib, scales=hc.scales,
-                                       train=False)
-    if done >= hc.steps:
-      break
-    done = min(done + every, hc.steps)
+    return {"calib": rk.calibrate_hwaware_linen(
+        model, current, train_batches(step), hw,
+        previous=None if previous is None else previous["calib"],
+        scales=hc.scales, train=False)}
 
-    def apply_fn(v, x, rngs=None, calib=calib, **kwargs):
-      key = None if rngs is None else rngs["noise"]
-      return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
-                                    nonideal=nonideal, **kwargs)
+  def apply_fn(v, x, rngs=None, *, calib, **kwargs):
+    key = None if rngs is None else rngs["noise"]
+    return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
+                                  nonideal=nonideal, **kwargs)
 
-    state = state.replace(apply_fn=apply_fn)
-    state = run.loop("hwaware", done, view=rsjax.training_params,
-                     noise_key=jax.random.fold_in(run.key, 6)
-                     ).run(state, run.mesh)
+  # The calibration is an argument of the jitted step (refreshed between
+  # steps), so re-calibrating does not compile the step again.
+  state = run.loop("hwaware", hc.steps, view=rsjax.training_params,
+                   noise_key=jax.random.fold_in(run.key, 6),
+                   refresh=calibrate, refresh_every=hc.recalibrate_every,
+                   ).run(state.replace(apply_fn=apply_fn), run.mesh)
   params = rsjax.training_params(state.params, state.opt_state)
   results = {**_finish(run, "hwaware", state, params), "steps": hc.steps,
              "adc_bits": hw.adc_bits, "adc_mode": hw.adc_mode}

@@ -164,8 +164,8 @@ def distillation_loss(logits, teacher_logits, temperature: float):
       jax.nn.log_softmax(teacher_logits / temperature))
 
 
-def train_step(state: TrainState, batch, teacher_variables=None, *,
-               constraint: Callable[[Any], Any] | None = None,
+def train_step(state: TrainState, batch, teacher_variables=None,
+               apply_kwargs=None, *, constraint: Callable[[Any], Any] | None = None,
                view: Callable[[Any, Any], Any] | None = None,
                distill: Distillation | None = None, noise_key=None):
   """One SGD step on the global batch; returns ``(state, metrics)``.
@@ -174,6 +174,10 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     state: the replicated train state.
     batch: ``{'image', 'label'}`` sharded along the batch.
     teacher_variables: the teacher's variables (with ``distill``).
+    apply_kwargs: a dict of arrays (any pytree values) passed to
+      ``apply_fn`` as keyword arguments, traced: changing them between
+      steps does not compile the step again (e.g. the hardware-aware
+      fine-tune's ADC calibration).
     constraint: applied to the params after the update (e.g. the
       fine-tune's projection onto the pruned/shared structure).
     view: ``(params, opt_state) -> params`` the forward pass runs on (e.g.
@@ -190,8 +194,9 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     teacher_logits = jax.lax.stop_gradient(
         distill.apply_fn(teacher_variables, batch["image"]))
 
-  rngs = ({} if noise_key is None else
-          {"rngs": {"noise": jax.random.fold_in(noise_key, state.step)}})
+  extra = dict(apply_kwargs or {})
+  if noise_key is not None:
+    extra["rngs"] = {"noise": jax.random.fold_in(noise_key, state.step)}
 
   def loss_fn(params):
     if view is not None:
@@ -200,10 +205,10 @@ def train_step(state: TrainState, batch, teacher_variables=None, *,
     if has_bn:
       variables["batch_stats"] = state.batch_stats
       logits, updates = state.apply_fn(variables, batch["image"], train=True,
-                                       mutable=["batch_stats"], **rngs)
+                                       mutable=["batch_stats"], **extra)
     else:
       logits, updates = state.apply_fn(variables, batch["image"],
-                                       train=True, **rngs), {}
+                                       train=True, **extra), {}
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
     if distill is not None:
       soft = jnp.mean(distillation_loss(logits, teacher_logits,
@@ -299,6 +304,14 @@ class TrainLoop:
     teacher_variables: the teacher's variables for ``distill`` (not
       checkpointed: a resumed loop gets them again from its caller).
     batch_size: the global batch size, when ``get_batch`` reads rows.
+    refresh: optional ``(state, step, previous) -> dict`` computed eagerly
+      (outside ``jit``) before the first step and then every
+      ``refresh_every`` steps (0: once), ``previous`` being its last
+      result (None the first time); the dict is the step's
+      ``apply_kwargs`` (see :func:`train_step`), traced, so the step
+      compiles once. It is checkpointed with the state: a resumed loop
+      continues with the values in effect when it stopped.
+    refresh_every: steps between refreshes (0: only before the first step).
   """
 
   name: str
@@ -314,6 +327,8 @@ class TrainLoop:
   teacher_variables: Any = None
   batch_size: int | None = None
   noise_key: Any = None
+  refresh: Callable[[TrainState, int, Any], dict[str, Any]] | None = None
+  refresh_every: int = 0
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -333,13 +348,20 @@ class TrainLoop:
             else batch_rows(mesh, self.batch_size))
     with self._manager() as manager:
       latest = manager.latest_step()
+      # The refreshed inputs are saved as their leaves: their structure
+      # (with static fields) comes from computing them once on ``state``.
+      inputs = (None if self.refresh is None
+                else self.refresh(state, int(state.step), None))
+      leaves, treedef = jax.tree_util.tree_flatten(inputs)
       if latest is not None:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                            sharding=replicated),
-            _checkpointable(state))
+            _checkpointable(state, leaves))
         restored = manager.restore(latest,
                                    args=ocp.args.StandardRestore(abstract))
+        leaves = _refreshed_leaves(restored.pop("refreshed", {}))
+        inputs = jax.tree_util.tree_unflatten(treedef, leaves)
         state = state.replace(**restored)
         log.info("[%s] resumed from the checkpoint at step %d",
                      self.name, latest)
@@ -358,10 +380,19 @@ class TrainLoop:
       t0, s0 = time.perf_counter(), start
       pending = []
       for step in range(start, self.steps):
-        batch = (self.get_batch(step) if rows is None
-                 else self.get_batch(step, rows))
+        # Refresh at every multiple of refresh_every, except where the
+        # inputs were just computed for this very state (a fresh start).
+        if (self.refresh is not None and self.refresh_every > 0
+            and step % self.refresh_every == 0
+            and (step != start or latest is not None)):
+          inputs = self.refresh(state, step, inputs)
+          leaves = jax.tree_util.tree_leaves(inputs)
         state, metrics = step_fn(
-            state, _to_global(batch, mesh, self.batch_size), teacher)
+            state, _to_global(
+                self.get_batch(step) if rows is None
+                else self.get_batch(step, rows), mesh, self.batch_size),
+            teacher, None if inputs is None else jax.device_put(
+                inputs, replicated))
         pending.append(metrics)
         done = step + 1
         is_ckpt = done % self.checkpoint_every == 0 or done == self.steps
@@ -393,7 +424,7 @@ class TrainLoop:
                 f"{done}; stopped, keeping the checkpoint at step "
                 f"{last_good}. Lower the learning rate.")
           manager.save(done, args=ocp.args.StandardSave(
-              _checkpointable(state)))
+              _checkpointable(state, leaves)))
           manager.wait_until_finished()
           last_good = done
         if self.step_callback is not None:
@@ -401,9 +432,17 @@ class TrainLoop:
     return state
 
 
-def _checkpointable(state: TrainState) -> dict[str, Any]:
-  return {"step": state.step, "params": state.params,
-          "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+def _checkpointable(state: TrainState, refreshed=()) -> dict[str, Any]:
+  out = {"step": state.step, "params": state.params,
+         "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+  if refreshed:
+    # Keyed by position: orbax keeps dicts of arrays, not arbitrary nodes.
+    out["refreshed"] = {f"{i:04d}": x for i, x in enumerate(refreshed)}
+  return out
+
+
+def _refreshed_leaves(saved: dict[str, Any]) -> list[Any]:
+  return [saved[k] for k in sorted(saved)]
 
 
 def _all_finite(tree) -> bool:

@@ -96,3 +96,75 @@ def test_distilling_from_itself_leaves_the_student_unchanged():
   # Without the teacher's variables the step says what is missing.
   with pytest.raises(ValueError, match="teacher_variables"):
     train.train_step(state, batch, None, distill=distill)
+
+
+class _Killed(Exception):
+  pass
+
+
+def _refresh_run(tmp_path, refresh_every, kill_after=None):
+  """A 5-step loop whose inputs are scaled by a refreshed ``gain``.
+
+  Returns (final params, steps refreshed at, apply_fn traces).
+  """
+  model, variables, _, _, _ = _setup()
+  tx = train.make_optimizer("sgd", 0.5, 10, 0, 0.0)
+  refreshed, traces = [], []
+
+  def apply_fn(v, x, train=False, *, gain):
+    traces.append(1)  # runs once per trace, i.e. per compile
+    return model.apply(v, x * gain, train=train)
+
+  def refresh(state, step, previous):
+    refreshed.append(step)
+    # Depends on the state and on the previous value, as a re-calibration.
+    norm = sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params))
+    base = jnp.float32(1.0) if previous is None else previous["gain"]
+    return {"gain": base + 0.01 * norm}
+
+  def get_batch(step):
+    rng = np.random.default_rng(step)
+    return {"image": rng.normal(size=(6, 3, 3, 1)).astype(np.float32),
+            "label": rng.integers(0, 4, size=(6,)).astype(np.int32)}
+
+  def kill(name, done):
+    if done == kill_after:
+      raise _Killed
+
+  # A fresh state per run: the loop donates the one it is given.
+  state = lambda: train.create_state(
+      model, jax.tree.map(jnp.copy, variables), tx).replace(
+      apply_fn=apply_fn)
+  loop = train.TrainLoop("t", 5, get_batch, str(tmp_path / "ckpt"),
+                         checkpoint_every=kill_after or 5, log_every=5,
+                         step_callback=kill, refresh=refresh,
+                         refresh_every=refresh_every)
+  if kill_after is not None:
+    with pytest.raises(_Killed):
+      loop.run(state(), train.make_mesh())
+  final = loop.run(state(), train.make_mesh())
+  return final.params, refreshed, len(traces)
+
+
+def test_refreshed_step_inputs_compile_once(tmp_path):
+  params, refreshed, traces = _refresh_run(tmp_path / "a", 2)
+  assert refreshed == [0, 2, 4]
+  assert traces == 1
+  # The refreshed values reach the step: once-only refresh differs.
+  once, refreshed_once, _ = _refresh_run(tmp_path / "b", 0)
+  assert refreshed_once == [0]
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(params), jax.tree.leaves(once)))
+
+
+@pytest.mark.parametrize("kill_after", [3, 4])
+def test_refreshed_step_inputs_resume_exactly(tmp_path, kill_after):
+  # Killed mid-period (3) or at a refresh step (4): the resumed run goes on
+  # with the checkpointed values and equals the uninterrupted one.
+  want, _, _ = _refresh_run(tmp_path / "full", 2)
+  got, refreshed, _ = _refresh_run(tmp_path / "killed", 2, kill_after)
+  # The first run refreshes at 0 and 2; the resumed one computes the
+  # structure once on its start state (a step-0 call), then at 4.
+  assert refreshed == [0, 2, 0, 4]
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -146,6 +146,30 @@ def test_recalibration_keeps_or_raises_input_scales():
                                                       LOSSY))
 
 
+def test_recalibration_is_a_traced_argument():
+  # A re-calibrated HwCalibration passed to a jitted step is used without a
+  # second compile (it is a pytree of arrays; its static parts are equal).
+  hw = LOSSY.replace(adc_mode="calibrated")
+  model, variables, x = _net()
+  calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
+  recal = rk.calibrate_hwaware_linen(model, variables, [x * 3.0], hw,
+                                     previous=calib, scales="running_max")
+  traces = []
+
+  @jax.jit
+  def fwd(v, c, a):
+    traces.append(1)
+    return rk.hwaware_apply_linen(model, v, a, hw, c)
+
+  y0, y1 = fwd(variables, calib, x), fwd(variables, recal, x)
+  assert len(traces) == 1
+  assert not np.allclose(np.asarray(y0), np.asarray(y1))
+  np.testing.assert_allclose(
+      np.asarray(y1),
+      np.asarray(rk.hwaware_apply_linen(model, variables, x, hw, recal)),
+      rtol=1e-5, atol=1e-5)
+
+
 def test_centroid_finetune_through_the_emulator_stays_shared():
   model = nn.Dense(4)
   hw = LOSSY
