@@ -109,10 +109,10 @@ def _point_label(rep: Mapping[str, Any], within: bool) -> str:
 def cost_table(runs: Sequence[Mapping[str, Any]]) -> str:
   """Per-inference hardware counts of one model's layouts (Markdown).
 
-  One row per :func:`layout_points`. Adds are the digital additions
-  that accumulate ADC outputs into output columns: one per ADC output
-  routed to a kept (non-pruned) logical OU, i.e. the pruned mapping's
-  conversions; index-and-add saves conversions, not additions.
+  One row per :func:`results_summary.layout_points`. Adds are the digital
+  additions that accumulate ADC outputs into output columns: one per ADC
+  output routed to a kept (non-pruned) logical OU, i.e. the pruned
+  mapping's conversions; index-and-add saves conversions, not additions.
   """
   points = results_summary.layout_points(runs)
   if not points:
@@ -158,10 +158,10 @@ ENERGY_COLUMNS = (("energy (nJ)", "energy_pj", 1e-3, ",.1f"),
 def energy_table(runs: Sequence[Mapping[str, Any]]) -> str:
   """Energy, latency and area per inference of one model's layouts.
 
-  The rows of :func:`cost_table` (:func:`layout_points`), each priced in
-  the layout its run's model uses (``dense``: the baseline's dense
-  mapping), from the runs' ``hardware_cost``; ``(N.NNx)`` is dense over
-  the row. Empty without a baseline or a hardware cost in its run.
+  The rows of :func:`cost_table` (:func:`results_summary.layout_points`),
+  each priced in the layout its run's model uses (``dense``: the baseline's
+  dense mapping), from the runs' ``hardware_cost``; ``(N.NNx)`` is dense
+  over the row. Empty without a baseline or a hardware cost in its run.
   """
   points = results_summary.layout_points(runs)
   dense = results_data.layout_cost(points[0][3], "dense") if points else None
