@@ -6,15 +6,13 @@ import os
 import pytest
 
 from experiments import results
-import experiments_results_fixtures as fixtures
-
-_fixture = fixtures.fixture_runs
-_priced_runs = fixtures.priced_runs
+from experiments_results_fixtures import (
+    fixture_runs, priced_runs)
 
 
 def test_energy_plot_and_json(tmp_path):
   runs_dir = str(tmp_path / "priced")
-  for r in _priced_runs():
+  for r in priced_runs():
     os.makedirs(os.path.join(runs_dir, r["name"]))
     with open(os.path.join(runs_dir, r["name"], "results.json"), "w") as f:
       json.dump({k: v for k, v in r.items() if k != "name"}, f)
@@ -38,6 +36,6 @@ def test_energy_plot_and_json(tmp_path):
               ("shared", "s2", "shared", 800e3),
               ("pruned + shared", "b", "shared", 300e3)]
   # Runs without any hardware cost: no energy table, no energy plot.
-  results.write_report(_fixture(tmp_path), str(tmp_path / "bare.md"))
+  results.write_report(fixture_runs(tmp_path), str(tmp_path / "bare.md"))
   assert "energy" not in open(str(tmp_path / "bare.md")).read()
   assert not os.path.exists(str(tmp_path / "bare_energy.png"))

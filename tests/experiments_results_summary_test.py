@@ -6,21 +6,19 @@ import pytest
 
 from experiments import results
 import experiments_results_fixtures as fixtures
+from experiments_results_fixtures import (
+    fixture_runs, make_hwaware, update_run, write_run)
 
 COMMIT = fixtures.COMMIT
-_write = fixtures.write_run
-_update = fixtures.update_run
-_fixture = fixtures.fixture_runs
-_make_hwaware = fixtures.make_hwaware
 
 
 def test_results_json_has_headline_and_pareto(tmp_path):
-  runs = _fixture(tmp_path)
+  runs = fixture_runs(tmp_path)
   for seed, comp in ((1, 0.897), (2, 0.894)):
     name = f"lenet5_paper_p0.6_k4_s{seed}"
-    _write(runs, name, method="paper", prune=0.6, k=4, compressed=comp,
+    write_run(runs, name, method="paper", prune=0.6, k=4, compressed=comp,
            ou_ratio=12.0)
-    _update(runs, name, lambda p, s=seed: p["config"].update(seed=s))
+    update_run(runs, name, lambda p, s=seed: p["config"].update(seed=s))
   results.write_report(runs, str(tmp_path / "R.md"))
   summary = json.load(open(tmp_path / "R.json"))
   assert summary["commits"] == {COMMIT: [
@@ -39,18 +37,17 @@ def test_results_json_has_headline_and_pareto(tmp_path):
   assert pareto[0] == "lenet5_prune_p0.5" and "lenet5_ste_p0.8_k2" in pareto
 
 
-
 def test_hwaware_runs_get_their_own_table(tmp_path):
   runs_dir = str(tmp_path / "runs")
-  _write(runs_dir, "lenet5_base", init="", compressed=0.896, ou_ratio=5.0)
+  write_run(runs_dir, "lenet5_base", init="", compressed=0.896, ou_ratio=5.0)
   # A worse "compressed" accuracy and a higher ratio: as a compression
   # point it would take the Pareto front; it must not.
-  _write(runs_dir, "lenet5_hw3_clip", compressed=0.40, ou_ratio=50.0)
-  _update(runs_dir, "lenet5_hw3_clip",
-          lambda p: _make_hwaware(p, 3, "clip", 0.151, 0.80, 0.899))
-  _write(runs_dir, "lenet5_hw4_calibrated", compressed=0.88, ou_ratio=50.0)
-  _update(runs_dir, "lenet5_hw4_calibrated",
-          lambda p: _make_hwaware(p, 4, "calibrated", 0.894, 0.897, 0.899))
+  write_run(runs_dir, "lenet5_hw3_clip", compressed=0.40, ou_ratio=50.0)
+  update_run(runs_dir, "lenet5_hw3_clip",
+          lambda p: make_hwaware(p, 3, "clip", 0.151, 0.80, 0.899))
+  write_run(runs_dir, "lenet5_hw4_calibrated", compressed=0.88, ou_ratio=50.0)
+  update_run(runs_dir, "lenet5_hw4_calibrated",
+          lambda p: make_hwaware(p, 4, "calibrated", 0.894, 0.897, 0.899))
   out = str(tmp_path / "R.md")
   text = results.write_report(runs_dir, out)
   compression, hw_part = text.split("## Hardware-aware fine-tune", 1)

@@ -6,21 +6,17 @@ import os
 from experiments import results
 from experiments import results_data
 from experiments import results_tables
-import experiments_results_fixtures as fixtures
-
-_write = fixtures.write_run
-_fixture = fixtures.fixture_runs
-_costed = fixtures.costed_run
-_priced_runs = fixtures.priced_runs
+from experiments_results_fixtures import (
+    costed_run, fixture_runs, priced_runs, write_run)
 
 
 def test_cost_table_rows_and_ratios():
   runs = [
-      _costed("b", prune=0.2, k=8, compressed=0.89, base=True),
-      _costed("p", prune=0.5, k=None, compressed=0.898, kept=50,
+      costed_run("b", prune=0.2, k=8, compressed=0.89, base=True),
+      costed_run("p", prune=0.5, k=None, compressed=0.898, kept=50,
               stored=50),
-      _costed("s", prune=0.0, k=4, compressed=0.80, kept=100, stored=25),
-      _costed("s2", prune=0.0, k=8, compressed=0.85, kept=100, stored=40),
+      costed_run("s", prune=0.0, k=4, compressed=0.80, kept=100, stored=25),
+      costed_run("s2", prune=0.0, k=8, compressed=0.85, kept=100, stored=40),
   ]
   table = results_tables.cost_table(runs).splitlines()
   assert table[0].startswith("| layout | run |")
@@ -39,9 +35,8 @@ def test_cost_table_rows_and_ratios():
   assert results_tables.cost_table([runs[1]]) == ""  # no baseline: no table
 
 
-
 def test_energy_table_rows_and_ratios():
-  runs = _priced_runs()
+  runs = priced_runs()
   table = results_tables.energy_table(runs).splitlines()
   assert table[0].startswith("| layout | run | loss (pp) | run's layout | "
                              "energy (nJ) |")
@@ -69,24 +64,23 @@ def test_energy_table_rows_and_ratios():
   assert row.count("|") == table[0].count("|")
 
 
-
 def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
-  runs = _fixture(tmp_path)
+  runs = fixture_runs(tmp_path)
   for seed, comp in ((1, 0.890), (2, 0.887)):
     name = f"lenet5_share_k2_s{seed}"
-    _write(runs, name, prune=0.0, k=2, compressed=comp, ou_ratio=6.0)
+    write_run(runs, name, prune=0.0, k=2, compressed=comp, ou_ratio=6.0)
     path = os.path.join(runs, name, "results.json")
     payload = json.load(open(path))
     payload["config"]["seed"] = seed
     json.dump(payload, open(path, "w"))
   # A rerun of seed 1 under another name is not another seed.
-  _write(runs, "lenet5_share_k2_s1_rerun", prune=0.0, k=2, compressed=0.5)
+  write_run(runs, "lenet5_share_k2_s1_rerun", prune=0.0, k=2, compressed=0.5)
   path = os.path.join(runs, "lenet5_share_k2_s1_rerun", "results.json")
   payload = json.load(open(path))
   payload["config"]["seed"] = 1
   json.dump(payload, open(path, "w"))
   # Same config and seed but another baseline (float accuracy): not grouped.
-  _write(runs, "lenet5_share_k2_rebased", prune=0.0, k=2, float_acc=0.91)
+  write_run(runs, "lenet5_share_k2_rebased", prune=0.0, k=2, float_acc=0.91)
   loaded = results_data.load_runs(runs)
   groups = results_data.seed_groups(loaded)
   assert [[r["name"] for r in g] for g in groups] == [

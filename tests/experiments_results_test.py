@@ -9,16 +9,15 @@ import pytest
 from experiments import results
 from experiments import results_tables
 import experiments_results_fixtures as fixtures
+from experiments_results_fixtures import (
+    fixture_runs, update_run, write_run)
 
 COMMIT = fixtures.COMMIT
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_write = fixtures.write_run
-_update = fixtures.update_run
-_fixture = fixtures.fixture_runs
 
 
 def test_write_report_keeps_hand_written_text(tmp_path):
-  runs = _fixture(tmp_path)
+  runs = fixture_runs(tmp_path)
   out = str(tmp_path / "RESULTS.md")
   with open(out, "w") as f:
     f.write(f"# Title\n\n{results.BEGIN_MARK}\nold\n{results.END_MARK}\n\n"
@@ -28,7 +27,8 @@ def test_write_report_keeps_hand_written_text(tmp_path):
   assert text.startswith("# Title\n")
   assert text.rstrip().endswith("## Not done yet")
   assert "old" not in text and generated in text
-  assert "## lenet5 / fashion_mnist" in text and "## mlp / fashion_mnist" in text
+  assert "## lenet5 / fashion_mnist" in text
+  assert "## mlp / fashion_mnist" in text
   assert "| lenet5 | fashion_mnist | lenet5_paper_p0.6_k4 |" in text
   assert "none within 0.5 pp" in text
   assert "| lenet5_base | float baseline |" in text
@@ -40,9 +40,8 @@ def test_write_report_keeps_hand_written_text(tmp_path):
       assert line.count("|") == results_tables._HEADER.count("|")
 
 
-
 def test_entry_point(tmp_path):
-  runs = _fixture(tmp_path)
+  runs = fixture_runs(tmp_path)
   out = str(tmp_path / "R.md")
   subprocess.run([sys.executable, "-m", "experiments.results",
                   f"--runs_dir={runs}", f"--out={out}"], cwd=REPO,
@@ -53,12 +52,11 @@ def test_entry_point(tmp_path):
           in text)
 
 
-
 def test_runs_of_several_commits_are_refused_unless_allowed(tmp_path):
-  runs = _fixture(tmp_path)
-  _write(runs, "lenet5_share_k1", prune=0.0, k=1, compressed=0.85,
+  runs = fixture_runs(tmp_path)
+  write_run(runs, "lenet5_share_k1", prune=0.0, k=1, compressed=0.85,
          commit="b" * 40)
-  _update(runs, "mlp_share_k4",
+  update_run(runs, "mlp_share_k4",
           lambda p: p["provenance"].update(dirty=True))
   with pytest.raises(ValueError, match="3 commits") as err:
     results.write_report(runs, str(tmp_path / "R.md"))
