@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import rsjax
 
-from experiments import results as results_lib
 from experiments import evaluation
+from experiments import results_data
 from experiments import workdir as workdir_lib
 
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
@@ -179,7 +179,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
   for k in COMPRESSION_KEYS:
     v = results["compression"].get(k)
     rows.append((k, fmt(v, ".2f" if "ratio" in k else ",.0f")))
-  cost = results_lib.hardware_cost(results)
+  cost = results_data.hardware_cost(results)
   if cost:
     rows.append(("energy / inference", ", ".join(
         f"{layout} {c['energy_pj']['total'] / 1e6:.3f} uJ"

@@ -1,0 +1,156 @@
+"""Tests of experiments/results_data.py on synthetic results.json files."""
+
+import json
+import os
+
+import pytest
+
+from experiments import results
+from experiments import results_data
+from experiments import results_tables
+from experiments_results_fixtures import (
+    costed_run,
+    fixture_runs,
+    priced_runs,
+    update_config,
+    update_run,
+    write_run)
+
+
+def test_variants_and_rows(tmp_path):
+  runs = results_data.load_runs(fixture_runs(tmp_path))
+  assert [r["name"] for r in runs] == [
+      "lenet5_base", "lenet5_paper_p0.6_k4", "lenet5_prune_p0.5",
+      "lenet5_share_k2", "lenet5_ste_p0.8_k2", "mlp_share_k4"]
+  rows = {r["name"]: results_data.row(r) for r in runs}
+  assert rows["lenet5_prune_p0.5"]["variant"] == "prune only"
+  assert rows["lenet5_prune_p0.5"]["rules"] == "kernel$ sparsity=0.5"
+  assert rows["lenet5_prune_p0.5"]["method"] == "-"
+  assert rows["lenet5_share_k2"]["variant"] == "share only"
+  assert rows["lenet5_paper_p0.6_k4"]["variant"] == "prune + share paper"
+  assert rows["lenet5_base"]["variant"] == "prune + share ste"
+  assert rows["lenet5_base"]["baseline"]
+  assert abs(rows["lenet5_share_k2"]["loss_pp"] - 0.7) < 1e-9
+  assert rows["lenet5_ste_p0.8_k2"]["ou_ratio"] == float("inf")
+  assert rows["mlp_share_k4"]["emulated"] is None
+
+
+def test_headline_and_pareto(tmp_path):
+  rows = [results_data.row(r)
+          for r in results_data.load_runs(fixture_runs(tmp_path))]
+  lenet = [r for r in rows if r["model"] == "lenet5"]
+  # share k2 (6x) loses 0.7 pp and ste p0.8 20 pp: the paper point wins.
+  assert results_data.headline(lenet)["name"] == "lenet5_paper_p0.6_k4"
+  assert results_data.headline(
+      [r for r in rows if r["model"] == "mlp"]) is None
+  front = [r["name"] for r in results_data.pareto_front(lenet)]
+  assert front == ["lenet5_prune_p0.5", "lenet5_base",
+                   "lenet5_paper_p0.6_k4", "lenet5_ste_p0.8_k2"]
+
+
+def test_hardware_cost_reads_the_old_cost_key():
+  new, old = priced_runs()[:2]
+  assert results_data.hardware_cost(new) is new["hardware_cost"]
+  assert results_data.hardware_cost(old) is old["cost"]
+  assert results_data.hardware_cost({"accuracy": {}}) is None
+  # Each run in the layout its model uses.
+  assert results_data.row(new)["layout"] == "shared"
+  assert results_data.row(new)["energy_pj"] == 300e3
+  assert results_data.row(old)["layout"] == "pruned"
+  assert results_data.row(old)["energy_pj"] == 600e3
+  assert results_data.row(old)["latency_ns"] == 60e3
+  assert results_data.layout_cost(old, "dense")["energy_pj"] == 1000e3
+  unpriced = costed_run("u", prune=0.5, k=None, compressed=0.9)
+  assert results_data.row(unpriced)["energy_pj"] is None
+  assert results_tables.energy_table([unpriced]) == ""
+
+
+def test_run_summary_reads_either_key_and_the_sweep_energy():
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  new, old = priced_runs()[:2]
+  for r in (new, old):
+    r.update(hardware={}, timing_s={"total": 1.0},
+             adc_sweep=[{"adc_bits": 3, "accuracy": 0.5, "energy_pj": None,
+                         "layout": "shared"},
+                        {"adc_bits": 4, "accuracy": 0.8,
+                         "energy_pj": 123456.0, "layout": "shared"}])
+  for r in (new, old):
+    text = report.summary_table(r)
+    assert "dense 1.000 uJ, pruned 0.600 uJ" in text
+    assert "3b: 0.5000, 4b: 0.8000 (123.5 nJ shared)" in text
+  old["adc_sweep"] = [{"adc_bits": 5, "accuracy": 0.9}]  # before the energy
+  assert "5b: 0.9000\n" in report.summary_table(old)
+
+
+def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):
+  runs = fixture_runs(tmp_path)
+  write_run(runs, "lenet5_bn_share_k2", prune=0.0, k=2, compressed=0.897,
+         ou_ratio=6.0)
+  update_config(runs, "lenet5_bn_share_k2", "compress", fold_bn=False)
+  loaded = {r["name"]: r for r in results_data.load_runs(runs)}
+  assert results_data.variant(loaded["lenet5_bn_share_k2"]) == (
+      "share only (BN kept)")
+  assert results_data.variant(loaded["lenet5_share_k2"]) == "share only"
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| lenet5_bn_share_k2 | share only (BN kept) |" in text
+  # A prune-only run with BN kept has no k and no sharing method either.
+  update_config(runs, "lenet5_prune_p0.5", "compress", fold_bn=False)
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert ("| lenet5_prune_p0.5 | prune only (BN kept) | kernel$ sparsity=0.5"
+          " | - |") in text
+
+
+def test_rules_are_shown_in_the_rules_column(tmp_path):
+  runs = fixture_runs(tmp_path)
+  write_run(runs, "lenet5_share_k2_lk", prune=0.0, k=2, compressed=0.897,
+         ou_ratio=5.0)
+  update_run(runs, "lenet5_share_k2_lk", lambda p: p["recipe"].update(
+      rules=["^conv1/", "kernel$ k=2"]))
+  rows = {r["name"]: results_data.row(r) for r in results_data.load_runs(runs)}
+  assert rows["lenet5_share_k2_lk"]["rules"] == "^conv1/; kernel$ k=2"
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| share only | ^conv1/; kernel$ k=2 | ste |" in text
+  # A regex's '|' is escaped so the table keeps its columns.
+  update_run(runs, "lenet5_share_k2_lk", lambda p: p["recipe"].update(
+      rules=["conv1|fc", "kernel$ k=2"]))
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| share only | conv1\\|fc; kernel$ k=2 | ste |" in text
+
+
+def test_distillation_is_shown_in_the_method_column(tmp_path):
+  runs = fixture_runs(tmp_path)
+  update_run(runs, "lenet5_share_k2",
+          lambda p: p["recipe"].update(distill=[0.5, 2.0]))
+  update_run(runs, "lenet5_prune_p0.5",
+          lambda p: p["recipe"].update(distill=[0.7, 4.0]))
+  rows = {r["name"]: results_data.row(r) for r in results_data.load_runs(runs)}
+  assert rows["lenet5_share_k2"]["method"] == "ste + KD 0.5 (T=2)"
+  assert rows["lenet5_prune_p0.5"]["method"] == "KD 0.7 (T=4)"
+  assert rows["lenet5_paper_p0.6_k4"]["method"] == "paper"
+
+
+def test_headline_takes_the_mean_over_seeds(tmp_path):
+  # A 20x point whose seed 0 loses 0.2 pp and seeds 1-2 lose 1.0 and
+  # 1.3 pp (mean 0.83): not a headline, though one seed alone would be.
+  runs = fixture_runs(tmp_path)
+  for seed, comp in ((0, 0.898), (1, 0.890), (2, 0.887)):
+    name = f"lenet5_share_k1_s{seed}"
+    write_run(runs, name, prune=0.0, k=1, compressed=comp, ou_ratio=20.0)
+    update_config(runs, name, "compress", fold_bn=True)
+    path = os.path.join(runs, name, "results.json")
+    payload = json.load(open(path))
+    payload["config"]["seed"] = seed
+    json.dump(payload, open(path, "w"))
+  loaded = results_data.load_runs(runs)
+  points = {p["name"]: p for p in results_data.point_rows(loaded)}
+  mean = points["lenet5_share_k1_s0 (mean of 3 seeds)"]
+  assert mean["run"] == "lenet5_share_k1_s0"
+  assert mean["loss_pp"] == pytest.approx((0.2 + 1.0 + 1.3) / 3)
+  assert "lenet5_share_k1_s1" not in points
+  lenet = [p for p in points.values() if p["model"] == "lenet5"]
+  assert results_data.headline(lenet)["name"] == "lenet5_paper_p0.6_k4"
+  # Seed 0 alone would have been the headline.
+  rows = [results_data.row(r) for r in loaded if r["model"] == "lenet5"]
+  assert results_data.headline(rows)["name"] == "lenet5_share_k1_s0"
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "| lenet5 | fashion_mnist | lenet5_paper_p0.6_k4 |" in text

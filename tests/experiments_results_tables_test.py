@@ -1,0 +1,95 @@
+"""Tests of experiments/results_tables.py on synthetic results.json files."""
+
+import json
+import os
+
+from experiments import results
+from experiments import results_data
+from experiments import results_tables
+from experiments_results_fixtures import (
+    costed_run, fixture_runs, priced_runs, write_run)
+
+
+def test_cost_table_rows_and_ratios():
+  runs = [
+      costed_run("b", prune=0.2, k=8, compressed=0.89, base=True),
+      costed_run("p", prune=0.5, k=None, compressed=0.898, kept=50,
+              stored=50),
+      costed_run("s", prune=0.0, k=4, compressed=0.80, kept=100, stored=25),
+      costed_run("s2", prune=0.0, k=8, compressed=0.85, kept=100, stored=40),
+  ]
+  table = results_tables.cost_table(runs).splitlines()
+  assert table[0].startswith("| layout | run |")
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
+  assert [c[0] for c in cells] == ["dense", "pruned", "shared",
+                                   "pruned + shared"]
+  assert cells[0][3:8] == ["10", "1,000", "8,000", "8,000", "0"]
+  # Prune only within 0.5 pp: 50 stored OUs = 2x fewer activations.
+  assert cells[1][1] == "p" and cells[1][4] == "500 (2.00x)"
+  # No share-only point within 0.5 pp: the smallest loss is shown, marked.
+  assert cells[2][1] == "s2 (none within 0.5 pp)"
+  assert cells[2][5] == "3,200 (2.50x)" and cells[2][6] == "8,000"
+  # The baseline run is the only prune + share point (1 pp loss).
+  assert cells[3][1].startswith("b (none within")
+  assert cells[3][6] == "6,400 (1.25x)"
+  assert results_tables.cost_table([runs[1]]) == ""  # no baseline: no table
+
+
+def test_energy_table_rows_and_ratios():
+  runs = priced_runs()
+  table = results_tables.energy_table(runs).splitlines()
+  assert table[0].startswith("| layout | run | loss (pp) | run's layout | "
+                             "energy (nJ) |")
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
+  assert all(len(c) == table[0].count("|") - 1 for c in cells)
+  # The rows (and points) of the counts table.
+  assert [c[:2] for c in cells] == [
+      ["dense", "b"], ["pruned", "p"], ["shared", "s2 (none within 0.5 pp)"],
+      ["pruned + shared", "b (none within 0.5 pp)"]]
+  assert cells[0][3:9] == ["dense", "1,000.0", "500.0", "0.00", "100.0",
+                           "50.0"]
+  # p prunes only (its 'cost' key): the pruned layout, 600 nJ.
+  assert cells[1][3:5] == ["pruned", "600.0 (1.67x)"]
+  assert cells[1][9:] == ["0.1000", "0.3000"]  # same crossbars as dense
+  # s2 and b share: the shared layout, with the index-and-add energy.
+  assert cells[2][3:6] == ["shared", "800.0 (1.25x)", "400.0 (1.25x)"]
+  assert cells[2][6] == "0.01"
+  assert cells[3][3:5] == ["shared", "300.0 (3.33x)"]
+  assert cells[3][7] == "30.0 (3.33x)"
+  assert cells[3][9:] == ["0.0500 (2.00x)", "0.2500 (1.20x)"]
+  # A layout without a run: one empty row of the table's width.
+  no_share = [r for r in runs if r["name"] not in ("s", "s2")]
+  row = results_tables.energy_table(no_share).splitlines()[4]
+  assert row.startswith("| shared | no run |")
+  assert row.count("|") == table[0].count("|")
+
+
+def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
+  runs = fixture_runs(tmp_path)
+  for seed, comp in ((1, 0.890), (2, 0.887)):
+    name = f"lenet5_share_k2_s{seed}"
+    write_run(runs, name, prune=0.0, k=2, compressed=comp, ou_ratio=6.0)
+    path = os.path.join(runs, name, "results.json")
+    payload = json.load(open(path))
+    payload["config"]["seed"] = seed
+    json.dump(payload, open(path, "w"))
+  # A rerun of seed 1 under another name is not another seed.
+  write_run(runs, "lenet5_share_k2_s1_rerun", prune=0.0, k=2, compressed=0.5)
+  path = os.path.join(runs, "lenet5_share_k2_s1_rerun", "results.json")
+  payload = json.load(open(path))
+  payload["config"]["seed"] = 1
+  json.dump(payload, open(path, "w"))
+  # Same config and seed but another baseline (float accuracy): not grouped.
+  write_run(runs, "lenet5_share_k2_rebased", prune=0.0, k=2, float_acc=0.91)
+  loaded = results_data.load_runs(runs)
+  groups = results_data.seed_groups(loaded)
+  assert [[r["name"] for r in g] for g in groups] == [
+      ["lenet5_share_k2", "lenet5_share_k2_s1", "lenet5_share_k2_s2"]]
+  table = results_tables.seed_table(loaded).splitlines()
+  # Losses 0.7, 1.0, 1.3 pp: mean 1.00, std 0.30.
+  assert table[2].startswith(
+      "| lenet5 | lenet5_share_k2, lenet5_share_k2_s1, lenet5_share_k2_s2 "
+      "| share only | kernel$ k=2 | ste | 0, 1, 2 | 6.00 | 0.8900 ± 0.0030 | "
+      "+1.00 ± 0.30 | +0.70 to +1.30 |")
+  text = results.write_report(runs, str(tmp_path / "R.md"))
+  assert "## Seeds: points run with several seeds" in text
