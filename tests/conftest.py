@@ -1,6 +1,28 @@
-"""Strict numerics for every test (as equinox does)."""
+"""Strict numerics for every test (as equinox does), and one compilation
+cache for the session."""
 
-import jax
+import os
+import tempfile
 
+# Each pipeline run, notebook and command-line test builds fresh jitted
+# functions and compiles the same small steps again; a persistent cache
+# shared by the session and its subprocesses (which inherit these
+# variables) compiles each computation once. Keys include the program, the
+# flags and the jax version, so a stale entry is never used.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "rsjax-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402  (after the cache variables)
+
+# jax may have been imported by a plugin before this file: set them again.
+_env = os.environ
+jax.config.update("jax_compilation_cache_dir",
+                  _env["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(_env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(_env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
