@@ -165,7 +165,8 @@ def distillation_loss(logits, teacher_logits, temperature: float):
 
 
 def train_step(state: TrainState, batch, teacher_variables=None,
-               apply_kwargs=None, *, constraint: Callable[[Any], Any] | None = None,
+               apply_kwargs=None, *,
+               constraint: Callable[[Any], Any] | None = None,
                view: Callable[[Any, Any], Any] | None = None,
                distill: Distillation | None = None, noise_key=None):
   """One SGD step on the global batch; returns ``(state, metrics)``.
@@ -352,16 +353,16 @@ class TrainLoop:
       # (with static fields) comes from computing them once on ``state``.
       inputs = (None if self.refresh is None
                 else self.refresh(state, int(state.step), None))
-      leaves, treedef = jax.tree_util.tree_flatten(inputs)
       if latest is not None:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                            sharding=replicated),
-            _checkpointable(state, leaves))
+            _checkpointable(state, inputs))
         restored = manager.restore(latest,
                                    args=ocp.args.StandardRestore(abstract))
-        leaves = _refreshed_leaves(restored.pop("refreshed", {}))
-        inputs = jax.tree_util.tree_unflatten(treedef, leaves)
+        inputs = jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(inputs),
+            _refreshed_leaves(restored.pop("refreshed", {})))
         state = state.replace(**restored)
         log.info("[%s] resumed from the checkpoint at step %d",
                      self.name, latest)
@@ -375,6 +376,7 @@ class TrainLoop:
         if self.teacher_variables is None:
           raise ValueError(f"[{self.name}] distill needs teacher_variables")
         teacher = jax.device_put(self.teacher_variables, replicated)
+      placed = jax.device_put(inputs, replicated)  # again on each refresh
       start = int(state.step)
       last_good = latest
       t0, s0 = time.perf_counter(), start
@@ -386,13 +388,11 @@ class TrainLoop:
             and step % self.refresh_every == 0
             and (step != start or latest is not None)):
           inputs = self.refresh(state, step, inputs)
-          leaves = jax.tree_util.tree_leaves(inputs)
+          placed = jax.device_put(inputs, replicated)
+        batch = (self.get_batch(step) if rows is None
+                 else self.get_batch(step, rows))
         state, metrics = step_fn(
-            state, _to_global(
-                self.get_batch(step) if rows is None
-                else self.get_batch(step, rows), mesh, self.batch_size),
-            teacher, None if inputs is None else jax.device_put(
-                inputs, replicated))
+            state, _to_global(batch, mesh, self.batch_size), teacher, placed)
         pending.append(metrics)
         done = step + 1
         is_ckpt = done % self.checkpoint_every == 0 or done == self.steps
@@ -424,7 +424,7 @@ class TrainLoop:
                 f"{done}; stopped, keeping the checkpoint at step "
                 f"{last_good}. Lower the learning rate.")
           manager.save(done, args=ocp.args.StandardSave(
-              _checkpointable(state, leaves)))
+              _checkpointable(state, inputs)))
           manager.wait_until_finished()
           last_good = done
         if self.step_callback is not None:
@@ -432,12 +432,14 @@ class TrainLoop:
     return state
 
 
-def _checkpointable(state: TrainState, refreshed=()) -> dict[str, Any]:
+def _checkpointable(state: TrainState, refreshed=None) -> dict[str, Any]:
   out = {"step": state.step, "params": state.params,
          "batch_stats": state.batch_stats, "opt_state": state.opt_state}
-  if refreshed:
-    # Keyed by position: orbax keeps dicts of arrays, not arbitrary nodes.
-    out["refreshed"] = {f"{i:04d}": x for i, x in enumerate(refreshed)}
+  leaves = jax.tree_util.tree_leaves(refreshed)
+  if leaves:
+    # The leaves keyed by position: orbax keeps dicts of arrays, not the
+    # refreshed values' own nodes (with their static fields).
+    out["refreshed"] = {f"{i:04d}": x for i, x in enumerate(leaves)}
   return out
 
 
