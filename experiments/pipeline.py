@@ -157,14 +157,24 @@ class Run:
         return workdir_lib.load_tree(self.checkpoint(stage))
     return self.compress_base()
 
-  def teacher(self):
-    """``(Distillation or None, teacher variables)``: the float baseline."""
-    if self.recipe.distill is None:
+  def teacher(self, weight: float | None = None):
+    """``(Distillation or None, teacher variables)``: the float baseline.
+
+    Args:
+      weight: the distillation weight; None takes the recipe's
+        (``compress.distill_weight``), 0 turns distillation off. The
+        temperature is always the recipe's.
+    """
+    distill = self.recipe.distill
+    if weight is not None:
+      temperature = float(self.config.compress.distill_temperature)
+      distill = (float(weight), temperature) if weight > 0 else None
+    if distill is None:
       return None, None
     model = self.compress_model
     distill = train_lib.Distillation(
         lambda variables, x: model.apply(variables, x, train=False),
-        *self.recipe.distill)
+        *distill)
     return distill, self.compress_base()
 
   # Data, training and evaluation.

@@ -198,6 +198,10 @@ def from_config(config: ml_collections.ConfigDict) -> Recipe:
   stages = config.recipe.stages
   if isinstance(stages, str):
     stages = tuple(s.strip() for s in stages.split(",") if s.strip())
+  hc = config.get("hwaware")
+  if hc is not None and not 0.0 <= float(hc.get("distill_weight", 0.0)) <= 1:
+    raise ValueError(f"hwaware.distill_weight must be in [0, 1], got "
+                     f"{hc.distill_weight}")
   pc = config.prune
   try:
     schedule = rsjax.PruneSchedule(begin=pc.begin, end=pc.end,

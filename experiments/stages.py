@@ -241,7 +241,9 @@ def hwaware(run) -> dict[str, Any]:
   ADC ranges) come from ``eval.calibration_batches`` training batches; the
   ADC ranges are re-calibrated every ``hwaware.recalibrate_every`` steps on
   the current weights and batch (0: never), the input scales as
-  ``hwaware.scales`` says. With ``eval.emulate`` the results hold the
+  ``hwaware.scales`` says. With ``hwaware.distill_weight`` the float
+  baseline is the teacher (its float outputs; the student's are emulated).
+  With ``eval.emulate`` the results hold the
   emulated accuracy at the stage's ADC before and after, and at a lossless
   ADC before (``emulated_lossless_before``), on ``eval.emulate_limit``
   test images.
@@ -255,9 +257,6 @@ def hwaware(run) -> dict[str, Any]:
   variables = run.latest_variables()
   tx = _hwaware_tx(run, _inner(run, hc.learning_rate, hc.steps))
   state = train_lib.create_state(model, variables, tx)
-  train_batches = lambda step: [
-      run.loop("hwaware", 0).get_batch(step + i)["image"]
-      for i in range(max(run.config.eval.calibration_batches, 1))]
   before = lossless = None
   if run.config.eval.emulate:
     layers = evaluation.crossbar_layers(run, variables["params"])
@@ -273,8 +272,10 @@ def hwaware(run) -> dict[str, Any]:
     current = {**train_lib.state_variables(state),
                "params": rsjax.training_params(state.params,
                                                state.opt_state)}
+    batches = [loop.get_batch(step + i)["image"]
+               for i in range(max(run.config.eval.calibration_batches, 1))]
     return {"calib": rk.calibrate_hwaware_linen(
-        model, current, train_batches(step), hw,
+        model, current, batches, hw,
         previous=None if previous is None else previous["calib"],
         scales=hc.scales, train=False)}
 
@@ -285,10 +286,12 @@ def hwaware(run) -> dict[str, Any]:
 
   # The calibration is an argument of the jitted step (refreshed between
   # steps), so re-calibrating does not compile the step again.
-  state = run.loop("hwaware", hc.steps, view=rsjax.training_params,
-                   noise_key=jax.random.fold_in(run.key, 6),
-                   refresh=calibrate, refresh_every=hc.recalibrate_every,
-                   ).run(state.replace(apply_fn=apply_fn), run.mesh)
+  distill, teacher = run.teacher(hc.distill_weight)
+  loop = run.loop("hwaware", hc.steps, view=rsjax.training_params,
+                  noise_key=jax.random.fold_in(run.key, 6),
+                  distill=distill, teacher_variables=teacher,
+                  refresh=calibrate, refresh_every=hc.recalibrate_every)
+  state = loop.run(state.replace(apply_fn=apply_fn), run.mesh)
   params = rsjax.training_params(state.params, state.opt_state)
   results = {**_finish(run, "hwaware", state, params), "steps": hc.steps,
              "adc_bits": hw.adc_bits, "adc_mode": hw.adc_mode}

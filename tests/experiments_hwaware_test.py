@@ -37,8 +37,16 @@ def _tiny(config, data_dir):
 
 @pytest.mark.parametrize("variant", ["share", "prune"])
 def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
-                                           variant):
+                                           variant, monkeypatch):
   config = _tiny(default.get_config(), fmnist_data_dir)
+  loops = {}
+  make_loop = pipeline.Run.loop
+
+  def loop(self, name, steps, **kwargs):
+    loops[name] = kwargs
+    return make_loop(self, name, steps, **kwargs)
+
+  monkeypatch.setattr(pipeline.Run, "loop", loop)
   if variant == "share":
     config.recipe.stages = ("share", "finetune", "hwaware")
     config.recipe.rules = ("^conv1/", "kernel$ k=2")
@@ -51,6 +59,8 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
   else:
     config.recipe.stages = ("prune", "hwaware")
     config.recipe.rules = ("kernel$ sparsity=0.5",)
+    config.hwaware.distill_weight = 0.5
+    config.compress.distill_temperature = 2.0
   workdir = str(tmp_path / variant)
   res = pipeline.run(config, workdir)
   state = json.load(open(os.path.join(workdir, "state.json")))["stages"]
@@ -59,13 +69,19 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
   assert hw_res["steps"] == 3
   saved = rsjax.load_compressed(os.path.join(workdir,
                                              "compressed_model.rsjax.npz"))
+  distill = loops["hwaware"]["distill"]
   if variant == "share":
+    assert distill is None  # hwaware.distill_weight = 0: no teacher
     assert hw_res["adc_bits"] == 4 and hw_res["adc_mode"] == "clip"
     for path, layer in saved.layers.items():
       if path != "params/conv1/conv/kernel":
         assert layer.stored_per_row_block().max() <= 2
     assert res["accuracy_detail"]["hwaware_adc_bits"] == 4
   else:
+    # The float baseline teaches this stage alone (the recipe has none).
+    assert (distill.weight, distill.temperature) == (0.5, 2.0)
+    assert loops["hwaware"]["teacher_variables"] is not None
+    assert loops.get("prune", {}).get("distill") is None
     pruned = workdir_lib.load_tree(os.path.join(workdir, "checkpoints",
                                                 "prune"))["params"]
     after = dict(rsjax.named_leaves(saved.params["params"]))
@@ -77,6 +93,14 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
         workdir, "checkpoints", "hwaware"))["params"]
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                zip(jax.tree.leaves(pruned), jax.tree.leaves(hw_params)))
+
+
+def test_bad_hwaware_distill_weight_fails_before_training(tmp_path):
+  config = default.get_config()
+  config.hwaware.distill_weight = -0.1
+  with pytest.raises(ValueError, match="hwaware.distill_weight"):
+    pipeline.run(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_recipe_hwaware_alone_needs_no_rules():

@@ -146,6 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'fixed' or 'running_max'.
   config.hwaware.recalibrate_every = 0
   config.hwaware.scales = "fixed"
+  # Distillation from the float baseline during this stage (weight in
+  # [0, 1], temperature compress.distill_temperature; 0: none).
+  config.hwaware.distill_weight = 0.0
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.
