@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 import rsjax
+from rsjax.kernels import hwaware as hwaware_lib
 
 COMPRESSION_STAGES = ("prune", "share", "finetune", "hwaware")
 SHARING_METHODS = ("ste", "paper")
@@ -202,6 +203,9 @@ def from_config(config: ml_collections.ConfigDict) -> Recipe:
   if hc is not None and not 0.0 <= float(hc.get("distill_weight", 0.0)) <= 1:
     raise ValueError(f"hwaware.distill_weight must be in [0, 1], got "
                      f"{hc.distill_weight}")
+  if hc is not None and hc.get("backward", "ste") not in hwaware_lib.BACKWARDS:
+    raise ValueError(f"hwaware.backward must be one of {hwaware_lib.BACKWARDS}, got "
+                     f"{hc.backward!r}")
   pc = config.prune
   try:
     schedule = rsjax.PruneSchedule(begin=pc.begin, end=pc.end,

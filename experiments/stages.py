@@ -237,16 +237,17 @@ def hwaware(run) -> dict[str, Any]:
 
   Every crossbar layer runs :func:`rsjax.kernels.hwaware_layer` at
   ``hwaware.adc_bits``/``adc_mode`` with programming noise and faults drawn
-  per step; the backward is straight-through. Input scales (and calibrated
-  ADC ranges) come from ``eval.calibration_batches`` training batches; the
-  ADC ranges are re-calibrated every ``hwaware.recalibrate_every`` steps on
-  the current weights and batch (0: never), the input scales as
-  ``hwaware.scales`` says. With ``hwaware.distill_weight`` the float
-  baseline is the teacher (its float outputs; the student's are emulated).
-  With ``eval.emulate`` the results hold the
-  emulated accuracy at the stage's ADC before and after, and at a lossless
-  ADC before (``emulated_lossless_before``), on ``eval.emulate_limit``
-  test images.
+  per step; the backward is straight-through (``hwaware.backward='ste'``)
+  or also drops the terms of saturated partial sums (``'saturation'``).
+  Input scales (and calibrated ADC ranges) come from
+  ``eval.calibration_batches`` training batches; the ADC ranges are
+  re-calibrated every ``hwaware.recalibrate_every`` steps on the current
+  weights and batch (0: never), the input scales as ``hwaware.scales``
+  says. With ``hwaware.distill_weight`` the float baseline is the teacher
+  (its float outputs; the student's are emulated). With ``eval.emulate``
+  the results hold the emulated accuracy at the stage's ADC before and
+  after, and at a lossless ADC before (``emulated_lossless_before``), on
+  ``eval.emulate_limit`` test images.
   """
   hc = run.config.hwaware
   hw = hwaware_hardware(run.hw, hc)
@@ -282,7 +283,8 @@ def hwaware(run) -> dict[str, Any]:
   def apply_fn(v, x, rngs=None, *, calib, **kwargs):
     key = None if rngs is None else rngs["noise"]
     return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
-                                  nonideal=nonideal, **kwargs)
+                                  nonideal=nonideal, backward=hc.backward,
+                                  **kwargs)
 
   # The calibration is an argument of the jitted step (refreshed between
   # steps), so re-calibrating does not compile the step again.

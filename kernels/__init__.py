@@ -28,6 +28,7 @@ from rsjax.kernels.linen_model import prepare_linen
 from rsjax.kernels.nnx_model import calibrate_nnx
 from rsjax.kernels.nnx_model import emulate_nnx
 from rsjax.kernels.nnx_model import prepare_nnx
+from rsjax.kernels.saturation import saturating_matmul
 from rsjax.kernels.ste import emulated_conv
 from rsjax.kernels.ste import emulated_matmul
 
@@ -61,5 +62,6 @@ __all__ = (
     "prepare_shared",
     "program",
     "quantize_inputs",
+    "saturating_matmul",
     "shared_crossbar_matmul",
 )

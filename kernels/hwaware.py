@@ -44,8 +44,10 @@ from rsjax.kernels import crossbar
 from rsjax.kernels import linen_model
 from rsjax.kernels import model as model_lib
 from rsjax.kernels import nnx_model
+from rsjax.kernels import saturation
 
 SCALE_UPDATES = ("fixed", "running_max")
+BACKWARDS = ("ste", "saturation")
 
 
 @struct.dataclass
@@ -138,7 +140,8 @@ def calibrate_hwaware_nnx(model: nnx.Module, batches, hw, *,
 def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
                   signed: bool = False, conv=None, adc_range=None,
                   nonideal: cells_lib.Nonideal | None = None, key=None,
-                  per: str = "layer", dataflow: str = "auto"):
+                  per: str = "layer", dataflow: str = "auto",
+                  backward: str = "ste"):
   """One Dense/Conv layer: emulated forward, straight-through backward.
 
   Args:
@@ -157,10 +160,17 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
     key: ``jax.random`` key (required with non-idealities).
     per: weight scale ``'layer'`` or ``'column'``.
     dataflow: as :func:`rsjax.kernels.prepare`.
+    backward: ``'ste'``, the gradient of ``clip(x) @ w``, or
+      ``'saturation'``, which also drops the terms whose OU partial sums
+      saturate the ADC (:func:`rsjax.kernels.saturating_matmul`, of the
+      ideal cells; about one direct-dataflow pass more per step).
 
   Returns:
     float32 output like the float layer's.
   """
+  if backward not in BACKWARDS:
+    raise ValueError(f"backward must be one of {BACKWARDS}, got "
+                     f"{backward!r}")
   x = jnp.asarray(x, jnp.float32)
   if conv is not None:
     x = conv_lib.im2col(x, *conv)
@@ -168,9 +178,13 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   x_scale = jax.lax.stop_gradient(jnp.asarray(x_scale, jnp.float32))
   top = x_scale * jnp.float32(2**hw.input_bits - 1)
   x_clip = jnp.clip(x, -top if signed else 0.0, top)
-  y_float = jnp.matmul(x_clip, w, precision=jax.lax.Precision.HIGHEST)
   qw, w_scale = quantize.quantize_weights(jax.lax.stop_gradient(w),
                                           hw.weight_bits, per=per)
+  if backward == "ste":
+    y_float = jnp.matmul(x_clip, w, precision=jax.lax.Precision.HIGHEST)
+  else:
+    y_float = _saturating(x_clip, w, qw, w_scale, x_scale, hw, signed,
+                          adc_range)
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
                              key=k_prog, dataflow=dataflow)
@@ -193,7 +207,30 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   return y
 
 
-def _check(calib, hw):
+def _saturating(x_clip, w, qw, w_scale, x_scale, hw, signed, adc_range):
+  """``clip(x) @ w`` with the saturation-aware backward, per input pass."""
+  lead, in_features = x_clip.shape[:-1], x_clip.shape[-1]
+  x2 = x_clip.reshape(-1, in_features)
+  w_units = w / model_lib._last_axis(  # pylint: disable=protected-access
+      w_scale, 2)
+
+  def one(xpos):
+    q = crossbar.quantize_inputs(jax.lax.stop_gradient(xpos), x_scale, hw)
+    return saturation.saturating_matmul(xpos / x_scale, w_units, q, qw, hw,
+                                        adc_range)
+
+  y = one(jnp.maximum(x2, 0.0))
+  if signed:
+    y = y - one(jnp.maximum(-x2, 0.0))
+  y = y * model_lib._last_axis(  # pylint: disable=protected-access
+      x_scale * w_scale, y.ndim)
+  return y.reshape(*lead, -1)
+
+
+def _check(calib, hw, backward):
+  if backward not in BACKWARDS:
+    raise ValueError(f"backward must be one of {BACKWARDS}, got "
+                     f"{backward!r}")
   if not isinstance(calib, HwCalibration):
     raise TypeError(f"calib must be a HwCalibration (from "
                     f"calibrate_hwaware_linen / calibrate_hwaware_nnx), got "
@@ -203,18 +240,20 @@ def _check(calib, hw):
                      "the calibrated hardware")
 
 
-def _run(name, calib, hw, x, kernel, bias, conv, order, key, nonideal, per):
+def _run(name, calib, hw, x, kernel, bias, conv, order, key, nonideal, per,
+         backward):
   layer_key = None if key is None else jax.random.fold_in(key, order[name])
   rng = None if hw.adc_mode != "calibrated" else calib.adc_ranges[name]
   return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
                        signed=name in calib.signed, conv=conv, adc_range=rng,
-                       nonideal=nonideal, key=layer_key, per=per)
+                       nonideal=nonideal, key=layer_key, per=per,
+                       backward=backward)
 
 
 def hwaware_apply_linen(model: nn.Module, variables, x,
                         hw: hardware.HardwareSpec, calib: HwCalibration, *,
                         key=None, nonideal=None, per: str = "layer",
-                        **apply_kwargs):
+                        backward: str = "ste", **apply_kwargs):
   """``model.apply(variables, x)`` with the calibrated layers emulated.
 
   For a jitted training step: ``loss = ce(hwaware_apply_linen(model,
@@ -230,12 +269,13 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
     key: this step's key for the non-idealities (one per layer is folded).
     nonideal: :class:`rsjax.kernels.Nonideal`, or None.
     per: weight scale (``'layer'`` for shared layers).
+    backward: ``'ste'`` or ``'saturation'`` (see :func:`hwaware_layer`).
     **apply_kwargs: for ``model.apply`` (``train=True``, ``mutable``...).
 
   Returns:
     What ``model.apply`` returns.
   """
-  _check(calib, hw)
+  _check(calib, hw, backward)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
 
   def emulate(next_fun, args, kwargs, ctx):
@@ -247,7 +287,7 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
     p = mod.variables["params"]
     conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
     return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
-                order, key, nonideal, per)
+                order, key, nonideal, per, backward)
 
   with nn.intercept_methods(emulate):
     return model.apply(variables, x, **apply_kwargs)
@@ -270,7 +310,7 @@ class _HwLayer(nnx.Module):
 @contextlib.contextmanager
 def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
                 calib: HwCalibration, *, key=None, nonideal=None,
-                per: str = "layer"):
+                per: str = "layer", backward: str = "ste"):
   """Within the context, ``model``'s calibrated layers run on the emulator.
 
   The layers are swapped in place and restored on exit, so the params stay
@@ -280,12 +320,13 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
 
   Args:
     model: the NNX model.
-    hw, calib, key, nonideal, per: as :func:`hwaware_apply_linen`.
+    hw, calib, key, nonideal, per, backward: as
+      :func:`hwaware_apply_linen`.
 
   Yields:
     ``model``.
   """
-  _check(calib, hw)
+  _check(calib, hw, backward)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
   swapped = {}
 
@@ -295,7 +336,7 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
       return None
     swapped[path] = node
     return _HwLayer(node, lambda x, k, b, c, name=name: _run(
-        name, calib, hw, x, k, b, c, order, key, nonideal, per))
+        name, calib, hw, x, k, b, c, order, key, nonideal, per, backward))
 
   nnx_model._swap(model, make)  # pylint: disable=protected-access
   try:

@@ -61,6 +61,7 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
     config.recipe.rules = ("kernel$ sparsity=0.5",)
     config.hwaware.distill_weight = 0.5
     config.compress.distill_temperature = 2.0
+    config.hwaware.backward = "saturation"
   workdir = str(tmp_path / variant)
   res = pipeline.run(config, workdir)
   state = json.load(open(os.path.join(workdir, "state.json")))["stages"]
@@ -95,10 +96,12 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
                zip(jax.tree.leaves(pruned), jax.tree.leaves(hw_params)))
 
 
-def test_bad_hwaware_distill_weight_fails_before_training(tmp_path):
+@pytest.mark.parametrize("field, value", [
+    ("distill_weight", -0.1), ("backward", "clip")])
+def test_bad_hwaware_field_fails_before_training(tmp_path, field, value):
   config = default.get_config()
-  config.hwaware.distill_weight = -0.1
-  with pytest.raises(ValueError, match="hwaware.distill_weight"):
+  config.hwaware[field] = value
+  with pytest.raises(ValueError, match=f"hwaware.{field}"):
     pipeline.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 

@@ -108,6 +108,35 @@ def test_gradient_is_the_float_gradient_where_nothing_clips(jit):
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_saturation_backward(jit):
+  # On a lossless ADC it is the straight-through gradient (signed inputs of
+  # Conv_1, a bias-free layer, the Dense head); on a 3-bit one it differs.
+  model, variables, x = _net()
+  probe = jnp.asarray(np.random.default_rng(4).standard_normal((4, 3)),
+                      jnp.float32)
+
+  def grads(hw, backward):
+    calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
+
+    def loss(params):
+      y = rk.hwaware_apply_linen(model, {"params": params}, x, hw, calib,
+                                 backward=backward)
+      return jnp.sum(y * probe)
+    fn = jax.jit(jax.grad(loss)) if jit else jax.grad(loss)
+    return jax.tree.leaves(fn(variables["params"]))
+
+  for a, b in zip(grads(LOSSLESS, "saturation"), grads(LOSSLESS, "ste")):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-4)
+  assert any(not np.allclose(np.asarray(a), np.asarray(b), atol=1e-3)
+             for a, b in zip(grads(LOSSY, "saturation"), grads(LOSSY, "ste")))
+  calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSY)
+  with pytest.raises(ValueError, match="backward"):
+    rk.hwaware_apply_linen(model, variables, x, LOSSY, calib,
+                           backward="clip")
+
+
 def test_noise_is_keyed_per_step():
   model, variables, x = _net()
   calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSY)

@@ -149,6 +149,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Distillation from the float baseline during this stage (weight in
   # [0, 1], temperature compress.distill_temperature; 0: none).
   config.hwaware.distill_weight = 0.0
+  # The backward: 'ste' (straight-through) or 'saturation' (also drops the
+  # terms of OU partial sums the ADC saturates).
+  config.hwaware.backward = "ste"
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.

@@ -1,0 +1,154 @@
+"""A straight-through backward that sees the ADC saturate.
+
+The plain straight-through backward of :func:`rsjax.kernels.hwaware_layer`
+differentiates ``x @ w`` as if every OU partial sum converted exactly. On a
+small ADC many do not: a partial sum above the ADC range converts to the top
+code, and a small change of the weights or inputs behind it changes nothing.
+:func:`saturating_matmul` has the float product's value and a backward that
+drops those terms.
+
+The product of an input integer ``x`` and a stored weight value ``v`` is a
+sum of terms ``2^(dac c) x_c * 2^(cell s) v_s`` over input cycles ``c`` and
+cell slices ``s``, and each term reaches the output through one OU partial
+sum ``p[c, g, s, n]`` (row-block ``g``, column ``n``). The backward keeps a
+term where its partial sum converted without saturating (``p <= range``, the
+ADC's range) and spreads the derivative of ``x`` and ``v`` over their digits
+in proportion to the digits' values (``2^(dac c) x_c / x``, ``2^(cell s) v_s
+/ v``; evenly where the value is 0). Where nothing saturates this is the
+plain straight-through gradient exactly.
+
+The cost is that of the direct dataflow's partial sums, computed one input
+cycle at a time (``B x G x slices x N`` floats live), once in the backward.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax._src import hardware
+from rsjax.kernels import adc as adc_lib
+from rsjax.kernels import cells as cells_lib
+
+
+def _digits(x_int, hw: hardware.HardwareSpec):
+  """``[cycles, B, in]`` DAC levels of the inputs and their value shares."""
+  shifts = jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits
+  levels = (x_int[None] >> shifts[:, None, None]) & (2**hw.dac_bits - 1)
+  place = jnp.asarray(2.0 ** (hw.dac_bits * np.arange(hw.cycles)),
+                      jnp.float32)
+  part = levels.astype(jnp.float32) * place[:, None, None]
+  total = x_int.astype(jnp.float32)[None]
+  share = jnp.where(total > 0, part / jnp.maximum(total, 1.0),
+                    1.0 / hw.cycles)
+  return levels.astype(jnp.float32), share
+
+
+def _stored(w, w_int, hw: hardware.HardwareSpec):
+  """The stored arrays: ``[(int values, float values, output sign, d values
+  / d w)]``."""
+  if hw.signed == "offset":
+    offset = 2 ** (hw.weight_bits - 1)
+    return [(w_int + offset, w + offset, 1.0, 1.0)]
+  # Differential: w = pos - neg; at w = 0 each array takes half.
+  half = 0.5 * (w_int == 0).astype(jnp.float32)
+  return [(jnp.maximum(w_int, 0), jnp.maximum(w, 0.0), 1.0,
+           (w_int > 0).astype(jnp.float32) + half),
+          (jnp.maximum(-w_int, 0), jnp.maximum(-w, 0.0), -1.0,
+           -((w_int < 0).astype(jnp.float32) + half))]
+
+
+def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
+  """Masked ``(d/dx, d/dv)`` of ``sum(g * (x @ v))`` for one array.
+
+  ``levels`` (the DAC levels of the integer inputs) and ``v_int``'s cells
+  decide which partial sums saturate; ``x_parts`` (``x`` spread over the
+  cycles) and ``v`` spread over the slices are the values differentiated,
+  so that with nothing saturated this is exactly ``(g v^T, x^T g)``.
+  """
+  rows, (in_features, out_features) = hw.ou_rows, v_int.shape
+  num_rb = -(-in_features // rows)
+  pad = num_rb * rows - in_features
+  cells = cells_lib.slice_levels(v_int, hw).astype(jnp.float32)  # [in,N,S]
+  valued = cells * jnp.asarray(
+      2.0 ** (hw.cell_bits * np.arange(hw.slices)), jnp.float32)[None, None]
+  total = v_int.astype(jnp.float32)[..., None]
+  v_share = jnp.where(total > 0, valued / jnp.maximum(total, 1.0),
+                      1.0 / hw.slices)
+  blocked = lambda a: jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape(
+      num_rb, rows, out_features, hw.slices)  # [G, R, N, S]
+  cells_g = blocked(cells)
+  v_parts_g = blocked(v_share * v[..., None])
+  by_block = lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, pad))).reshape(
+      hw.cycles, -1, num_rb, rows)  # [C, B, G, R]
+  hi = jax.lax.Precision.HIGHEST
+
+  def cycle(gv, t):
+    lev, part = t  # [B, G, R]: the cycle's DAC levels, its part of x
+    p = jnp.einsum("bgr,grns->bgns", lev, cells_g, precision=hi)
+    gm = jnp.where(p <= top, g[:, None, :, None], 0.0)  # the kept terms
+    gv = gv + jnp.einsum("bgr,bgns->grns", part, gm, precision=hi)
+    gx = jnp.einsum("bgns,grns->bgr", gm, v_parts_g, precision=hi)
+    return gv, gx
+
+  gv, gx = jax.lax.scan(cycle, jnp.zeros(cells_g.shape, jnp.float32),
+                        (by_block(levels), by_block(x_parts)))
+  gx = gx.reshape(hw.cycles, gx.shape[1], -1)[..., :in_features]
+  d_x = jnp.sum(gx * x_share, axis=0)
+  d_v = jnp.sum(gv.reshape(-1, out_features, hw.slices)[:in_features]
+                * v_share, axis=-1)
+  return d_x, d_v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def saturating_matmul(x, w, x_int, w_int, hw: hardware.HardwareSpec,
+                      adc_range=None):
+  """``x @ w`` whose backward drops the terms of saturated partial sums.
+
+  Args:
+    x: ``[B, in]`` float inputs in units of the input step (``x_int`` as a
+      differentiable float, e.g. ``clip(x) / x_scale``), non-negative.
+    w: ``[in, N]`` float weights in units of the weight step.
+    x_int: ``[B, in]`` the inputs as the crossbar receives them (int,
+      ``[0, 2^input_bits)``): the partial sums are theirs.
+    w_int: ``[in, N]`` the quantized weights the crossbar stores (int).
+    hw: the hardware (its ADC decides what saturates).
+    adc_range: int32 scalar for ``adc_mode='calibrated'``, else None.
+
+  Returns:
+    ``[B, N]`` float32 ``x @ w``.
+  """
+  del x_int, w_int, adc_range
+  return jnp.matmul(x, w, precision=jax.lax.Precision.HIGHEST)
+
+
+def _fwd(x, w, x_int, w_int, hw, adc_range):
+  y = saturating_matmul(x, w, x_int, w_int, hw, adc_range)
+  return y, (x, w, x_int, w_int, adc_range)
+
+
+def _bwd(hw, res, g):
+  x, w, x_int, w_int, adc_range = res
+  x_int = jnp.asarray(x_int, jnp.int32)
+  w_int = jnp.asarray(w_int, jnp.int32)
+  g = jnp.asarray(g, jnp.float32)
+  top = adc_lib.resolve_range(hw, adc_range).astype(jnp.float32)
+  levels, x_share = _digits(x_int, hw)
+  x_parts = x_share * x[None]
+  d_x = jnp.zeros(x.shape, jnp.float32)
+  d_w = jnp.zeros(w.shape, jnp.float32)
+  for v_int, v, sign, dv_dw in _stored(w, w_int, hw):
+    gx, gv = _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top)
+    d_x = d_x + sign * gx
+    d_w = d_w + sign * gv * dv_dw
+  if hw.signed == "offset":
+    # The digital offset subtraction, -2^(b-1) sum(x), is exact.
+    d_x = d_x - 2.0 ** (hw.weight_bits - 1) * jnp.sum(g, axis=-1,
+                                                      keepdims=True)
+  return d_x, d_w, None, None, None
+
+
+saturating_matmul.defvjp(_fwd, _bwd)
