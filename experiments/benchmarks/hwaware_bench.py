@@ -15,7 +15,8 @@ same shape on the same machine and load:
   once) and ``prepare`` alone are printed too.
 * LeNet-5 training step (batch 128, 28x28x1 inputs, BN folded, Adam): the
   hardware-aware step (:func:`rsjax.kernels.hwaware_apply_linen` at the same
-  ADC) against the plain float step.
+  ADC) against the plain float step, with the straight-through backward and
+  with the saturation-aware one (``backward='saturation'``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def mvm(hw, m, k, n, reps):
 
 
 def lenet_steps(hw, batch, reps):
-  """``(plain step, hardware-aware step)`` seconds for LeNet-5."""
+  """``(plain, hardware-aware, saturation-aware)`` step seconds, LeNet-5."""
   model = models.create_model("lenet5", num_classes=10, use_bn=False)
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.random((batch, 28, 28, 1)), jnp.float32)
@@ -93,9 +94,12 @@ def lenet_steps(hw, batch, reps):
   plain = make_step(model.apply)
   hwaware = make_step(lambda v, x: rk.hwaware_apply_linen(model, v, x, hw,
                                                           calib))
+  saturation = make_step(lambda v, x: rk.hwaware_apply_linen(
+      model, v, x, hw, calib, backward="saturation"))
   state = tx.init(params)
   return tuple(best_times([(plain, params, state, x, y),
-                           (hwaware, params, state, x, y)], reps))
+                           (hwaware, params, state, x, y),
+                           (saturation, params, state, x, y)], reps))
 
 
 def main():
@@ -119,11 +123,13 @@ def main():
         f"{t_apply / t_float:6.1f}x")
   print(f"  prepare alone              {t_prep * 1e3:9.3f} ms "
         f"{t_prep / t_float:6.1f}x")
-  t_plain, t_hw = lenet_steps(hw, args.batch, args.reps)
+  t_plain, t_hw, t_sat = lenet_steps(hw, args.batch, args.reps)
   print(f"LeNet-5 training step, batch {args.batch}")
   print(f"  plain step                 {t_plain * 1e3:9.3f} ms    1.0x")
   print(f"  hardware-aware step        {t_hw * 1e3:9.3f} ms "
         f"{t_hw / t_plain:6.1f}x")
+  print(f"  saturation-aware backward  {t_sat * 1e3:9.3f} ms "
+        f"{t_sat / t_plain:6.1f}x")
 
 
 if __name__ == "__main__":
