@@ -33,6 +33,9 @@ from rsjax._src import hardware
 from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import cells as cells_lib
 
+# Bytes of one chunk's backward intermediates (see _array_grads).
+_CHUNK_BYTES = 64 << 20
+
 
 def _digits(x_int, hw: hardware.HardwareSpec):
   """``[cycles, B, in]`` DAC levels of the inputs and their value shares."""
@@ -82,21 +85,40 @@ def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
       num_rb, rows, out_features, hw.slices)  # [G, R, N, S]
   cells_g = blocked(cells)
   v_parts_g = blocked(v_share * v[..., None])
-  by_block = lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, pad))).reshape(
-      hw.cycles, -1, num_rb, rows)  # [C, B, G, R]
+  num_b = levels.shape[1]
+  # Rows of x per chunk, so that one cycle's partial sums and masked
+  # cotangents (three [rows, G, N, S] float32 arrays) stay within budget.
+  chunk = int(min(num_b, max(8, _CHUNK_BYTES // (
+      3 * 4 * num_rb * out_features * hw.slices))))
+  num_chunks = -(-num_b // chunk)
+
+  def chunked(a):  # [C, B, in] -> [chunks, C, chunk rows, G, R]
+    a = jnp.pad(a, ((0, 0), (0, num_chunks * chunk - num_b), (0, pad)))
+    return a.reshape(hw.cycles, num_chunks, chunk, num_rb, rows).transpose(
+        1, 0, 2, 3, 4)
+
+  g_chunks = jnp.pad(g, ((0, num_chunks * chunk - num_b), (0, 0))).reshape(
+      num_chunks, chunk, out_features)
   hi = jax.lax.Precision.HIGHEST
 
-  def cycle(gv, t):
-    lev, part = t  # [B, G, R]: the cycle's DAC levels, its part of x
-    p = jnp.einsum("bgr,grns->bgns", lev, cells_g, precision=hi)
-    gm = jnp.where(p <= top, g[:, None, :, None], 0.0)  # the kept terms
-    gv = gv + jnp.einsum("bgr,bgns->grns", part, gm, precision=hi)
-    gx = jnp.einsum("bgns,grns->bgr", gm, v_parts_g, precision=hi)
-    return gv, gx
+  def one_chunk(gv, t):
+    lev_c, part_c, g_c = t
 
-  gv, gx = jax.lax.scan(cycle, jnp.zeros(cells_g.shape, jnp.float32),
-                        (by_block(levels), by_block(x_parts)))
-  gx = gx.reshape(hw.cycles, gx.shape[1], -1)[..., :in_features]
+    def cycle(gv, u):
+      lev, part = u  # [rows, G, R]: the cycle's DAC levels, its part of x
+      p = jnp.einsum("bgr,grns->bgns", lev, cells_g, precision=hi)
+      gm = jnp.where(p <= top, g_c[:, None, :, None], 0.0)  # kept terms
+      gv = gv + jnp.einsum("bgr,bgns->grns", part, gm, precision=hi)
+      gx = jnp.einsum("bgns,grns->bgr", gm, v_parts_g, precision=hi)
+      return gv, gx
+
+    return jax.lax.scan(cycle, gv, (lev_c, part_c))
+
+  # Padded rows have x = 0 and g = 0: they add nothing to d/dv.
+  gv, gx = jax.lax.scan(one_chunk, jnp.zeros(cells_g.shape, jnp.float32),
+                        (chunked(levels), chunked(x_parts), g_chunks))
+  gx = gx.transpose(1, 0, 2, 3, 4).reshape(hw.cycles, num_chunks * chunk,
+                                           -1)[:, :num_b, :in_features]
   d_x = jnp.sum(gx * x_share, axis=0)
   d_v = jnp.sum(gv.reshape(-1, out_features, hw.slices)[:in_features]
                 * v_share, axis=-1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rsjax
 from rsjax import kernels as rk
+from rsjax.kernels import saturation
 
 
 def _reference(x, w, x_int, w_int, g, hw, top):
@@ -93,6 +94,18 @@ def test_matches_the_loop_reference(jit, signed, adc_mode):
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
   # Some terms saturated: not the plain straight-through gradient.
   assert not np.allclose(got[1], x.T @ g, atol=1e-3)
+
+
+def test_rows_in_chunks_match_the_loop_reference(monkeypatch):
+  # Chunks of 8 rows (the least): 11 rows are two chunks, one padded.
+  monkeypatch.setattr(saturation, "_CHUNK_BYTES", 1)
+  hw = rsjax.HardwareSpec(ou_rows=4, ou_cols=4, cell_bits=2, weight_bits=4,
+                          input_bits=4, adc_bits=2)
+  x, w, x_int, w_int, g = _case(5, 11, 10, 2, hw, 16)
+  want = _reference(x, w, x_int, w_int, g, hw, hw.adc_max)
+  got = _grads(x, w, x_int, w_int, g, hw, None, jit=True)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
 
 
 @hypothesis.settings(deadline=None, max_examples=8)
