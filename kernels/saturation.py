@@ -81,43 +81,47 @@ def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
   total = v_int.astype(jnp.float32)[..., None]
   v_share = jnp.where(total > 0, valued / jnp.maximum(total, 1.0),
                       1.0 / hw.slices)
+  # [G, R, N * S]: row-blocks lead, so every product below is one batched
+  # matmul without transposes (about 2x faster on a CPU than [B, G, ...]).
   blocked = lambda a: jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape(
-      num_rb, rows, out_features, hw.slices)  # [G, R, N, S]
+      num_rb, rows, out_features * hw.slices)
   cells_g = blocked(cells)
   v_parts_g = blocked(v_share * v[..., None])
   num_b = levels.shape[1]
   # Rows of x per chunk, so that one cycle's partial sums and masked
-  # cotangents (three [rows, G, N, S] float32 arrays) stay within budget.
+  # cotangents (three [G, rows, N * S] float32 arrays) stay within budget.
   chunk = int(min(num_b, max(8, _CHUNK_BYTES // (
       3 * 4 * num_rb * out_features * hw.slices))))
   num_chunks = -(-num_b // chunk)
 
-  def chunked(a):  # [C, B, in] -> [chunks, C, chunk rows, G, R]
+  def chunked(a):  # [C, B, in] -> [chunks, C, G, chunk rows, R]
     a = jnp.pad(a, ((0, 0), (0, num_chunks * chunk - num_b), (0, pad)))
     return a.reshape(hw.cycles, num_chunks, chunk, num_rb, rows).transpose(
-        1, 0, 2, 3, 4)
+        1, 0, 3, 2, 4)
 
   g_chunks = jnp.pad(g, ((0, num_chunks * chunk - num_b), (0, 0))).reshape(
       num_chunks, chunk, out_features)
-  hi = jax.lax.Precision.HIGHEST
+  batched = lambda lhs, rhs, contract: jax.lax.dot_general(
+      lhs, rhs, (contract, ((0,), (0,))), precision=jax.lax.Precision.HIGHEST)
 
   def one_chunk(gv, t):
     lev_c, part_c, g_c = t
+    g_c = jnp.broadcast_to(g_c[:, :, None], g_c.shape + (hw.slices,))
+    g_c = g_c.reshape(1, chunk, out_features * hw.slices)
 
     def cycle(gv, u):
-      lev, part = u  # [rows, G, R]: the cycle's DAC levels, its part of x
-      p = jnp.einsum("bgr,grns->bgns", lev, cells_g, precision=hi)
-      gm = jnp.where(p <= top, g_c[:, None, :, None], 0.0)  # kept terms
-      gv = gv + jnp.einsum("bgr,bgns->grns", part, gm, precision=hi)
-      gx = jnp.einsum("bgns,grns->bgr", gm, v_parts_g, precision=hi)
-      return gv, gx
+      lev, part = u  # [G, rows, R]: the cycle's DAC levels, its part of x
+      p = batched(lev, cells_g, ((2,), (1,)))  # [G, rows, N * S]
+      gm = jnp.where(p <= top, g_c, 0.0)  # the kept terms
+      gv = gv + batched(part, gm, ((1,), (1,)))  # [G, R, N * S]
+      return gv, batched(gm, v_parts_g, ((2,), (2,)))  # [G, rows, R]
 
     return jax.lax.scan(cycle, gv, (lev_c, part_c))
 
   # Padded rows have x = 0 and g = 0: they add nothing to d/dv.
   gv, gx = jax.lax.scan(one_chunk, jnp.zeros(cells_g.shape, jnp.float32),
                         (chunked(levels), chunked(x_parts), g_chunks))
-  gx = gx.transpose(1, 0, 2, 3, 4).reshape(hw.cycles, num_chunks * chunk,
+  gx = gx.transpose(1, 0, 3, 2, 4).reshape(hw.cycles, num_chunks * chunk,
                                            -1)[:, :num_b, :in_features]
   d_x = jnp.sum(gx * x_share, axis=0)
   d_v = jnp.sum(gv.reshape(-1, out_features, hw.slices)[:in_features]
