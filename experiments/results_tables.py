@@ -215,8 +215,8 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
 def provenance_text(runs: Sequence[Mapping[str, Any]]) -> str:
   """The sentence naming the runs' commits, library versions and device."""
   found = results_data.commits(runs)
-  parts = [f"`{c[:12]}{c[40:]}` ({len(n)} runs)" for c, n in
-           sorted(found.items())]
+  parts = [f"`{c[:12]}{c[40:]}` ({len(n)} run{'s' if len(n) > 1 else ''})"
+           for c, n in sorted(found.items())]
   versions = (runs[0].get("provenance") or {}).get("versions") or {}
   devices = (runs[0].get("provenance") or {}).get("devices") or {}
   libs = ", ".join(f"{k} {versions[k]}" for k in ("jax", "jaxlib", "flax",

@@ -66,4 +66,4 @@ def test_runs_of_several_commits_are_refused_unless_allowed(tmp_path):
   text = results.write_report(runs, str(tmp_path / "R.md"),
                               allow_mixed_commits=True)
   assert "Computed at commits `aaaaaaaaaaaa` (5 runs)" in text
-  assert "`bbbbbbbbbbbb` (1 runs)" in text
+  assert "`bbbbbbbbbbbb` (1 run)" in text
