@@ -258,13 +258,17 @@ def test_nnx_forward_equals_emulator_and_trains():
                              atol=1e-5)
   assert isinstance(model.conv, nnx.Conv)  # restored
 
-  def loss(m):
-    with rk.hwaware_nnx(m, hw, calib):
+  def loss(m, backward="ste"):
+    with rk.hwaware_nnx(m, hw, calib, backward=backward):
       return jnp.sum(m(x) ** 2)
 
   grads = nnx.jit(nnx.grad(loss))(model)
   assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"][...]))) > 0
   assert isinstance(model.head, nnx.Linear)
+  # The saturation-aware backward reaches NNX layers too (3-bit ADC).
+  sat = nnx.jit(nnx.grad(lambda m: loss(m, "saturation")))(model)
+  assert not np.allclose(np.asarray(sat["conv"]["kernel"][...]),
+                         np.asarray(grads["conv"]["kernel"][...]), atol=1e-3)
 
 
 def test_bad_calibration_type():
