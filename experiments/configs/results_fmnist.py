@@ -192,7 +192,8 @@ def alloc_points() -> list[Point]:
 HWAWARE_STEPS = {"mlp": 2000, "lenet5": 1000}
 
 
-def _hwaware_point(m, bits, mode, steps, learning_rate, tag=""):
+def _hwaware_point(m, bits, mode, steps, learning_rate, tag="", seed=None,
+                   backward="ste"):
   flags = {
       "recipe.stages": ("prune", "share", "finetune", "hwaware"),
       "hwaware.steps": steps, "hwaware.learning_rate": learning_rate,
@@ -200,6 +201,12 @@ def _hwaware_point(m, bits, mode, steps, learning_rate, tag=""):
       "eval.emulate_limit": 2000, "eval.adc_bits": ()}
   if mode == "calibrated":
     flags["hwaware.recalibrate_every"] = 250
+  if backward != "ste":
+    flags["hwaware.backward"] = backward
+    tag += f"_{backward}"
+  if seed is not None:  # another compression and fine-tune of the baseline
+    flags["seed"] = seed
+    tag += f"_s{seed}"
   return Point(f"{m}_hw{bits}_{mode}{tag}", CONFIGS[m], flags,
                base=f"{m}_base", group="hwaware")
 
@@ -212,6 +219,12 @@ def hwaware_points() -> list[Point]:
   # rate: the 2000-step points above end 1.1-1.75 pp below lossless.
   out += [_hwaware_point("mlp", 4, mode, 4000, 1e-3, tag="_lr1e-3_4k")
           for mode in ("clip", "calibrated")]
+  out += [_hwaware_point("mlp", 4, "calibrated", 4000, 1e-3,
+                         tag="_lr1e-3_4k", seed=1)]
+  # The saturation-aware backward where the straight-through one drifts
+  # (3 bits; about 5x slower per step on this CPU).
+  out += [_hwaware_point("mlp", 3, "calibrated", 2000, 2e-4,
+                         backward="saturation")]
   return out
 
 
