@@ -37,19 +37,6 @@ from rsjax.kernels import cells as cells_lib
 _CHUNK_BYTES = 64 << 20
 
 
-def _digits(x_int, hw: hardware.HardwareSpec):
-  """``[cycles, B, in]`` DAC levels of the inputs and their value shares."""
-  shifts = jnp.arange(hw.cycles, dtype=jnp.int32) * hw.dac_bits
-  levels = (x_int[None] >> shifts[:, None, None]) & (2**hw.dac_bits - 1)
-  place = jnp.asarray(2.0 ** (hw.dac_bits * np.arange(hw.cycles)),
-                      jnp.float32)
-  part = levels.astype(jnp.float32) * place[:, None, None]
-  total = x_int.astype(jnp.float32)[None]
-  share = jnp.where(total > 0, part / jnp.maximum(total, 1.0),
-                    1.0 / hw.cycles)
-  return levels.astype(jnp.float32), share
-
-
 def _stored(w, w_int, hw: hardware.HardwareSpec):
   """The stored arrays: ``[(int values, float values, output sign, d values
   / d w)]``."""
@@ -64,13 +51,13 @@ def _stored(w, w_int, hw: hardware.HardwareSpec):
            -((w_int < 0).astype(jnp.float32) + half))]
 
 
-def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
+def _array_grads(x, x_int, v_int, v, g, hw, top):
   """Masked ``(d/dx, d/dv)`` of ``sum(g * (x @ v))`` for one array.
 
-  ``levels`` (the DAC levels of the integer inputs) and ``v_int``'s cells
-  decide which partial sums saturate; ``x_parts`` (``x`` spread over the
-  cycles) and ``v`` spread over the slices are the values differentiated,
-  so that with nothing saturated this is exactly ``(g v^T, x^T g)``.
+  The DAC levels of ``x_int`` and the cells of ``v_int`` decide which
+  partial sums saturate; ``x`` spread over the cycles and ``v`` over the
+  slices (by the digits' values) are what is differentiated, so that with
+  nothing saturated this is exactly ``(g v^T, x^T g)``.
   """
   rows, (in_features, out_features) = hw.ou_rows, v_int.shape
   num_rb = -(-in_features // rows)
@@ -87,17 +74,16 @@ def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
       num_rb, rows, out_features * hw.slices)
   cells_g = blocked(cells)
   v_parts_g = blocked(v_share * v[..., None])
-  num_b = levels.shape[1]
+  num_b = x.shape[0]
   # Rows of x per chunk, so that one cycle's partial sums and masked
   # cotangents (three [G, rows, N * S] float32 arrays) stay within budget.
   chunk = int(min(num_b, max(8, _CHUNK_BYTES // (
       3 * 4 * num_rb * out_features * hw.slices))))
   num_chunks = -(-num_b // chunk)
 
-  def chunked(a):  # [C, B, in] -> [chunks, C, G, chunk rows, R]
-    a = jnp.pad(a, ((0, 0), (0, num_chunks * chunk - num_b), (0, pad)))
-    return a.reshape(hw.cycles, num_chunks, chunk, num_rb, rows).transpose(
-        1, 0, 3, 2, 4)
+  def chunked(a):  # [B, in] -> [chunks, G, chunk rows, R]
+    a = jnp.pad(a, ((0, num_chunks * chunk - num_b), (0, pad)))
+    return a.reshape(num_chunks, chunk, num_rb, rows).transpose(0, 2, 1, 3)
 
   g_chunks = jnp.pad(g, ((0, num_chunks * chunk - num_b), (0, 0))).reshape(
       num_chunks, chunk, out_features)
@@ -105,25 +91,33 @@ def _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top):
       lhs, rhs, (contract, ((0,), (0,))), precision=jax.lax.Precision.HIGHEST)
 
   def one_chunk(gv, t):
-    lev_c, part_c, g_c = t
+    x_c, xi_c, g_c = t  # [G, rows, R] floats and ints; [rows, N]
     g_c = jnp.broadcast_to(g_c[:, :, None], g_c.shape + (hw.slices,))
     g_c = g_c.reshape(1, chunk, out_features * hw.slices)
+    total = xi_c.astype(jnp.float32)
 
-    def cycle(gv, u):
-      lev, part = u  # [G, rows, R]: the cycle's DAC levels, its part of x
+    def cycle(carry, c):
+      gv, dx = carry
+      shift = c * hw.dac_bits
+      lev = ((xi_c >> shift) & (2**hw.dac_bits - 1)).astype(jnp.float32)
+      # The cycle's share of x: its digit's value (evenly where x_int = 0).
+      share = jnp.where(total > 0, lev * jnp.exp2(shift.astype(jnp.float32))
+                        / jnp.maximum(total, 1.0), 1.0 / hw.cycles)
       p = batched(lev, cells_g, ((2,), (1,)))  # [G, rows, N * S]
       gm = jnp.where(p <= top, g_c, 0.0)  # the kept terms
-      gv = gv + batched(part, gm, ((1,), (1,)))  # [G, R, N * S]
-      return gv, batched(gm, v_parts_g, ((2,), (2,)))  # [G, rows, R]
+      gv = gv + batched(share * x_c, gm, ((1,), (1,)))  # [G, R, N * S]
+      dx = dx + share * batched(gm, v_parts_g, ((2,), (2,)))  # [G, rows, R]
+      return (gv, dx), None
 
-    return jax.lax.scan(cycle, gv, (lev_c, part_c))
+    (gv, dx), _ = jax.lax.scan(cycle, (gv, jnp.zeros_like(x_c)),
+                               jnp.arange(hw.cycles, dtype=jnp.int32))
+    return gv, dx
 
   # Padded rows have x = 0 and g = 0: they add nothing to d/dv.
-  gv, gx = jax.lax.scan(one_chunk, jnp.zeros(cells_g.shape, jnp.float32),
-                        (chunked(levels), chunked(x_parts), g_chunks))
-  gx = gx.transpose(1, 0, 3, 2, 4).reshape(hw.cycles, num_chunks * chunk,
-                                           -1)[:, :num_b, :in_features]
-  d_x = jnp.sum(gx * x_share, axis=0)
+  gv, d_x = jax.lax.scan(one_chunk, jnp.zeros(cells_g.shape, jnp.float32),
+                         (chunked(x), chunked(x_int), g_chunks))
+  d_x = d_x.transpose(0, 2, 1, 3).reshape(num_chunks * chunk, -1)[
+      :num_b, :in_features]
   d_v = jnp.sum(gv.reshape(-1, out_features, hw.slices)[:in_features]
                 * v_share, axis=-1)
   return d_x, d_v
@@ -162,12 +156,10 @@ def _bwd(hw, res, g):
   w_int = jnp.asarray(w_int, jnp.int32)
   g = jnp.asarray(g, jnp.float32)
   top = adc_lib.resolve_range(hw, adc_range).astype(jnp.float32)
-  levels, x_share = _digits(x_int, hw)
-  x_parts = x_share * x[None]
   d_x = jnp.zeros(x.shape, jnp.float32)
   d_w = jnp.zeros(w.shape, jnp.float32)
   for v_int, v, sign, dv_dw in _stored(w, w_int, hw):
-    gx, gv = _array_grads(levels, x_parts, x_share, v_int, v, g, hw, top)
+    gx, gv = _array_grads(x, x_int, v_int, v, g, hw, top)
     d_x = d_x + sign * gx
     d_w = d_w + sign * gv * dv_dw
   if hw.signed == "offset":
