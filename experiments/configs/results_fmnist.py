@@ -223,8 +223,8 @@ def hwaware_points() -> list[Point]:
                          tag="_lr1e-3_4k", seed=1)]
   # The saturation-aware backward where the straight-through one drifts
   # (3 bits; about 5x slower per step on this CPU).
-  out += [_hwaware_point("mlp", 3, "calibrated", 2000, 2e-4,
-                         backward="saturation")]
+  out += [_hwaware_point("mlp", 3, mode, 2000, 2e-4, backward="saturation")
+          for mode in ("calibrated", "clip")]
   return out
 
 
