@@ -225,6 +225,8 @@ def hwaware_points() -> list[Point]:
   # (3 bits; about 5x slower per step on this CPU).
   out += [_hwaware_point("mlp", 3, mode, 2000, 2e-4, backward="saturation")
           for mode in ("calibrated", "clip")]
+  out += [_hwaware_point("lenet5", 3, "calibrated", HWAWARE_STEPS["lenet5"],
+                         2e-4, backward="saturation")]
   return out
 
 
