@@ -168,9 +168,7 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   Returns:
     float32 output like the float layer's.
   """
-  if backward not in BACKWARDS:
-    raise ValueError(f"backward must be one of {BACKWARDS}, got "
-                     f"{backward!r}")
+  _check_backward(backward)
   x = jnp.asarray(x, jnp.float32)
   if conv is not None:
     x = conv_lib.im2col(x, *conv)
@@ -180,24 +178,27 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   x_clip = jnp.clip(x, -top if signed else 0.0, top)
   qw, w_scale = quantize.quantize_weights(jax.lax.stop_gradient(w),
                                           hw.weight_bits, per=per)
+  # The integer inputs of each unsigned pass, for the crossbar (and the
+  # saturation-aware backward's partial sums).
+  xs = jax.lax.stop_gradient(x)
+  q_passes = [crossbar.quantize_inputs(jnp.maximum(xs, 0.0), x_scale, hw)]
+  if signed:
+    q_passes.append(crossbar.quantize_inputs(jnp.maximum(-xs, 0.0), x_scale,
+                                             hw))
   if backward == "ste":
     y_float = jnp.matmul(x_clip, w, precision=jax.lax.Precision.HIGHEST)
   else:
-    y_float = _saturating(x_clip, w, qw, w_scale, x_scale, hw, signed,
+    y_float = _saturating(x_clip, w, qw, w_scale, x_scale, hw, q_passes,
                           adc_range)
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
                              key=k_prog, dataflow=dataflow)
-  xs = jax.lax.stop_gradient(x)
-
-  def one(xpos, pass_key):
-    q = crossbar.quantize_inputs(xpos, x_scale, hw)
-    return crossbar.apply(weights, q, key=pass_key).astype(jnp.float32)
-
-  k_pos, k_neg = (None, None) if k_read is None else jax.random.split(k_read)
-  y_int = one(jnp.maximum(xs, 0.0), k_pos)
+  pass_keys = (None, None) if k_read is None else jax.random.split(k_read)
+  y_int = crossbar.apply(weights, q_passes[0], key=pass_keys[0]).astype(
+      jnp.float32)
   if signed:
-    y_int = y_int - one(jnp.maximum(-xs, 0.0), k_neg)
+    y_int = y_int - crossbar.apply(weights, q_passes[1],
+                                   key=pass_keys[1]).astype(jnp.float32)
   y_emul = y_int * model_lib._last_axis(  # pylint: disable=protected-access
       x_scale * w_scale, y_int.ndim)
   y = y_float + jax.lax.stop_gradient(y_emul - y_float)
@@ -207,30 +208,31 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   return y
 
 
-def _saturating(x_clip, w, qw, w_scale, x_scale, hw, signed, adc_range):
+def _saturating(x_clip, w, qw, w_scale, x_scale, hw, q_passes, adc_range):
   """``clip(x) @ w`` with the saturation-aware backward, per input pass."""
   lead, in_features = x_clip.shape[:-1], x_clip.shape[-1]
   x2 = x_clip.reshape(-1, in_features)
   w_units = w / model_lib._last_axis(  # pylint: disable=protected-access
       w_scale, 2)
-
-  def one(xpos):
-    q = crossbar.quantize_inputs(jax.lax.stop_gradient(xpos), x_scale, hw)
-    return saturation.saturating_matmul(xpos / x_scale, w_units, q, qw, hw,
-                                        adc_range)
-
-  y = one(jnp.maximum(x2, 0.0))
-  if signed:
-    y = y - one(jnp.maximum(-x2, 0.0))
+  parts = (jnp.maximum(x2, 0.0), jnp.maximum(-x2, 0.0))
+  y = 0.0
+  for sign, part, q in zip((1.0, -1.0), parts, q_passes):
+    y = y + sign * saturation.saturating_matmul(
+        part / x_scale, w_units, q.reshape(-1, in_features), qw, hw,
+        adc_range)
   y = y * model_lib._last_axis(  # pylint: disable=protected-access
       x_scale * w_scale, y.ndim)
   return y.reshape(*lead, -1)
 
 
-def _check(calib, hw, backward):
+def _check_backward(backward):
   if backward not in BACKWARDS:
     raise ValueError(f"backward must be one of {BACKWARDS}, got "
                      f"{backward!r}")
+
+
+def _check(calib, hw, backward):
+  _check_backward(backward)
   if not isinstance(calib, HwCalibration):
     raise TypeError(f"calib must be a HwCalibration (from "
                     f"calibrate_hwaware_linen / calibrate_hwaware_nnx), got "

@@ -37,35 +37,34 @@ from rsjax.kernels import cells as cells_lib
 _CHUNK_BYTES = 64 << 20
 
 
-def _stored(w, w_int, hw: hardware.HardwareSpec):
-  """The stored arrays: ``[(int values, float values, output sign, d values
-  / d w)]``."""
+def _float_arrays(w, w_int, hw: hardware.HardwareSpec):
+  """Per stored array (as :func:`rsjax.kernels.cells.signed_to_cells`
+  orders them): ``(float values, output sign, d values / d w)``."""
   if hw.signed == "offset":
-    offset = 2 ** (hw.weight_bits - 1)
-    return [(w_int + offset, w + offset, 1.0, 1.0)]
+    return [(w + 2 ** (hw.weight_bits - 1), 1.0, 1.0)]
   # Differential: w = pos - neg; at w = 0 each array takes half.
   half = 0.5 * (w_int == 0).astype(jnp.float32)
-  return [(jnp.maximum(w_int, 0), jnp.maximum(w, 0.0), 1.0,
-           (w_int > 0).astype(jnp.float32) + half),
-          (jnp.maximum(-w_int, 0), jnp.maximum(-w, 0.0), -1.0,
+  return [(jnp.maximum(w, 0.0), 1.0, (w_int > 0).astype(jnp.float32) + half),
+          (jnp.maximum(-w, 0.0), -1.0,
            -((w_int < 0).astype(jnp.float32) + half))]
 
 
-def _array_grads(x, x_int, v_int, v, g, hw, top):
+def _array_grads(x, x_int, levels, v, g, hw, top):
   """Masked ``(d/dx, d/dv)`` of ``sum(g * (x @ v))`` for one array.
 
-  The DAC levels of ``x_int`` and the cells of ``v_int`` decide which
-  partial sums saturate; ``x`` spread over the cycles and ``v`` over the
-  slices (by the digits' values) are what is differentiated, so that with
-  nothing saturated this is exactly ``(g v^T, x^T g)``.
+  The DAC levels of ``x_int`` and the array's cell ``levels`` (``[in, N,
+  slices]``) decide which partial sums saturate; ``x`` spread over the
+  cycles and ``v`` over the slices (by the digits' values) are what is
+  differentiated, so that with nothing saturated this is exactly
+  ``(g v^T, x^T g)``.
   """
-  rows, (in_features, out_features) = hw.ou_rows, v_int.shape
+  rows, (in_features, out_features) = hw.ou_rows, v.shape
   num_rb = -(-in_features // rows)
   pad = num_rb * rows - in_features
-  cells = cells_lib.slice_levels(v_int, hw).astype(jnp.float32)  # [in,N,S]
+  cells = levels.astype(jnp.float32)
   valued = cells * jnp.asarray(
       2.0 ** (hw.cell_bits * np.arange(hw.slices)), jnp.float32)[None, None]
-  total = v_int.astype(jnp.float32)[..., None]
+  total = jnp.sum(valued, axis=-1, keepdims=True)  # the stored integers
   v_share = jnp.where(total > 0, valued / jnp.maximum(total, 1.0),
                       1.0 / hw.slices)
   # [G, R, N * S]: row-blocks lead, so every product below is one batched
@@ -94,15 +93,16 @@ def _array_grads(x, x_int, v_int, v, g, hw, top):
     x_c, xi_c, g_c = t  # [G, rows, R] floats and ints; [rows, N]
     g_c = jnp.broadcast_to(g_c[:, :, None], g_c.shape + (hw.slices,))
     g_c = g_c.reshape(1, chunk, out_features * hw.slices)
-    total = xi_c.astype(jnp.float32)
+    x_total = xi_c.astype(jnp.float32)
 
     def cycle(carry, c):
       gv, dx = carry
       shift = c * hw.dac_bits
       lev = ((xi_c >> shift) & (2**hw.dac_bits - 1)).astype(jnp.float32)
       # The cycle's share of x: its digit's value (evenly where x_int = 0).
-      share = jnp.where(total > 0, lev * jnp.exp2(shift.astype(jnp.float32))
-                        / jnp.maximum(total, 1.0), 1.0 / hw.cycles)
+      share = jnp.where(x_total > 0,
+                        lev * jnp.exp2(shift.astype(jnp.float32))
+                        / jnp.maximum(x_total, 1.0), 1.0 / hw.cycles)
       p = batched(lev, cells_g, ((2,), (1,)))  # [G, rows, N * S]
       gm = jnp.where(p <= top, g_c, 0.0)  # the kept terms
       gv = gv + batched(share * x_c, gm, ((1,), (1,)))  # [G, R, N * S]
@@ -158,8 +158,9 @@ def _bwd(hw, res, g):
   top = adc_lib.resolve_range(hw, adc_range).astype(jnp.float32)
   d_x = jnp.zeros(x.shape, jnp.float32)
   d_w = jnp.zeros(w.shape, jnp.float32)
-  for v_int, v, sign, dv_dw in _stored(w, w_int, hw):
-    gx, gv = _array_grads(x, x_int, v_int, v, g, hw, top)
+  levels = cells_lib.signed_to_cells(w_int, hw)  # [arrays, in, N, slices]
+  for array, (v, sign, dv_dw) in enumerate(_float_arrays(w, w_int, hw)):
+    gx, gv = _array_grads(x, x_int, levels[array], v, g, hw, top)
     d_x = d_x + sign * gx
     d_w = d_w + sign * gv * dv_dw
   if hw.signed == "offset":
