@@ -175,12 +175,15 @@ def cost_layout(stages: Sequence[str]) -> str:
   return "pruned" if "prune" in stages else "dense"
 
 
-def _distill(cc: ml_collections.ConfigDict) -> tuple[float, float] | None:
-  weight = float(cc.distill_weight)
-  temperature = float(cc.distill_temperature)
+def _check_weight(name: str, weight: float) -> float:
   if not 0.0 <= weight <= 1.0:
-    raise ValueError(
-        f"compress.distill_weight must be in [0, 1], got {weight}")
+    raise ValueError(f"{name} must be in [0, 1], got {weight}")
+  return weight
+
+
+def _distill(cc: ml_collections.ConfigDict) -> tuple[float, float] | None:
+  weight = _check_weight("compress.distill_weight", float(cc.distill_weight))
+  temperature = float(cc.distill_temperature)
   if not temperature > 0:
     raise ValueError(
         f"compress.distill_temperature must be > 0, got {temperature}")
@@ -200,12 +203,13 @@ def from_config(config: ml_collections.ConfigDict) -> Recipe:
   if isinstance(stages, str):
     stages = tuple(s.strip() for s in stages.split(",") if s.strip())
   hc = config.get("hwaware")
-  if hc is not None and not 0.0 <= float(hc.get("distill_weight", 0.0)) <= 1:
-    raise ValueError(f"hwaware.distill_weight must be in [0, 1], got "
-                     f"{hc.distill_weight}")
-  if hc is not None and hc.get("backward", "ste") not in hwaware_lib.BACKWARDS:
-    raise ValueError(f"hwaware.backward must be one of {hwaware_lib.BACKWARDS}, got "
-                     f"{hc.backward!r}")
+  if hc is not None:
+    _check_weight("hwaware.distill_weight",
+                  float(hc.get("distill_weight", 0.0)))
+    backward = hc.get("backward", "ste")
+    if backward not in hwaware_lib.BACKWARDS:
+      raise ValueError(f"hwaware.backward must be one of "
+                       f"{hwaware_lib.BACKWARDS}, got {backward!r}")
   pc = config.prune
   try:
     schedule = rsjax.PruneSchedule(begin=pc.begin, end=pc.end,

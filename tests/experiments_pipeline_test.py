@@ -402,12 +402,15 @@ def test_prune_steps_must_reach_the_schedule_end(tmp_path):
     pipeline.run(config, str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("distill_weight", 1.5), ("distill_temperature", 0.0)])
-def test_bad_distillation_fails_before_training(tmp_path, field, value):
+@pytest.mark.parametrize("section, field, value", [
+    ("compress", "distill_weight", 1.5),
+    ("compress", "distill_temperature", 0.0),
+    ("hwaware", "distill_weight", -0.1), ("hwaware", "backward", "clip")])
+def test_bad_distillation_or_hwaware_field_fails_before_training(
+    tmp_path, section, field, value):
   config = default.get_config()
-  config.compress[field] = value
-  with pytest.raises(ValueError, match=f"compress.{field}"):
+  config[section][field] = value
+  with pytest.raises(ValueError, match=f"{section}.{field}"):
     pipeline.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
