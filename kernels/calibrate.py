@@ -78,6 +78,30 @@ def _weighted_errors(hist, hw) -> np.ndarray:
   return (err**2) @ per_sum
 
 
+# Float32 partial sums per histogram call (16 MiB): rows go in chunks.
+_CHUNK_SUMS = 1 << 22
+
+# The golden ratio's fractional part: offsets that do not repeat with any
+# period (an image's width, a batch's stride).
+_WEYL = 0.6180339887498949
+
+
+def sample_rows(n: int, max_rows: int) -> np.ndarray:
+  """Indices of at most ``max_rows`` of ``n`` rows, spread over all of them.
+
+  One row from each of ``max_rows`` equal strata, at a low-discrepancy
+  offset in its stratum: the patches of a conv's calibration batch come
+  from every image and from everywhere in it, not from the first image's
+  top rows, and no stride lines up with the image's width.
+  """
+  if max_rows < 1:
+    raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+  if n <= max_rows:
+    return np.arange(n)
+  i = np.arange(max_rows)
+  return np.floor((i + (i * _WEYL) % 1.0) * (n / max_rows)).astype(np.int64)
+
+
 def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
                         method: str = "mse", quantile: float = 0.999,
                         max_rows: int = 256) -> int:
@@ -90,14 +114,15 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   ``quantile`` of the nonzero sums (see the module).
 
   Args:
-    x: ``[..., in_features]`` unsigned int sample inputs (the first
-      ``max_rows`` rows are used).
+    x: ``[..., in_features]`` unsigned int sample inputs (``max_rows``
+      of its rows are used, spread over all of them: :func:`sample_rows`).
     w: ``[in_features, out_features]`` signed int weights (the decompressed
       matrix of a shared layer).
     hw: the hardware.
     method: ``'mse'`` or ``'quantile'``.
     quantile: in ``(0, 1]``, for ``method='quantile'``.
-    max_rows: sample rows used, to bound memory.
+    max_rows: sample rows used, to bound the work (the partial sums are
+      histogrammed a chunk of rows at a time, so memory stays bounded).
 
   Returns:
     The range, a Python int.
@@ -112,11 +137,19 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   checks.check_ints("w", w, -hw.max_weight, hw.max_weight)
   checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
   in_features = w.shape[0]
-  x2 = jnp.asarray(x, jnp.int32).reshape(-1, in_features)[:max_rows]
+  x2 = jnp.asarray(x, jnp.int32).reshape(-1, in_features)
+  x2 = x2[sample_rows(x2.shape[0], max_rows)]
   weights = crossbar.prepare(w, hw.replace(adc_mode="clip"), dataflow="direct")
+  # Zero rows (padding) only add sums of 0, which no range converts wrongly
+  # and the quantile leaves out.
+  per_row = weights.cells[..., 0, :, :].size
+  chunk = int(min(x2.shape[0], max(1, _CHUNK_SUMS // per_row)))
+  rows = -(-x2.shape[0] // chunk) * chunk
   pad = weights.num_row_blocks * hw.ou_rows - in_features
-  hist = np.asarray(_histogram(weights.cells, weights.active,
-                               jnp.pad(x2, ((0, 0), (0, pad))), hw))
+  x2 = jnp.pad(x2, ((0, rows - x2.shape[0]), (0, pad)))
+  hist = sum(np.asarray(_histogram(weights.cells, weights.active,
+                                   x2[i:i + chunk], hw), np.int64)
+             for i in range(0, rows, chunk))
   if method == "mse":
     return hw.adc_max + int(np.argmin(_weighted_errors(hist, hw)))
   hist = hist.sum(axis=(0, 1))[1:]

@@ -175,8 +175,9 @@ def run_layer(layer: EmulatedLayer, x, key=None):
   return y[0] if unbatched else y
 
 
-# Inputs kept per layer for adc_mode='calibrated' (calibrate_adc_range's
-# default max_rows: a conv's first image already gives more patch rows).
+# Inputs kept per layer for adc_mode='calibrated': rows of a dense layer,
+# images of a conv (calibrate_adc_range samples its max_rows patch rows
+# across all of them).
 _SAMPLE_ROWS = 256
 
 
@@ -215,9 +216,9 @@ class Stats:
         layer.
     """
     if name not in self.layers:
-      # A copy of the first rows only: enough for calibrate_adc_range (its
-      # first max_rows rows) without holding a whole calibration batch, or
-      # a buffer the caller may reuse, for the calibration's lifetime.
+      # A copy of the first rows only: enough for calibrate_adc_range
+      # without holding a whole calibration batch, or a buffer the caller
+      # may reuse, for the calibration's lifetime.
       batched = x.ndim == 4 if conv is not None else x.ndim >= 2
       sample = x[:_SAMPLE_ROWS] if batched else x
       self.layers[name] = {

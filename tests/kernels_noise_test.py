@@ -7,6 +7,7 @@ import pytest
 
 import rsjax
 from rsjax import kernels as rk
+from rsjax.kernels import calibrate as calibrate_lib
 from rsjax.kernels import cells as cells_lib
 
 HW = rsjax.HardwareSpec(adc_bits=4)
@@ -181,6 +182,52 @@ def test_mse_range_matches_numpy(adc_bits, seed):
   want, errors = _mse_range_reference(x, w, hw)
   assert len(set(errors)) > 1  # the choice is not a tie
   assert rk.calibrate_adc_range(x, w, hw) == want
+
+
+@pytest.mark.parametrize("chunk_sums", [None, 24])
+def test_mse_range_matches_numpy_in_row_chunks(monkeypatch, chunk_sums):
+  # 24 partial sums per call: one row at a time, padding included.
+  if chunk_sums is not None:
+    monkeypatch.setattr(calibrate_lib, "_CHUNK_SUMS", chunk_sums)
+  hw = rsjax.HardwareSpec(adc_bits=3, adc_mode="calibrated")
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 256, (13, 20)) * (rng.random((13, 20)) < 0.5)
+  w = rng.integers(-30, 31, (20, 5))
+  want, _ = _mse_range_reference(x, w, hw)
+  assert rk.calibrate_adc_range(x, w, hw) == want
+
+
+def test_sample_rows_spread_over_a_conv_batch():
+  # 128 images of 28x28 patches: rows in image-major, then row-major order.
+  n, m = 128 * 784, 256
+  idx = calibrate_lib.sample_rows(n, m)
+  assert idx.shape == (m,) and np.all(np.diff(idx) > 0)
+  assert idx[0] >= 0 and idx[-1] < n
+  strata = np.floor(idx / (n / m)).astype(int)
+  np.testing.assert_array_equal(strata, np.arange(m))  # one per stratum
+  image, pos = idx // 784, idx % 784
+  assert len(set(image)) == 128
+  # No aliasing with the image's width or height: rows and columns vary.
+  assert len(set(pos // 28)) >= 20 and len(set(pos % 28)) >= 20
+  np.testing.assert_array_equal(calibrate_lib.sample_rows(10, 256),
+                                np.arange(10))
+  with pytest.raises(ValueError, match="max_rows must be >= 1"):
+    calibrate_lib.sample_rows(10, 0)
+
+
+def test_range_uses_rows_from_the_whole_sample():
+  # The first max_rows rows are silent (a conv batch's first image's
+  # background): the range comes from the rows spread over the sample.
+  hw = rsjax.HardwareSpec(adc_bits=3, adc_mode="calibrated")
+  rng = np.random.default_rng(5)
+  x = rng.integers(0, 256, (4096, 18))
+  x[:256] = 0
+  w = rng.integers(0, 128, (18, 8))
+  got = rk.calibrate_adc_range(x, w, hw, max_rows=256)
+  picked = x[calibrate_lib.sample_rows(4096, 256)]
+  assert got == rk.calibrate_adc_range(picked, w, hw, max_rows=256)
+  assert got > hw.adc_max
+  assert rk.calibrate_adc_range(x[:256], w, hw) == hw.adc_max
 
 
 def test_mse_range_keeps_unit_step_for_small_sums():
