@@ -138,6 +138,8 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
   in_features = w.shape[0]
   x2 = jnp.asarray(x, jnp.int32).reshape(-1, in_features)
+  if x2.shape[0] == 0:
+    raise ValueError("x has no rows: the range needs sample inputs")
   x2 = x2[sample_rows(x2.shape[0], max_rows)]
   weights = crossbar.prepare(w, hw.replace(adc_mode="clip"), dataflow="direct")
   # Zero rows (padding) only add sums of 0, which no range converts wrongly

@@ -228,6 +228,8 @@ def test_range_uses_rows_from_the_whole_sample():
   assert got == rk.calibrate_adc_range(picked, w, hw, max_rows=256)
   assert got > hw.adc_max
   assert rk.calibrate_adc_range(x[:256], w, hw) == hw.adc_max
+  with pytest.raises(ValueError, match="x has no rows"):
+    rk.calibrate_adc_range(x[:0], w, hw)
 
 
 def test_mse_range_keeps_unit_step_for_small_sums():
