@@ -179,11 +179,16 @@ def study_points() -> list[Point]:
 
 # Per-layer k (share.allocate_ou_ratio) against uniform k at the same ratio
 # on LeNet-5 (BN kept, share only): at k = 8 (5.22x, the headline) and
-# k = 4 (9.87x), side by side with lenet5_bn_share_k8 / _k4.
+# k = 4 (9.87x), side by side with lenet5_bn_share_k8 / _k4; at 9.87x, where
+# the plans differ, seeds 1-2 as well (uniform k = 4's are seed points).
 def alloc_points() -> list[Point]:
-  return [point("lenet5", "share", 0, k, tag=f"bn_a{ratio:g}", bn=True,
-                group="alloc", share__allocate_ou_ratio=ratio)
-          for k, ratio in ((8, 5.22), (4, 9.87))]
+  out = [point("lenet5", "share", 0, k, tag=f"bn_a{ratio:g}", bn=True,
+               group="alloc", share__allocate_ou_ratio=ratio)
+         for k, ratio in ((8, 5.22), (4, 9.87))]
+  for s in (1, 2):
+    out += [point("lenet5", "share", 0, 4, tag="bn_a9.87", bn=True, seed=s,
+                  group="alloc", share__allocate_ou_ratio=9.87)]
+  return out
 
 
 # Hardware-aware fine-tune of each CPU model's base compression (its config's
