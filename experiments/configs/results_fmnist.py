@@ -232,6 +232,9 @@ def hwaware_points() -> list[Point]:
           for mode in ("calibrated", "clip")]
   out += [_hwaware_point("lenet5", 3, "calibrated", HWAWARE_STEPS["lenet5"],
                          2e-4, backward="saturation")]
+  # ... and with the longer schedule that met the 4-bit aim.
+  out += [_hwaware_point("mlp", 3, "calibrated", 4000, 1e-3,
+                         tag="_lr1e-3_4k", backward="saturation")]
   return out
 
 
