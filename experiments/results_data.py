@@ -206,12 +206,37 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+RATIOS = ("ou_ratio", "bit_ratio", "crossbar_ratio")
+
+
+def group_ratio(members: Sequence[Mapping[str, Any]], key: str
+                ) -> float | None:
+  """A seed group's ratio: the mean of its seeds' (None if one lacks it).
+
+  The seeds of a point differ in their ratios when each allocates its own
+  per-layer ``k`` (``share.allocate_ou_ratio``).
+  """
+  values = [m[key] for m in members]
+  if any(v is None for v in values):
+    return None
+  return values[0] if len(set(values)) == 1 else sum(values) / len(values)
+
+
+def group_rules(members: Sequence[Mapping[str, Any]], seeds) -> str:
+  """A seed group's rules: one label, or each seed's where they differ."""
+  labels = [m["rules"] for m in members]
+  if len(set(labels)) == 1:
+    return labels[0]
+  return " / ".join(f"seed {s}: {label}" for s, label in zip(seeds, labels))
+
+
 def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """One row per compression point, for the headline and cost tables.
 
   A point run with several seeds (:func:`seed_groups`) is one row with the
   mean compressed and emulated accuracy and loss over its seeds (named
-  ``'RUN (mean of N seeds)'``), so the headline cannot pick a lucky seed.
+  ``'RUN (mean of N seeds)'``), so the headline cannot pick a lucky seed,
+  and the mean of their ratios where those differ (:func:`group_ratio`).
   Every row's ``'run'`` is the workdir whose files stand for it (the first
   seed's for a group).
   """
@@ -225,6 +250,10 @@ def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       values = [m[key] for m in members if m[key] is not None]
       point[key] = (sum(values) / len(values)
                     if len(values) == len(members) else None)
+    for key in RATIOS:
+      point[key] = group_ratio(members, key)
+    point["rules"] = group_rules(
+        members, [r["config"].get("seed", 0) for r in group])
     out.append(point)
     grouped.update(m["name"] for m in members)
   out += [dict(r, run=name) for name, r in rows.items() if name not in grouped]

@@ -192,7 +192,11 @@ def energy_table(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
-  """Mean ± std (n - 1) over seeds of every point run with several."""
+  """Mean ± std (n - 1) over seeds of every point run with several.
+
+  Seeds that allocated different per-layer ``k`` show each plan and the
+  mean ``ou_ratio`` with its range.
+  """
   lines = ["| model | runs | variant | rules | method | seeds | ou_ratio | "
            "compressed (mean ± std) | loss pp (mean ± std) | loss pp "
            "min-max |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -202,10 +206,14 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
     comp = results_data.mean_std([r["compressed"] for r in rows])
     loss = results_data.mean_std([r["loss_pp"] for r in rows])
     first = rows[0]
+    ratio = format_cell(results_data.group_ratio(rows, "ou_ratio"), ".2f")
+    ratios = [r["ou_ratio"] for r in rows]
+    if None not in ratios and len(set(ratios)) > 1:
+      ratio += f" ({min(ratios):.2f} to {max(ratios):.2f})"
     lines.append("| " + " | ".join([
         first["model"], ", ".join(r["name"] for r in rows), first["variant"],
-        first["rules"], first["method"],
-        ", ".join(str(s) for s in seeds), format_cell(first["ou_ratio"], ".2f"),
+        results_data.group_rules(rows, seeds), first["method"],
+        ", ".join(str(s) for s in seeds), ratio,
         f"{comp[0]:.4f} ± {comp[1]:.4f}", f"{loss[0]:+.2f} ± {loss[1]:.2f}",
         f"{min(r['loss_pp'] for r in rows):+.2f} to "
         f"{max(r['loss_pp'] for r in rows):+.2f}"]) + " |")

@@ -3,11 +3,13 @@
 import json
 import os
 
+import pytest
+
 from experiments import results
 from experiments import results_data
 from experiments import results_tables
 from experiments_results_fixtures import (
-    costed_run, fixture_runs, priced_runs, write_run)
+    costed_run, fixture_runs, priced_runs, update_run, write_run)
 
 
 def test_cost_table_rows_and_ratios():
@@ -93,3 +95,39 @@ def test_seed_table_groups_points_that_differ_only_in_seed(tmp_path):
       "+1.00 ± 0.30 | +0.70 to +1.30 |")
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "## Seeds: points run with several seeds" in text
+
+
+def test_seeds_with_their_own_allocation_show_each_plan(tmp_path):
+  # share.allocate_ou_ratio: each seed probes and allocates its own k, so
+  # the seeds of one point reach different ratios with different rules.
+  runs = fixture_runs(tmp_path)
+  plans = {0: (["^a$ k=2", "^b$ k=4"], 10.0), 1: (["^a$ k=4", "^b$ k=2"], 11.0),
+           2: (["^a$ k=4", "^b$ k=2"], 12.5)}
+  for seed, (rules, ratio) in plans.items():
+    name = "lenet5_a10_share_k4" + (f"_s{seed}" if seed else "")
+    write_run(runs, name, prune=0.0, k=4, compressed=0.89, ou_ratio=ratio)
+
+    def allocate(p, seed=seed, rules=rules):
+      p["config"]["seed"] = seed
+      p["config"]["share"]["allocate_ou_ratio"] = 10.0
+      p["recipe"].update(allocate_ou_ratio=10.0, allocated_rules=rules)
+
+    update_run(runs, name, allocate)
+  loaded = results_data.load_runs(runs)
+  row = next(r for r in results_tables.seed_table(loaded).splitlines()
+             if "lenet5_a10_share_k4," in r)
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[3] == (
+      "seed 0: allocated for 10x: ^a$ k=2; ^b$ k=4 / "
+      "seed 1: allocated for 10x: ^a$ k=4; ^b$ k=2 / "
+      "seed 2: allocated for 10x: ^a$ k=4; ^b$ k=2")
+  assert cells[6] == "11.17 (10.00 to 12.50)"
+  point = next(p for p in results_data.point_rows(loaded)
+               if p["run"] == "lenet5_a10_share_k4")
+  assert point["ou_ratio"] == pytest.approx(33.5 / 3)
+  assert point["rules"] == cells[3]
+  # Seeds with one plan keep its label and ratio as they are.
+  same = [results_data.row(r) for r in loaded
+          if r["name"] in ("lenet5_a10_share_k4_s1", "lenet5_a10_share_k4_s2")]
+  assert results_data.group_rules(same, [1, 2]) == same[0]["rules"]
+  assert results_data.group_ratio(same[:1] * 2, "ou_ratio") == 11.0
