@@ -31,10 +31,31 @@ import experiments_fixtures
 from experiments_fixtures import fmnist_data_dir  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(f[:-3] for f in os.listdir(
-    os.path.join(REPO, "experiments", "configs"))
-                 if f.endswith(".py") and not f.startswith("_"))
+CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
+
+
+def _config_files(kind: str) -> list[str]:
+  """The modules of experiments/configs that define ``get_<kind>()``."""
+  out = []
+  for f in sorted(os.listdir(CONFIG_DIR)):
+    if f.endswith(".py") and not f.startswith("_"):
+      with open(os.path.join(CONFIG_DIR, f)) as src:
+        if f"\ndef get_{kind}(" in src.read():
+          out.append(f[:-3])
+  return out
+
+
+# Experiment configs (get_config) and grids of runs (get_grid).
+CONFIGS = _config_files("config")
+GRIDS = _config_files("grid")
 FAST_CONFIGS = ("default", "cifar10_resnet20")
+
+
+def test_every_config_module_is_a_config_or_a_grid():
+  modules = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                   if f.endswith(".py") and not f.startswith("_"))
+  assert sorted(CONFIGS + GRIDS) == modules
+  assert "default" in CONFIGS and "results_fmnist" in GRIDS
 
 
 class Killed(Exception):
