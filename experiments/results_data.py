@@ -206,15 +206,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-RATIOS = ("ou_ratio", "bit_ratio", "crossbar_ratio")
+# What a seed group averages besides accuracy: equal over the seeds of a
+# point unless each seed allocated its own per-layer k.
+PER_PLAN = ("ou_ratio", "bit_ratio", "crossbar_ratio", "energy_pj",
+            "latency_ns", "area_um2")
 
 
-def group_ratio(members: Sequence[Mapping[str, Any]], key: str
-                ) -> float | None:
-  """A seed group's ratio: the mean of its seeds' (None if one lacks it).
+def group_mean(members: Sequence[Mapping[str, Any]], key: str
+               ) -> float | None:
+  """The mean of a seed group's ``key`` (None if a seed lacks it).
 
-  The seeds of a point differ in their ratios when each allocates its own
-  per-layer ``k`` (``share.allocate_ou_ratio``).
+  The seeds of a point differ in their ratios and cost when each allocates
+  its own per-layer ``k`` (``share.allocate_ou_ratio``); otherwise this is
+  their common value, as it is.
   """
   values = [m[key] for m in members]
   if any(v is None for v in values):
@@ -236,9 +240,10 @@ def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   A point run with several seeds (:func:`seed_groups`) is one row with the
   mean compressed and emulated accuracy and loss over its seeds (named
   ``'RUN (mean of N seeds)'``), so the headline cannot pick a lucky seed,
-  and the mean of their ratios where those differ (:func:`group_ratio`).
-  Every row's ``'run'`` is the workdir whose files stand for it (the first
-  seed's for a group).
+  and the mean of their ratios and cost where those differ
+  (:func:`group_mean`). Every row's ``'run'`` is the workdir whose files
+  stand for it (the first seed's for a group: the per-layer hardware
+  counts of the cost tables are that seed's).
   """
   rows = {r["name"]: row(r) for r in runs}
   out, grouped = [], set()
@@ -250,8 +255,8 @@ def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
       values = [m[key] for m in members if m[key] is not None]
       point[key] = (sum(values) / len(values)
                     if len(values) == len(members) else None)
-    for key in RATIOS:
-      point[key] = group_ratio(members, key)
+    for key in PER_PLAN:
+      point[key] = group_mean(members, key)
     point["rules"] = group_rules(
         members, [r["config"].get("seed", 0) for r in group])
     out.append(point)

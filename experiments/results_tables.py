@@ -206,7 +206,7 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
     comp = results_data.mean_std([r["compressed"] for r in rows])
     loss = results_data.mean_std([r["loss_pp"] for r in rows])
     first = rows[0]
-    ratio = format_cell(results_data.group_ratio(rows, "ou_ratio"), ".2f")
+    ratio = format_cell(results_data.group_mean(rows, "ou_ratio"), ".2f")
     ratios = [r["ou_ratio"] for r in rows]
     if None not in ratios and len(set(ratios)) > 1:
       ratio += f" ({min(ratios):.2f} to {max(ratios):.2f})"

@@ -98,8 +98,10 @@ def sample_rows(n: int, max_rows: int) -> np.ndarray:
     raise ValueError(f"max_rows must be >= 1, got {max_rows}")
   if n <= max_rows:
     return np.arange(n)
-  i = np.arange(max_rows)
-  return np.floor((i + (i * _WEYL) % 1.0) * (n / max_rows)).astype(np.int64)
+  i = np.arange(max_rows, dtype=np.int64)
+  # Integer strata [lo, hi): at least one row each, as n > max_rows.
+  lo, hi = i * n // max_rows, (i + 1) * n // max_rows
+  return lo + np.floor((i * _WEYL) % 1.0 * (hi - lo)).astype(np.int64)
 
 
 def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,

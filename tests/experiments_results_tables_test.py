@@ -9,7 +9,7 @@ from experiments import results
 from experiments import results_data
 from experiments import results_tables
 from experiments_results_fixtures import (
-    costed_run, fixture_runs, priced_runs, update_run, write_run)
+    costed_run, fixture_runs, priced, priced_runs, update_run, write_run)
 
 
 def test_cost_table_rows_and_ratios():
@@ -107,10 +107,11 @@ def test_seeds_with_their_own_allocation_show_each_plan(tmp_path):
     name = "lenet5_a10_share_k4" + (f"_s{seed}" if seed else "")
     write_run(runs, name, prune=0.0, k=4, compressed=0.89, ou_ratio=ratio)
 
-    def allocate(p, seed=seed, rules=rules):
+    def allocate(p, seed=seed, rules=rules, ratio=ratio):
       p["config"]["seed"] = seed
       p["config"]["share"]["allocate_ou_ratio"] = 10.0
       p["recipe"].update(allocate_ou_ratio=10.0, allocated_rules=rules)
+      priced(p, shared=1000.0 / ratio)  # fewer stored OUs, less energy
 
     update_run(runs, name, allocate)
   loaded = results_data.load_runs(runs)
@@ -125,9 +126,13 @@ def test_seeds_with_their_own_allocation_show_each_plan(tmp_path):
   point = next(p for p in results_data.point_rows(loaded)
                if p["run"] == "lenet5_a10_share_k4")
   assert point["ou_ratio"] == pytest.approx(33.5 / 3)
+  nj = [1000.0 / r for _, r in plans.values()]
+  assert point["layout"] == "shared"
+  assert point["energy_pj"] == pytest.approx(1e3 * sum(nj) / 3)
+  assert point["latency_ns"] == pytest.approx(1e2 * sum(nj) / 3)
   assert point["rules"] == cells[3]
   # Seeds with one plan keep its label and ratio as they are.
   same = [results_data.row(r) for r in loaded
           if r["name"] in ("lenet5_a10_share_k4_s1", "lenet5_a10_share_k4_s2")]
   assert results_data.group_rules(same, [1, 2]) == same[0]["rules"]
-  assert results_data.group_ratio(same[:1] * 2, "ou_ratio") == 11.0
+  assert results_data.group_mean(same[:1] * 2, "ou_ratio") == 11.0

@@ -184,9 +184,10 @@ def test_mse_range_matches_numpy(adc_bits, seed):
   assert rk.calibrate_adc_range(x, w, hw) == want
 
 
-@pytest.mark.parametrize("chunk_sums", [None, 24])
+@pytest.mark.parametrize("chunk_sums", [None, 24, 300])
 def test_mse_range_matches_numpy_in_row_chunks(monkeypatch, chunk_sums):
-  # 24 partial sums per call: one row at a time, padding included.
+  # 60 partial sums a row: 24 per call is one row at a time, 300 is five
+  # (13 rows: the last chunk padded with two zero rows).
   if chunk_sums is not None:
     monkeypatch.setattr(calibrate_lib, "_CHUNK_SUMS", chunk_sums)
   hw = rsjax.HardwareSpec(adc_bits=3, adc_mode="calibrated")
@@ -203,7 +204,7 @@ def test_sample_rows_spread_over_a_conv_batch():
   idx = calibrate_lib.sample_rows(n, m)
   assert idx.shape == (m,) and np.all(np.diff(idx) > 0)
   assert idx[0] >= 0 and idx[-1] < n
-  strata = np.floor(idx / (n / m)).astype(int)
+  strata = idx * m // n
   np.testing.assert_array_equal(strata, np.arange(m))  # one per stratum
   image, pos = idx // 784, idx % 784
   assert len(set(image)) == 128
@@ -211,6 +212,14 @@ def test_sample_rows_spread_over_a_conv_batch():
   assert len(set(pos // 28)) >= 20 and len(set(pos % 28)) >= 20
   np.testing.assert_array_equal(calibrate_lib.sample_rows(10, 256),
                                 np.arange(10))
+  # Strata of fractional width: still distinct rows, one in each.
+  for n in (257, 300, 400, 511):
+    idx = calibrate_lib.sample_rows(n, m)
+    assert len(np.unique(idx)) == m and np.all(np.diff(idx) > 0)
+    assert idx[-1] < n
+    np.testing.assert_array_equal(
+        [np.searchsorted(np.arange(m + 1) * n // m, j, side="right") - 1
+         for j in idx], np.arange(m))
   with pytest.raises(ValueError, match="max_rows must be >= 1"):
     calibrate_lib.sample_rows(10, 0)
 
