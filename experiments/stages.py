@@ -218,6 +218,21 @@ def lossless_hardware(hw: rsjax.HardwareSpec) -> rsjax.HardwareSpec:
   return hw.replace(adc_bits=hw.partial_sum_max.bit_length())
 
 
+def moved_ranges(previous, current) -> dict[str, tuple[int, int]]:
+  """``{layer: (old, new)}`` of the ADC ranges a re-calibration changed.
+
+  Args:
+    previous, current: :class:`rsjax.kernels.HwCalibration` s (previous
+      may be None: nothing moved).
+  """
+  if previous is None or not previous.adc_ranges or not current.adc_ranges:
+    return {}
+  return {name: (int(previous.adc_ranges[name]), int(r))
+          for name, r in sorted(current.adc_ranges.items())
+          if name in previous.adc_ranges
+          and int(previous.adc_ranges[name]) != int(r)}
+
+
 def _hwaware_tx(run, inner):
   """Keeps the structure the earlier stages left: shared and pruned."""
   if run.recipe.runs("share"):
@@ -275,10 +290,20 @@ def hwaware(run) -> dict[str, Any]:
                                                state.opt_state)}
     batches = [loop.get_batch(step + i)["image"]
                for i in range(max(run.config.eval.calibration_batches, 1))]
-    return {"calib": rk.calibrate_hwaware_linen(
-        model, current, batches, hw,
-        previous=None if previous is None else previous["calib"],
-        scales=hc.scales, train=False)}
+    previous = None if previous is None else previous["calib"]
+    calib = rk.calibrate_hwaware_linen(model, current, batches, hw,
+                                       previous=previous, scales=hc.scales,
+                                       train=False)
+    # A range that moves changes every conversion of its layer at once,
+    # which the training loss shows as a jump: say when it happens.
+    if previous is None and calib.adc_ranges:
+      log.info("[hwaware] step %d: ADC ranges %s", step,
+               {k: int(v) for k, v in sorted(calib.adc_ranges.items())})
+    moved = moved_ranges(previous, calib)
+    if moved:
+      log.info("[hwaware] step %d: ADC ranges moved (old, new) %s", step,
+               moved)
+    return {"calib": calib}
 
   def apply_fn(v, x, rngs=None, *, calib, **kwargs):
     key = None if rngs is None else rngs["noise"]

@@ -4,9 +4,11 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import rsjax
+from rsjax import kernels as rk
 
 from experiments import pipeline
 from experiments import recipe as recipe_lib
@@ -117,3 +119,20 @@ def test_lossless_hardware(ou_rows, adc_bits, want):
   ref = stages.lossless_hardware(hw)
   assert ref.adc_bits == want and ref.adc_lossless
   assert ref.replace(adc_bits=hw.adc_bits) == hw
+
+
+def test_moved_ranges_names_the_layers_whose_range_changed():
+  hw = rsjax.HardwareSpec(adc_bits=3, adc_mode="calibrated")
+
+  def calib(**ranges):
+    return rk.HwCalibration({k: jnp.float32(1.0) for k in ranges},
+                            {k: jnp.int32(v) for k, v in ranges.items()},
+                            (), hw)
+
+  old = calib(a=7, b=15, c=9)
+  assert stages.moved_ranges(None, old) == {}
+  assert stages.moved_ranges(old, old) == {}
+  assert stages.moved_ranges(old, calib(a=7, b=11, c=10)) == {
+      "b": (15, 11), "c": (9, 10)}
+  clip = rk.HwCalibration({"a": jnp.float32(1.0)}, None, (), hw)
+  assert stages.moved_ranges(clip, old) == {}
