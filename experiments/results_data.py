@@ -251,11 +251,7 @@ def point_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     members = [rows[r["name"]] for r in group]
     point = dict(members[0], run=members[0]["name"],
                  name=f"{members[0]['name']} (mean of {len(members)} seeds)")
-    for key in ("compressed", "emulated", "loss_pp"):
-      values = [m[key] for m in members if m[key] is not None]
-      point[key] = (sum(values) / len(values)
-                    if len(values) == len(members) else None)
-    for key in PER_PLAN:
+    for key in ("compressed", "emulated", "loss_pp") + PER_PLAN:
       point[key] = group_mean(members, key)
     point["rules"] = group_rules(
         members, [r["config"].get("seed", 0) for r in group])
