@@ -198,8 +198,8 @@ def alloc_points() -> list[Point]:
 HWAWARE_STEPS = {"mlp": 2000, "lenet5": 1000}
 
 
-def _hwaware_point(m, bits, mode, steps, learning_rate, tag="", seed=None,
-                   backward="ste"):
+def _hwaware_flags(bits, mode, steps, learning_rate):
+  """The recipe's stages with ``hwaware`` last, and its ADC and schedule."""
   flags = {
       "recipe.stages": ("prune", "share", "finetune", "hwaware"),
       "hwaware.steps": steps, "hwaware.learning_rate": learning_rate,
@@ -207,6 +207,12 @@ def _hwaware_point(m, bits, mode, steps, learning_rate, tag="", seed=None,
       "eval.emulate_limit": 2000, "eval.adc_bits": ()}
   if mode == "calibrated":
     flags["hwaware.recalibrate_every"] = 250
+  return flags
+
+
+def _hwaware_point(m, bits, mode, steps, learning_rate, tag="", seed=None,
+                   backward="ste"):
+  flags = _hwaware_flags(bits, mode, steps, learning_rate)
   if backward != "ste":
     flags["hwaware.backward"] = backward
     tag += f"_{backward}"
@@ -251,15 +257,11 @@ def vgg8_hwaware_points() -> list[Point]:
   out = []
   for bits in (4, 3):
     for mode in ("clip", "calibrated"):
-      flags = dict(_VGG, keep=_LK, group="hwaware_gpu", eval__emulate=True,
-                   eval__emulate_limit=2000, eval__adc_bits=(),
-                   recipe__stages=("prune", "share", "finetune", "hwaware"),
-                   hwaware__steps=4000, hwaware__learning_rate=1e-3,
-                   hwaware__adc_bits=bits, hwaware__adc_mode=mode)
-      if mode == "calibrated":
-        flags["hwaware__recalibrate_every"] = 250
+      hwaware = {k.replace(".", "__"): v
+                 for k, v in _hwaware_flags(bits, mode, 4000, 1e-3).items()}
       out.append(point("vgg8", "ste", 0.5, 4, tag=f"bn_lk_hw{bits}_{mode}",
-                       **flags))
+                       keep=_LK, group="hwaware_gpu",
+                       **{**_VGG, "eval__emulate": True, **hwaware}))
   return out
 
 
