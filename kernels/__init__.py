@@ -1,6 +1,15 @@
 """Jitted ReRAM crossbar kernels (installed as ``rsjax.kernels``)."""
 
+from rsjax.kernels.adc import NonlinearADC
 from rsjax.kernels.cells import Nonideal
+from rsjax.kernels.devices import Device
+from rsjax.kernels.devices import Drift
+from rsjax.kernels.devices import Programming
+from rsjax.kernels.devices import ReadNoise
+from rsjax.kernels.devices import SinhIV
+from rsjax.kernels.devices import StuckAt
+from rsjax.kernels.devices import WanRRAM2022
+from rsjax.kernels.wires import Wires
 from rsjax.kernels.crossbar import CrossbarWeights
 from rsjax.kernels.conv import conv_apply
 from rsjax.kernels.conv import crossbar_conv
@@ -35,9 +44,18 @@ from rsjax.kernels.ste import emulated_matmul
 __all__ = (
     "Calibration",
     "CrossbarWeights",
+    "Device",
+    "Drift",
     "EmulatedLayer",
     "HwCalibration",
     "Nonideal",
+    "NonlinearADC",
+    "Programming",
+    "ReadNoise",
+    "SinhIV",
+    "StuckAt",
+    "WanRRAM2022",
+    "Wires",
     "apply",
     "calibrate_adc_range",
     "calibrate_hwaware_linen",

@@ -7,16 +7,23 @@ digital side subtracts ``2^(b-1) * sum(x)``; ``differential`` stores the
 outputs are subtracted. Each stored value is split into ``slices`` cells of
 ``cell_bits``, least significant first.
 
-Non-idealities act on the programmed conductances, in units of one cell level
-(level ``v`` of a cell conducts ``v`` units; level 0 conducts nothing):
+Programming (:func:`program_array`) turns ideal levels into the
+conductances every dataflow computes with, in units of one cell level above
+``Gmin`` (:mod:`rsjax.kernels.devices`): the device's programming error,
+faults, drift and I-V nonlinearity, then the wires' IR drop
+(:mod:`rsjax.kernels.wires`, which turns each OU's conductances into its
+transfer matrix), then the global drift compensation. The result is rounded
+to a multiple of ``2^-f`` (:func:`conductance_step`: f = 14-17 bits below
+one level for the usual OUs) so that every OU partial sum is an exact
+float32 sum: the dataflows add the same terms in different orders and must
+give the same ADC codes (a sum landing on a rounding boundary would
+otherwise convert differently in each).
+
+:class:`Nonideal` is the first device model, kept as a shorthand
+(:meth:`Nonideal.to_device`):
 
 * programming variation: every cell gets ``g = max(v + program_sigma * e, 0)``,
-  ``e ~ N(0, 1)`` i.i.d. (a zero-level cell may then leak a little), rounded
-  to a multiple of ``2^-f`` (:func:`conductance_step`: f = 14-17 bits below
-  one level for the usual OUs) so that every OU partial sum is an exact
-  float32 sum: the dataflows add the same terms in different orders and
-  must give the same ADC codes (a sum landing on a rounding boundary would
-  otherwise convert differently in each);
+  ``e ~ N(0, 1)`` i.i.d. (a zero-level cell may then leak a little);
 * stuck-at faults: with probability ``stuck_at_0`` a cell is stuck at level 0
   (high resistance), with ``stuck_at_1`` at the top level ``2^cell_bits - 1``
   (low resistance); a stuck cell has no programming variation;
@@ -28,12 +35,15 @@ Non-idealities act on the programmed conductances, in units of one cell level
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rsjax._src import hardware
+from rsjax.kernels import devices as devices_lib
+from rsjax.kernels import wires as wires_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +75,16 @@ class Nonideal:
         raise ValueError(f"Nonideal.{f.name} must be >= 0, got {value}")
     if self.stuck_at_0 + self.stuck_at_1 > 1:
       raise ValueError("Nonideal.stuck_at_0 + stuck_at_1 must be <= 1")
+
+  def to_device(self) -> devices_lib.Device:
+    """The same model as a :class:`rsjax.kernels.Device` (same numbers)."""
+    return devices_lib.Device(
+        programming=(devices_lib.Programming(self.program_sigma)
+                     if self.program_sigma else None),
+        faults=(devices_lib.StuckAt(self.stuck_at_0, self.stuck_at_1)
+                if self.stuck_at_0 or self.stuck_at_1 else None),
+        read=(devices_lib.ReadNoise(self.read_sigma, per="sum")
+              if self.read_sigma else None))
 
   @property
   def programs(self) -> bool:
@@ -112,47 +132,118 @@ def signed_to_cells(w, hw: hardware.HardwareSpec):
   return slice_levels(stored, hw)
 
 
-def conductance_step(hw: hardware.HardwareSpec) -> float:
+def conductance_step(hw: hardware.HardwareSpec, gain: float = 1.0) -> float:
   """The grid ``2^-f`` programmed conductances are rounded to.
 
   Partial sums of up to ``ou_rows`` terms ``DAC level x conductance`` stay
   exact in float32 (24-bit significand) while below
-  ``2 * ou_rows * dac_max * 2^cell_bits``, twice the largest ideal sum.
+  ``2 * ou_rows * dac_max * 2^cell_bits * gain``, twice the largest ideal
+  sum times the largest gain a device model applies.
   """
   bound = 2 * hw.ou_rows * (2**hw.dac_bits - 1) * 2**hw.cell_bits
+  bound = int(math.ceil(bound * max(gain, 1.0)))
   return 2.0 ** -(24 - (bound - 1).bit_length())
 
 
-def program(levels, hw: hardware.HardwareSpec, nonideal: Nonideal | None,
-            key):
+def _round(g, hw, gain=1.0):
+  step = jnp.float32(conductance_step(hw, gain))
+  return jnp.round(g / step) * step
+
+
+def program(levels, hw: hardware.HardwareSpec, nonideal, key):
   """Programmed conductances (float32) of ideal ``levels`` (any shape).
 
-  With no (or all-zero) non-idealities this is ``levels`` as float32, exactly.
+  The device alone, without the wires (:func:`program_array` has both).
+  With no (or an ideal) device this is ``levels`` as float32, exactly.
 
   Args:
     levels: integer cell levels.
     hw: the hardware (for the top level).
-    nonideal: the device model, or None for ideal cells.
-    key: a ``jax.random`` key; required when ``nonideal.programs``.
+    nonideal: a :class:`Nonideal` or :class:`rsjax.kernels.Device`, or None
+      for ideal cells.
+    key: a ``jax.random`` key; required when the device programs at random.
 
   Returns:
     float32 conductances like ``levels``.
   """
+  device = devices_lib.as_device(nonideal=nonideal)
   g = jnp.asarray(levels, jnp.float32)
-  if nonideal is None or not nonideal.programs:
+  if device is None or device.ideal:
     return g
-  if key is None:
-    raise ValueError("programming non-idealities need an explicit key")
-  k_var, k_fault = jax.random.split(key)
-  if nonideal.program_sigma:
-    e = jax.random.normal(k_var, g.shape, jnp.float32)
-    g = jnp.maximum(g + jnp.float32(nonideal.program_sigma) * e, 0.0)
-    step = jnp.float32(conductance_step(hw))
-    g = jnp.round(g / step) * step
-  if nonideal.stuck_at_0 or nonideal.stuck_at_1:
-    u = jax.random.uniform(k_fault, g.shape, jnp.float32)
-    top = jnp.float32(2**hw.cell_bits - 1)
-    g = jnp.where(u < nonideal.stuck_at_0, jnp.float32(0.0), g)
-    g = jnp.where((u >= nonideal.stuck_at_0)
-                  & (u < nonideal.stuck_at_0 + nonideal.stuck_at_1), top, g)
-  return g
+  g, comp = device.program(g, hw, key)
+  g = _device_gain(g, device, hw) * comp
+  return _round(g, hw, _gain(device))
+
+
+def _gain(device) -> float:
+  return 1.0 if device is None or device.iv is None else device.iv.gain
+
+
+def _device_gain(g, device, hw):
+  """The I-V nonlinearity at the read voltage: a gain on the absolute
+  conductance, the (linear) ``Gmin`` reference unchanged."""
+  if device.iv is None:
+    return g
+  if hw.dac_bits != 1:
+    raise ValueError("SinhIV needs dac_bits=1 (one read voltage); a "
+                     f"{hw.dac_bits}-bit DAC reads at several voltages")
+  g0 = jnp.float32(device.g0(hw))
+  return (g + g0) * jnp.float32(device.iv.gain) - g0
+
+
+def program_array(levels, hw: hardware.HardwareSpec, device, wires, key):
+  """The conductances every dataflow computes with, and their read noise.
+
+  Args:
+    levels: ``[A, R, ou_rows, C, S]`` int cell levels (arrays, row-blocks,
+      rows, stored columns, slices).
+    hw: the hardware.
+    device: a :class:`rsjax.kernels.Device`, or None for ideal cells.
+    wires: :class:`rsjax.kernels.Wires`, or None for ideal wires.
+    key: a ``jax.random`` key, required when the device programs at random.
+
+  Returns:
+    ``(g, read_std)``: float32 ``g`` like ``levels`` (with wires, each OU's
+    transfer matrix) on the :func:`conductance_step` grid, and the
+    per-cell read-noise std like it, or None.
+  """
+  g = jnp.asarray(levels, jnp.float32)
+  wired = wires is not None and wires.active
+  if (device is None or device.ideal) and not wired:
+    return g, None
+  device = devices_lib.Device() if device is None else device
+  g, comp = device.program(g, hw, key)
+  read_std = device.read_std(g, hw)
+  if wired:
+    if device.iv is not None:
+      raise ValueError("I-V nonlinearity with wire resistance is not "
+                       "modelled (the network would be nonlinear): use one "
+                       "or the other")
+    g = _transfer(g, device, wires, hw)
+  else:
+    g = _device_gain(g, device, hw)
+  return _round(g * comp, hw, _gain(device)), read_std
+
+
+def _transfer(g, device, wires, hw):
+  """Each OU's transfer matrix (levels above ``Gmin``) with IR drop."""
+  num_arrays, num_rb, rows, cols, slices = g.shape
+  bw = hw.block_shape[1]
+  groups = -(-cols // bw)
+  g0 = device.g0(hw)
+  top = float(2**hw.cell_bits - 1) + g0
+  # Unused columns of the last group hold cells at Gmin: they load the
+  # row wires too.
+  gp = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, groups * bw - cols), (0, 0)))
+  ou = gp.reshape(num_arrays, num_rb, rows, groups, bw * slices)
+  ou = jnp.transpose(ou, (0, 1, 3, 2, 4))  # [A, R, G, rows, bw S]
+  g_abs = (ou + jnp.float32(g0)) / jnp.float32(top)
+  row_slots = jnp.arange(num_rb, dtype=jnp.int32)[None, :, None]
+  col_slots = jnp.arange(groups, dtype=jnp.int32)[None, None, :]
+  t = wires_lib.transfer(g_abs, wires, hw, row_slots=row_slots,
+                         col_slots=col_slots)
+  # Back to levels; the reference current removes g0 per driven DAC unit.
+  t = t * jnp.float32(top) - jnp.float32(g0)
+  t = jnp.transpose(t, (0, 1, 3, 2, 4)).reshape(num_arrays, num_rb, rows,
+                                                groups * bw, slices)
+  return t[:, :, :, :cols]

@@ -6,6 +6,8 @@ the values are unknown and only dtypes and shapes are checked.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,3 +47,18 @@ def check_int32(hw, rows):
     raise ValueError(
         f"{rows} input rows at this precision can overflow the int32 "
         f"shift-and-add (bound {bound}); split the layer's rows")
+
+
+def number(owner: str, name: str, value, *, low=None, low_open=False,
+            allow_inf=False) -> float:
+  """``value`` as a Python float, or a ValueError naming ``owner.name``."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, float, np.integer, np.floating)):
+    raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+  value = float(value)
+  if math.isnan(value) or (math.isinf(value) and not allow_inf):
+    raise ValueError(f"{owner}.{name} must be finite, got {value}")
+  if low is not None and (value <= low if low_open else value < low):
+    op = ">" if low_open else ">="
+    raise ValueError(f"{owner}.{name} must be {op} {low}, got {value}")
+  return value

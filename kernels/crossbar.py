@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import functools
 
+from typing import NamedTuple
+
 from flax import struct
 import jax
 import jax.numpy as jnp
 
 from rsjax._src import hardware
-from rsjax.kernels import adc
+from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import checks
 from rsjax.kernels import dataflow as dataflow_lib
+from rsjax.kernels import devices as devices_lib
+from rsjax.kernels import wires as wires_lib
 
 DATAFLOWS = ("auto", "sliced", "exact", "table", "streamed", "direct")
 TABLE_MAX_PATTERNS = 4096
@@ -62,7 +66,14 @@ class CrossbarWeights:
     dataflow: ``'exact'``, ``'table'``, ``'streamed'`` or ``'direct'``.
     in_features: rows of the crossbar matrix (the input width).
     out_features: columns of the crossbar matrix.
-    read_sigma: read noise std (``direct`` path only).
+    read_sigma: read noise std of every partial sum (``direct`` path only).
+    read_std: ``cells``-shaped per-cell read-noise std (``direct`` path
+      only), else None.
+    adc_model: the converter's :class:`rsjax.kernels.NonlinearADC`, or None
+      for the ideal converter.
+    signed_sums: whether a partial sum can come out negative (wire
+      resistance with the ``Gmin`` reference subtracted), so the ADC clips
+      at code 0 too.
   """
 
   cells: jax.Array | None
@@ -76,21 +87,27 @@ class CrossbarWeights:
   in_features: int = struct.field(pytree_node=False)
   out_features: int = struct.field(pytree_node=False)
   read_sigma: float = struct.field(pytree_node=False, default=0.0)
+  read_std: jax.Array | None = None
+  adc_model: adc_lib.NonlinearADC | None = struct.field(pytree_node=False,
+                                                    default=None)
+  signed_sums: bool = struct.field(pytree_node=False, default=False)
 
   @property
   def num_row_blocks(self) -> int:
     return -(-self.in_features // self.hw.ou_rows)
 
 
-def _pick_dataflow(hw, nonideal, dataflow, num_rb, cols):
+def _pick_dataflow(hw, physics, dataflow, num_rb, cols):
   if dataflow not in DATAFLOWS:
     raise ValueError(f"dataflow must be one of {DATAFLOWS}, got {dataflow!r}")
-  noisy = nonideal is not None and (nonideal.programs or nonideal.reads)
-  reads = nonideal is not None and nonideal.reads
+  device, wires, adc_model = physics
+  reads = device is not None and device.reads
+  ideal = physics.ideal
   pats = (dataflow_lib.num_patterns(hw) if hw.dac_bits * hw.ou_rows <= 24
           else None)
-  if dataflow == "exact" and (noisy or not hw.adc_lossless):
-    raise ValueError("dataflow='exact' needs a lossless ADC and no noise")
+  if dataflow == "exact" and (not ideal or not hw.adc_lossless):
+    raise ValueError("dataflow='exact' needs a lossless ADC and an ideal "
+                     "device, wires and converter")
   if dataflow in ("table", "streamed") and (reads or pats is None
                                            or pats > TABLE_MAX_PATTERNS):
     raise ValueError(f"dataflow={dataflow!r} needs no read noise and at most "
@@ -99,7 +116,7 @@ def _pick_dataflow(hw, nonideal, dataflow, num_rb, cols):
     return dataflow
   # 'sliced' never short-cuts to the integer matmul: it is how a lossless
   # ADC is checked against 'exact' through the bit-sliced dataflow.
-  if dataflow == "auto" and not noisy and hw.adc_lossless:
+  if dataflow == "auto" and ideal and hw.adc_lossless:
     return "exact"
   if reads or pats is None or pats > TABLE_MAX_PATTERNS:
     return "direct"
@@ -107,40 +124,89 @@ def _pick_dataflow(hw, nonideal, dataflow, num_rb, cols):
   return "table" if num_rb * pats * cols * 4 <= TABLE_MAX_BYTES else "streamed"
 
 
-@functools.partial(jax.jit, static_argnames=("hw", "nonideal", "dataflow"))
-def _program(cells, active, route, hw, nonideal, dataflow, adc_range, key):
+class Physics(NamedTuple):
+  """The device, wire and converter models of one programming (static)."""
+
+  device: devices_lib.Device | None
+  wires: wires_lib.Wires | None
+  adc_model: adc_lib.NonlinearADC | None
+
+  @property
+  def ideal(self) -> bool:
+    return ((self.device is None or self.device.ideal)
+            and (self.wires is None or not self.wires.active)
+            and self.adc_model is None)
+
+  @property
+  def signed_sums(self) -> bool:
+    return self.wires is not None and self.wires.active
+
+
+def physics(hw: hardware.HardwareSpec, *, device=None, nonideal=None,
+            wires=None, adc_model=None) -> Physics:
+  """Checks and bundles the models of ``prepare``'s keyword arguments."""
+  device = devices_lib.as_device(device=device, nonideal=nonideal)
+  if wires is not None and not isinstance(wires, wires_lib.Wires):
+    raise ValueError(f"wires must be a rsjax.kernels.Wires, got "
+                     f"{type(wires).__name__}")
+  if adc_model is not None:
+    if not isinstance(adc_model, adc_lib.NonlinearADC):
+      raise ValueError(f"adc must be a rsjax.kernels.NonlinearADC, got "
+                       f"{type(adc_model).__name__}")
+    adc_model.check(hw)
+  if device is not None and device.iv is not None and hw.dac_bits != 1:
+    raise ValueError("SinhIV needs dac_bits=1 (one read voltage); a "
+                     f"{hw.dac_bits}-bit DAC reads at several voltages")
+  if (device is not None and device.iv is not None and wires is not None
+      and wires.active):
+    raise ValueError("I-V nonlinearity with wire resistance is not modelled "
+                     "(the network would be nonlinear): use one or the other")
+  return Physics(device, wires, adc_model)
+
+
+@functools.partial(jax.jit, static_argnames=("hw", "phys", "dataflow"))
+def _program(cells, active, route, hw, phys, dataflow, adc_range, key):
   """Programs ideal levels and (table path) tabulates the ADC outputs."""
-  g = cells_lib.program(cells, hw, nonideal, key)
+  g, read_std = cells_lib.program_array(cells, hw, phys.device, phys.wires,
+                                        key)
   if dataflow != "table":
-    return g, None
+    return g, read_std, None
+  ideal_cells = ((phys.device is None or phys.device.ideal)
+                 and not phys.signed_sums)
   table = dataflow_lib.build_table(
-      g, hw, adc_range, ideal=nonideal is None or not nonideal.programs)
+      g, hw, adc_range, ideal=ideal_cells, adc_model=phys.adc_model,
+      signed_sums=phys.signed_sums)
   if route is None:
-    return None, table * active[:, None, :]
+    return None, None, table * active[:, None, :]
   # Index-and-add: the ADC outputs of each stored block were tabulated once
   # per row-block (above); the index table routes them to every output
   # column that uses the block, once per weight set rather than per input.
   table = jnp.pad(table, ((0, 0), (0, 0), (0, 1)))
-  return None, jnp.take_along_axis(table, route[:, None, :], axis=2)
+  return None, None, jnp.take_along_axis(table, route[:, None, :], axis=2)
 
 
-def _finish(hw, nonideal, dataflow, levels, route, active, adc_range, key,
+def _finish(hw, phys, dataflow, levels, route, active, adc_range, key,
             matrix, in_features, out_features):
   if dataflow == "exact":
     return CrossbarWeights(None, None, matrix, route, active, adc_range, hw,
                            dataflow, in_features, out_features)
-  if nonideal is not None and nonideal.programs and key is None:
+  device = phys.device
+  if device is not None and device.programs and key is None:
     raise ValueError("programming non-idealities need an explicit key")
-  g, table = _program(levels, active, route, hw, nonideal, dataflow, adc_range,
-                      key)
-  sigma = 0.0 if nonideal is None else float(nonideal.read_sigma)
+  g, read_std, table = _program(levels, active, route, hw, phys, dataflow,
+                                adc_range, key)
+  sigma = 0.0 if device is None else device.sum_read_sigma
   if dataflow == "table":
     route = None  # routed into the table already
   return CrossbarWeights(g, table, None, route, active, adc_range, hw, dataflow,
-                         in_features, out_features, sigma)
+                         in_features, out_features, sigma, read_std,
+                         phys.adc_model, phys.signed_sums)
 
 
 def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
+            device: devices_lib.Device | None = None,
+            wires: wires_lib.Wires | None = None,
+            adc: adc_lib.NonlinearADC | None = None,
             nonideal: cells_lib.Nonideal | None = None, key=None,
             dataflow: str = "auto") -> CrossbarWeights:
   """Programs a dense integer crossbar matrix.
@@ -150,7 +216,14 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
       ``[-max_weight, max_weight]``.
     hw: the hardware.
     adc_range: the layer's ADC range, for ``adc_mode='calibrated'`` only.
-    nonideal: device non-idealities (programming ones are drawn here).
+    device: the ReRAM device (:class:`rsjax.kernels.Device`; its random
+      programming effects are drawn here), None for ideal cells.
+    wires: wire resistance (:class:`rsjax.kernels.Wires`), None for ideal
+      wires.
+    adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
+      None for an ideal converter.
+    nonideal: the older :class:`rsjax.kernels.Nonideal` (a device; not with
+      ``device``).
     key: ``jax.random`` key for the programming non-idealities.
     dataflow: ``'auto'`` (exact if lossless and ideal; else, without read
       noise and with at most ``TABLE_MAX_PATTERNS`` input patterns per
@@ -170,9 +243,11 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   w = jnp.asarray(w, jnp.int32)
   in_features, out_features = w.shape
   checks.check_int32(hw, in_features)
-  rng = adc.resolve_range(hw, adc_range)
+  rng = adc_lib.resolve_range(hw, adc_range)
+  phys = physics(hw, device=device, nonideal=nonideal, wires=wires,
+                 adc_model=adc)
   num_rb = -(-in_features // hw.ou_rows)
-  dataflow = _pick_dataflow(hw, nonideal, dataflow, num_rb, out_features)
+  dataflow = _pick_dataflow(hw, phys, dataflow, num_rb, out_features)
   bw = hw.block_shape[1]
   groups = -(-out_features // bw)
   wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - in_features),
@@ -185,13 +260,16 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
     levels = cells_lib.signed_to_cells(wp[:, :out_features], hw)
     levels = levels.reshape(hw.arrays, num_rb, hw.ou_rows, out_features,
                             hw.slices)
-  return _finish(hw, nonideal, dataflow, levels, None, active, rng, key, w,
+  return _finish(hw, phys, dataflow, levels, None, active, rng, key, w,
                  in_features, out_features)
 
 
 def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
                    out_features: int | None = None,
                    in_features: int | None = None, adc_range=None,
+                   device: devices_lib.Device | None = None,
+                   wires: wires_lib.Wires | None = None,
+                   adc: adc_lib.NonlinearADC | None = None,
                    nonideal: cells_lib.Nonideal | None = None, key=None,
                    dataflow: str = "auto") -> CrossbarWeights:
   """Programs a shared layer's stored blocks and its index table.
@@ -204,7 +282,8 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
     hw: the hardware; ``hw.block_shape`` must be the block shape.
     out_features: columns of the crossbar matrix (default ``G * bw``).
     in_features: rows of the crossbar matrix (default ``R * ou_rows``).
-    adc_range, nonideal, key, dataflow: as :func:`prepare`.
+    adc_range, device, wires, adc, nonideal, key, dataflow: as
+      :func:`prepare`.
 
   Returns:
     The :class:`CrossbarWeights` (index-and-add dataflow).
@@ -235,9 +314,11 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   checks.check_int32(hw, in_features)
   codebook = jnp.asarray(codebook, jnp.int32)
   index = jnp.asarray(index, jnp.int32)
-  rng = adc.resolve_range(hw, adc_range)
+  rng = adc_lib.resolve_range(hw, adc_range)
+  phys = physics(hw, device=device, nonideal=nonideal, wires=wires,
+                 adc_model=adc)
   cols = slots * bw
-  dataflow = _pick_dataflow(hw, nonideal, dataflow, num_rb,
+  dataflow = _pick_dataflow(hw, phys, dataflow, num_rb,
                             max(cols, out_features))
   col = jnp.arange(out_features, dtype=jnp.int32)
   grp = index[:, col // bw]
@@ -253,14 +334,19 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   else:
     stored = jnp.transpose(codebook, (0, 2, 1, 3)).reshape(num_rb, bh, cols)
     levels = cells_lib.signed_to_cells(stored, hw)
-  return _finish(hw, nonideal, dataflow, levels, route, active, rng, key,
+  return _finish(hw, phys, dataflow, levels, route, active, rng, key,
                  matrix, in_features, out_features)
 
 
 def _dense_direct(weights: CrossbarWeights) -> bool:
   """Whether the direct path runs row-block-major (dense, no read noise)."""
   return (weights.dataflow == "direct" and weights.route is None
-          and not weights.read_sigma)
+          and not _reads(weights))
+
+
+def _reads(weights: CrossbarWeights) -> bool:
+  """Whether the weights read with noise (a key is needed per call)."""
+  return bool(weights.read_sigma) or weights.read_std is not None
 
 
 def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
@@ -275,14 +361,17 @@ def _codes_sum(weights: CrossbarWeights, x, key, rows, hw):
   elif weights.dataflow == "streamed":
     fn = lambda c, _: dataflow_lib.streamed_apply(
         weights.cells, weights.route, weights.active, c, hw,
-        weights.adc_range)
+        weights.adc_range, adc_model=weights.adc_model,
+        signed_sums=weights.signed_sums)
   elif _dense_direct(weights):
     fn = lambda c, _: dataflow_lib.direct_dense_apply(
-        weights.cells, weights.active, c, hw, weights.adc_range)
+        weights.cells, weights.active, c, hw, weights.adc_range,
+        adc_model=weights.adc_model)
   else:
     fn = lambda c, chunk_key: dataflow_lib.direct_apply(
         weights.cells, weights.route, weights.active, c, hw,
-        weights.adc_range, weights.read_sigma, chunk_key)
+        weights.adc_range, weights.read_sigma, chunk_key,
+        read_std=weights.read_std, adc_model=weights.adc_model)
   return dataflow_lib.map_rows(fn, xp, rows, key)
 
 
@@ -346,7 +435,7 @@ def apply(weights: CrossbarWeights, x, *, key=None,
     checks.check_ints("x", x, -half, half - 1)
   else:
     checks.check_ints("x", x, 0, 2**hw.input_bits - 1)
-  if weights.read_sigma and key is None:
+  if _reads(weights) and key is None:
     raise ValueError("read noise needs an explicit key")
   lead = x.shape[:-1]
   x2 = jnp.asarray(x, jnp.int32).reshape(-1, weights.in_features)
@@ -357,14 +446,18 @@ def apply(weights: CrossbarWeights, x, *, key=None,
     cols = weights.cells.shape[3]
   rows = dataflow_lib.chunk_rows(
       hw, "direct_dense" if _dense_direct(weights) else weights.dataflow,
-      weights.num_row_blocks, max(cols, weights.out_features))
-  y = _apply(weights, x2, key if weights.read_sigma else None, rows,
+      weights.num_row_blocks, max(cols, weights.out_features),
+      reads=weights.read_std is not None)
+  y = _apply(weights, x2, key if _reads(weights) else None, rows,
              bool(signed_inputs))
   return y.reshape(lead + (weights.out_features,))
 
 
 def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
                     adc_range=None,
+                    device: devices_lib.Device | None = None,
+                    wires: wires_lib.Wires | None = None,
+                    adc: adc_lib.NonlinearADC | None = None,
                     nonideal: cells_lib.Nonideal | None = None,
                     dataflow: str = "auto", signed_inputs: bool = False):
   """Emulated ``x @ w`` on ReRAM crossbars (docs/hardware.md, docs/emulator.md).
@@ -377,7 +470,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
     key: ``jax.random`` key for non-idealities (split into a programming
       and a read key).
     adc_range: per-layer ADC range for ``adc_mode='calibrated'``.
-    nonideal: device non-idealities, None for ideal.
+    device, wires, adc, nonideal: the hardware models, see :func:`prepare`.
     dataflow: see :func:`prepare`.
     signed_inputs: two's complement inputs, see :func:`apply`.
 
@@ -385,14 +478,17 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
     As :func:`apply`.
   """
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
-  weights = prepare(w, hw, adc_range=adc_range, nonideal=nonideal,
-                    key=k_prog, dataflow=dataflow)
+  weights = prepare(w, hw, adc_range=adc_range, device=device, wires=wires,
+                    adc=adc, nonideal=nonideal, key=k_prog, dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 
 def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
                            out_features: int | None = None, key=None,
                            adc_range=None,
+                           device: devices_lib.Device | None = None,
+                           wires: wires_lib.Wires | None = None,
+                           adc: adc_lib.NonlinearADC | None = None,
                            nonideal: cells_lib.Nonideal | None = None,
                            dataflow: str = "auto", signed_inputs: bool = False):
   """Index-and-add emulation of a shared layer (docs/hardware.md, docs/emulator.md).
@@ -408,8 +504,8 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
     index: ``[R, G]`` int32, ``-1`` = pruned.
     hw: the hardware.
     out_features: columns of the crossbar matrix (default ``G * bw``).
-    key, adc_range, nonideal, dataflow, signed_inputs: as
-      :func:`crossbar_matmul`.
+    key, adc_range, device, wires, adc, nonideal, dataflow, signed_inputs:
+      as :func:`crossbar_matmul`.
 
   Returns:
     As :func:`apply`.
@@ -418,6 +514,7 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
   in_features = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else None
   weights = prepare_shared(codebook, index, hw, out_features=out_features,
                            in_features=in_features, adc_range=adc_range,
+                           device=device, wires=wires, adc=adc,
                            nonideal=nonideal, key=k_prog, dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 

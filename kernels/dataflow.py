@@ -82,7 +82,8 @@ def num_patterns(hw: hardware.HardwareSpec) -> int:
 
 
 def build_table(cells, hw: hardware.HardwareSpec, adc_range, *,
-                ideal: bool = False):
+                ideal: bool = False, adc_model=None,
+                signed_sums: bool = False):
   """The per-pattern ADC outputs of programmed cells.
 
   Args:
@@ -91,6 +92,8 @@ def build_table(cells, hw: hardware.HardwareSpec, adc_range, *,
     adc_range: int32 scalar ADC range.
     ideal: the conductances are the ideal integer levels (no programming
       non-idealities), so a ``clip`` ADC is a plain ``minimum``.
+    adc_model: the converter's non-linearity, or None.
+    signed_sums: partial sums can be negative (clip them at code 0).
 
   Returns:
     ``[R, P, C]`` int32: for row-block ``r`` and input pattern ``pat`` (row
@@ -104,7 +107,8 @@ def build_table(cells, hw: hardware.HardwareSpec, adc_range, *,
   # (batches of 32 MiB made the table 10x slower to build).
   batch = max(1, min(cells.shape[1], _TABLE_CHUNK_BYTES // per_block))
   return jax.lax.map(
-      lambda g: _tabulate(g, digits, hw, adc_range, ideal=ideal),
+      lambda g: _tabulate(g, digits, hw, adc_range, ideal=ideal,
+                          adc_model=adc_model, signed_sums=signed_sums),
       jnp.moveaxis(cells, 1, 0), batch_size=batch)
 
 
@@ -115,7 +119,8 @@ def _digits(rows: int, hw: hardware.HardwareSpec):
            >> level[None]) & (2**hw.dac_bits - 1)).astype(jnp.float32)
 
 
-def _tabulate(g, digits, hw, adc_range, *, ideal: bool = False):
+def _tabulate(g, digits, hw, adc_range, *, ideal: bool = False,
+              adc_model=None, signed_sums: bool = False):
   """One row-block's table: ``g [A, rows, C, S]`` -> ``[P, C]`` int32."""
   num_arrays, rows, cols, slices = g.shape
   # A plain [P, rows] @ [rows, A S C] matmul: its row-major result keeps the
@@ -128,18 +133,22 @@ def _tabulate(g, digits, hw, adc_range, *, ideal: bool = False):
   top = jnp.float32(hw.adc_max)
   code_max = min(hw.adc_max, hw.partial_sum_max)
   weight_sum = sum(2 ** (s * hw.cell_bits) for s in range(slices))
-  if code_max * weight_sum >= 2**24:  # float32 shift-adds would round
+  if code_max * weight_sum >= 2**24 or adc_model is not None:
+    # float32 shift-adds would round, or the thresholds are not uniform.
     codes = adc.codes(jnp.moveaxis(p.reshape(-1, num_arrays, slices, cols),
-                                   0, 1), hw, adc_range)
+                                   0, 1), hw, adc_range, adc_model)
     return _combine(jnp.moveaxis(codes, 2, 3), hw)
   if ideal and hw.adc_mode == "clip":
     # Integer sums: adc.codes is min(p, adc_max) exactly, and a lone minimum
     # keeps the fusion fast (floor/clip/casts in it were ~8x slower).
     c = jnp.minimum(p, top)
   else:
-    # Sums are >= 0 here (no read noise), so only the top needs clipping.
+    # Without wire resistance sums are >= 0 here (no read noise), so only
+    # the top needs clipping.
     c = jnp.minimum(jnp.floor(p * top / adc_range.astype(jnp.float32)
                               + 0.5), top)
+    if signed_sums:
+      c = jnp.maximum(c, 0.0)
   # Shift-and-add in float32 (exact: every sum is below 2^24), one cast.
   acc = None
   for a in range(num_arrays):
@@ -189,7 +198,7 @@ def table_apply(table, x, hw: hardware.HardwareSpec):
 
 
 def streamed_apply(cells, route, active, x, hw: hardware.HardwareSpec,
-                   adc_range):
+                   adc_range, *, adc_model=None, signed_sums: bool = False):
   """``S`` for ``x [M, R * ou_rows]``, tabulating row-block by row-block.
 
   Args:
@@ -200,6 +209,7 @@ def streamed_apply(cells, route, active, x, hw: hardware.HardwareSpec,
     x: the unsigned int inputs.
     hw: the hardware.
     adc_range: int32 scalar ADC range.
+    adc_model, signed_sums: as :func:`build_table`.
 
   Returns:
     ``[M, N]`` int32, equal to :func:`table_apply` on the whole table.
@@ -217,7 +227,8 @@ def streamed_apply(cells, route, active, x, hw: hardware.HardwareSpec,
       # contiguously (routing the table's columns instead left XLA CPU a
       # layout that made the lookups 5x slower).
       g = jnp.take(g, jnp.minimum(route_r, g.shape[2] - 1), axis=2)
-    tab = _tabulate(g, digits, hw, adc_range) * active_r[None, :]
+    tab = _tabulate(g, digits, hw, adc_range, adc_model=adc_model,
+                    signed_sums=signed_sums) * active_r[None, :]
     return _lookup(acc, tab, pat, cyc), None
 
   rts = active if route is None else route
@@ -247,26 +258,36 @@ def _route_rows(z, route):
 
 
 def direct_apply(cells, route, active, x, hw: hardware.HardwareSpec,
-                 adc_range, read_sigma: float, key):
+                 adc_range, read_sigma: float, key, *, read_std=None,
+                 adc_model=None):
   """``S`` for ``x [M, R * ou_rows]`` from all partial sums (see module).
 
   Cycles are shift-added per row-block first, so a shared layer routes once
-  per row-block, not once per cycle.
+  per row-block, not once per cycle. Read noise is drawn per conversion:
+  ``read_sigma`` on every partial sum, and per cell (``read_std``, like
+  ``cells``) as normal noise of std ``sqrt(sum_i d_i^2 read_std_i^2)`` on
+  the sum of DAC levels ``d_i``: the distribution of fresh normal noise on
+  every cell's conductance.
   """
   num_arrays, num_rb, rows, cols, slices = cells.shape
   m = x.shape[0]
   xr = jnp.transpose(x.reshape(m, num_rb, rows), (1, 0, 2))
   g = cells.reshape(num_arrays, num_rb, rows, cols * slices)
+  var = (None if read_std is None else jnp.square(read_std).reshape(g.shape))
 
   def cycle(acc, t):
     xt = ((xr >> (t * hw.dac_bits)) & (2**hw.dac_bits - 1)).astype(jnp.float32)
     p = jnp.einsum("rmi,arik->armk", xt, g, precision=_HIGHEST)
-    if read_sigma:
+    if read_sigma or var is not None:
       noise = jax.random.normal(jax.random.fold_in(key, t), p.shape,
                                 jnp.float32)
-      p = p + jnp.float32(read_sigma) * noise
-    c = adc.codes(p, hw, adc_range).reshape(num_arrays, num_rb, m, cols,
-                                            slices)
+      if var is None:
+        p = p + jnp.float32(read_sigma) * noise
+      else:
+        v = jnp.einsum("rmi,arik->armk", xt * xt, var, precision=_HIGHEST)
+        p = p + jnp.sqrt(v + jnp.float32(read_sigma)**2) * noise
+    c = adc.codes(p, hw, adc_range, adc_model).reshape(num_arrays, num_rb, m,
+                                                       cols, slices)
     return acc + jnp.left_shift(_combine(c, hw), t * hw.dac_bits), None
 
   z, _ = jax.lax.scan(cycle, jnp.zeros((num_rb, m, cols), jnp.int32),
@@ -277,7 +298,7 @@ def direct_apply(cells, route, active, x, hw: hardware.HardwareSpec,
 
 
 def direct_dense_apply(cells, active, x, hw: hardware.HardwareSpec,
-                       adc_range):
+                       adc_range, *, adc_model=None):
   """``S`` of a dense layer without read noise, row-block by row-block.
 
   The numbers of :func:`direct_apply` (the same partial sums, ADC and
@@ -296,7 +317,7 @@ def direct_dense_apply(cells, active, x, hw: hardware.HardwareSpec,
           jnp.float32)
       p = jnp.dot(xt, g, precision=_HIGHEST).reshape(m, num_arrays, cols,
                                                       slices)
-      c = adc.codes(jnp.moveaxis(p, 1, 0), hw, adc_range)
+      c = adc.codes(jnp.moveaxis(p, 1, 0), hw, adc_range, adc_model)
       acc = acc + jnp.left_shift(_combine(c, hw) * active_r[None, :],
                                  t * hw.dac_bits)
     return acc, None
@@ -325,7 +346,7 @@ def exact_apply(matrix, x, hw: hardware.HardwareSpec):
 
 
 def chunk_rows(hw: hardware.HardwareSpec, dataflow: str, num_rb: int,
-               cols: int) -> int:
+               cols: int, *, reads: bool = False) -> int:
   """Rows of ``x`` per chunk so one chunk's intermediates fit the budget."""
   if dataflow == "table":
     # Pattern ids and the accumulator; XLA fuses the digit extraction.
@@ -340,7 +361,8 @@ def chunk_rows(hw: hardware.HardwareSpec, dataflow: str, num_rb: int,
     left = max(_STREAM_CHUNK_BYTES - build, 0)
     return int(max(8, min(1 << 16, left // per_row)))
   elif dataflow == "direct":
-    per_row = hw.arrays * num_rb * cols * hw.slices * 4 * 3
+    # Per-cell read noise adds the variances and the noise.
+    per_row = hw.arrays * num_rb * cols * hw.slices * 4 * (5 if reads else 3)
   elif dataflow == "direct_dense":
     # One row-block's partial sums and codes, the accumulator and the rows.
     per_row = (hw.arrays * cols * hw.slices * 4 * 3 + cols * 4 * 2

@@ -139,6 +139,7 @@ def calibrate_hwaware_nnx(model: nnx.Module, batches, hw, *,
 
 def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
                   signed: bool = False, conv=None, adc_range=None,
+                  device=None, wires=None, adc=None,
                   nonideal: cells_lib.Nonideal | None = None, key=None,
                   per: str = "layer", dataflow: str = "auto",
                   backward: str = "ste"):
@@ -155,8 +156,14 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
       ``f(relu(x)) - f(relu(-x))``, one programming for both.
     conv: ``(kernel_size, strides, padding, dilation)`` or None.
     adc_range: int32 scalar for ``adc_mode='calibrated'``.
-    nonideal: device non-idealities; programming ones are drawn from
-      ``key`` (a fresh draw per key: per step).
+    device: the ReRAM device (:class:`rsjax.kernels.Device`); its random
+      programming effects are drawn from ``key`` (a fresh draw per key:
+      per step).
+    wires: wire resistance (:class:`rsjax.kernels.Wires`), or None.
+    adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
+      or None.
+    nonideal: the older :class:`rsjax.kernels.Nonideal` (not with
+      ``device``).
     key: ``jax.random`` key (required with non-idealities).
     per: weight scale ``'layer'`` or ``'column'``.
     dataflow: as :func:`rsjax.kernels.prepare`.
@@ -191,7 +198,8 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
     y_float = _saturating(x_clip, w, qw, w_scale, x_scale, hw, q_passes,
                           adc_range)
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
-  weights = crossbar.prepare(qw, hw, adc_range=adc_range, nonideal=nonideal,
+  weights = crossbar.prepare(qw, hw, adc_range=adc_range, device=device,
+                             wires=wires, adc=adc, nonideal=nonideal,
                              key=k_prog, dataflow=dataflow)
   pass_keys = (None, None) if k_read is None else jax.random.split(k_read)
   y_int = crossbar.apply(weights, q_passes[0], key=pass_keys[0]).astype(
@@ -242,19 +250,21 @@ def _check(calib, hw, backward):
                      "the calibrated hardware")
 
 
-def _run(name, calib, hw, x, kernel, bias, conv, order, key, nonideal, per,
+def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
          backward):
   layer_key = None if key is None else jax.random.fold_in(key, order[name])
   rng = None if hw.adc_mode != "calibrated" else calib.adc_ranges[name]
   return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
                        signed=name in calib.signed, conv=conv, adc_range=rng,
-                       nonideal=nonideal, key=layer_key, per=per,
+                       device=phys.device, wires=phys.wires,
+                       adc=phys.adc_model, key=layer_key, per=per,
                        backward=backward)
 
 
 def hwaware_apply_linen(model: nn.Module, variables, x,
                         hw: hardware.HardwareSpec, calib: HwCalibration, *,
-                        key=None, nonideal=None, per: str = "layer",
+                        key=None, device=None, wires=None, adc=None,
+                        nonideal=None, per: str = "layer",
                         backward: str = "ste", **apply_kwargs):
   """``model.apply(variables, x)`` with the calibrated layers emulated.
 
@@ -269,7 +279,9 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
       model was compressed for, not the block shape of shared layers).
     calib: from :func:`calibrate_hwaware_linen`.
     key: this step's key for the non-idealities (one per layer is folded).
-    nonideal: :class:`rsjax.kernels.Nonideal`, or None.
+    device, wires, adc, nonideal: the hardware models, as
+      :func:`hwaware_layer`: the device's random effects are drawn anew
+      every step.
     per: weight scale (``'layer'`` for shared layers).
     backward: ``'ste'`` or ``'saturation'`` (see :func:`hwaware_layer`).
     **apply_kwargs: for ``model.apply`` (``train=True``, ``mutable``...).
@@ -278,6 +290,8 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
     What ``model.apply`` returns.
   """
   _check(calib, hw, backward)
+  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
+                          adc_model=adc)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
 
   def emulate(next_fun, args, kwargs, ctx):
@@ -289,7 +303,7 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
     p = mod.variables["params"]
     conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
     return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
-                order, key, nonideal, per, backward)
+                order, key, phys, per, backward)
 
   with nn.intercept_methods(emulate):
     return model.apply(variables, x, **apply_kwargs)
@@ -311,8 +325,9 @@ class _HwLayer(nnx.Module):
 
 @contextlib.contextmanager
 def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
-                calib: HwCalibration, *, key=None, nonideal=None,
-                per: str = "layer", backward: str = "ste"):
+                calib: HwCalibration, *, key=None, device=None, wires=None,
+                adc=None, nonideal=None, per: str = "layer",
+                backward: str = "ste"):
   """Within the context, ``model``'s calibrated layers run on the emulator.
 
   The layers are swapped in place and restored on exit, so the params stay
@@ -322,13 +337,15 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
 
   Args:
     model: the NNX model.
-    hw, calib, key, nonideal, per, backward: as
+    hw, calib, key, device, wires, adc, nonideal, per, backward: as
       :func:`hwaware_apply_linen`.
 
   Yields:
     ``model``.
   """
   _check(calib, hw, backward)
+  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
+                          adc_model=adc)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
   swapped = {}
 
@@ -338,7 +355,7 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
       return None
     swapped[path] = node
     return _HwLayer(node, lambda x, k, b, c, name=name: _run(
-        name, calib, hw, x, k, b, c, order, key, nonideal, per, backward))
+        name, calib, hw, x, k, b, c, order, key, phys, per, backward))
 
   nnx_model._swap(model, make)  # pylint: disable=protected-access
   try:

@@ -332,7 +332,8 @@ def split_options(kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def program(calib: Calibration, hw: hardware.HardwareSpec, *,
-            per: str = "layer", nonideal=None, key=None,
+            per: str = "layer", device=None, wires=None, adc=None,
+            nonideal=None, key=None,
             dataflow: str = "auto", fold_bn: bool = True, compressed=None,
             signed_scheme: str = "two_pass", index_and_add: bool = True
             ) -> dict[str, EmulatedLayer]:
@@ -350,8 +351,14 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       :func:`rsjax.kernels.calibrate_nnx`.
     hw: the hardware.
     per: weight scale per ``'layer'`` or ``'column'``.
-    nonideal: device non-idealities (:class:`rsjax.kernels.Nonideal`), None
-      for ideal devices.
+    device: the ReRAM device (:class:`rsjax.kernels.Device`), None for ideal
+      cells.
+    wires: wire resistance (:class:`rsjax.kernels.Wires`), None for ideal
+      wires.
+    adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
+      None for ideal converters.
+    nonideal: the older :class:`rsjax.kernels.Nonideal` (not with
+      ``device``).
     key: ``jax.random`` key for the programming non-idealities (one per
       layer is folded from it).
     dataflow: as :func:`rsjax.kernels.prepare`, for every layer.
@@ -385,6 +392,9 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
                     f"calibrate_linen / calibrate_nnx), got "
                     f"{type(calib).__name__}")
   _check_options(per=per, dataflow=dataflow, signed_scheme=signed_scheme)
+  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
+                          adc_model=adc)
+  models = dict(device=phys.device, wires=phys.wires, adc=phys.adc_model)
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
   unknown = sorted(set(compressed) - set(calib.layers))
   if unknown:
@@ -419,14 +429,13 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
                  if hw.adc_mode == "calibrated" else None)
     layer_key = None if key is None else jax.random.fold_in(key, i)
     if shared is None or not index_and_add:
-      weights = crossbar.prepare(qw, hw, adc_range=adc_range,
-                                 nonideal=nonideal, key=layer_key,
-                                 dataflow=dataflow)
+      weights = crossbar.prepare(qw, hw, adc_range=adc_range, **models,
+                                 key=layer_key, dataflow=dataflow)
     else:
       weights = crossbar.prepare_shared(
           qcb, shared.index, hw, in_features=matrix.shape[0],
-          out_features=matrix.shape[1], adc_range=adc_range,
-          nonideal=nonideal, key=layer_key, dataflow=dataflow)
+          out_features=matrix.shape[1], adc_range=adc_range, **models,
+          key=layer_key, dataflow=dataflow)
     layers[name] = EmulatedLayer(weights, w_scale, x_scale, bias, hw, signed,
                                  st.get("conv"), bn_path, signed_scheme)
   return layers

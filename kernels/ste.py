@@ -22,6 +22,7 @@ from rsjax.kernels import crossbar
 
 def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
                     per: str = "layer", key=None, adc_range=None,
+                    device=None, wires=None, adc=None,
                     nonideal=None, dataflow: str = "auto"):
   """``x @ w`` in float, emulated forward, straight-through backward.
 
@@ -31,7 +32,7 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
     hw: the hardware.
     x_scale: input quantization step (a scalar; ``x ~= q * x_scale``).
     per: weight scale ``'layer'`` or ``'column'``.
-    key, adc_range, nonideal, dataflow: as
+    key, adc_range, device, wires, adc, nonideal, dataflow: as
       :func:`rsjax.kernels.crossbar_matmul`.
 
   Returns:
@@ -47,6 +48,7 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
   qw, w_scale = quantize.quantize_weights(jax.lax.stop_gradient(w),
                                           hw.weight_bits, per=per)
   y_int = crossbar.crossbar_matmul(qx, qw, hw, key=key, adc_range=adc_range,
+                                   device=device, wires=wires, adc=adc,
                                    nonideal=nonideal, dataflow=dataflow)
   scale = x_scale * w_scale
   if scale.ndim:
@@ -58,6 +60,7 @@ def emulated_matmul(x, w, hw: hardware.HardwareSpec, *, x_scale,
 def emulated_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                   padding="SAME", dilation=1, *, x_scale,
                   per: str = "layer", key=None, adc_range=None,
+                  device=None, wires=None, adc=None,
                   nonideal=None, dataflow: str = "auto"):
   """NHWC/HWIO conv with an emulated forward and straight-through backward.
 
@@ -65,7 +68,7 @@ def emulated_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
     x: ``[B, H, W, cin]`` float inputs.
     kernel: ``[kh, kw, cin, cout]`` float kernel.
     hw, strides, padding, dilation: as :func:`rsjax.kernels.crossbar_conv`.
-    x_scale, per, key, adc_range, nonideal, dataflow: as
+    x_scale, per, key, adc_range, device, wires, adc, nonideal, dataflow: as
       :func:`emulated_matmul`.
 
   Returns:
@@ -75,5 +78,5 @@ def emulated_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                             strides, padding, dilation)
   return emulated_matmul(patches, kernel.reshape(-1, kernel.shape[-1]), hw,
                          x_scale=x_scale, per=per, key=key,
-                         adc_range=adc_range, nonideal=nonideal,
-                         dataflow=dataflow)
+                         adc_range=adc_range, device=device, wires=wires,
+                         adc=adc, nonideal=nonideal, dataflow=dataflow)

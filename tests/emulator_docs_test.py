@@ -1,4 +1,4 @@
-"""The Python examples of docs/emulator.md and docs/hardware.md run."""
+"""The Python examples of docs/emulator.md, hardware.md and devices.md run."""
 
 import pathlib
 import re
@@ -6,13 +6,14 @@ import re
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-BLOCKS = [(name, block) for name in ("emulator.md", "hardware.md")
+NAMES = ("emulator.md", "hardware.md", "devices.md")
+BLOCKS = [(name, block) for name in NAMES
           for block in re.findall(r"```python\n(.*?)```",
                                   (DOCS / name).read_text(), re.S)]
 
 
 def test_there_are_examples():
-  assert {name for name, _ in BLOCKS} == {"emulator.md", "hardware.md"}
+  assert {name for name, _ in BLOCKS} == set(NAMES)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
