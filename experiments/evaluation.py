@@ -19,6 +19,7 @@ import numpy as np
 import rsjax
 from rsjax import kernels as rk
 
+from experiments import array as array_lib
 from experiments import distributed
 from experiments import models as models_lib
 
@@ -85,7 +86,8 @@ def quantized(variables, hw: rsjax.HardwareSpec):
 
 def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
                       batches: Callable[[], Any], *, key,
-                      calibration_batches: int = 2) -> float:
+                      calibration_batches: int = 2,
+                      array_models=None) -> float:
   """Accuracy with every crossbar layer on the emulator.
 
   Layers run the index-and-add dataflow from their codebooks (one layer
@@ -101,20 +103,28 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
       ``mask``).
     key: for the non-idealities.
     calibration_batches: how many batches calibrate the input scales.
+    array_models: ``{'device', 'wires', 'adc'}`` of the real array
+      (:func:`experiments.array.models`), or None for the ideal one.
   """
   calibration = [b["image"] for _, b in zip(range(calibration_batches),
                                             batches())]
   plans = rk.prepare_linen(model, variables, calibration, hw,
-                           compressed=layers, key=key, train=False)
-  forward = jax.jit(lambda x: rk.emulate_linen(model, variables, x, plans,
-                                               train=False))
+                           compressed=layers, key=key, train=False,
+                           **(array_models or {}))
+  device = (array_models or {}).get("device")
+  reads = device is not None and device.reads
+  k_read = jax.random.fold_in(key, 1)
+  # Read noise is fresh on every read: each batch reads with its own key.
+  forward = jax.jit(lambda x, k: rk.emulate_linen(
+      model, variables, x, plans, key=k if reads else None, train=False))
   counts = np.zeros(2)  # correct, total
   for i, b in enumerate(batches()):
     # Processes take turns (the counts are summed below): each emulates on
     # its own devices, with the same calibrated plans.
     if i % jax.process_count() != jax.process_index():
       continue
-    hit = jnp.argmax(forward(b["image"]), -1) == b["label"]
+    logits = forward(b["image"], jax.random.fold_in(k_read, i))
+    hit = jnp.argmax(logits, -1) == b["label"]
     mask = jnp.asarray(b["mask"], jnp.float32)
     counts += [float(jnp.sum(hit.astype(jnp.float32) * mask)),
                float(jnp.sum(mask))]
@@ -122,11 +132,18 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
   return float(correct / max(total, 1.0))
 
 
-def run_emulated(run, variables, layers, hw, key) -> float:
-  """:func:`emulated_accuracy` of the run's model on its emulation batches."""
+def run_emulated(run, variables, layers, hw, key, *,
+                 ideal_adc: bool = False) -> float:
+  """:func:`emulated_accuracy` of the run's model on its emulation batches,
+  on the run's array (``config.array``; ``ideal_adc`` leaves its converter
+  ideal, for a lossless reference)."""
+  models = array_lib.models(array_lib.of(run.config), hw,
+                            jax.random.fold_in(run.key, 7),
+                            adc=not ideal_adc)
   return emulated_accuracy(
       run.compress_model, variables, layers, hw, run.emulation_batches,
-      key=key, calibration_batches=run.config.eval.calibration_batches)
+      key=key, calibration_batches=run.config.eval.calibration_batches,
+      array_models=models)
 
 
 def evaluate(run) -> dict[str, Any]:

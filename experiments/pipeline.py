@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import rsjax
 
+from experiments import array as array_lib
 from experiments import data as data_lib
 from experiments import distributed
 from experiments import models as models_lib
@@ -69,6 +70,8 @@ def check(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
       lambda key: models_lib.init_variables(model, key, info.image_shape),
       jax.random.key(0))
   recipe_lib.plan(recipe, variables["params"], hardware(config))
+  array_lib.models(array_lib.of(config), hardware(config),
+                   jax.random.key(0))
   if config.share.allocate_ou_ratio and not recipe.runs("share"):
     raise ValueError("share.allocate_ou_ratio needs the 'share' stage")
   if config.share.allocate_ou_ratio and config.share.allocate_ou_ratio < 1:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import rsjax
 from rsjax import kernels as rk
 
+from experiments import array as array_lib
 from experiments import data as data_lib
 from experiments import evaluation
 from experiments import models as models_lib
@@ -215,7 +216,7 @@ def lossless_hardware(hw: rsjax.HardwareSpec) -> rsjax.HardwareSpec:
   """``hw`` with the fewest ADC bits that convert every partial sum."""
   if hw.adc_lossless:
     return hw
-  return hw.replace(adc_bits=hw.partial_sum_max.bit_length())
+  return hw.replace(adc_bits=hw.lossless_adc_bits)
 
 
 def moved_ranges(previous, current) -> dict[str, tuple[int, int]]:
@@ -247,6 +248,28 @@ def _hwaware_tx(run, inner):
   return inner
 
 
+def training_array(run, hw: rsjax.HardwareSpec) -> dict[str, Any]:
+  """The models the ``hwaware`` stage trains against: ``config.array``,
+  plus ``hwaware.program_sigma`` / ``stuck_at_*`` (Gaussian programming
+  error in levels and stuck-at faults drawn in training only)."""
+  hc = run.config.hwaware
+  models = array_lib.models(array_lib.of(run.config), hw,
+                            jax.random.fold_in(run.key, 7))
+  extra = rk.Nonideal(program_sigma=hc.program_sigma,
+                      stuck_at_0=hc.stuck_at_0, stuck_at_1=hc.stuck_at_1)
+  if not extra.programs:
+    return models
+  device = models["device"] or rk.Device()
+  if device.programming is not None or device.faults is not None:
+    raise ValueError("hwaware.program_sigma / stuck_at_* and "
+                     "array.programming / stuck_at_* both set: describe the "
+                     "device once, in config.array")
+  extra = extra.to_device()
+  models["device"] = dataclasses.replace(device, programming=extra.programming,
+                                         faults=extra.faults)
+  return models
+
+
 def hwaware(run) -> dict[str, Any]:
   """Hardware-aware fine-tune: the forward on the crossbar emulator.
 
@@ -266,9 +289,7 @@ def hwaware(run) -> dict[str, Any]:
   """
   hc = run.config.hwaware
   hw = hwaware_hardware(run.hw, hc)
-  nonideal = rk.Nonideal(program_sigma=hc.program_sigma,
-                         stuck_at_0=hc.stuck_at_0, stuck_at_1=hc.stuck_at_1)
-  nonideal = nonideal if nonideal.programs else None
+  models = training_array(run, hw)
   model = run.compress_model
   variables = run.latest_variables()
   tx = _hwaware_tx(run, _inner(run, hc.learning_rate, hc.steps))
@@ -282,7 +303,8 @@ def hwaware(run) -> dict[str, Any]:
     # an ADC that converts every partial sum exactly.
     lossless = evaluation.run_emulated(run, variables, layers,
                                        lossless_hardware(run.hw),
-                                       jax.random.fold_in(run.key, 5))
+                                       jax.random.fold_in(run.key, 5),
+                                       ideal_adc=True)
 
   def calibrate(state, step, previous):
     current = {**train_lib.state_variables(state),
@@ -308,8 +330,7 @@ def hwaware(run) -> dict[str, Any]:
   def apply_fn(v, x, rngs=None, *, calib, **kwargs):
     key = None if rngs is None else rngs["noise"]
     return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
-                                  nonideal=nonideal, backward=hc.backward,
-                                  **kwargs)
+                                  backward=hc.backward, **models, **kwargs)
 
   # The calibration is an argument of the jitted step (refreshed between
   # steps), so re-calibrating does not compile the step again.

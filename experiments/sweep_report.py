@@ -192,6 +192,85 @@ def fault_plot(sweep: Mapping[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def _mean_std(r: Mapping[str, Any]) -> str:
+  if r.get("seeds", 1) > 1:
+    return f"{_pct(r['mean'])} ± {_pct(r['std'])}"
+  return _pct(r["mean"] if "mean" in r else r["accuracy"])
+
+
+def _ratio(value: float) -> str:
+  return "inf" if not value else f"{value:g}"
+
+
+def onoff_table(sweep: Mapping[str, Any]) -> str:
+  """Accuracy (%) per on/off ratio: measured programming error, IR drop."""
+  rows = sweep["onoff"]
+  cols = sorted({(r["effect"], r["layout"]) for r in rows},
+                key=lambda c: (c[0] != "wan2022", c[1] != "shared"))
+  names = {"wan2022": "programming error (Wan 2022)", "wires": "IR drop"}
+  by = {(r["on_off_ratio"], r["effect"], r["layout"]): r for r in rows}
+  ratios = sorted({r["on_off_ratio"] for r in rows},
+                  key=lambda v: float("inf") if not v else v)
+  lines = ["| on/off ratio | " + " | ".join(
+      f"{names.get(e, e)}, {l}" for e, l in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+  for v in ratios:
+    cells = [("" if (v, e, l) not in by else _mean_std(by[(v, e, l)]))
+             for e, l in cols]
+    lines.append(f"| {_ratio(v)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def wires_table(sweep: Mapping[str, Any]) -> str:
+  """Accuracy (%) per OU height and wire resistance (lossless ADC)."""
+  rows = sweep["wires"]
+  rs = sorted({r["r_wire"] for r in rows})
+  keys = sorted({(r["ou_rows"], r["layout"]) for r in rows},
+                key=lambda k: (k[0], k[1] != "shared"))
+  by = {(r["ou_rows"], r["layout"], r["r_wire"]): r for r in rows}
+  lines = ["| OU rows | layout | ADC bits | " + " | ".join(
+      f"r = {r:g}" if r else "ideal wires" for r in rs) + " |",
+           "|---|---|---|" + "---|" * len(rs)]
+  for o, l in keys:
+    cells = []
+    for r in rs:
+      e = by.get((o, l, r))
+      if e is None:
+        cells.append("")
+        continue
+      fall = (f" ({100 * e['fall_all_on']:.1f} % fall)"
+              if e["fall_all_on"] else "")
+      cells.append(_pct(e["accuracy"]) + fall)
+    bits = next(by[(o, l, r)]["adc_bits"] for r in rs if (o, l, r) in by)
+    lines.append(f"| {o} | {l} | {bits} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _duration(t: float) -> str:
+  for unit, s in (("year", 3.1536e7), ("month", 2.592e6), ("day", 86400.0),
+                  ("h", 3600.0), ("min", 60.0)):
+    if t >= s:
+      return f"{t / s:.3g} {unit}"
+  return f"{t:g} s"
+
+
+def drift_table(sweep: Mapping[str, Any]) -> str:
+  """Accuracy (%) per time since programming, with and without global
+  drift compensation, per layout."""
+  rows = sweep["drift"]
+  cols = sorted({(r["compensate"], r["layout"]) for r in rows},
+                key=lambda c: (c[0], c[1] != "shared"))
+  by = {(r["t_s"], r["compensate"], r["layout"]): r for r in rows}
+  lines = ["| time since programming | " + " | ".join(
+      f"{l}, {'compensated' if c else 'uncompensated'}" for c, l in cols)
+           + " |", "|---|" + "---|" * len(cols)]
+  for t in sorted({r["t_s"] for r in rows}):
+    cells = [("" if (t, c, l) not in by else _mean_std(by[(t, c, l)]))
+             for c, l in cols]
+    lines.append(f"| {_duration(t)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _parallel_note(sweep: Mapping[str, Any]) -> str:
   n = len(sweep.get("commands", ()))
   return f" (the sum over {n} parts)" if n > 1 else ""
@@ -220,7 +299,8 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
     timing = s.get("timing_s", {})
     parts += [
         f"### Emulation sweeps of `{s['run']}`: " + ", ".join(
-            k for k in ("grid", "equality", "faults") if k in s), "",
+            k for k in ("grid", "equality", "faults", "onoff", "wires",
+                        "drift") if k in s), "",
         f"{s['images']} test images (the first ones), input scales "
         f"calibrated on {s['calibration_images']} training images; float "
         f"accuracy on the same images {_pct(s['float'])} %. Run hardware: "
@@ -249,6 +329,30 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
       parts += ["Device faults at the run hardware (accuracy %):", "",
                 fault_table(s), "",
                 f"![faults]({os.path.basename(name)})", ""]
+    if "onoff" in s:
+      r = s["onoff"][0]
+      parts += [f"On/off ratio (accuracy %; `Gmin` removed by a reference "
+                f"current, so the ratio acts through what sees absolute "
+                f"conductance): the measured programming error of Wan et al. "
+                f"2022 at Gmax {r.get('g_max_us', 39.26):g} uS "
+                f"({r['seeds']} keys), and IR drop at wire segments of "
+                f"{next((e['r_wire'] for e in s['onoff'] if 'r_wire' in e), 0):g}"
+                " Rmin:", "", onoff_table(s), ""]
+    if "wires" in s:
+      r = s["wires"][0]
+      parts += ["IR drop against the OU height (accuracy %; wire segments "
+                "in units of Rmin, on/off ratio "
+                f"{_ratio(r['on_off_ratio'])}, the OU placed in its "
+                "crossbar, a lossless ADC at each height so that the wires "
+                "are the only error; in brackets the worst column current's "
+                "fall with every cell of an OU on and every row driven):",
+                "", wires_table(s), ""]
+    if "drift" in s:
+      r = s["drift"][0]
+      parts += [f"Drift, `G(t) = G(t0) (t/t0)^-nu`, nu {r['nu_min']:g} at "
+                f"G = 0 to {r['nu_max']:g} at Gmax, spread {r['nu_std']:g}, "
+                f"on/off ratio {_ratio(r['on_off_ratio'])} (accuracy %, "
+                f"{r['seeds']} keys):", "", drift_table(s), ""]
   return "\n".join(parts)
 
 

@@ -26,6 +26,10 @@ scales calibrated on the first ``--calibration`` *training* images:
   matrix programmed densely; accuracy of both, the largest logit
   difference (0 means bit-identical) and the energy per inference of both
   layouts (:func:`rsjax.hardware_cost`).
+``onoff``, ``wires``, ``drift``
+  Real arrays (docs/devices.md): the on/off ratio with the measured ReRAM
+  programming error, wire resistance (IR drop) at each OU height, drift
+  with and without compensation; see :mod:`experiments.sweeps_devices`.
 ``faults``
   Stuck-at faults (half stuck at the lowest level, half at the highest) and
   programming variation (Gaussian, in cell levels), ``--seeds`` keys each;
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -60,9 +63,12 @@ from rsjax import kernels as rk
 
 from experiments import data as data_lib
 from experiments import models as models_lib
+from experiments import sweeps_devices
 from experiments import workdir as workdir_lib
 
-STUDIES = ("grid", "equality", "faults")
+STUDIES = ("grid", "equality", "faults", "onoff", "wires", "drift")
+# What a sweep runs unless told: the real-array studies are asked for.
+DEFAULT_STUDIES = ("grid", "equality", "faults")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,15 +160,17 @@ class Emulator:
                                              train=False)
     return self._calibration
 
-  def program(self, hw: rsjax.HardwareSpec, *, shared: bool, nonideal=None,
-              key=None, dataflow: str = "auto"):
+  def program(self, hw: rsjax.HardwareSpec, *, shared: bool, key=None,
+              dataflow: str = "auto", **models):
     """Programs the model on ``hw``: index-and-add if ``shared``, else the
     dense layout of the same compressed model (same quantized numbers, a
     shared layer's BatchNorm kept digital as in index-and-add; folding it
-    into the decompressed kernel would be another quantized model)."""
+    into the decompressed kernel would be another quantized model).
+    ``models``: ``nonideal``, ``device``, ``wires``, ``adc`` (docs/devices.md).
+    """
     return rk.program(self.calibration, hw, compressed=self.subject.layers,
-                      index_and_add=shared, nonideal=nonideal, key=key,
-                      dataflow=dataflow)
+                      index_and_add=shared, key=key, dataflow=dataflow,
+                      **models)
 
   def _batched(self, fn) -> np.ndarray:
     images, b = self.subject.images, self.batch_size
@@ -185,11 +193,6 @@ class Emulator:
     return float(np.mean(np.argmax(logits, -1) == self.subject.labels))
 
 
-def lossless_adc_bits(hw: rsjax.HardwareSpec) -> int:
-  """The fewest ADC bits that convert every OU partial sum exactly."""
-  return max(1, math.ceil(math.log2(hw.partial_sum_max + 1)))
-
-
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
@@ -201,7 +204,7 @@ def grid(em: Emulator, *, ou_rows: Sequence[int], cell_bits: Sequence[int],
   for o in ou_rows:
     for c in cell_bits:
       hw = em.subject.hw.replace(ou_rows=int(o), cell_bits=int(c))
-      lossless = lossless_adc_bits(hw)
+      lossless = hw.lossless_adc_bits
       exact = em.logits(em.program(hw.replace(adc_bits=lossless),
                                    shared=False, dataflow="exact"))
       row = {"ou_rows": int(o), "cell_bits": int(c),
@@ -274,7 +277,7 @@ def faults(em: Emulator, *, stuck_rates: Sequence[float],
   return out
 
 
-def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
+def run_sweeps(subject: Subject, *, studies: Sequence[str] = DEFAULT_STUDIES,
                ou_rows: Sequence[int] = (8, 9, 16, 32),
                cell_bits: Sequence[int] = (1, 2, 4),
                adc_bits: Sequence[int] = (3, 4, 5, 6, 7, 8),
@@ -282,8 +285,13 @@ def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
                                                0.05),
                program_sigmas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
                seeds: int = 16, batch_size: int = 500,
+               device_options: dict[str, Any] | None = None,
                log=print) -> dict[str, Any]:
-  """All asked-for studies on one subject; a JSON-able dict."""
+  """All asked-for studies on one subject; a JSON-able dict.
+
+  ``device_options``: the real-array studies' settings, keywords of
+  :data:`DEVICE_DEFAULTS`.
+  """
   unknown = sorted(set(studies) - set(STUDIES))
   if unknown:
     raise ValueError(f"unknown studies {unknown}; known: {list(STUDIES)}")
@@ -304,6 +312,20 @@ def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
       "faults": lambda: faults(em, stuck_rates=stuck_rates,
                                program_sigmas=program_sigmas, seeds=seeds),
   }
+  opts = {**DEVICE_DEFAULTS, **(device_options or {})}
+  unknown = sorted(set(opts) - set(DEVICE_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown device_options {unknown}")
+  fns["onoff"] = lambda: sweeps_devices.onoff(
+      em, ratios=opts["ratios"], seeds=opts["device_seeds"],
+      r_wire=opts["onoff_r_wire"])
+  fns["wires"] = lambda: sweeps_devices.wires(
+      em, ou_rows=opts["wire_ou_rows"], resistances=opts["resistances"],
+      on_off_ratio=opts["wire_on_off_ratio"])
+  fns["drift"] = lambda: sweeps_devices.drift(
+      em, times=opts["drift_times"], seeds=opts["device_seeds"],
+      nu_min=opts["drift_nu_min"], nu_max=opts["drift_nu_max"],
+      nu_std=opts["drift_nu_std"], on_off_ratio=opts["drift_on_off_ratio"])
   for study in STUDIES:
     if study in studies:
       t = time.perf_counter()
@@ -315,6 +337,25 @@ def run_sweeps(subject: Subject, *, studies: Sequence[str] = STUDIES,
   return result
 
 
+# The real-array studies' settings (the command line's defaults).
+DEVICE_DEFAULTS = {
+    # On/off ratios (0: infinite); its wire resistance row (0: none).
+    "ratios": (10.0, 20.0, 50.0, 100.0, 1000.0, 0.0),
+    "onoff_r_wire": 1e-4,
+    # Wire segments (x Rmin) at each OU height, on/off ratio of the cells.
+    "wire_ou_rows": (9, 16, 32, 64, 128),
+    "resistances": (0.0, 1e-5, 1e-4, 1e-3),
+    "wire_on_off_ratio": 20.0,
+    # Seconds since programming: 1 s, 1 h, 1 day, 1 month, 1 year.
+    "drift_times": (1.0, 3600.0, 86400.0, 2.592e6, 3.1536e7),
+    "drift_nu_min": 0.06,
+    "drift_nu_max": 0.02,
+    "drift_nu_std": 0.02,
+    "drift_on_off_ratio": 20.0,
+    "device_seeds": 4,
+}
+
+
 # What every part of one study must agree on to be merged (the float
 # accuracy too, to within one image: GPU kernels chosen per process may
 # round one borderline image differently).
@@ -324,6 +365,9 @@ _ENTRY_KEYS = {
     "grid": lambda e: (e["ou_rows"], e["cell_bits"]),
     "equality": lambda e: e["adc_bits"],
     "faults": lambda e: (e["layout"], e["kind"], e["value"]),
+    "onoff": lambda e: (e["layout"], e["on_off_ratio"], e["effect"]),
+    "wires": lambda e: (e["layout"], e["ou_rows"], e["r_wire"]),
+    "drift": lambda e: (e["layout"], e["compensate"], e["t_s"]),
 }
 
 
@@ -422,7 +466,17 @@ def _main(argv):
       adc_bits=[int(x) for x in _ADC_BITS.value],
       stuck_rates=[float(x) for x in _STUCK.value],
       program_sigmas=[float(x) for x in _SIGMA.value], seeds=_SEEDS.value,
-      batch_size=_BATCH.value)
+      batch_size=_BATCH.value, device_options={
+          "ratios": [float(x) for x in _RATIOS.value],
+          "onoff_r_wire": _ONOFF_R_WIRE.value,
+          "wire_ou_rows": [int(x) for x in _WIRE_OU_ROWS.value],
+          "resistances": [float(x) for x in _RESISTANCES.value],
+          "wire_on_off_ratio": _WIRE_ON_OFF.value,
+          "drift_times": [float(x) for x in _DRIFT_TIMES.value],
+          "drift_nu_min": _NU_MIN.value, "drift_nu_max": _NU_MAX.value,
+          "drift_nu_std": _NU_STD.value,
+          "drift_on_off_ratio": _DRIFT_ON_OFF.value,
+          "device_seeds": _DEVICE_SEEDS.value})
   result["command"] = " ".join(["python -m experiments.sweeps"]
                                + sys.argv[1:])
   out = _OUT.value or os.path.join(
@@ -449,7 +503,9 @@ if __name__ == "__main__":
   _LIMIT = flags.DEFINE_integer("limit", 2000, "Test images (0: all).")
   _CALIBRATION = flags.DEFINE_integer(
       "calibration", 1000, "Training images for the input scales.")
-  _STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run.")
+  _STUDIES = flags.DEFINE_list(
+      "studies", list(DEFAULT_STUDIES),
+      f"Studies to run, of {', '.join(STUDIES)}.")
   _OU_ROWS = flags.DEFINE_list("ou_rows", ["8", "9", "16", "32"],
                                "OU heights of the grid.")
   _CELL_BITS = flags.DEFINE_list("cell_bits", ["1", "2", "4"],
@@ -463,6 +519,36 @@ if __name__ == "__main__":
                              ["0.05", "0.1", "0.2", "0.3", "0.5"],
                              "Programming variation, in cell levels.")
   _SEEDS = flags.DEFINE_integer("seeds", 16, "Keys per fault setting.")
+  _d = DEVICE_DEFAULTS
+  _RATIOS = flags.DEFINE_list("ratios", [f"{v:g}" for v in _d["ratios"]],
+                              "onoff: on/off ratios (0: infinite).")
+  _ONOFF_R_WIRE = flags.DEFINE_float(
+      "onoff_r_wire", _d["onoff_r_wire"],
+      "onoff: wire segment resistance (x Rmin) of its IR-drop rows; 0: none.")
+  _WIRE_OU_ROWS = flags.DEFINE_list(
+      "wire_ou_rows", [str(v) for v in _d["wire_ou_rows"]],
+      "wires: OU heights.")
+  _RESISTANCES = flags.DEFINE_list(
+      "resistances", [f"{v:g}" for v in _d["resistances"]],
+      "wires: wire segment resistances, x Rmin.")
+  _WIRE_ON_OFF = flags.DEFINE_float("wire_on_off_ratio",
+                                    _d["wire_on_off_ratio"],
+                                    "wires: the cells' on/off ratio.")
+  _DRIFT_TIMES = flags.DEFINE_list(
+      "drift_times", [f"{v:g}" for v in _d["drift_times"]],
+      "drift: seconds since programming.")
+  _NU_MIN = flags.DEFINE_float("drift_nu_min", _d["drift_nu_min"],
+                               "drift: exponent at G = 0.")
+  _NU_MAX = flags.DEFINE_float("drift_nu_max", _d["drift_nu_max"],
+                               "drift: exponent at Gmax.")
+  _NU_STD = flags.DEFINE_float("drift_nu_std", _d["drift_nu_std"],
+                               "drift: per-cell spread of the exponent.")
+  _DRIFT_ON_OFF = flags.DEFINE_float("drift_on_off_ratio",
+                                     _d["drift_on_off_ratio"],
+                                     "drift: the cells' on/off ratio.")
+  _DEVICE_SEEDS = flags.DEFINE_integer(
+      "device_seeds", _d["device_seeds"],
+      "onoff, drift: keys per random setting.")
   _BATCH = flags.DEFINE_integer("batch_size", 500, "Emulation batch size.")
   _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override the TFDS dir.")
   _SOURCE_DIR = flags.DEFINE_string("source_dir", "",

@@ -26,9 +26,10 @@ The network is linear in the inputs (every row is driven, a 0 digit at
 ``T [ou_rows, ou_cols]``, found once at programming: the same shape as the
 conductances, and used by every dataflow in their place (the ``table``
 dataflow tabulates ``patterns @ T``, at no cost per input). ``T`` solves
-``(1 + diag(G) R) I = diag(G) v`` exactly for the cell currents ``I`` of
-one unit input per row (``R``, the wires' resistance operator, maps cell
-currents to the wire voltage drops at every cell), by LU in float32.
+``(1 + diag(G) R) I = diag(G) v`` for the cell currents ``I`` of one unit
+input per row (``R``, the wires' resistance operator, maps cell currents to
+the wire voltage drops at every cell), in float32 by conjugate gradients on
+its symmetric form to a relative residual of ``1e-7``.
 
 Resistances are in units of ``Rmin = 1 / Gmax`` (CrossSim's ``Rp / Rmin``).
 """
@@ -81,44 +82,73 @@ class Wires:
                 or self.r_col_terminal)
 
 
-def _operators(rows: int, cols: int, rho, sigma):
-  """The drop operator ``R [rows cols, rows cols]`` of one OU.
+def _drops(x, rho, sigma):
+  """The wires' voltage drops at every cell, ``R x``, for cell currents
+  ``x [..., rows, cols]``.
 
-  ``rho [..., cols]``: row segment resistances (segment ``k`` feeds cells
-  ``k..``); ``sigma [..., rows]``: column segments (segment ``k`` drains
-  cells ``..k``). Cell ``(i, j)``'s row node sits ``sum_{k<=j} rho_k
-  S_k`` below the driver, ``S_k`` the current of cells ``k..`` of row
-  ``i``; its column node ``sum_{k>=i} sigma_k C_k`` above ground, ``C_k``
-  the current of cells ``..k`` of column ``j``.
+  ``rho [..., 1, cols]``: row segment resistances (segment ``k`` feeds cells
+  ``k..``); ``sigma [..., rows, 1]``: column segments (segment ``k`` drains cells
+  ``..k``). Cell ``(i, j)``'s row node sits ``sum_{k<=j} rho_k S_k`` below
+  the driver, ``S_k`` the current of cells ``k..`` of row ``i``; its column
+  node ``sum_{k>=i} sigma_k C_k`` above ground, ``C_k`` the current of cells
+  ``..k`` of column ``j``. Cumulative sums: ``O(rows cols)``.
   """
-  lower_c = jnp.tril(jnp.ones((cols, cols), jnp.float32))
-  lower_r = jnp.tril(jnp.ones((rows, rows), jnp.float32))
-  # drop_row = Low diag(rho) Up; drop_col = Up diag(sigma) Low.
-  r_row = jnp.einsum("jk,...k,kl->...jl", lower_c, rho, lower_c.T)
-  r_col = jnp.einsum("ik,...k,kl->...il", lower_r.T, sigma, lower_r)
-  eye_c = jnp.eye(cols, dtype=jnp.float32)
-  eye_r = jnp.eye(rows, dtype=jnp.float32)
-  big = (jnp.einsum("ab,...jl->...ajbl", eye_r, r_row)
-         + jnp.einsum("...ab,jl->...ajbl", r_col, eye_c))
-  return big.reshape(big.shape[:-4] + (rows * cols, rows * cols))
+  tail = jnp.flip(jnp.cumsum(jnp.flip(x, -1), axis=-1), -1)
+  row = jnp.cumsum(tail * rho, axis=-1)
+  head = jnp.cumsum(x, axis=-2)
+  col = jnp.flip(jnp.cumsum(jnp.flip(head * sigma, -2), axis=-2), -2)
+  return row + col
+
+
+# Conjugate-gradient stopping rule: relative residual, and an iteration
+# cap far above what the well-conditioned systems here need (tens).
+_TOL = 1e-7
+_MAX_ITERS = 2000
 
 
 def _solve(g, rho, sigma):
-  """The transfer matrix of one OU: ``g [rows, cols]`` (units of Gmax)."""
+  """The transfer matrix of one OU: ``g [rows, cols]`` (units of Gmax).
+
+  The cell currents ``I`` of a unit input on row ``k`` solve
+  ``(1 + diag(G) R) I = diag(G) e_k``; with ``I = D y``, ``D = sqrt(G)``,
+  that is the symmetric positive definite ``(1 + D R D) y = D e_k`` (``R``
+  is a resistance operator), solved for every ``k`` at once by conjugate
+  gradients with the matrix-free ``R`` of :func:`_drops`. Plain XLA
+  operations: no LAPACK call (inside a jitted training step on the CPU,
+  LAPACK calls in the thread pool could wait on each other for ever).
+  """
   rows, cols = g.shape
-  r = _operators(rows, cols, rho, sigma)
-  gf = g.reshape(rows * cols)
-  a = jnp.eye(rows * cols, dtype=jnp.float32) + gf[:, None] * r
-  # One unit input per row: the right-hand side of row k is G on its cells.
-  rhs = gf.reshape(rows, 1, cols) * jnp.eye(rows, dtype=jnp.float32)[
-      :, :, None]
-  currents = jnp.linalg.solve(a, rhs.reshape(rows, rows * cols).T)
+  d = jnp.sqrt(jnp.maximum(g, 0.0))[None]  # [1, rows, cols]
+  b = d * jnp.eye(rows, dtype=jnp.float32)[:, :, None]  # [k, rows, cols]
+  rho, sigma = rho[None, None], sigma[None, :, None]
+  apply = lambda y: y + d * _drops(d * y, rho, sigma)
+  dot = lambda a, c: jnp.sum(a * c, axis=(1, 2))
+  bb = dot(b, b)
+  tol2 = jnp.float32(_TOL**2) * bb
+
+  def cond(state):
+    _, _, _, rr, i = state
+    return (i < _MAX_ITERS) & jnp.any(rr > tol2)
+
+  def body(state):
+    y, r, p, rr, i = state
+    q = apply(p)
+    pq = dot(p, q)
+    alpha = jnp.where(rr > tol2, rr / jnp.where(pq > 0, pq, 1.0), 0.0)
+    y = y + alpha[:, None, None] * p
+    r = r - alpha[:, None, None] * q
+    rr_new = dot(r, r)
+    beta = jnp.where(rr > 0, rr_new / jnp.where(rr > 0, rr, 1.0), 0.0)
+    p = r + beta[:, None, None] * p
+    return y, r, p, rr_new, i + 1
+
+  y0 = jnp.zeros_like(b)
+  y, *_ = jax.lax.while_loop(cond, body, (y0, b, b, bb, jnp.int32(0)))
   # The column's terminal current is the sum of its cells' currents.
-  t = jnp.sum(currents.reshape(rows, cols, rows), axis=0)  # [cols, k]
-  return t.T
+  return jnp.sum(d * y, axis=1)  # [k, cols]
 
 
-# OUs solved together: a batch of 1024-unknown systems is 4 MiB each.
+# OUs solved together: each holds a few [rows, rows, cols] arrays.
 _SOLVE_BYTES = 64 << 20
 
 
@@ -164,7 +194,7 @@ def transfer(g_abs, wires: Wires, hw: hardware.HardwareSpec, *,
         jnp.float32)
   rho = rho.at[:, 0].add(extra_row)
   sigma = sigma.at[:, -1].add(extra_col)
-  per_ou = 4 * (rows * cols) ** 2 * 3
+  per_ou = 4 * rows * rows * cols * 6
   batch = int(max(1, min(num, _SOLVE_BYTES // per_ou)))
   out = jax.lax.map(lambda a: _solve(*a), (g, rho, sigma), batch_size=batch)
   return out.reshape(lead + (rows, cols))

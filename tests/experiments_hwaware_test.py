@@ -64,6 +64,11 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
     config.hwaware.distill_weight = 0.5
     config.compress.distill_temperature = 2.0
     config.hwaware.backward = "saturation"
+    # Against a real array: measured programming error drawn every step, a
+    # finite on/off ratio and IR drop.
+    config.array.on_off_ratio = 20.0
+    config.array.programming = "wan2022"
+    config.array.r_row = config.array.r_col = 1e-4
   workdir = str(tmp_path / variant)
   res = pipeline.run(config, workdir)
   state = json.load(open(os.path.join(workdir, "state.json")))["stages"]

@@ -13,6 +13,7 @@ import pytest
 import rsjax
 
 from experiments import models
+from experiments import sweep_report
 from experiments import sweeps
 from experiments.configs import default
 # The session fixture, imported so pytest finds it in this module.
@@ -57,7 +58,7 @@ def test_grid_lossless_point_equals_quantized_model():
   assert [(r["ou_rows"], r["cell_bits"]) for r in rows] == [(9, 4), (16, 4)]
   for r in rows:
     hw = HW.replace(ou_rows=r["ou_rows"], cell_bits=r["cell_bits"])
-    assert r["lossless_adc_bits"] == sweeps.lossless_adc_bits(hw)
+    assert r["lossless_adc_bits"] == hw.lossless_adc_bits
     assert 2 ** r["lossless_adc_bits"] - 1 >= hw.partial_sum_max
     assert 2 ** (r["lossless_adc_bits"] - 1) - 1 < hw.partial_sum_max
     bits = [p["adc_bits"] for p in r["adc"]]
@@ -69,8 +70,8 @@ def test_grid_lossless_point_equals_quantized_model():
 
 
 def test_lossless_adc_bits():
-  assert sweeps.lossless_adc_bits(HW) == 5  # p_max 27 (docs/hardware.md)
-  assert sweeps.lossless_adc_bits(HW.replace(ou_rows=32, cell_bits=4)) == 9
+  assert HW.lossless_adc_bits == 5  # p_max 27 (docs/hardware.md)
+  assert HW.replace(ou_rows=32, cell_bits=4).lossless_adc_bits == 9
 
 
 @pytest.mark.parametrize("use_bn", [False, True])
@@ -219,3 +220,54 @@ def test_merge_joins_parts_and_refuses_mismatches():
   with pytest.raises(ValueError, match=r"grid entry \(9, 2\) is in part 0 "
                      "and part 1"):
     sweeps.merge([_part(), _part()])
+
+
+def test_device_studies_on_a_small_model(tmp_path):
+  em = sweeps.Emulator(_subject(n=32), batch_size=32)
+  result = sweeps.run_sweeps(
+      em.subject, studies=("onoff", "wires", "drift"), batch_size=32,
+      device_options={"ratios": (10.0, 0.0), "onoff_r_wire": 1e-3,
+                      "wire_ou_rows": (9, 16), "resistances": (0.0, 1e-2),
+                      "drift_times": (1.0, 3.1536e7), "device_seeds": 2},
+      log=lambda *_: None)
+  onoff = result["onoff"]
+  assert {(r["layout"], r["effect"]) for r in onoff} == {
+      (layout, effect) for layout in ("shared", "dense")
+      for effect in ("wan2022", "wires")}
+  assert all(r["seeds"] == (2 if r["effect"] == "wan2022" else 1)
+             for r in onoff)
+  wires = result["wires"]
+  # The shared layout only at the run's own OU height (its blocks).
+  assert {(r["layout"], r["ou_rows"]) for r in wires} == {
+      ("shared", 9), ("dense", 9), ("dense", 16)}
+  for r in wires:
+    assert r["adc_bits"] == HW.replace(ou_rows=r["ou_rows"]).lossless_adc_bits
+    if r["r_wire"] == 0:
+      # A lossless ADC and ideal wires: the quantized model, whose labels
+      # these are (up to rounding of the quantized weights).
+      assert r["accuracy"] >= 0.8 and r["fall_all_on"] == 0
+  falls = {r["ou_rows"]: r["fall_all_on"] for r in wires if r["r_wire"]}
+  assert 0 < falls[9] < falls[16]
+  drift = result["drift"]
+  assert {(r["compensate"], r["t_s"]) for r in drift} == {
+      (c, t) for c in (False, True) for t in (1.0, 3.1536e7)}
+  one_s = [r for r in drift if r["t_s"] == 1.0]
+  # t = t0: no drift, with or without compensation.
+  assert len({r["mean"] for r in one_s if r["layout"] == "dense"}) == 1
+  with pytest.raises(ValueError, match="unknown device_options"):
+    sweeps.run_sweeps(em.subject, studies=("onoff",),
+                      device_options={"ratio": (10,)})
+  merged = sweeps.merge([result, {**result, "onoff": [], "wires": [],
+                                  "drift": []}])
+  assert len(merged["wires"]) == len(wires)
+  # The report's tables: one row per ratio, OU height and layout, time.
+  table = sweep_report.onoff_table(result)
+  assert table.count("\n| ") == 2 and "| inf |" in table
+  assert "programming error (Wan 2022), shared" in table
+  table = sweep_report.wires_table(result)
+  assert "| 16 | dense | 6 |" in table and "% fall)" in table
+  table = sweep_report.drift_table(result)
+  assert "| 1 year |" in table and "dense, compensated" in table
+  text = sweep_report.render([{**result, "source": "tiny"}],
+                             str(tmp_path / "R.md"))
+  assert "IR drop against the OU height" in text

@@ -5,6 +5,7 @@ Sized to run end to end in a few minutes on a 2-core CPU.
 
 import ml_collections
 
+from experiments import array
 from experiments import fashion_mnist_files
 
 
@@ -152,6 +153,11 @@ def get_config() -> ml_collections.ConfigDict:
   # The backward: 'ste' (straight-through) or 'saturation' (also drops the
   # terms of OU partial sums the ADC saturates).
   config.hwaware.backward = "ste"
+
+  # The real array every emulated evaluation runs on and the hwaware stage
+  # trains against (devices, wires, ADC non-linearity; experiments/array.py,
+  # docs/devices.md). The defaults are the ideal crossbar.
+  config.array = array.defaults()
 
   config.eval = ml_collections.ConfigDict()
   # Crossbar emulation (rsjax.kernels); the ADC sweep needs it too.

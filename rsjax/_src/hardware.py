@@ -158,6 +158,12 @@ class HardwareSpec:
     return self.adc_max >= self.partial_sum_max
 
   @property
+  def lossless_adc_bits(self) -> int:
+    """The fewest ADC bits that convert every OU partial sum exactly,
+    ``ceil(log2(p_max + 1))``."""
+    return self.partial_sum_max.bit_length()
+
+  @property
   def ous_per_xbar(self) -> tuple[int, int]:
     """Row-blocks and column groups one crossbar holds."""
     return (self.xbar_rows // self.ou_rows, self.xbar_cols // self.ou_cols)
