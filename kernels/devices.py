@@ -412,7 +412,10 @@ class Device:
     prog = self.programming
     if prog is not None and prog.active:
       std = prog.std(g + jnp.float32(g0), g0, hw)
-      g = jnp.maximum(g + std * prog.draw(k_var, g.shape), 0.0)
+      # A conductance cannot go below zero (it may go below Gmin: the
+      # measured spreads are of the conductance, not clipped to the range).
+      floor = jnp.float32(-g0) if g0 else jnp.float32(0.0)
+      g = jnp.maximum(g + std * prog.draw(k_var, g.shape), floor)
     stuck = None
     faults = self.faults
     if faults is not None and faults.active:
