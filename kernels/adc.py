@@ -20,7 +20,9 @@ Every mode is one uniform ADC with ``adc_max = 2^adc_bits - 1`` codes over a
 Rounding is half-up. For integer ``p`` the code is exact in float32: the
 quotient of two small integers lands on a half-integer only when it is one.
 
-A real converter's thresholds are not evenly spaced: :class:`NonlinearADC`
+Each mode is a range rule object (:func:`mode`: :class:`ClipADC`,
+:class:`ScaleADC`, :class:`CalibratedADC`); the kernels ask it, not the
+mode's name. A real converter's thresholds are not evenly spaced: :class:`NonlinearADC`
 moves each of the ``adc_max`` code transitions by its integral
 non-linearity (INL, in LSB) and all of them by an offset. The digital side
 still reads code ``k`` as ``k`` LSB: the errors are not known to it.
@@ -119,11 +121,79 @@ def full_range(hw: hardware.HardwareSpec) -> int:
   return max(hw.partial_sum_max, hw.adc_max)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipADC:
+  """``adc_mode='clip'``: a unit LSB, ``range = adc_max``; saturates."""
+
+  name = "clip"
+  unit_lsb = True  # codes are partial sums: the output stays an integer
+  calibrated = False
+
+  def range(self, hw: hardware.HardwareSpec, adc_range=None):
+    _no_range(self, adc_range)
+    return jnp.int32(hw.adc_max)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleADC:
+  """``adc_mode='scale'``: the full partial-sum range, ``max(p_max,
+  adc_max)``, with a coarse LSB."""
+
+  name = "scale"
+  unit_lsb = False
+  calibrated = False
+
+  def range(self, hw: hardware.HardwareSpec, adc_range=None):
+    _no_range(self, adc_range)
+    return jnp.int32(full_range(hw))
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratedADC:
+  """``adc_mode='calibrated'``: a per-layer integer range from data
+  (:func:`rsjax.kernels.calibrate_adc_range`), clamped to ``[adc_max,
+  max(p_max, adc_max)]``."""
+
+  name = "calibrated"
+  unit_lsb = False
+  calibrated = True
+
+  def range(self, hw: hardware.HardwareSpec, adc_range=None):
+    if adc_range is None:
+      raise ValueError(
+          "adc_mode='calibrated' needs a per-layer adc_range (an int partial "
+          "sum mapped to the top ADC code); get one from data with "
+          "rsjax.kernels.calibrate_adc_range")
+    value = jnp.asarray(adc_range)
+    if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+      raise ValueError(
+          f"adc_range must be an integer scalar, got {value.dtype} "
+          f"{value.shape}")
+    return jnp.clip(value.astype(jnp.int32), hw.adc_max, full_range(hw))
+
+
+def _no_range(mode, adc_range):
+  if adc_range is not None:
+    raise ValueError(f"adc_range is only used with adc_mode='calibrated', "
+                     f"not {mode.name!r}")
+
+
+# The range rule of each ``HardwareSpec.adc_mode``: every branch on the mode
+# is a method or attribute of these objects.
+MODES = {m.name: m for m in (ClipADC(), ScaleADC(), CalibratedADC())}
+
+
+def mode(hw: hardware.HardwareSpec):
+  """The range rule (:class:`ClipADC`, :class:`ScaleADC` or
+  :class:`CalibratedADC`) of ``hw.adc_mode``."""
+  return MODES[hw.adc_mode]
+
+
 def resolve_range(hw: hardware.HardwareSpec, adc_range=None):
   """The ADC range of a layer as an int32 scalar.
 
   Args:
-    hw: the hardware; ``hw.adc_mode`` picks the range.
+    hw: the hardware; ``hw.adc_mode`` picks the range rule (:func:`mode`).
     adc_range: the calibrated range (``'calibrated'`` only; required there).
       A Python int or an integer scalar array; clamped to
       ``[adc_max, max(p_max, adc_max)]``.
@@ -131,25 +201,7 @@ def resolve_range(hw: hardware.HardwareSpec, adc_range=None):
   Returns:
     An int32 scalar array.
   """
-  if hw.adc_mode == "clip":
-    if adc_range is not None:
-      raise ValueError("adc_range is only used with adc_mode='calibrated'")
-    return jnp.int32(hw.adc_max)
-  if hw.adc_mode == "scale":
-    if adc_range is not None:
-      raise ValueError("adc_range is only used with adc_mode='calibrated'")
-    return jnp.int32(full_range(hw))
-  if adc_range is None:
-    raise ValueError(
-        "adc_mode='calibrated' needs a per-layer adc_range (an int partial "
-        "sum mapped to the top ADC code); get one from data with "
-        "rsjax.kernels.calibrate_adc_range")
-  value = jnp.asarray(adc_range)
-  if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
-    raise ValueError(
-        f"adc_range must be an integer scalar, got {value.dtype} "
-        f"{value.shape}")
-  return jnp.clip(value.astype(jnp.int32), hw.adc_max, full_range(hw))
+  return mode(hw).range(hw, adc_range)
 
 
 def codes(p, hw: hardware.HardwareSpec, adc_range,
@@ -178,5 +230,5 @@ def codes(p, hw: hardware.HardwareSpec, adc_range,
 
 def output_dtype(hw: hardware.HardwareSpec):
   """int32 for ``clip`` (a unit LSB), float32 for the scaled modes."""
-  return jnp.int32 if hw.adc_mode == "clip" else jnp.float32
+  return jnp.int32 if mode(hw).unit_lsb else jnp.float32
 

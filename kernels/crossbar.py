@@ -399,7 +399,7 @@ def _apply(weights: CrossbarWeights, x, key, rows, signed):
     corr = jnp.left_shift(
         jnp.dot(xsum, weights.active, preferred_element_type=jnp.int32),
         hw.weight_bits - 1)
-  if hw.adc_mode == "clip":
+  if adc_lib.mode(hw).unit_lsb:
     return s if corr is None else s - corr
   step = weights.adc_range.astype(jnp.float32) / jnp.float32(hw.adc_max)
   y = s.astype(jnp.float32) * step if dataflow != "exact" else s.astype(

@@ -138,7 +138,7 @@ def _tabulate(g, digits, hw, adc_range, *, ideal: bool = False,
     codes = adc.codes(jnp.moveaxis(p.reshape(-1, num_arrays, slices, cols),
                                    0, 1), hw, adc_range, adc_model)
     return _combine(jnp.moveaxis(codes, 2, 3), hw)
-  if ideal and hw.adc_mode == "clip":
+  if ideal and adc.mode(hw).unit_lsb:
     # Integer sums: adc.codes is min(p, adc_max) exactly, and a lone minimum
     # keeps the fusion fast (floor/clip/casts in it were ~8x slower).
     c = jnp.minimum(p, top)

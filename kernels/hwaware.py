@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from rsjax._src import hardware
 from rsjax._src import quantize
+from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
@@ -86,7 +87,7 @@ def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
     x_scales[name] = x_scale
     if st["min"] < 0 or (previous is not None and name in previous.signed):
       signed.append(name)
-    if hw.adc_mode == "calibrated":
+    if adc_lib.mode(hw).calibrated:
       matrix = jnp.asarray(st["kernel"], jnp.float32).reshape(
           -1, st["kernel"].shape[-1])
       qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
@@ -245,7 +246,7 @@ def _check(calib, hw, backward):
     raise TypeError(f"calib must be a HwCalibration (from "
                     f"calibrate_hwaware_linen / calibrate_hwaware_nnx), got "
                     f"{type(calib).__name__}")
-  if hw.adc_mode == "calibrated" and calib.adc_ranges is None:
+  if adc_lib.mode(hw).calibrated and calib.adc_ranges is None:
     raise ValueError("adc_mode='calibrated' needs ADC ranges: calibrate with "
                      "the calibrated hardware")
 
@@ -253,7 +254,7 @@ def _check(calib, hw, backward):
 def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
          backward):
   layer_key = None if key is None else jax.random.fold_in(key, order[name])
-  rng = None if hw.adc_mode != "calibrated" else calib.adc_ranges[name]
+  rng = calib.adc_ranges[name] if adc_lib.mode(hw).calibrated else None
   return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
                        signed=name in calib.signed, conv=conv, adc_range=rng,
                        device=phys.device, wires=phys.wires,

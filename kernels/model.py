@@ -50,6 +50,7 @@ from rsjax._src import hardware
 from rsjax._src import kmeans
 from rsjax._src import lowering
 from rsjax._src import quantize
+from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import calibrate
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
@@ -426,7 +427,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       qw = lowering.from_ous(kmeans.decompress(qcb, shared.index),
                              matrix.shape)
     adc_range = (_adc_range(st, qw, hw, x_scale)
-                 if hw.adc_mode == "calibrated" else None)
+                 if adc_lib.mode(hw).calibrated else None)
     layer_key = None if key is None else jax.random.fold_in(key, i)
     if shared is None or not index_and_add:
       weights = crossbar.prepare(qw, hw, adc_range=adc_range, **models,

@@ -472,3 +472,29 @@ def test_hwaware_nnx_with_real_arrays():
   assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"][...]))) > 0
   assert float(loss(model, jax.random.key(0))) != float(
       loss(model, jax.random.key(1)))
+
+
+# --- ADC range rules --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,rng,unit", [
+    ("clip", 15, True), ("scale", 27, False), ("calibrated", 20, False)])
+def test_adc_modes_are_objects(mode, rng, unit):
+  from rsjax.kernels import adc as adc_lib  # pylint: disable=g-import-not-at-top
+  hw = HW.replace(adc_mode=mode)
+  rule = adc_lib.mode(hw)
+  assert rule.name == mode and rule.unit_lsb == unit
+  assert rule.calibrated == (mode == "calibrated")
+  given = 20 if rule.calibrated else None
+  assert int(adc_lib.resolve_range(hw, given)) == rng
+  if not rule.calibrated:
+    with pytest.raises(ValueError, match=f"not '{mode}'"):
+      adc_lib.resolve_range(hw, 20)
+  # A non-linear converter works on every range rule, the same on every
+  # dataflow.
+  x, w = _data(12)
+  conv = rk.NonlinearADC.from_dnl(np.linspace(-0.3, 0.3, 14))
+  outs = [rk.crossbar_matmul(x, w, hw, adc=conv, dataflow=d, adc_range=given)
+          for d in ("table", "direct")]
+  _eq(outs[0], outs[1])
+  assert outs[0].dtype == (jnp.int32 if unit else jnp.float32)
