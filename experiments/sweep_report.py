@@ -238,8 +238,11 @@ def wires_table(sweep: Mapping[str, Any]) -> str:
       if e is None:
         cells.append("")
         continue
-      fall = (f" ({100 * e['fall_all_on']:.1f} % fall)"
-              if e["fall_all_on"] else "")
+      alone = e.get("fall_all_on_alone")
+      fall = ("" if not e["fall_all_on"] else
+              f" ({100 * e['fall_all_on']:.1f} % fall" + (
+                  "" if alone is None else f", {100 * alone:.2f} % alone")
+              + ")")
       cells.append(_pct(e["accuracy"]) + fall)
     bits = next(by[(o, l, r)]["adc_bits"] for r in rs if (o, l, r) in by)
     lines.append(f"| {o} | {l} | {bits} | " + " | ".join(cells) + " |")
@@ -345,7 +348,9 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
                 f"{_ratio(r['on_off_ratio'])}, the OU placed in its "
                 "crossbar, a lossless ADC at each height so that the wires "
                 "are the only error; in brackets the worst column current's "
-                "fall with every cell of an OU on and every row driven):",
+                "fall with every cell of an OU on and every row driven, for "
+                "the OU farthest from its crossbar's drivers and terminals "
+                "and for an OU alone):",
                 "", wires_table(s), ""]
     if "drift" in s:
       r = s["drift"][0]

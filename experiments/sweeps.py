@@ -348,9 +348,11 @@ DEVICE_DEFAULTS = {
     "wire_on_off_ratio": 20.0,
     # Seconds since programming: 1 s, 1 h, 1 day, 1 month, 1 year.
     "drift_times": (1.0, 3600.0, 86400.0, 2.592e6, 3.1536e7),
-    "drift_nu_min": 0.06,
-    "drift_nu_max": 0.02,
-    "drift_nu_std": 0.02,
+    # An assumption, not a fit to a measured ReRAM: a few % of conductance
+    # a year at Gmax, more at low conductance, and a spread.
+    "drift_nu_min": 0.01,
+    "drift_nu_max": 0.002,
+    "drift_nu_std": 0.003,
     "drift_on_off_ratio": 20.0,
     "device_seeds": 4,
 }

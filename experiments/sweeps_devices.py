@@ -19,8 +19,9 @@ output that reuses it.
   dense layout at every height and the shared one at the run's own (its
   blocks are that height), with a lossless ADC at each height so that the
   IR drop is the only error; each row also gives the worst column current's
-  fall with every cell of an OU on and every row driven (``fall_all_on``),
-  the physics behind the accuracy.
+  fall with every cell of an OU on and every row driven, for the OU placed
+  farthest from its crossbar's drivers and terminals (``fall_all_on``) and
+  for an OU alone (``fall_all_on_alone``): the physics behind the accuracy.
 ``drift``
   Time since programming, with and without global drift compensation, the
   drift exponent ``--drift_nu_min`` (at ``G = 0``) to ``--drift_nu_max``
@@ -83,11 +84,16 @@ def onoff(em, *, ratios: Sequence[float], seeds: int, r_wire: float,
   return out
 
 
-def fall_all_on(hw, r_wire: float) -> float:
+def fall_all_on(hw, r_wire: float, placement: bool = True) -> float:
   """The worst column current's relative fall, every cell of an OU at
-  ``Gmax`` and every row driven, the OU alone (no placement)."""
+  ``Gmax`` and every row driven; with ``placement``, for the OU farthest
+  from its crossbar's drivers and terminals (top row-block, last column
+  group), else for the OU alone."""
   g = jnp.ones((1, hw.ou_rows, hw.ou_cols), jnp.float32)
-  t = wires_lib.transfer(g, rk.Wires(r_wire, r_wire, placement=False), hw)
+  last = max(hw.xbar_cols // hw.ou_cols, 1) - 1
+  t = wires_lib.transfer(g, rk.Wires(r_wire, r_wire, placement=placement),
+                         hw, row_slots=jnp.zeros((1,), jnp.int32),
+                         col_slots=jnp.full((1,), last, jnp.int32))
   return float(1.0 - np.min(np.asarray(t[0]).sum(axis=0)) / hw.ou_rows)
 
 
@@ -109,7 +115,10 @@ def wires(em, *, ou_rows: Sequence[int], resistances: Sequence[float],
         out.append({"layout": layout, "ou_rows": int(o),
                     "adc_bits": hw.adc_bits, "r_wire": float(r),
                     "on_off_ratio": on_off_ratio, "placement": placement,
-                    "fall_all_on": fall_all_on(hw, r) if r else 0.0,
+                    "fall_all_on": fall_all_on(hw, r, placement) if r
+                                   else 0.0,
+                    "fall_all_on_alone": fall_all_on(hw, r, False) if r
+                                         else 0.0,
                     "accuracy": accs[0]})
   return out
 

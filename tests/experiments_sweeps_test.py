@@ -246,8 +246,12 @@ def test_device_studies_on_a_small_model(tmp_path):
       # A lossless ADC and ideal wires: the quantized model, whose labels
       # these are (up to rounding of the quantized weights).
       assert r["accuracy"] >= 0.8 and r["fall_all_on"] == 0
-  falls = {r["ou_rows"]: r["fall_all_on"] for r in wires if r["r_wire"]}
-  assert 0 < falls[9] < falls[16]
+  for key in ("fall_all_on_alone", "fall_all_on"):
+    falls = {r["ou_rows"]: r[key] for r in wires if r["r_wire"]}
+    assert 0 < falls[9] < falls[16]
+  # The wire crossed to reach the worst-placed OU adds to its own.
+  assert all(r["fall_all_on"] > r["fall_all_on_alone"] for r in wires
+             if r["r_wire"])
   drift = result["drift"]
   assert {(r["compensate"], r["t_s"]) for r in drift} == {
       (c, t) for c in (False, True) for t in (1.0, 3.1536e7)}
@@ -265,7 +269,7 @@ def test_device_studies_on_a_small_model(tmp_path):
   assert table.count("\n| ") == 2 and "| inf |" in table
   assert "programming error (Wan 2022), shared" in table
   table = sweep_report.wires_table(result)
-  assert "| 16 | dense | 6 |" in table and "% fall)" in table
+  assert "| 16 | dense | 6 |" in table and "% alone)" in table
   table = sweep_report.drift_table(result)
   assert "| 1 year |" in table and "dense, compensated" in table
   text = sweep_report.render([{**result, "source": "tiny"}],
