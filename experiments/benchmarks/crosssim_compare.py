@@ -7,6 +7,8 @@ CrossSim (Sandia) is not on PyPI: this script imports it from a checkout
 (numpy and scipy are its only dependencies). It compares, configured
 identically:
 
+* **On/off ratio** alone: CrossSim's balanced core and rsjax, each against
+  its own output at an infinite ratio (``Gmin`` cancels in both).
 * **IR drop** on one OU (9 rows x 8 cells, CrossSim's non-interleaved
   input-source array, segments ``Rp / Rmin`` of 1e-5 to 1e-2, no terminal
   resistance): random conductances between ``Gmin`` and ``Gmax`` (on/off
@@ -66,6 +68,39 @@ def _array(simulator, r: float):
   p.simulation.hide_convergence_msg = True
   p.core.style = "OFFSET"
   return NoninterleavedInputSourceArray(p)
+
+
+def on_off(simulator):
+  """A finite on/off ratio alone: CrossSim's balanced core (the pair's
+  currents subtracted in the analog domain) against rsjax's reference
+  current, each against its own infinite-ratio output."""
+  rng = np.random.default_rng(2)
+  w = rng.integers(-127, 128, (144, 64))
+  x = rng.integers(0, 256, (8, 144))
+  hw = rsjax.HardwareSpec(adc_bits=4)
+  ideal = np.asarray(rk.crossbar_matmul(x, w, hw))
+  theirs_ideal = None
+  print("On/off ratio alone (largest output change from the infinite "
+        "ratio; CrossSim in units of the [-1, 1] weight range):")
+  for ratio in (0.0, 10.0, 100.0):
+    p = simulator.CrossSimParameters()
+    p.core.style = "BALANCED"
+    p.xbar.device.Rmin = 1000.0
+    if ratio:
+      p.xbar.device.Rmax = 1000.0 * ratio
+    else:
+      p.xbar.device.infinite_on_off_ratio = True
+    p.core.mapping.weights.min, p.core.mapping.weights.max = -1.0, 1.0
+    p.core.mapping.inputs.mvm.min, p.core.mapping.inputs.mvm.max = 0.0, 1.0
+    core = simulator.AnalogCore(w.T / 127.0, p)
+    theirs = np.stack([np.asarray(core @ (row / 255.0)) for row in x])
+    if theirs_ideal is None:
+      theirs_ideal = theirs
+      continue
+    ours = np.asarray(rk.crossbar_matmul(x, w, hw, device=rk.Device(ratio)))
+    print(f"  ratio {ratio:5g}: CrossSim {np.max(np.abs(theirs - theirs_ideal)):.1e}"
+          f" (float rounding), rsjax {np.max(np.abs(ours - ideal))} "
+          "(integer outputs, identical)")
 
 
 def ir_drop(simulator, trials: int, rows: int = 9, cols: int = 8):
@@ -162,6 +197,7 @@ def main(argv=None):
   parser.add_argument("--inputs", type=int, default=256)
   args = parser.parse_args(argv)
   simulator = _crosssim(args.crosssim_dir)
+  on_off(simulator)
   ir_drop(simulator, args.trials)
   programming_error(simulator)
   speed(simulator, args.inputs)
