@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import rsjax
 
 from rsjax._src import blockops
 from rsjax._src import finalize
@@ -370,3 +371,31 @@ def test_small_cnn_paper_loop_recovers_accuracy():
   print(f"{source}: float {float_acc:.3f}, projected {projected_acc:.3f}, "
         f"fine-tuned {shared_acc:.3f}")
   assert shared_acc >= float_acc - ACCURACY_MARGIN
+
+
+def test_nnx_optimizer_state_is_accepted():
+  # nnx.Optimizer wraps every leaf of its opt_state in an nnx.OptArray; the
+  # functions that read an rsjax state take it as it is.
+
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.fc = nnx.Linear(18, 16, rngs=rngs)
+
+    def __call__(self, x):
+      return self.fc(x)
+
+  model = Net(nnx.Rngs(0))
+  hw = rsjax.HardwareSpec()
+  tx = rsjax.ste_sharing(optax.sgd(0.1), [rsjax.Rule("kernel$", k=2)], hw,
+                         key=jax.random.key(0))
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.ones((4, 18))
+  opt.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  shared = rsjax.training_params(params, opt.opt_state)
+  want = rsjax.training_params(params, nnx.pure(opt.opt_state))
+  np.testing.assert_array_equal(np.asarray(shared["fc"]["kernel"]),
+                                np.asarray(want["fc"]["kernel"]))
+  layers = rsjax.to_compressed(params, opt.opt_state)
+  assert layers["fc/kernel"].stored_per_row_block().max() <= 2

@@ -84,12 +84,22 @@ class FinetuneState(NamedTuple):
 STATES = (pruning.PruneState, DistanceState, SteState, FinetuneState)
 
 
+def _plain(tree):
+  """``tree`` with flax NNX variables replaced by their values: an
+  ``nnx.Optimizer``'s ``opt_state`` wraps every leaf in one (``OptArray``)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  return jax.tree_util.tree_map(
+      lambda x: x.get_value() if is_var(x) else x, tree, is_leaf=is_var)
+
+
 def find_state(opt_state):
-  """The (first) rsjax training state inside ``opt_state`` (e.g. a chain)."""
+  """The (first) rsjax training state inside ``opt_state`` (e.g. a chain,
+  or an ``nnx.Optimizer``'s ``opt_state``)."""
   for leaf in jax.tree_util.tree_leaves(
       opt_state, is_leaf=lambda x: isinstance(x, STATES)):
     if isinstance(leaf, STATES):
-      return leaf
+      return _plain(leaf)
   raise ValueError("no rsjax training state (ou_pruning, distance_sharing, "
                    "ste_sharing, centroid_finetune) in opt_state")
 
