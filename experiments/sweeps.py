@@ -131,6 +131,22 @@ def load_subject(workdir: str, *, limit: int, calibration: int = 1000,
                  data_lib.normalize(calib, train.info))
 
 
+def with_signed(subject: Subject, signed: str) -> Subject:
+  """``subject`` with its weights programmed in the ``signed`` mapping.
+
+  Raises:
+    ValueError: if that changes the weight block (``ou_cols / slices``):
+      the run's shared layers hold blocks of its own.
+  """
+  hw = subject.hw.replace(signed=signed)
+  if hw.block_shape != subject.hw.block_shape:
+    raise ValueError(
+        f"signed={signed!r} changes the weight block from "
+        f"{subject.hw.block_shape} to {hw.block_shape}: the run's shared "
+        "layers cannot be programmed on it")
+  return dataclasses.replace(subject, hw=hw)
+
+
 class Emulator:
   """Emulated and float logits of one :class:`Subject`, batch by batch.
 
@@ -461,6 +477,8 @@ def _main(argv):
                          calibration=_CALIBRATION.value,
                          data_dir=_DATA_DIR.value or None,
                          source_dir=_SOURCE_DIR.value or None)
+  if _SIGNED.value:
+    subject = with_signed(subject, _SIGNED.value)
   result = run_sweeps(
       subject, studies=_STUDIES.value,
       ou_rows=[int(x) for x in _OU_ROWS.value],
@@ -552,6 +570,9 @@ if __name__ == "__main__":
       "device_seeds", _d["device_seeds"],
       "onoff, drift: keys per random setting.")
   _BATCH = flags.DEFINE_integer("batch_size", 500, "Emulation batch size.")
+  _SIGNED = flags.DEFINE_enum(
+      "signed", "", ["", "offset", "differential"],
+      "Program the run's weights in this signed mapping ('': the run's).")
   _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override the TFDS dir.")
   _SOURCE_DIR = flags.DEFINE_string("source_dir", "",
                                     "Override the Fashion-MNIST IDX dir.")

@@ -1,6 +1,7 @@
 """Tests of experiments/sweeps.py on a small synthetic compressed model, and
 its command line on an exported LeNet-5 with real Fashion-MNIST images."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -220,6 +221,19 @@ def test_merge_joins_parts_and_refuses_mismatches():
   with pytest.raises(ValueError, match=r"grid entry \(9, 2\) is in part 0 "
                      "and part 1"):
     sweeps.merge([_part(), _part()])
+
+
+def test_with_signed_keeps_the_weight_block():
+  subject = _subject(n=8)
+  diff = sweeps.with_signed(subject, "differential")
+  assert diff.hw.signed == "differential"
+  assert diff.hw.block_shape == subject.hw.block_shape
+  em = sweeps.Emulator(diff, batch_size=8)
+  assert em.accuracy(em.logits(em.program(diff.hw, shared=True))) >= 0.5
+  # 5-bit weights on 2-bit cells: 3 slices offset, 2 differential.
+  wide = dataclasses.replace(subject, hw=HW.replace(weight_bits=5, ou_cols=6))
+  with pytest.raises(ValueError, match="changes the weight block"):
+    sweeps.with_signed(wide, "differential")
 
 
 def test_device_studies_on_a_small_model(tmp_path):
