@@ -27,9 +27,9 @@ the models that see absolute conductance: state-dependent errors, drift,
 I-V nonlinearity and IR drop (:mod:`rsjax.kernels.wires`), where every
 cell's ``Gmin`` current loads the wires.
 
-Adding a model: one class in this file with the method its slot calls
-(``std``, ``draw``, ``apply``, ``gain``), and a branch in
-:meth:`Device.__post_init__`'s type check.
+Adding a model: one class in this file with what its slot calls
+(``std`` and ``draw`` for programming error, ``apply`` for drift, ``std``
+for read noise, ``gain`` for I-V), listed in ``_MODEL_SLOTS``.
 """
 
 from __future__ import annotations
@@ -200,8 +200,8 @@ class Drift:
   programming, ``nu = max(nu(G) + nu_std e, 0)``.
 
   Attributes:
-    t: seconds since programming (``>= t0``... or any ``> 0``).
-    t0: the reference time at which the programmed state is read.
+    t: seconds since programming, ``> 0`` (``t = t0``: no drift).
+    t0: the reference time, ``> 0``, at which the programmed state is read.
     nu_min: drift exponent at ``G = 0``.
     nu_max: drift exponent at ``Gmax``.
     nu_std: std of the per-cell spread of ``nu``.
