@@ -301,7 +301,10 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
     hw = s["hardware"]
     timing = s.get("timing_s", {})
     parts += [
-        f"### Emulation sweeps of `{s['run']}`: " + ", ".join(
+        f"### Emulation sweeps of `{s['run']}`"
+        + (f" ({hw['signed']} mapping)"
+           if hw.get("signed", "offset") != "offset" else "") + ": "
+        + ", ".join(
             k for k in ("grid", "equality", "faults", "onoff", "wires",
                         "drift") if k in s), "",
         f"{s['images']} test images (the first ones), input scales "
@@ -309,7 +312,8 @@ def render(sweeps: Sequence[Mapping[str, Any]], out: str) -> str:
         f"accuracy on the same images {_pct(s['float'])} %. Run hardware: "
         f"OU {hw['ou_rows']}x{hw['ou_cols']}, {hw['cell_bits']}-bit cells, "
         f"{hw['weight_bits']}-bit weights, {hw['input_bits']}-bit inputs, "
-        f"{hw['dac_bits']}-bit DAC, ADC {hw['adc_mode']}. Sweep time "
+        f"{hw['dac_bits']}-bit DAC, ADC {hw['adc_mode']}, "
+        f"{hw.get('signed', 'offset')} mapping. Sweep time "
         f"{timing.get('total', 0) / 60:.1f} min{_parallel_note(s)}. "
         + _command_note(s), ""]
     if "grid" in s:
