@@ -121,6 +121,13 @@ def of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config.array if "array" in config else defaults()
 
 
+def for_run(config: ml_collections.ConfigDict, run_key,
+            hw: rsjax.HardwareSpec, *, adc: bool = True) -> dict[str, Any]:
+  """:func:`models` of a run's ``config.array``, the converter drawn from
+  the run's key: the same array for every evaluation and training step."""
+  return models(of(config), hw, jax.random.fold_in(run_key, 7), adc=adc)
+
+
 def is_ideal(a: ml_collections.ConfigDict) -> bool:
   """Whether ``config.array`` is the ideal crossbar."""
   return a.to_dict() == defaults().to_dict()

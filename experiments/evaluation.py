@@ -137,9 +137,7 @@ def run_emulated(run, variables, layers, hw, key, *,
   """:func:`emulated_accuracy` of the run's model on its emulation batches,
   on the run's array (``config.array``; ``ideal_adc`` leaves its converter
   ideal, for a lossless reference)."""
-  models = array_lib.models(array_lib.of(run.config), hw,
-                            jax.random.fold_in(run.key, 7),
-                            adc=not ideal_adc)
+  models = array_lib.for_run(run.config, run.key, hw, adc=not ideal_adc)
   return emulated_accuracy(
       run.compress_model, variables, layers, hw, run.emulation_batches,
       key=key, calibration_batches=run.config.eval.calibration_batches,

@@ -253,8 +253,7 @@ def training_array(run, hw: rsjax.HardwareSpec) -> dict[str, Any]:
   plus ``hwaware.program_sigma`` / ``stuck_at_*`` (Gaussian programming
   error in levels and stuck-at faults drawn in training only)."""
   hc = run.config.hwaware
-  models = array_lib.models(array_lib.of(run.config), hw,
-                            jax.random.fold_in(run.key, 7))
+  models = array_lib.for_run(run.config, run.key, hw)
   extra = rk.Nonideal(program_sigma=hc.program_sigma,
                       stuck_at_0=hc.stuck_at_0, stuck_at_1=hc.stuck_at_1)
   if not extra.programs:

@@ -166,12 +166,20 @@ def program(levels, hw: hardware.HardwareSpec, nonideal, key):
     float32 conductances like ``levels``.
   """
   device = devices_lib.as_device(nonideal=nonideal)
-  g = jnp.asarray(levels, jnp.float32)
-  if device is None or device.ideal:
-    return g
-  g, comp = device.program(g, hw, key)
-  g = _device_gain(g, device, hw) * comp
-  return _round(g, hw, _gain(device))
+  check(hw, device, None)
+  return program_array(levels, hw, device, None, key)[0]
+
+
+def check(hw: hardware.HardwareSpec, device, wires) -> None:
+  """Raises for a combination of models that is not modelled."""
+  if device is None or device.iv is None:
+    return
+  if hw.dac_bits != 1:
+    raise ValueError("SinhIV needs dac_bits=1 (one read voltage); a "
+                     f"{hw.dac_bits}-bit DAC reads at several voltages")
+  if wires is not None and wires.active:
+    raise ValueError("I-V nonlinearity with wire resistance is not modelled "
+                     "(the network would be nonlinear): use one or the other")
 
 
 def _gain(device) -> float:
@@ -183,9 +191,6 @@ def _device_gain(g, device, hw):
   conductance, the (linear) ``Gmin`` reference unchanged."""
   if device.iv is None:
     return g
-  if hw.dac_bits != 1:
-    raise ValueError("SinhIV needs dac_bits=1 (one read voltage); a "
-                     f"{hw.dac_bits}-bit DAC reads at several voltages")
   g0 = jnp.float32(device.g0(hw))
   return (g + g0) * jnp.float32(device.iv.gain) - g0
 
@@ -193,9 +198,11 @@ def _device_gain(g, device, hw):
 def program_array(levels, hw: hardware.HardwareSpec, device, wires, key):
   """The conductances every dataflow computes with, and their read noise.
 
+  The combination must pass :func:`check`.
+
   Args:
     levels: ``[A, R, ou_rows, C, S]`` int cell levels (arrays, row-blocks,
-      rows, stored columns, slices).
+      rows, stored columns, slices); any shape without wires.
     hw: the hardware.
     device: a :class:`rsjax.kernels.Device`, or None for ideal cells.
     wires: :class:`rsjax.kernels.Wires`, or None for ideal wires.
@@ -214,10 +221,6 @@ def program_array(levels, hw: hardware.HardwareSpec, device, wires, key):
   g, comp = device.program(g, hw, key)
   read_std = device.read_std(g, hw)
   if wired:
-    if device.iv is not None:
-      raise ValueError("I-V nonlinearity with wire resistance is not "
-                       "modelled (the network would be nonlinear): use one "
-                       "or the other")
     g = _transfer(g, device, wires, hw)
   else:
     g = _device_gain(g, device, hw)

@@ -141,6 +141,10 @@ class Physics(NamedTuple):
   def signed_sums(self) -> bool:
     return self.wires is not None and self.wires.active
 
+  def kwargs(self) -> dict:
+    """The models as :func:`prepare`'s keyword arguments."""
+    return {"device": self.device, "wires": self.wires, "adc": self.adc_model}
+
 
 def physics(hw: hardware.HardwareSpec, *, device=None, nonideal=None,
             wires=None, adc_model=None) -> Physics:
@@ -154,13 +158,7 @@ def physics(hw: hardware.HardwareSpec, *, device=None, nonideal=None,
       raise ValueError(f"adc must be a rsjax.kernels.NonlinearADC, got "
                        f"{type(adc_model).__name__}")
     adc_model.check(hw)
-  if device is not None and device.iv is not None and hw.dac_bits != 1:
-    raise ValueError("SinhIV needs dac_bits=1 (one read voltage); a "
-                     f"{hw.dac_bits}-bit DAC reads at several voltages")
-  if (device is not None and device.iv is not None and wires is not None
-      and wires.active):
-    raise ValueError("I-V nonlinearity with wire resistance is not modelled "
-                     "(the network would be nonlinear): use one or the other")
+  cells_lib.check(hw, device, wires)
   return Physics(device, wires, adc_model)
 
 

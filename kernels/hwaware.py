@@ -257,8 +257,7 @@ def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
   rng = calib.adc_ranges[name] if adc_lib.mode(hw).calibrated else None
   return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
                        signed=name in calib.signed, conv=conv, adc_range=rng,
-                       device=phys.device, wires=phys.wires,
-                       adc=phys.adc_model, key=layer_key, per=per,
+                       **phys.kwargs(), key=layer_key, per=per,
                        backward=backward)
 
 

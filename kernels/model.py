@@ -395,7 +395,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
   _check_options(per=per, dataflow=dataflow, signed_scheme=signed_scheme)
   phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
                           adc_model=adc)
-  models = dict(device=phys.device, wires=phys.wires, adc=phys.adc_model)
+  models = phys.kwargs()
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
   unknown = sorted(set(compressed) - set(calib.layers))
   if unknown:
