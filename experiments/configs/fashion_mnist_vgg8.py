@@ -6,21 +6,20 @@ experiments/models.py). With the default hardware (9x8 OUs, 8-bit weights in
 per row-block, so sharing with k = 4 alone stores 1/64 of their blocks.
 
 The schedule (3000 Adam steps for the float baseline, then 1000 sharing and
-1000 fine-tune steps at learning rate 1e-4) is what ran on one H200 for the
-BN-folded VGG-8 points; on a 2-core CPU VGG-8 trains at well
-under 1 step/s, so run it on an accelerator. The compression stages train the
+1000 fine-tune steps at learning rate 1e-4) is sized for one GPU: on a 2-core
+CPU VGG-8 trains at well under 1 step/s. The compression stages train the
 BatchNorm-folded model (no BatchNorm left), whose 512-wide layers have small
-weights: at the default 1e-3 the sharing stage diverged (first GPU call:
-loss up to 52, k = 4 points collapsed to 10% accuracy), hence 1e-4. As is,
-the config trains the float baseline and is itself a prune 0.3 + STE k = 8
-compression point (the BN-folded runs of RESULTS.md).
+weights: at the default 1e-3 the sharing stage diverges (k = 4 points
+collapse to chance accuracy), hence 1e-4. As is, the config trains the float
+baseline and is itself a prune 0.3 + STE k = 8 compression point (the
+BN-folded runs of RESULTS.md).
 
-The better recipe, measured later on the same GPU (the ``vgg8_bn_*``
-points of experiments/configs/results_fmnist.py): keep BatchNorm
+The better recipe is the ``vgg8_bn_*`` points of
+experiments/configs/results_fmnist.py: keep BatchNorm
 (--config.compress.fold_bn=False), leave the first conv and the head
 unshared (rules ``^conv1/ sparsity=P``, ``^head/ sparsity=P`` before the
-shared ``kernel$ k=4 sparsity=P``), sharing and fine-tune at 1e-3 for 2000-4000 steps each: k = 4 then loses 0.7-1.7 pp at
-66-69x ou_ratio instead of 13.5 pp.
+shared ``kernel$ k=4 sparsity=P``), sharing and fine-tune at 1e-3 for
+2000-4000 steps each (what it reached: RESULTS.md).
 """
 
 import ml_collections

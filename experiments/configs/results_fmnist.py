@@ -234,7 +234,8 @@ def hwaware_points() -> list[Point]:
   out += [_hwaware_point("mlp", 4, "calibrated", 4000, 1e-3,
                          tag="_lr1e-3_4k", seed=1)]
   # The saturation-aware backward where the straight-through one drifts
-  # (3 bits; about 5x slower per step on this CPU).
+  # (3 bits; its backward costs several straight-through steps: the speed
+  # table of docs/hwaware.md).
   out += [_hwaware_point("mlp", 3, mode, 2000, 2e-4, backward="saturation")
           for mode in ("calibrated", "clip")]
   out += [_hwaware_point("lenet5", 3, "calibrated", HWAWARE_STEPS["lenet5"],
