@@ -9,6 +9,7 @@ the crossbar emulator (:mod:`rsjax.kernels`). :func:`crossbar_layers` and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -47,23 +48,47 @@ def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
 
 
 def export(run) -> dict[str, Any]:
-  """Writes the whole compressed model (``compressed_model.rsjax.npz``)."""
+  """Writes the whole compressed model (``compressed_model.rsjax.npz``),
+  with the hwaware stage's calibration when it ran."""
   variables = run.latest_variables()
   layers = crossbar_layers(run, variables["params"])
   metadata = {"model": run.config.model.name,
               "dataset": run.config.data.name,
               "recipe": run.recipe_json, "provenance": run.provenance}
+  calibration = None
+  if run.applies("hwaware"):
+    with open(run.calibration_file, encoding="utf-8") as f:
+      calibration = json.load(f)
   if distributed.is_primary():  # the others read it after the stage
     rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
-                          params=variables)
-  return {"file": os.path.basename(run.model_file), "layers": list(layers)}
+                          params=variables, calibration=calibration)
+  return {"file": os.path.basename(run.model_file), "layers": list(layers),
+          "calibration": calibration is not None}
 
 
 def load_model(run):
-  """``(variables, layers)`` of the exported model file (jnp arrays)."""
+  """``(variables, layers, calibration)`` of the exported model file (jnp
+  arrays; the calibration it was trained with on the emulator, or None)."""
   model = rsjax.load_compressed(run.model_file, hw=run.hw)
   variables = jax.tree_util.tree_map(jnp.asarray, model.params)
-  return variables, dict(model.layers)
+  return variables, dict(model.layers), model.calibration
+
+
+def calibration_for(calibration, hw: rsjax.HardwareSpec):
+  """The saved ``calibration`` where it fits ``hw`` (else None: calibrate
+  from data)."""
+  if calibration is None:
+    return None
+  calib = rk.HwCalibration.from_dict(calibration)
+  return calib if calib.hw == hw else None
+
+
+def calibration_label(run, calibration) -> str:
+  """How an emulated accuracy was calibrated, for its results entry."""
+  if calibration is not None:
+    return "hwaware training (input scales and ADC ranges it ended with)"
+  return (f"data: {run.config.eval.calibration_batches} batches of "
+          "emulation images")
 
 
 def quantized(variables, hw: rsjax.HardwareSpec):
@@ -87,7 +112,7 @@ def quantized(variables, hw: rsjax.HardwareSpec):
 def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
                       batches: Callable[[], Any], *, key,
                       calibration_batches: int = 2,
-                      array_models=None) -> float:
+                      array_models=None, calibration=None) -> float:
   """Accuracy with every crossbar layer on the emulator.
 
   Layers run the index-and-add dataflow from their codebooks (one layer
@@ -105,11 +130,13 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
     calibration_batches: how many batches calibrate the input scales.
     array_models: ``{'device', 'wires', 'adc'}`` of the real array
       (:func:`experiments.array.models`), or None for the ideal one.
+    calibration: the ``rk.HwCalibration`` a hardware-aware training ended
+      with (the model is programmed with its scales and ranges, BatchNorm
+      digital), or None: calibrated on the batches.
   """
-  calibration = [b["image"] for _, b in zip(range(calibration_batches),
-                                            batches())]
-  plans = rk.prepare_linen(model, variables, calibration, hw,
-                           compressed=layers, key=key, train=False,
+  first = [b["image"] for _, b in zip(range(calibration_batches), batches())]
+  plans = rk.prepare_linen(model, variables, first, hw, compressed=layers,
+                           calibration=calibration, key=key, train=False,
                            **(array_models or {}))
   device = (array_models or {}).get("device")
   reads = device is not None and device.reads
@@ -133,7 +160,7 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
 
 
 def run_emulated(run, variables, layers, hw, key, *,
-                 ideal_adc: bool = False) -> float:
+                 ideal_adc: bool = False, calibration=None) -> float:
   """:func:`emulated_accuracy` of the run's model on its emulation batches,
   on the run's array (``config.array``; ``ideal_adc`` leaves its converter
   ideal, for a lossless reference)."""
@@ -141,21 +168,25 @@ def run_emulated(run, variables, layers, hw, key, *,
   return emulated_accuracy(
       run.compress_model, variables, layers, hw, run.emulation_batches,
       key=key, calibration_batches=run.config.eval.calibration_batches,
-      array_models=models)
+      array_models=models, calibration=calibration)
 
 
 def evaluate(run) -> dict[str, Any]:
   """Float, quantized, compressed and emulated accuracy."""
-  variables, layers = load_model(run)
+  variables, layers, saved = load_model(run)
   base = run.compress_base()
   model = run.compress_model
-  emulated = None
+  emulated = calibration = None
   if run.config.eval.emulate:
+    calibration = calibration_for(saved, run.hw)
     emulated = run_emulated(run, variables, layers, run.hw,
-                         jax.random.fold_in(run.key, 2))
+                            jax.random.fold_in(run.key, 2),
+                            calibration=calibration)
   else:
     log.info("emulated evaluation skipped: eval.emulate is False")
   return {
+      "emulated_calibration": (calibration_label(run, calibration)
+                               if run.config.eval.emulate else None),
       "float": run.results("train")["accuracy_float"],
       "quantized": run.evaluate(model, quantized(base, run.hw)),
       "compressed": run.evaluate(model, variables),
@@ -185,18 +216,21 @@ def adc_sweep(run) -> dict[str, Any]:
     log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
              "eval.emulate is False")
     return {"sweep": [], "skipped": "eval.emulate is False"}
-  variables, layers = load_model(run)
+  variables, layers, saved = load_model(run)
   report = model_report(run, variables, layers)
   layout = run.recipe.layout
   sweep = []
   for bits in run.config.eval.adc_bits:
     hw = run.hw.replace(adc_bits=int(bits))
+    calibration = calibration_for(saved, hw)
     acc = run_emulated(run, variables, layers, hw,
-                       jax.random.fold_in(run.key, 3))
+                       jax.random.fold_in(run.key, 3),
+                       calibration=calibration)
     energy = models_lib.inference_energy(report, hw, (layout,))
     energy = None if energy is None else energy[layout]
     log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
              layout, "n/a" if energy is None else f"{energy:.4g}")
     sweep.append({"adc_bits": int(bits), "accuracy": acc,
-                  "energy_pj": energy, "layout": layout})
+                  "energy_pj": energy, "layout": layout,
+                  "calibration": calibration_label(run, calibration)})
   return {"sweep": sweep}

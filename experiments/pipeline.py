@@ -94,6 +94,8 @@ class Run:
     self.mesh = train_lib.make_mesh()
     self.key = jax.random.key(config.seed)
     self.model_file = os.path.join(workdir, workdir_lib.MODEL_FILE)
+    # The input scales and ADC ranges the hwaware stage ended with.
+    self.calibration_file = os.path.join(workdir, "hwaware_calibration.json")
     self.provenance = provenance.collect()
     dc = config.data
     self._split_kwargs = data_lib.split_kwargs(dc)

@@ -109,12 +109,13 @@ def write(run, wall_s: float) -> dict[str, Any]:
   Returns:
     The results (JSON values).
   """
-  variables, layers = evaluation.load_model(run)
+  variables, layers, _ = evaluation.load_model(run)
   report = evaluation.model_report(run, variables, layers)
   evaluated = run.results("evaluate")
   accuracy = {k: evaluated[k]
               for k in ("float", "quantized", "compressed", "emulated")}
-  detail = {"compressed_quantized": evaluated["compressed_quantized"]}
+  detail = {"compressed_quantized": evaluated["compressed_quantized"],
+            "emulated_calibration": evaluated.get("emulated_calibration")}
   for stage in ("prune", "share", "finetune", "hwaware"):
     if run.applies(stage):
       detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
@@ -125,7 +126,8 @@ def write(run, wall_s: float) -> dict[str, Any]:
   if run.applies("hwaware"):
     hwaware = run.results("hwaware")
     for k in ("steps", "adc_bits", "adc_mode", "emulated_before",
-              "emulated_after", "emulated_lossless_before"):
+              "emulated_after", "emulated_lossless_before",
+              "emulated_after_fresh_calibration", "emulated_calibration"):
       detail[f"hwaware_{k}"] = hwaware.get(k)
   sweep = run.results("adc_sweep")["sweep"]
   timing = {s: v["time_s"] for s, v in run.state["stages"].items()}

@@ -27,6 +27,7 @@ from rsjax import kernels as rk
 
 from experiments import array as array_lib
 from experiments import data as data_lib
+from experiments import distributed
 from experiments import evaluation
 from experiments import models as models_lib
 from experiments import recipe as recipe_lib
@@ -326,10 +327,11 @@ def hwaware(run) -> dict[str, Any]:
                moved)
     return {"calib": calib}
 
-  def apply_fn(v, x, rngs=None, *, calib, **kwargs):
+  def apply_fn(v, x, rngs=None, *, calib, saturation=None, **kwargs):
     key = None if rngs is None else rngs["noise"]
     return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
-                                  backward=hc.backward, **models, **kwargs)
+                                  backward=hc.backward, saturation=saturation,
+                                  **models, **kwargs)
 
   # The calibration is an argument of the jitted step (refreshed between
   # steps), so re-calibrating does not compile the step again.
@@ -337,19 +339,37 @@ def hwaware(run) -> dict[str, Any]:
   loop = run.loop("hwaware", hc.steps, view=rsjax.training_params,
                   noise_key=jax.random.fold_in(run.key, 6),
                   distill=distill, teacher_variables=teacher,
-                  refresh=calibrate, refresh_every=hc.recalibrate_every)
-  state = loop.run(state.replace(apply_fn=apply_fn), run.mesh)
+                  refresh=calibrate, refresh_every=hc.recalibrate_every,
+                  saturation=True)
+  state, refreshed = loop.run(state.replace(apply_fn=apply_fn), run.mesh,
+                              with_refreshed=True)
   params = rsjax.training_params(state.params, state.opt_state)
+  # What the model was tuned to: it travels with it (the export stage
+  # writes it into the model file) and emulates it.
+  calib = jax.device_get(refreshed["calib"])
+  if distributed.is_primary():
+    workdir_lib.write_json(run.calibration_file, calib.to_dict())
   results = {**_finish(run, "hwaware", state, params), "steps": hc.steps,
              "adc_bits": hw.adc_bits, "adc_mode": hw.adc_mode}
   if run.config.eval.emulate:
     after = jax.device_get({**train_lib.state_variables(state),
                             "params": params})
+    layers = evaluation.crossbar_layers(run, after["params"])
+    key = jax.random.fold_in(run.key, 5)
     results["emulated_before"] = before
     results["emulated_lossless_before"] = lossless
     results["emulated_after"] = evaluation.run_emulated(
-        run, after, evaluation.crossbar_layers(run, after["params"]), hw,
-        jax.random.fold_in(run.key, 5))
+        run, after, layers, hw, key, calibration=calib)
+    # The same model calibrated afresh from data, for comparison: the gap
+    # is what re-calibrating a tuned model costs.
+    results["emulated_after_fresh_calibration"] = evaluation.run_emulated(
+        run, after, layers, hw, key)
+    results["emulated_calibration"] = {
+        "emulated_before": evaluation.calibration_label(run, None),
+        "emulated_lossless_before": evaluation.calibration_label(run, None),
+        "emulated_after": evaluation.calibration_label(run, calib),
+        "emulated_after_fresh_calibration": evaluation.calibration_label(
+            run, None)}
   return results
 
 

@@ -168,7 +168,8 @@ def train_step(state: TrainState, batch, teacher_variables=None,
                apply_kwargs=None, *,
                constraint: Callable[[Any], Any] | None = None,
                view: Callable[[Any, Any], Any] | None = None,
-               distill: Distillation | None = None, noise_key=None):
+               distill: Distillation | None = None, noise_key=None,
+               saturation: bool = False):
   """One SGD step on the global batch; returns ``(state, metrics)``.
 
   Args:
@@ -187,6 +188,10 @@ def train_step(state: TrainState, batch, teacher_variables=None,
     noise_key: if given, ``apply_fn`` gets ``rngs={'noise': key}`` with the
       key folded with the step (a fresh draw of the emulated hardware's
       non-idealities per step).
+    saturation: ``apply_fn`` takes a ``saturation`` dict and fills it with
+      each emulated layer's fraction of inputs beyond its input range
+      (:func:`rsjax.kernels.hwaware_apply_linen`); the metrics then hold it
+      as ``input_saturation``.
   """
   has_bn = bool(state.batch_stats)
   if distill is not None:
@@ -203,21 +208,23 @@ def train_step(state: TrainState, batch, teacher_variables=None,
     if view is not None:
       params = view(params, state.opt_state)
     variables = {"params": params}
+    sat = {}
+    kwargs = dict(extra, saturation=sat) if saturation else extra
     if has_bn:
       variables["batch_stats"] = state.batch_stats
       logits, updates = state.apply_fn(variables, batch["image"], train=True,
-                                       mutable=["batch_stats"], **extra)
+                                       mutable=["batch_stats"], **kwargs)
     else:
       logits, updates = state.apply_fn(variables, batch["image"],
-                                       train=True, **extra), {}
+                                       train=True, **kwargs), {}
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
     if distill is not None:
       soft = jnp.mean(distillation_loss(logits, teacher_logits,
                                         distill.temperature))
       loss = (1.0 - distill.weight) * loss + distill.weight * soft
-    return loss, (logits, updates)
+    return loss, (logits, updates, sat)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(
+  (loss, (logits, updates, sat)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   # optax mixes Python floats with int32 step counts (Adam's bias
   # correction, schedules), which strict dtype promotion rejects; only the
@@ -230,7 +237,10 @@ def train_step(state: TrainState, batch, teacher_variables=None,
     state = state.replace(params=constraint(state.params))
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(
       jnp.float32))
-  return state, {"loss": loss, "accuracy": accuracy}
+  metrics = {"loss": loss, "accuracy": accuracy}
+  if saturation:
+    metrics["input_saturation"] = sat
+  return state, metrics
 
 
 def eval_step(model: nn.Module, variables, batch):
@@ -313,6 +323,9 @@ class TrainLoop:
       compiles once. It is checkpointed with the state: a resumed loop
       continues with the values in effect when it stopped.
     refresh_every: steps between refreshes (0: only before the first step).
+    saturation: the step reports its layers' input saturation
+      (:func:`train_step`); the progress log names the most saturated
+      layer, and warns above :data:`SATURATION_WARN`.
   """
 
   name: str
@@ -330,14 +343,20 @@ class TrainLoop:
   noise_key: Any = None
   refresh: Callable[[TrainState, int, Any], dict[str, Any]] | None = None
   refresh_every: int = 0
+  saturation: bool = False
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(self.checkpoint_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
-  def run(self, state: TrainState, mesh: Mesh) -> TrainState:
+  def run(self, state: TrainState, mesh: Mesh, *,
+          with_refreshed: bool = False):
     """Trains from the latest checkpoint (or ``state``) to ``steps``.
+
+    Returns:
+      The trained state; with ``with_refreshed``, ``(state, the refresh's
+      last result)`` (what the last steps ran with).
 
     Raises:
       NanLossError: a non-finite loss; the last checkpoint (finite, saved
@@ -369,7 +388,8 @@ class TrainLoop:
       step_fn = jax.jit(
           functools.partial(train_step, constraint=self.constraint,
                             view=self.view, distill=self.distill,
-                            noise_key=self.noise_key),
+                            noise_key=self.noise_key,
+                            saturation=self.saturation),
           donate_argnums=0, out_shardings=(replicated, replicated))
       teacher = None
       if self.distill is not None:
@@ -399,6 +419,8 @@ class TrainLoop:
         if done % self.log_every == 0 or is_ckpt:
           losses = np.asarray([float(m["loss"]) for m in pending])
           accs = np.asarray([float(m["accuracy"]) for m in pending])
+          if self.saturation:
+            _log_saturation(self.name, done, pending)
           pending = []
           if not np.all(np.isfinite(losses)):
             raise NanLossError(
@@ -429,7 +451,31 @@ class TrainLoop:
           last_good = done
         if self.step_callback is not None:
           self.step_callback(self.name, done)
-    return state
+    return (state, inputs) if with_refreshed else state
+
+
+# A layer whose inputs exceed its range this often (fraction of its input
+# entries over the logged steps) is warned about: its scale no longer fits.
+SATURATION_WARN = 0.01
+
+
+def _log_saturation(name: str, step: int, metrics) -> None:
+  """Logs the most saturated layer; warns for each above SATURATION_WARN."""
+  per_layer = {layer: float(np.mean([float(m["input_saturation"][layer])
+                                     for m in metrics]))
+               for layer in metrics[0]["input_saturation"]}
+  if not per_layer:
+    return
+  worst = max(per_layer, key=per_layer.get)
+  log.info("[%s] step %d: input saturation at most %.2f %% (%s)", name, step,
+           100 * per_layer[worst], worst)
+  over = {k: round(v, 4) for k, v in per_layer.items()
+          if v > SATURATION_WARN}
+  if over:
+    log.warning("[%s] step %d: these layers' inputs exceed their input "
+                "range (fraction of inputs) %s: their input scales no "
+                "longer fit (hwaware.scales='running_max' raises them)",
+                name, step, over)
 
 
 def _checkpointable(state: TrainState, refreshed=None) -> dict[str, Any]:

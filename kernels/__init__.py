@@ -16,6 +16,7 @@ from rsjax.kernels.conv import crossbar_conv
 from rsjax.kernels.conv import im2col
 from rsjax.kernels.counters import ou_counts
 from rsjax.kernels.crossbar import apply
+from rsjax.kernels.calibrate import HwCalibration
 from rsjax.kernels.calibrate import calibrate_adc_range
 from rsjax.kernels.crossbar import crossbar_matmul
 from rsjax.kernels.crossbar import prepare
@@ -25,12 +26,13 @@ from rsjax.kernels.crossbar import shared_crossbar_matmul
 from rsjax.kernels.model import Calibration
 from rsjax.kernels.model import EmulatedLayer
 from rsjax.kernels.model import program
-from rsjax.kernels.hwaware import HwCalibration
 from rsjax.kernels.hwaware import calibrate_hwaware_linen
 from rsjax.kernels.hwaware import calibrate_hwaware_nnx
 from rsjax.kernels.hwaware import hwaware_apply_linen
 from rsjax.kernels.hwaware import hwaware_layer
+from rsjax.kernels.hwaware import InputSaturationWarning
 from rsjax.kernels.hwaware import hwaware_nnx
+from rsjax.kernels.hwaware import input_saturation
 from rsjax.kernels.linen_model import calibrate_linen
 from rsjax.kernels.linen_model import emulate_linen
 from rsjax.kernels.linen_model import prepare_linen
@@ -48,6 +50,7 @@ __all__ = (
     "Drift",
     "EmulatedLayer",
     "HwCalibration",
+    "InputSaturationWarning",
     "Nonideal",
     "NonlinearADC",
     "Programming",
@@ -65,6 +68,7 @@ __all__ = (
     "conv_apply",
     "crossbar_conv",
     "im2col",
+    "input_saturation",
     "ou_counts",
     "crossbar_matmul",
     "emulate_linen",

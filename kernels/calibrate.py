@@ -1,6 +1,11 @@
-"""A per-layer ADC range from data, for ``adc_mode='calibrated'``.
+"""Calibration: a per-layer ADC range from data, and the state that travels.
 
-Two criteria pick the range from the ideal OU partial sums of sample inputs:
+:func:`calibrate_adc_range` picks one layer's ADC range for
+``adc_mode='calibrated'``; :class:`HwCalibration` holds a model's input
+scales and ranges, as hardware-aware training used them, so that a saved
+model is emulated with the settings it was tuned to.
+
+Two criteria pick a range from the ideal OU partial sums of sample inputs:
 
 * ``'mse'`` (the default): the range whose conversions err least, each
   squared error weighted by the square of the conversion's place in the
@@ -16,12 +21,16 @@ Two criteria pick the range from the ideal OU partial sums of sample inputs:
 from __future__ import annotations
 
 import functools
+from typing import Any, Mapping
 
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rsjax._src import hardware
+from rsjax._src import quantize
+from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import checks
 from rsjax.kernels import crossbar
 
@@ -163,3 +172,86 @@ def calibrate_adc_range(x, w, hw: hardware.HardwareSpec, *,
   value = int(np.searchsorted(np.cumsum(hist), quantile * total) + 1)
   return int(min(max(value, hw.adc_max), max(hw.partial_sum_max,
                                              hw.adc_max)))
+
+
+@struct.dataclass
+class HwCalibration:
+  """Per-layer input scales and ADC ranges for hardware-aware training.
+
+  Attributes:
+    x_scales: ``{layer path: float32 scalar}`` input quantization steps.
+    adc_ranges: ``{layer path: int32 scalar}`` ADC ranges
+      (``adc_mode='calibrated'``), else None.
+    signed: the layer paths whose inputs go negative (two unsigned passes).
+    hw: the hardware the ranges were calibrated for.
+    per: the weight scale the ranges were calibrated with (``'layer'`` or
+      ``'column'``).
+
+  It is what a model was trained on: save it with the model
+  (``rsjax.save_compressed(..., calibration=calib)``) and the emulator
+  programs the model with these scales and ranges
+  (:func:`rsjax.kernels.program`'s ``calibration``) instead of calibrating
+  afresh.
+  """
+
+  x_scales: dict
+  adc_ranges: dict | None
+  signed: tuple[str, ...] = struct.field(pytree_node=False)
+  hw: hardware.HardwareSpec = struct.field(pytree_node=False)
+  per: str = struct.field(pytree_node=False, default="layer")
+
+  def to_dict(self) -> dict[str, Any]:
+    """Plain JSON values: what :func:`rsjax.save_compressed` stores.
+
+    Scales are float32 values written as Python floats (exact), ranges
+    Python ints.
+    """
+    return {
+        "hardware": self.hw.to_dict(), "per": self.per,
+        "signed": sorted(self.signed),
+        "x_scales": {k: float(v) for k, v in sorted(self.x_scales.items())},
+        "adc_ranges": None if self.adc_ranges is None else {
+            k: int(v) for k, v in sorted(self.adc_ranges.items())}}
+
+  @classmethod
+  def from_dict(cls, fields: Mapping[str, Any]) -> "HwCalibration":
+    """The inverse of :meth:`to_dict` (e.g. ``CompressedModel.calibration``).
+
+    Raises:
+      ValueError: for missing or unknown keys, or values of the wrong kind.
+    """
+    if isinstance(fields, cls):
+      return fields
+    if not isinstance(fields, Mapping):
+      raise TypeError(f"a calibration must be a HwCalibration or its "
+                      f"to_dict(), got {type(fields).__name__}")
+    expected = {"hardware", "per", "signed", "x_scales", "adc_ranges"}
+    if set(fields) != expected:
+      raise ValueError(f"a calibration has the keys {sorted(expected)}, got "
+                       f"{sorted(fields)}")
+    x_scales, ranges = fields["x_scales"], fields["adc_ranges"]
+    if not isinstance(x_scales, Mapping) or not all(
+        isinstance(v, (int, float)) and v > 0 for v in x_scales.values()):
+      raise ValueError("a calibration's x_scales must map layer paths to "
+                       f"positive numbers, got {x_scales!r:.80}")
+    if ranges is not None and (
+        not isinstance(ranges, Mapping) or set(ranges) != set(x_scales)
+        or not all(isinstance(v, int) and v > 0 for v in ranges.values())):
+      raise ValueError("a calibration's adc_ranges must be None or map each "
+                       f"layer path to a positive int, got {ranges!r:.80}")
+    if not set(fields["signed"]) <= set(x_scales):
+      raise ValueError(f"a calibration's signed layers "
+                       f"{sorted(set(fields['signed']) - set(x_scales))} "
+                       "have no input scale")
+    hw = hardware.HardwareSpec.from_dict(fields["hardware"])
+    if ranges is None and adc_lib.mode(hw).calibrated:
+      raise ValueError("a calibration for adc_mode='calibrated' needs "
+                       "adc_ranges")
+    if fields["per"] not in quantize.PER:
+      raise ValueError(f"a calibration's per must be one of {quantize.PER}, "
+                       f"got {fields['per']!r}")
+    return cls(
+        {k: jnp.float32(v) for k, v in sorted(x_scales.items())},
+        None if ranges is None else {
+            k: jnp.int32(v) for k, v in sorted(ranges.items())},
+        tuple(sorted(fields["signed"])), hw, fields["per"])

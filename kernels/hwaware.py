@@ -29,44 +29,38 @@ or raised to the running maximum (``'running_max'``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 from flax import linen as nn
 from flax import nnx
-from flax import struct
 import jax
 import jax.numpy as jnp
 
 from rsjax._src import hardware
 from rsjax._src import quantize
 from rsjax.kernels import adc as adc_lib
+from rsjax.kernels import calibrate as calibrate_lib
 from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
 from rsjax.kernels import linen_model
 from rsjax.kernels import model as model_lib
 from rsjax.kernels import nnx_model
-from rsjax.kernels import saturation
+from rsjax.kernels import saturation as saturation_lib
 
-SCALE_UPDATES = ("fixed", "running_max")
+SCALE_UPDATES = ("running_max", "fixed")
+
+# A kept input scale this much below the inputs' peak is reported: below it,
+# a batch's peak differs from the calibration's by sampling alone.
+_SATURATION_MARGIN = 0.05
+
+
+class InputSaturationWarning(UserWarning):
+  """Layer inputs exceed the input range they are quantized to."""
 BACKWARDS = ("ste", "saturation")
 
 
-@struct.dataclass
-class HwCalibration:
-  """Per-layer input scales and ADC ranges for hardware-aware training.
-
-  Attributes:
-    x_scales: ``{layer path: float32 scalar}`` input quantization steps.
-    adc_ranges: ``{layer path: int32 scalar}`` ADC ranges
-      (``adc_mode='calibrated'``), else None.
-    signed: the layer paths whose inputs go negative (two unsigned passes).
-    hw: the hardware the ranges were calibrated for.
-  """
-
-  x_scales: dict
-  adc_ranges: dict | None
-  signed: tuple[str, ...] = struct.field(pytree_node=False)
-  hw: hardware.HardwareSpec = struct.field(pytree_node=False)
+HwCalibration = calibrate_lib.HwCalibration
 
 
 def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
@@ -77,11 +71,13 @@ def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
     raise TypeError(f"previous must be a HwCalibration, got "
                     f"{type(previous).__name__}")
   top = float(2**hw.input_bits - 1)
-  x_scales, adc_ranges, signed = {}, {}, []
+  x_scales, adc_ranges, signed, short = {}, {}, [], {}
   for name, st in sorted(calib.layers.items()):
     peak = st["max"]
     if previous is not None and name in previous.x_scales:
       old = float(previous.x_scales[name]) * top
+      if scales == "fixed" and peak > old * (1.0 + _SATURATION_MARGIN):
+        short[name] = (old / top, peak / top)
       peak = old if scales == "fixed" else max(old, peak)
     x_scale = jnp.float32(peak / top if peak > 0 else 1.0)
     x_scales[name] = x_scale
@@ -93,12 +89,21 @@ def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
       qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
       adc_ranges[name] = jnp.int32(model_lib._adc_range(  # pylint: disable=protected-access
           st, qw, hw, x_scale))
-  return HwCalibration(x_scales, adc_ranges or None, tuple(signed), hw)
+  if short:
+    warnings.warn(
+        "inputs saturate: with scales='fixed' these layers keep an input "
+        "scale below what their inputs now need (layer: kept, needed) "
+        + ", ".join(f"{k}: {a:.4g}, {b:.4g}" for k, b_a in short.items()
+                    for a, b in [b_a])
+        + "; re-calibrate with scales='running_max' (the default)",
+        InputSaturationWarning, stacklevel=3)
+  return HwCalibration(x_scales, adc_ranges or None, tuple(signed), hw,
+                       per)
 
 
 def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
                             rules: str = r".*", previous=None,
-                            scales: str = "fixed", per: str = "layer",
+                            scales: str = "running_max", per: str = "layer",
                             **apply_kwargs) -> HwCalibration:
   """Input scales (and ADC ranges) of a Linen model's layers from data.
 
@@ -113,9 +118,12 @@ def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
       :func:`rsjax.kernels.calibrate_adc_range` on the first batch).
     rules: regex over ``'params/<module path>/kernel'``.
     previous: the calibration being updated, or None.
-    scales: with ``previous``, ``'fixed'`` keeps its input scales (only the
-      ADC ranges follow the current weights) and ``'running_max'`` raises
-      them to the largest input seen.
+    scales: with ``previous``, ``'running_max'`` raises its input scales to
+      the largest input seen, so inputs never saturate for lack of range;
+      ``'fixed'`` keeps them (only the ADC ranges follow the current
+      weights): inputs that grow past a kept scale saturate, which a
+      warning names (layer, kept and needed scale) and the step's
+      ``saturation`` shows.
     per: weight scale, ``'layer'`` (shared layers need it) or ``'column'``.
     **apply_kwargs: for ``model.apply`` (e.g. ``train=False``).
 
@@ -130,7 +138,7 @@ def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
 
 def calibrate_hwaware_nnx(model: nnx.Module, batches, hw, *,
                           rules: str = r".*", previous=None,
-                          scales: str = "fixed",
+                          scales: str = "running_max",
                           per: str = "layer") -> HwCalibration:
   """As :func:`calibrate_hwaware_linen` for an NNX model (in eval mode)."""
   calib = nnx_model.calibrate_nnx(model, batches, rules=rules)
@@ -226,7 +234,7 @@ def _saturating(x_clip, w, qw, w_scale, x_scale, hw, q_passes, adc_range):
   parts = (jnp.maximum(x2, 0.0), jnp.maximum(-x2, 0.0))
   y = 0.0
   for sign, part, q in zip((1.0, -1.0), parts, q_passes):
-    y = y + sign * saturation.saturating_matmul(
+    y = y + sign * saturation_lib.saturating_matmul(
         part / x_scale, w_units, q.reshape(-1, in_features), qw, hw,
         adc_range)
   y = y * model_lib._last_axis(  # pylint: disable=protected-access
@@ -240,7 +248,7 @@ def _check_backward(backward):
                      f"{backward!r}")
 
 
-def _check(calib, hw, backward):
+def _check(calib, hw, backward, per):
   _check_backward(backward)
   if not isinstance(calib, HwCalibration):
     raise TypeError(f"calib must be a HwCalibration (from "
@@ -249,10 +257,36 @@ def _check(calib, hw, backward):
   if adc_lib.mode(hw).calibrated and calib.adc_ranges is None:
     raise ValueError("adc_mode='calibrated' needs ADC ranges: calibrate with "
                      "the calibrated hardware")
+  if calib.per != per:
+    raise ValueError(f"the calibration was made with per={calib.per!r}, the "
+                     f"layers run with per={per!r}: calibrate with the same "
+                     "weight scale")
+
+
+def input_saturation(x, x_scale, hw: hardware.HardwareSpec, *,
+                     signed: bool = False):
+  """The fraction of ``x``'s entries beyond the layer's input range.
+
+  Entries above ``x_scale (2^input_bits - 1)`` (or, for ``signed`` inputs,
+  below its negative) are clipped by the DAC: a few is the price of a tight
+  scale, a large fraction means the scale no longer fits the inputs.
+
+  Returns:
+    A float32 scalar in ``[0, 1]`` (no gradient).
+  """
+  x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
+  top = jnp.asarray(x_scale, jnp.float32) * jnp.float32(2**hw.input_bits - 1)
+  beyond = x > top
+  if signed:
+    beyond = beyond | (x < -top)
+  return jnp.mean(beyond.astype(jnp.float32))
 
 
 def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
-         backward):
+         backward, saturation):
+  if saturation is not None:
+    saturation[name] = input_saturation(x, calib.x_scales[name], hw,
+                                        signed=name in calib.signed)
   layer_key = None if key is None else jax.random.fold_in(key, order[name])
   rng = calib.adc_ranges[name] if adc_lib.mode(hw).calibrated else None
   return hwaware_layer(x, kernel, bias, hw, x_scale=calib.x_scales[name],
@@ -265,7 +299,8 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
                         hw: hardware.HardwareSpec, calib: HwCalibration, *,
                         key=None, device=None, wires=None, adc=None,
                         nonideal=None, per: str = "layer",
-                        backward: str = "ste", **apply_kwargs):
+                        backward: str = "ste", saturation: dict | None = None,
+                        **apply_kwargs):
   """``model.apply(variables, x)`` with the calibrated layers emulated.
 
   For a jitted training step: ``loss = ce(hwaware_apply_linen(model,
@@ -284,12 +319,16 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
       every step.
     per: weight scale (``'layer'`` for shared layers).
     backward: ``'ste'`` or ``'saturation'`` (see :func:`hwaware_layer`).
+    saturation: a dict that receives ``{layer path: fraction of its inputs
+      beyond its input range}`` (:func:`input_saturation`, traced): return
+      it from the step as a metric, as a fixed input scale that no longer
+      fits the inputs shows there first.
     **apply_kwargs: for ``model.apply`` (``train=True``, ``mutable``...).
 
   Returns:
     What ``model.apply`` returns.
   """
-  _check(calib, hw, backward)
+  _check(calib, hw, backward, per)
   phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
                           adc_model=adc)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
@@ -303,7 +342,7 @@ def hwaware_apply_linen(model: nn.Module, variables, x,
     p = mod.variables["params"]
     conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
     return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
-                order, key, phys, per, backward)
+                order, key, phys, per, backward, saturation)
 
   with nn.intercept_methods(emulate):
     return model.apply(variables, x, **apply_kwargs)
@@ -327,7 +366,7 @@ class _HwLayer(nnx.Module):
 def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
                 calib: HwCalibration, *, key=None, device=None, wires=None,
                 adc=None, nonideal=None, per: str = "layer",
-                backward: str = "ste"):
+                backward: str = "ste", saturation: dict | None = None):
   """Within the context, ``model``'s calibrated layers run on the emulator.
 
   The layers are swapped in place and restored on exit, so the params stay
@@ -337,13 +376,14 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
 
   Args:
     model: the NNX model.
-    hw, calib, key, device, wires, adc, nonideal, per, backward: as
-      :func:`hwaware_apply_linen`.
+    hw, calib, key, device, wires, adc, nonideal, per, backward,
+      saturation: as :func:`hwaware_apply_linen` (``saturation`` is filled
+      by the calls within the context).
 
   Yields:
     ``model``.
   """
-  _check(calib, hw, backward)
+  _check(calib, hw, backward, per)
   phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
                           adc_model=adc)
   order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
@@ -355,7 +395,8 @@ def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
       return None
     swapped[path] = node
     return _HwLayer(node, lambda x, k, b, c, name=name: _run(
-        name, calib, hw, x, k, b, c, order, key, phys, per, backward))
+        name, calib, hw, x, k, b, c, order, key, phys, per, backward,
+        saturation))
 
   nnx_model._swap(model, make)  # pylint: disable=protected-access
   try:

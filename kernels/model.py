@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from rsjax._src import batchnorm
+from rsjax._src import export
 from rsjax._src import hardware
 from rsjax._src import kmeans
 from rsjax._src import lowering
@@ -332,10 +333,59 @@ def split_options(kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
   return options, {k: v for k, v in kwargs.items() if k not in names}
 
 
+def _trained_calibration(compressed, calibration):
+  """``(compressed layers, HwCalibration or None)`` of program's arguments.
+
+  A :class:`rsjax.CompressedModel` brings its layers and, unless
+  ``calibration`` says otherwise, the calibration saved with it.
+  """
+  if isinstance(compressed, export.CompressedModel):
+    if calibration is None:
+      calibration = compressed.calibration
+    compressed = compressed.layers
+  if isinstance(calibration, str):
+    if calibration != "data":
+      raise ValueError(f"calibration must be a HwCalibration (or its "
+                       f"to_dict()), 'data' or None, got {calibration!r}")
+    calibration = None
+  if calibration is not None:
+    calibration = calibrate.HwCalibration.from_dict(calibration)
+  return compressed, calibration
+
+
+def _check_trained(calibration, calib, hw, *, per, fold_bn, signed_scheme):
+  """Raises where a training's calibration does not fit what is programmed."""
+  if calibration.hw != hw:
+    differ = {f.name: (getattr(calibration.hw, f.name), getattr(hw, f.name))
+              for f in dataclasses.fields(hw)
+              if getattr(calibration.hw, f.name) != getattr(hw, f.name)}
+    raise ValueError(
+        f"the calibration was made for other hardware (field: (calibration, "
+        f"hw)) {differ}: program with its hardware, or calibrate afresh "
+        "from the batches with calibration='data'")
+  if calibration.per != per:
+    raise ValueError(f"the calibration was made with per="
+                     f"{calibration.per!r}, not per={per!r}")
+  if fold_bn:
+    raise ValueError("the calibration's scales and ranges are those of the "
+                     "layers as trained, their BatchNorm digital: leave "
+                     "fold_bn unset (or False)")
+  if signed_scheme != "two_pass":
+    raise ValueError("a training's calibration is for signed_scheme="
+                     "'two_pass' (as hardware-aware training feeds signed "
+                     "inputs)")
+  if set(calibration.x_scales) != set(calib.layers):
+    raise ValueError(
+        f"the calibration holds the layers {sorted(calibration.x_scales)}, "
+        f"the emulated ones are {sorted(calib.layers)}: emulate the layers "
+        "it was trained with (the same rules), or calibration='data'")
+
+
 def program(calib: Calibration, hw: hardware.HardwareSpec, *,
             per: str = "layer", device=None, wires=None, adc=None,
             nonideal=None, key=None,
-            dataflow: str = "auto", fold_bn: bool = True, compressed=None,
+            dataflow: str = "auto", fold_bn: bool | None = None,
+            compressed=None, calibration=None,
             signed_scheme: str = "two_pass", index_and_add: bool = True
             ) -> dict[str, EmulatedLayer]:
   """Programs every calibrated layer on ``hw`` (shared ones from codebooks).
@@ -364,14 +414,24 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       layer is folded from it).
     dataflow: as :func:`rsjax.kernels.prepare`, for every layer.
     fold_bn: fold a BatchNorm that directly follows a layer into it
-      (:func:`rsjax.fold_batchnorm`); False keeps it digital.
+      (:func:`rsjax.fold_batchnorm`); False keeps it digital. Unset: folded,
+      except with a training's ``calibration`` (digital, as trained).
     compressed: ``{path: rsjax.CompressedLayer}`` of shared layers (module
-      or attribute path, or ``'params/<path>/kernel'``): these run the
-      index-and-add dataflow on their codebook, quantized with one layer
-      scale, and index table (the model's kernel is not used); their
-      BatchNorm stays digital. Calibrate with the decompressed kernels in
-      the model, so that downstream input scales see the compressed model's
-      activations.
+      or attribute path, or ``'params/<path>/kernel'``), or the
+      :class:`rsjax.CompressedModel` :func:`rsjax.load_compressed` returns
+      (its layers, and its saved calibration unless ``calibration`` says
+      otherwise): these run the index-and-add dataflow on their codebook,
+      quantized with one layer scale, and index table (the model's kernel
+      is not used); their BatchNorm stays digital. Calibrate with the
+      decompressed kernels in the model, so that downstream input scales
+      see the compressed model's activations.
+    calibration: the input scales and ADC ranges to program with, instead
+      of those from ``calib``'s data: a
+      :class:`rsjax.kernels.HwCalibration` (or its ``to_dict()``), the one a
+      hardware-aware training ran with; ``'data'`` calibrates from
+      ``calib`` even where ``compressed`` brings a saved one. It must be
+      for ``hw`` and ``per`` and name the emulated layers; BatchNorm stays
+      digital, as in the training.
     signed_scheme: how layers with negative inputs are fed: ``'two_pass'``
       or ``'twos_complement'`` (see :class:`EmulatedLayer`).
     index_and_add: False programs the ``compressed`` layers densely instead:
@@ -393,6 +453,11 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
                     f"calibrate_linen / calibrate_nnx), got "
                     f"{type(calib).__name__}")
   _check_options(per=per, dataflow=dataflow, signed_scheme=signed_scheme)
+  compressed, calibration = _trained_calibration(compressed, calibration)
+  if calibration is not None:
+    _check_trained(calibration, calib, hw, per=per, fold_bn=fold_bn,
+                   signed_scheme=signed_scheme)
+  fold_bn = calibration is None if fold_bn is None else fold_bn
   phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
                           adc_model=adc)
   models = phys.kwargs()
@@ -410,10 +475,14 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     bn_path, bn = ((None, None) if not fold_bn or shared is not None
                    else calib.bn.get(name, (None, None)))
     matrix, bias = _fold(st["kernel"], st["bias"], bn)
-    signed = st["min"] < 0
-    levels = (2 ** (hw.input_bits - 1) - 1
-              if signed and signed_scheme == "twos_complement" else top)
-    x_scale = jnp.float32(st["max"] / levels if st["max"] > 0 else 1.0)
+    if calibration is not None:
+      signed = name in calibration.signed
+      x_scale = calibration.x_scales[name]
+    else:
+      signed = st["min"] < 0
+      levels = (2 ** (hw.input_bits - 1) - 1
+                if signed and signed_scheme == "twos_complement" else top)
+      x_scale = jnp.float32(st["max"] / levels if st["max"] > 0 else 1.0)
     if shared is None:
       qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
     else:
@@ -426,8 +495,12 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
                                                hw.weight_bits, per="layer")
       qw = lowering.from_ous(kmeans.decompress(qcb, shared.index),
                              matrix.shape)
-    adc_range = (_adc_range(st, qw, hw, x_scale)
-                 if adc_lib.mode(hw).calibrated else None)
+    if not adc_lib.mode(hw).calibrated:
+      adc_range = None
+    elif calibration is not None:
+      adc_range = calibration.adc_ranges[name]
+    else:
+      adc_range = _adc_range(st, qw, hw, x_scale)
     layer_key = None if key is None else jax.random.fold_in(key, i)
     if shared is None or not index_and_add:
       weights = crossbar.prepare(qw, hw, adc_range=adc_range, **models,

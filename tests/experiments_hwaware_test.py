@@ -78,6 +78,13 @@ def test_hwaware_stage_keeps_the_structure(tmp_path, fmnist_data_dir,
   saved = rsjax.load_compressed(os.path.join(workdir,
                                              "compressed_model.rsjax.npz"))
   distill = loops["hwaware"]["distill"]
+  # The step reports input saturation; the calibration the stage ended
+  # with travels in the model file.
+  assert loops["hwaware"]["saturation"] is True
+  calib = rk.HwCalibration.from_dict(saved.calibration)
+  assert calib.hw == stages.hwaware_hardware(saved.hw, config.hwaware)
+  assert set(calib.x_scales) == {
+      p[len("params/"):-len("/kernel")] for p in saved.layers}
   if variant == "share":
     assert distill is None  # hwaware.distill_weight = 0: no teacher
     assert hw_res["adc_bits"] == 4 and hw_res["adc_mode"] == "clip"

@@ -1,5 +1,7 @@
 """Hardware-aware training: whole models through the emulator, STE backward."""
 
+import warnings
+
 from flax import linen as nn
 from flax import nnx
 import jax
@@ -157,15 +159,28 @@ def test_recalibration_keeps_or_raises_input_scales():
   model, variables, x = _net()
   calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
   bigger = [x * 3.0]
-  fixed = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
-                                     previous=calib)
-  running = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
-                                       previous=calib, scales="running_max")
+  # 'fixed' keeps the scales, and says which layers now saturate.
+  with pytest.warns(rk.InputSaturationWarning, match="Conv_0"):
+    fixed = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
+                                       previous=calib, scales="fixed")
+  # The default raises them: nothing saturates, nothing to warn about.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", rk.InputSaturationWarning)
+    running = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
+                                         previous=calib)
+    rk.calibrate_hwaware_linen(model, variables, [x], hw, previous=calib,
+                               scales="fixed")
   for name in calib.x_scales:
     np.testing.assert_allclose(fixed.x_scales[name], calib.x_scales[name],
                                rtol=1e-6)
   np.testing.assert_allclose(running.x_scales["Conv_0"],
                              3.0 * calib.x_scales["Conv_0"], rtol=1e-5)
+  # The step's metric: the fraction of inputs beyond the range.
+  for c, expect_some in ((fixed, True), (running, False)):
+    sat = {}
+    rk.hwaware_apply_linen(model, variables, x * 3.0, hw, c, saturation=sat)
+    assert set(sat) == set(c.x_scales)
+    assert (float(sat["Conv_0"]) > 0.01) == expect_some, sat
   with pytest.raises(ValueError, match="scales"):
     rk.calibrate_hwaware_linen(model, variables, [x], hw, previous=calib,
                                scales="ema")

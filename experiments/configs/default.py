@@ -144,9 +144,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.hwaware.stuck_at_1 = 0.0
   # Re-calibrate the ADC ranges (adc_mode 'calibrated') every N steps on the
   # current weights and batch (0: once, at the start); input scales then
-  # 'fixed' or 'running_max'.
+  # 'running_max' (raised to the largest input seen: they never saturate
+  # for lack of range) or 'fixed' (kept; warns when inputs outgrow them).
   config.hwaware.recalibrate_every = 0
-  config.hwaware.scales = "fixed"
+  config.hwaware.scales = "running_max"
   # Distillation from the float baseline during this stage (weight in
   # [0, 1], temperature compress.distill_temperature; 0: none).
   config.hwaware.distill_weight = 0.0

@@ -206,7 +206,10 @@ def _hwaware_flags(bits, mode, steps, learning_rate):
       "hwaware.adc_bits": bits, "hwaware.adc_mode": mode,
       "eval.emulate_limit": 2000, "eval.adc_bits": ()}
   if mode == "calibrated":
+    # Input scales stay as first calibrated; only the ADC ranges follow
+    # the weights (the table of docs/hwaware.md was made so).
     flags["hwaware.recalibrate_every"] = 250
+    flags["hwaware.scales"] = "fixed"
   return flags
 
 

@@ -5,7 +5,9 @@ byte-level description is ``docs/format.md``):
 
 - ``__meta__``: UTF-8 JSON: format name and version, the hardware spec, user
   metadata, per layer its name, kernel shape, grid and dtypes, and (version
-  2) the model's variables tree, whose leaves name the array that holds them.
+  2) the model's variables tree, whose leaves name the array that holds them,
+  and (version 3) the calibration a hardware-aware training ran with: input
+  scales and ADC ranges per layer, with their hardware.
 - per layer ``i``: ``L{i}.codebook`` (the float codebook; bfloat16 is kept as
   its raw 16 bits), ``L{i}.codebook_q`` (integers at ``weight_bits``, one
   layer scale, as the hardware stores them), ``L{i}.scale``,
@@ -39,7 +41,9 @@ from rsjax._src import quantize
 
 FORMAT = "rsjax-compressed"
 VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# A file with a calibration: version 2 plus the ``calibration`` entry.
+CALIBRATED_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,10 @@ class CompressedModel:
     params: the whole variables tree as nested dicts (string keys) of NumPy
       arrays, each compressed kernel decompressed from its float codebook;
       ``None`` for a file saved without ``params``.
+    calibration: the input scales and ADC ranges the model was trained
+      with on the emulator (``HwCalibration.to_dict()``), or None. The
+      emulator programs the model with them when given this
+      ``CompressedModel`` (``rsjax.kernels.program``'s ``compressed``).
   """
 
   layers: dict[str, compressed_lib.CompressedLayer]
@@ -62,6 +70,7 @@ class CompressedModel:
   quantized: dict[str, tuple[np.ndarray, np.ndarray]]
   metadata: dict[str, Any]
   params: dict[str, Any] | None = None
+  calibration: dict[str, Any] | None = None
 
 
 def decompress_kernel(codebook: np.ndarray, index: np.ndarray,
@@ -151,7 +160,7 @@ def save_compressed(path: str | os.PathLike,
                     layers: Mapping[str, compressed_lib.CompressedLayer],
                     hw: hardware.HardwareSpec,
                     metadata: Mapping[str, Any] | None = None,
-                    *, params=None) -> None:
+                    *, params=None, calibration=None) -> None:
   """Writes a compressed model to ``path`` (atomically: never half a file).
 
   Args:
@@ -164,6 +173,9 @@ def save_compressed(path: str | os.PathLike,
       'batch_stats': ...}`` or an NNX ``State``), for a file that holds the
       whole model. The leaf at each layer's path is not stored: it is rebuilt
       from the layer on load, so it must have the layer's kernel shape.
+    calibration: the ``rsjax.kernels.HwCalibration`` a hardware-aware
+      training ran with (or its ``to_dict()``), so that the loaded model is
+      emulated with the input scales and ADC ranges it was tuned to.
 
   Raises:
     ValueError: no layers (and no ``params``), a layer for other hardware,
@@ -203,6 +215,12 @@ def save_compressed(path: str | os.PathLike,
   tree = None if params is None else _encode_params(params, layers, arrays)
   meta = {"format": FORMAT, "version": VERSION, "hardware": hw.to_dict(),
           "metadata": user_metadata, "layers": layer_meta, "params": tree}
+  if calibration is not None:
+    if hasattr(calibration, "to_dict"):
+      calibration = calibration.to_dict()
+    meta["calibration"] = model_file.jsonable(calibration, "calibration")
+    # A reader that knows no calibration would drop it without a word.
+    meta["version"] = CALIBRATED_VERSION
   meta_bytes = json.dumps(meta, sort_keys=True).encode()
   arrays["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
   arrays["__sha256__"] = np.frombuffer(
@@ -311,8 +329,12 @@ def load_compressed(path: str | os.PathLike | BinaryIO,
     tree = meta.get("params") if version >= 2 else None
     params = None if tree is None else _decode_tree(tree, arrays, kernels)
     user_metadata = dict(meta["metadata"])
+    calibration = meta.get("calibration") if version >= 3 else None
+    if version >= 3 and not isinstance(calibration, dict):
+      raise ValueError("a version-3 file without its calibration")
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"{path} passes its checksum but is inconsistent (not written by "
         f"save_compressed?): {type(e).__name__}: {e}") from e
-  return CompressedModel(layers, saved_hw, quantized, user_metadata, params)
+  return CompressedModel(layers, saved_hw, quantized, user_metadata, params,
+                         calibration)
