@@ -20,6 +20,12 @@ Figures, for a layer with ``R`` row-blocks and ``G`` column groups:
   row-block and column group (x arrays); ADC conversions ``ou_cols`` per
   activation. Given for ``dense``, ``pruned`` (kept blocks) and ``shared``
   (stored blocks: index-and-add converts each once and routes it).
+- ``crossbar_ous_<layout>``: the OUs of the layout's busiest crossbar (an OU
+  is fixed to its crossbar, so a layer takes as long as that crossbar).
+  ``dense`` and ``pruned`` keep the dense placement (``pruned`` counts each
+  crossbar's kept blocks); ``shared`` packs each row-block's stored blocks
+  into its lowest column groups, so a row tile's first crossbar is its
+  fullest. Per layer only: maxima do not add up over layers.
 """
 
 from __future__ import annotations
@@ -95,6 +101,17 @@ def layer_report(layer: compressed_lib.CompressedLayer,
     widest = int(stored_r[t * rows_per_xbar:(t + 1) * rows_per_xbar].max())
     packed_xbars += -(-widest // groups_per_xbar) * hw.arrays
 
+  # The busiest crossbar of each layout, per MVM and input cycle.
+  tiles = [(slice(t * rows_per_xbar, (t + 1) * rows_per_xbar),
+            slice(c * groups_per_xbar, (c + 1) * groups_per_xbar))
+           for t in range(row_tiles)
+           for c in range(-(-num_groups // groups_per_xbar))]
+  crossbar_ous_dense = max(index[rt, ct].size for rt, ct in tiles)
+  crossbar_ous_pruned = max(int(np.sum(index[rt, ct] >= 0))
+                            for rt, ct in tiles)
+  crossbar_ous_shared = max(
+      int(np.minimum(stored_r[rt], groups_per_xbar).sum()) for rt, _ in tiles)
+
   per_ou = positions * hw.cycles * hw.arrays
   return {
       "kernel_shape": list(layer.kernel_shape),
@@ -123,6 +140,9 @@ def layer_report(layer: compressed_lib.CompressedLayer,
       "adc_conversions_dense": dense_ous * per_ou * hw.ou_cols,
       "adc_conversions_pruned": kept_ous * per_ou * hw.ou_cols,
       "adc_conversions_shared": stored_ous * per_ou * hw.ou_cols,
+      "crossbar_ous_dense": crossbar_ous_dense,
+      "crossbar_ous_pruned": crossbar_ous_pruned,
+      "crossbar_ous_shared": crossbar_ous_shared,
   }
 
 
