@@ -36,43 +36,93 @@ def _sq_dists(x, c):
   return jnp.maximum(d, 0.0)
 
 
-def _sample(key, weights, num):
-  """``num`` indices drawn in proportion to non-negative ``weights``.
+def _mix(h):
+  """murmur3's 32-bit finalizer: every input bit moves every output bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
 
-  Inverse-CDF sampling: ``num`` uniforms a draw rather than a Gumbel variate
+
+def _words(seed):
+  """A key's bits as uint32 words (a seed from :func:`_split` as it is)."""
+  if jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(seed).astype(jnp.uint32)
+  return seed
+
+
+def _hash(counter, seed):
+  """``counter`` (uint32) hashed with every word of ``seed``."""
+  for word in _words(seed).reshape(-1):
+    counter = _mix(counter ^ _mix(word + jnp.uint32(0x9E3779B9)))
+  return counter
+
+
+# k-means draws its randomness from these hashes, not from jax.random:
+# threefry adds about a second of XLA compile on a CPU to every program
+# k-means is part of (the sharing wrappers' init, every training step that
+# re-clusters), the hash milliseconds, and k-means++ sampling needs no more
+# than draws that differ from seed to seed and from draw to draw.
+
+
+def _split(key, shape):
+  """Seeds of ``prod(shape)`` streams: ``[*shape, words]`` uint32."""
+  words = _words(key).reshape(-1)
+  counter = jnp.arange(math.prod(shape), dtype=jnp.uint32)
+  return jnp.stack([_hash(counter * jnp.uint32(len(words)) + jnp.uint32(i),
+                          words) for i in range(len(words))],
+                   axis=-1).reshape(*shape, len(words))
+
+
+def _uniforms(seed, shape):
+  """Uniform floats in ``[0, 1)`` from a key or seed."""
+  h = _hash(jnp.arange(math.prod(shape), dtype=jnp.uint32), seed)
+  # The top 24 bits: exact in float32, strictly below 1.
+  return ((h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)).reshape(
+      shape)
+
+
+def _sample(u, weights):
+  """Indices drawn in proportion to non-negative ``weights``, one per
+  uniform of ``u``.
+
+  Inverse-CDF sampling: one uniform a draw rather than a Gumbel variate
   for every point, which made seeding the bottleneck on CPU.
   """
   cdf = jnp.cumsum(weights)
-  u = jax.random.uniform(key, (num,), weights.dtype) * cdf[-1]
-  idx = jnp.searchsorted(cdf, u, side="right", method="compare_all")
+  # searchsorted(side='right') as a count of the cdf values <= each draw:
+  # the same index, a fraction of jnp.searchsorted's compile time.
+  below = cdf[None, :] <= (u.astype(cdf.dtype) * cdf[-1])[:, None]
+  idx = jnp.sum(below.astype(jnp.int32), axis=1)
   return jnp.minimum(idx, weights.shape[0] - 1)
 
 
 def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
   """Greedy k-means++ seeding (as scikit-learn) of ``k_eff`` slots."""
-  key, first_key = jax.random.split(key)
+  # Row 0: the first centroid's draw; row i: the candidates of slot i.
+  draws = _uniforms(key, (num_slots, n_trials))
   uniform = valid.astype(x.dtype)
-  first = _sample(first_key, uniform, 1)[0]
+  first = _sample(draws[0, :1], uniform)[0]
   centroids = jnp.zeros((num_slots, x.shape[1]), x.dtype).at[0].set(x[first])
   closest = jnp.where(valid, _sq_dists(x, x[first][None])[:, 0], 0.0)
 
   def add_centroid(i, carry):
-    centroids, closest, key = carry
-    key, sub = jax.random.split(key)
+    centroids, closest = carry
     # Sample candidates in proportion to D^2; if every valid point already
     # coincides with a centroid, fall back to uniform over valid points.
     weights = jnp.where(jnp.any(closest > 0), closest, uniform)
-    cands = _sample(sub, weights, n_trials)
+    cands = _sample(draws[i], weights)
     cand_closest = jnp.minimum(closest[None], _sq_dists(x, x[cands]).T)
     cand_closest = jnp.where(valid[None], cand_closest, 0.0)
     best = jnp.argmin(jnp.sum(cand_closest, axis=1))
     take = i < k_eff
     centroids = centroids.at[i].set(jnp.where(take, x[cands[best]], 0.0))
     closest = jnp.where(take, cand_closest[best], closest)
-    return centroids, closest, key
+    return centroids, closest
 
-  centroids, _, _ = jax.lax.fori_loop(1, num_slots, add_centroid,
-                                      (centroids, closest, key))
+  centroids, _ = jax.lax.fori_loop(1, num_slots, add_centroid,
+                                   (centroids, closest))
   return centroids
 
 
@@ -195,12 +245,12 @@ def _cluster(x, key, *, k, n_init, max_iter, codebook_scope, n_trials,
   num_out = min(k, num_groups)
   if codebook_scope == "row_block":
     return _cluster_rows(
-        x, jax.random.split(key, (num_rows, n_init)),
+        x, _split(key, (num_rows, n_init)),
         jnp.full((num_rows,), k, jnp.int32), num_slots=num_out,
         max_iter=max_iter, n_trials=n_trials, tol=tol)
   # codebook_scope == "layer": one codebook for the whole layer; each
   # row-block then stores the subset of it that it uses.
-  keys = jax.random.split(key, n_init)
+  keys = _split(key, (n_init,))
   centroids, labels, _ = _kmeans_restarts(
       keys, x.reshape(num_rows * num_groups, -1), valid.reshape(-1), k,
       min(k, num_rows * num_groups), max_iter, tol, n_trials)
@@ -326,7 +376,7 @@ def cluster_layers(layers: Mapping[str, Any], k: int | Mapping[str, int], *,
     trials = n_trials or 2 + int(math.log(max(num_slots, 1)))
     x = jnp.concatenate([jnp.asarray(layers[n], jnp.float32).reshape(
         -1, num_groups, bh * bw) for n in names])
-    keys = jnp.concatenate([jax.random.split(
+    keys = jnp.concatenate([_split(
         jax.random.fold_in(key, position[n]), (layers[n].shape[0], n_init))
                             for n in names])
     k_rows = jnp.concatenate([jnp.full((layers[n].shape[0],), ks[n],

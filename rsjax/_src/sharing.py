@@ -212,6 +212,18 @@ def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope,
                  where):
   plan = rules_lib.make_plan(params, rules, hw)
   validate.check_kernels(params, plan, where)
+  return _initial_layers(params, key, plan_items=tuple(plan.items()),
+                         schedule=schedule, n_init=n_init, max_iter=max_iter,
+                         scope=scope)
+
+
+# One compiled program for the whole init: run op by op, its masks, blocks
+# and k-means were some 70 small compiles, most of a model's cold start.
+@functools.partial(jax.jit, static_argnames=("plan_items", "schedule",
+                                             "n_init", "max_iter", "scope"))
+def _initial_layers(params, key, *, plan_items, schedule, n_init, max_iter,
+                    scope):
+  plan = dict(plan_items)
   masks = pruning.initial_masks(params, plan, schedule)
   kernels = pruning.kernels_of(params, plan)
   shared = {p: lp for p, lp in plan.items() if lp.shared}
