@@ -29,12 +29,15 @@ same figures for programs: per model the headline (``ou_ratio``,
 latency and area per inference of the layout it runs in), the Pareto
 points and the hardware cost of each layout's representative point.
 
-Energy, latency and area per inference are each run's ``hardware_cost``
-(:func:`rsjax.hardware_cost` at the run's hardware, written by the
-pipeline; ``cost`` in runs made before the rename), taken for the layout
-the run's model uses (:func:`experiments.recipe.cost_layout`): ``dense``
-for the float baseline, ``pruned`` for prune only, ``shared`` for any
-recipe that shares. The energy plot (``--out`` with ``_energy.png``) shows
+Energy, latency and area per inference are priced here, by today's
+:func:`rsjax.hardware_cost`, from each run's per-layer report at its
+hardware (:func:`experiments.results_data.hardware_cost`; a run without
+one keeps the ``hardware_cost`` it wrote), taken for the layout the run's
+model uses (:func:`experiments.recipe.cost_layout`): ``dense`` for the
+float baseline, ``pruned`` for prune only, ``shared`` for any recipe that
+shares. Latency needs each layer's busiest crossbar; where a run's report
+neither holds nor determines it, latency is n/a and a note under the table
+gives the re-run that records it. The energy plot (``--out`` with ``_energy.png``) shows
 compressed accuracy against it, one panel per model.
 
 If ``--out`` exists and holds the markers ``BEGIN_MARK`` and ``END_MARK``,
@@ -98,8 +101,12 @@ def render(runs: Sequence[Mapping[str, Any]], plot_name: str | None,
       out += [f"### {m}: energy, latency and area per inference", "",
               "`rsjax.hardware_cost` (ISAAC-like accelerator, 32 nm"
               + (f", {adc}-bit ADC" if adc else "") + ", docs/cost.md) of "
-              "the rows above, each in the layout its run's model uses; "
-              "`(N.NNx)` is dense / row.", "", energy, ""]
+              "the rows above, each in the layout its run's model uses, "
+              "priced from its per-layer report; `(N.NNx)` is dense / row.",
+              "", energy, ""]
+      note = results_tables.latency_note(mruns)
+      if note:
+        out += [note, ""]
   if plot_name:
     out += ["## Pareto plots", "",
             "Compressed accuracy vs `ou_ratio`, `bit_ratio` and "

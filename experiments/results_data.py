@@ -17,6 +17,7 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from experiments import recipe as recipe_lib
+import rsjax
 
 MAX_LOSS_PP = 0.5
 VARIANTS = ("float baseline", "prune only", "share only",
@@ -97,9 +98,82 @@ def _method_label(recipe: Mapping[str, Any]) -> str:
   return kd if method == "-" else f"{method} + {kd}"
 
 
+COST_LAYOUTS = ("dense", "pruned", "shared")
+
+
+def crossbar_ous(fig: Mapping[str, Any], hw: rsjax.HardwareSpec
+                 ) -> dict[str, int | None]:
+  """A stored layer report's busiest-crossbar OUs per layout
+  (``crossbar_ous_<layout>``, :func:`rsjax.compression_report`).
+
+  As stored where the report has them; otherwise derived where the stored
+  counts determine them, else None. ``dense`` always: a row tile's first
+  crossbar is the fullest. ``pruned`` and ``shared`` when every block is
+  kept (stored), as ``dense``; or when the layer fits one crossbar (for
+  ``shared``: one row tile packed into one crossbar), its kept (stored)
+  blocks. Pruned or shared blocks spread over several crossbars leave the
+  busiest one unknown without the index table, which a run does not keep.
+  """
+  stored = {layout: fig.get(f"crossbar_ous_{layout}")
+            for layout in COST_LAYOUTS}
+  if None not in stored.values():
+    return stored
+  rows_per_xbar, groups_per_xbar = hw.ous_per_xbar
+  row_blocks, groups = fig["row_blocks"], fig["column_groups"]
+  one_row_tile = row_blocks <= rows_per_xbar
+  dense = min(row_blocks, rows_per_xbar) * min(groups, groups_per_xbar)
+  pruned = shared = None
+  if fig["kept_ous"] == fig["dense_ous"]:
+    pruned = dense
+  elif one_row_tile and groups <= groups_per_xbar:
+    pruned = fig["kept_ous"]
+  if fig["stored_ous"] == fig["dense_ous"]:
+    shared = dense
+  elif one_row_tile and fig["packed_crossbars"] == hw.arrays:
+    shared = fig["stored_ous"]
+  return {"dense": dense, "pruned": pruned, "shared": shared}
+
+
+def reprice(layers: Mapping[str, Mapping[str, Any]],
+            hardware: Mapping[str, Any]) -> dict[str, Any]:
+  """``{layout: figures}`` of :func:`rsjax.hardware_cost` (today's
+  :class:`rsjax.CostModel`) for a run's stored per-layer report at its
+  hardware.
+
+  Energy and area come from the stored counts alone. Latency needs every
+  layer's busiest crossbar (:func:`crossbar_ous`): a layout with a layer
+  where it is unknown gets ``latency_ns`` and ``interval_ns`` None and
+  ``latency_unknown``, those layers' names.
+  """
+  hw = rsjax.HardwareSpec.from_dict(hardware)
+  filled, unknown = {}, {layout: [] for layout in COST_LAYOUTS}
+  for name, fig in layers.items():
+    ous = crossbar_ous(fig, hw)
+    filled[name] = dict(fig)
+    for layout, count in ous.items():
+      if count is None:
+        unknown[layout].append(name)
+        count = ous["dense"]  # a stand-in: this layout's latency is dropped
+      filled[name][f"crossbar_ous_{layout}"] = count
+  priced = rsjax.hardware_cost({"layers": filled}, hw)["layouts"]
+  for layout, names in unknown.items():
+    if names:
+      priced[layout].update(latency_ns=None, interval_ns=None,
+                            latency_unknown=names)
+  return priced
+
+
 def hardware_cost(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
-  """A results dict's ``hardware_cost`` (``{layout: figures}``), read from
-  the key ``cost`` in runs written before the rename; None if neither."""
+  """A run's hardware cost, ``{layout: figures}``.
+
+  Priced afresh (:func:`reprice`) from the run's per-layer report
+  (``layers``) at its ``hardware``, so every run is priced by one cost
+  model, today's. A run without a per-layer report keeps the figures it
+  wrote (``hardware_cost``, or ``cost`` in runs written before the
+  rename); None if it has neither.
+  """
+  if results.get("layers") and results.get("hardware"):
+    return reprice(results["layers"], results["hardware"])
   return results.get("hardware_cost", results.get("cost"))
 
 

@@ -160,8 +160,8 @@ def energy_table(runs: Sequence[Mapping[str, Any]]) -> str:
 
   The rows of :func:`cost_table` (:func:`results_summary.layout_points`),
   each priced in the layout its run's model uses (``dense``: the baseline's
-  dense mapping), from the runs' ``hardware_cost``; ``(N.NNx)`` is dense
-  over the row. Empty without a baseline or a hardware cost in its run.
+  dense mapping), priced by :func:`results_data.hardware_cost`;
+  ``(N.NNx)`` is dense over the row. Empty without a baseline or a hardware cost in its run.
   """
   points = results_summary.layout_points(runs)
   dense = results_data.layout_cost(points[0][3], "dense") if points else None
@@ -189,6 +189,30 @@ def energy_table(runs: Sequence[Mapping[str, Any]]) -> str:
         [layout, _point_label(rep, within), format_cell(rep["loss_pp"], "+.2f")]
         + cells(cost, dense)) + " |")
   return "\n".join(lines)
+
+
+def latency_note(runs: Sequence[Mapping[str, Any]]) -> str:
+  """The note under :func:`energy_table` when a row's latency is n/a: what
+  is missing and the re-run that records it (every seed of a point)."""
+  points = results_summary.layout_points(runs)
+  groups = {g[0]["name"]: [r["name"] for r in g]
+            for g in results_data.seed_groups(runs)}
+  names = []
+  for label, rep, _, res in points:
+    cost = None if res is None else results_data.layout_cost(
+        res, "dense" if label == "dense" else None)
+    if cost is not None and cost["latency_ns"] is None:
+      names += [n for n in groups.get(rep["run"], [rep["run"]])
+                if n not in names]
+  if not names:
+    return ""
+  return ("Latency and interval are n/a where a run's per-layer report lacks "
+          "each layer's busiest crossbar (`crossbar_ous_*`) and its counts "
+          "do not give it (pruned or shared blocks spread over several "
+          "crossbars); energy and area need only the counts. Re-running "
+          "the points records it: `python -m experiments.grid "
+          "--grid=<their grid file> --runs_dir=runs --only='^("
+          + "|".join(names) + ")$'`.")
 
 
 def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:

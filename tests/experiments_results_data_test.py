@@ -3,14 +3,18 @@
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import results
 from experiments import results_data
 from experiments import results_tables
+import rsjax
 from experiments_results_fixtures import (
     costed_run,
     fixture_runs,
+    priced,
     priced_runs,
     update_config,
     update_run,
@@ -154,3 +158,88 @@ def test_headline_takes_the_mean_over_seeds(tmp_path):
   assert results_data.headline(rows)["name"] == "lenet5_share_k1_s0"
   text = results.write_report(runs, str(tmp_path / "R.md"))
   assert "| lenet5 | fashion_mnist | lenet5_paper_p0.6_k4 |" in text
+
+
+@pytest.fixture(scope="module")
+def layer_report():
+  """A report of every kind of layer: dense, pruned and shared, each on
+  one crossbar and over several (default hardware: 14 row-blocks x 16
+  groups a crossbar)."""
+  hw = rsjax.HardwareSpec()
+  rng = np.random.default_rng(0)
+
+  def pruned(rows, cols):  # every third 9x2 block of every third row-block
+    kernel = rng.normal(size=(rows, cols)).astype(np.float32)
+    for r in range(0, rows, 27):
+      for c in range(0, cols, 6):
+        kernel[r:r + 9, c:c + 2] = 0.0
+    return kernel
+
+  layers = {
+      "dense": rng.normal(size=(512, 512)).astype(np.float32),
+      "small_pruned": pruned(90, 30), "big_pruned": pruned(512, 512),
+      "small_shared": rsjax.compress_kernel(
+          rng.normal(size=(90, 30)).astype(np.float32), hw, 4,
+          key=jax.random.key(0)),
+      "big_shared": rsjax.compress_kernel(
+          rng.normal(size=(512, 512)).astype(np.float32), hw, 4,
+          key=jax.random.key(1))}
+  report = rsjax.compression_report(layers, hw, {"dense": 3, "big_shared": 2})
+  return hw, json.loads(json.dumps(report))
+
+
+def _without_crossbar_ous(layers):
+  return {name: {k: v for k, v in fig.items()
+                 if not k.startswith("crossbar_ous_")}
+          for name, fig in layers.items()}
+
+
+def test_crossbar_ous_derived_only_where_the_counts_give_it(layer_report):
+  hw, report = layer_report
+  unknown = {"big_pruned": {"pruned", "shared"}, "big_shared": {"shared"}}
+  for name, fig in _without_crossbar_ous(report["layers"]).items():
+    derived = results_data.crossbar_ous(fig, hw)
+    assert {k for k, v in derived.items() if v is None} == unknown.get(
+        name, set()), name
+    for layout, count in derived.items():
+      if count is not None:
+        assert count == report["layers"][name][f"crossbar_ous_{layout}"]
+  # Stored figures are taken as they are.
+  fig = report["layers"]["big_shared"]
+  assert results_data.crossbar_ous(fig, hw)["shared"] == fig[
+      "crossbar_ous_shared"]
+
+
+def test_runs_are_priced_from_their_layer_report(layer_report):
+  hw, report = layer_report
+  today = rsjax.hardware_cost(report, hw)["layouts"]
+  stale = priced(costed_run("s", prune=0.0, k=4, compressed=0.8),
+                 shared=1.0, dense=2.0, pruned=2.0)
+  run = dict(stale, layers=report["layers"], hardware=hw.to_dict())
+  # A report with every crossbar_ous: today's cost exactly, not the stored.
+  assert results_data.hardware_cost(run) == today
+  assert results_data.row(run)["energy_pj"] == today["shared"]["energy_pj"][
+      "total"]
+  # Without them: energy and area as today's, latency where determined.
+  old = dict(run, layers=_without_crossbar_ous(report["layers"]))
+  cost = results_data.hardware_cost(old)
+  for layout in ("dense", "pruned", "shared"):
+    assert cost[layout]["energy_pj"] == today[layout]["energy_pj"]
+    assert cost[layout]["area_um2"] == today[layout]["area_um2"]
+  assert cost["dense"]["latency_ns"] == today["dense"]["latency_ns"]
+  assert cost["dense"]["interval_ns"] == today["dense"]["interval_ns"]
+  assert cost["pruned"]["latency_unknown"] == ["big_pruned"]
+  assert cost["shared"]["latency_unknown"] == ["big_pruned", "big_shared"]
+  assert cost["shared"]["latency_ns"] is cost["shared"]["interval_ns"] is None
+  assert "latency_unknown" not in cost["dense"]
+  # Its table says n/a and names the re-run.
+  base = dict(old, name="b", config=dict(
+      old["config"], train={"init_checkpoint": ""}),
+              accuracy=dict(old["accuracy"], compressed=0.7))
+  table = results_tables.energy_table([base, dict(old, name="s")])
+  shared = next(line for line in table.splitlines()
+                if line.startswith("| shared |"))
+  assert "| n/a | n/a |" in shared
+  note = results_tables.latency_note([base, dict(old, name="s")])
+  assert "crossbar_ous_*" in note and "--only='^(s)$'" in note
+  assert results_tables.latency_note([base, dict(run, name="s")]) == ""
