@@ -246,6 +246,18 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
                  adc_model=adc)
   num_rb = -(-in_features // hw.ou_rows)
   dataflow = _pick_dataflow(hw, phys, dataflow, num_rb, out_features)
+  active, levels = _dense_layout(w, hw, dataflow != "exact")
+  return _finish(hw, phys, dataflow, levels, None, active, rng, key, w,
+                 in_features, out_features)
+
+
+# The layouts are one compiled program each: op by op, programming a
+# model's layers cost dozens of small compiles.
+@functools.partial(jax.jit, static_argnames=("hw", "sliced"))
+def _dense_layout(w, hw, sliced):
+  """``(active, levels or None)`` of a dense int32 matrix."""
+  in_features, out_features = w.shape
+  num_rb = -(-in_features // hw.ou_rows)
   bw = hw.block_shape[1]
   groups = -(-out_features // bw)
   wp = jnp.pad(w, ((0, num_rb * hw.ou_rows - in_features),
@@ -253,13 +265,11 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   nonzero = jnp.any(wp.reshape(num_rb, hw.ou_rows, groups, bw) != 0,
                     axis=(1, 3))
   active = jnp.repeat(nonzero.astype(jnp.int32), bw, axis=1)[:, :out_features]
-  levels = None
-  if dataflow != "exact":
-    levels = cells_lib.signed_to_cells(wp[:, :out_features], hw)
-    levels = levels.reshape(hw.arrays, num_rb, hw.ou_rows, out_features,
-                            hw.slices)
-  return _finish(hw, phys, dataflow, levels, None, active, rng, key, w,
-                 in_features, out_features)
+  if not sliced:
+    return active, None
+  levels = cells_lib.signed_to_cells(wp[:, :out_features], hw)
+  return active, levels.reshape(hw.arrays, num_rb, hw.ou_rows, out_features,
+                                hw.slices)
 
 
 def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
@@ -315,25 +325,33 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   rng = adc_lib.resolve_range(hw, adc_range)
   phys = physics(hw, device=device, nonideal=nonideal, wires=wires,
                  adc_model=adc)
-  cols = slots * bw
   dataflow = _pick_dataflow(hw, phys, dataflow, num_rb,
-                            max(cols, out_features))
+                            max(slots * bw, out_features))
+  active, route, matrix, levels = _shared_layout(
+      codebook, index, hw, in_features, out_features, dataflow == "exact")
+  return _finish(hw, phys, dataflow, levels, route, active, rng, key,
+                 matrix, in_features, out_features)
+
+
+@functools.partial(jax.jit, static_argnames=("hw", "in_features",
+                                             "out_features", "exact"))
+def _shared_layout(codebook, index, hw, in_features, out_features, exact):
+  """``(active, route, matrix, levels)`` of stored blocks and their index
+  (the decompressed matrix for ``exact``, else the stored blocks' levels)."""
+  num_rb, slots, bh, bw = codebook.shape
+  cols = slots * bw
   col = jnp.arange(out_features, dtype=jnp.int32)
   grp = index[:, col // bw]
   active = (grp >= 0).astype(jnp.int32)
   route = jnp.where(grp >= 0, grp * bw + col[None] % bw, cols)
-  matrix, levels = None, None
-  if dataflow == "exact":
+  if exact:
     blocks = jnp.take_along_axis(codebook, jnp.maximum(index, 0)[:, :, None,
                                                                   None], 1)
     blocks = blocks * (index >= 0)[:, :, None, None].astype(jnp.int32)
     matrix = jnp.transpose(blocks, (0, 2, 1, 3)).reshape(num_rb * bh, -1)
-    matrix = matrix[:in_features, :out_features]
-  else:
-    stored = jnp.transpose(codebook, (0, 2, 1, 3)).reshape(num_rb, bh, cols)
-    levels = cells_lib.signed_to_cells(stored, hw)
-  return _finish(hw, phys, dataflow, levels, route, active, rng, key,
-                 matrix, in_features, out_features)
+    return active, route, matrix[:in_features, :out_features], None
+  stored = jnp.transpose(codebook, (0, 2, 1, 3)).reshape(num_rb, bh, cols)
+  return active, route, None, cells_lib.signed_to_cells(stored, hw)
 
 
 def _dense_direct(weights: CrossbarWeights) -> bool:

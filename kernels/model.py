@@ -37,6 +37,7 @@ Biases are added digitally in float. Models must run in inference mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from typing import Any
@@ -128,6 +129,34 @@ def _fold(kernel, bias, bn):
   if bn is not None:
     matrix, bias = batchnorm.fold_batchnorm(matrix, bias, **bn)
   return matrix, bias
+
+
+# Each of these is one compiled program per layer shape: op by op, they
+# were most of a model's first programming.
+@functools.partial(jax.jit, static_argnames=("epsilon",))
+def _fold_jit(kernel, bias, stats, *, epsilon):
+  bn = None if stats is None else {**stats, "epsilon": epsilon}
+  return _fold(kernel, bias, bn)
+
+
+def _folded(kernel, bias, bn):
+  """:func:`_fold` compiled (a BatchNorm's epsilon is a static number)."""
+  if bn is None:
+    return _fold_jit(kernel, bias, None, epsilon=None)
+  stats = {k: v for k, v in bn.items() if k != "epsilon"}
+  return _fold_jit(kernel, bias, stats, epsilon=bn["epsilon"])
+
+
+_quantized = jax.jit(quantize.quantize_weights, static_argnames=("bits",
+                                                                 "per"))
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "shape"))
+def _quantized_shared(codebook, index, *, bits, shape):
+  """A shared layer's integer codebook (one layer scale: a stored block
+  serves several output columns), its scale and the decompressed matrix."""
+  qcb, scale = quantize.quantize_weights(codebook, bits, per="layer")
+  return qcb, scale, lowering.from_ous(kmeans.decompress(qcb, index), shape)
 
 
 def _layer_name(path: str) -> str:
@@ -474,7 +503,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     # columns of a shared block differently and unshare it.
     bn_path, bn = ((None, None) if not fold_bn or shared is not None
                    else calib.bn.get(name, (None, None)))
-    matrix, bias = _fold(st["kernel"], st["bias"], bn)
+    matrix, bias = _folded(st["kernel"], st["bias"], bn)
     if calibration is not None:
       signed = name in calibration.signed
       x_scale = calibration.x_scales[name]
@@ -484,17 +513,15 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
                 if signed and signed_scheme == "twos_complement" else top)
       x_scale = jnp.float32(st["max"] / levels if st["max"] > 0 else 1.0)
     if shared is None:
-      qw, w_scale = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
+      qw, w_scale = _quantized(matrix, bits=hw.weight_bits, per=per)
     else:
       if tuple(shared.kernel_shape) != tuple(st["kernel"].shape):
         raise ValueError(f"compressed layer {name} has kernel shape "
                          f"{shared.kernel_shape}, the model's is "
                          f"{tuple(st['kernel'].shape)}")
-      # One layer scale: a stored block serves several output columns.
-      qcb, w_scale = quantize.quantize_weights(shared.codebook,
-                                               hw.weight_bits, per="layer")
-      qw = lowering.from_ous(kmeans.decompress(qcb, shared.index),
-                             matrix.shape)
+      qcb, w_scale, qw = _quantized_shared(shared.codebook, shared.index,
+                                           bits=hw.weight_bits,
+                                           shape=matrix.shape)
     if not adc_lib.mode(hw).calibrated:
       adc_range = None
     elif calibration is not None:

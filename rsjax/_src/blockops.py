@@ -82,7 +82,8 @@ def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
 
   Args:
     kernels, masks, plans: ``{path: ...}`` of the shared layers.
-    key: a ``jax.random`` key.
+    key: a ``jax.random`` key (or k-means seed words:
+      :func:`rsjax._src.kmeans.fold_in`).
     n_init, max_iter, codebook_scope: k-means settings.
 
   Returns:
@@ -91,7 +92,7 @@ def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
   out = {}
   if codebook_scope != "row_block":
     for i, p in enumerate(plans):
-      out[p] = recluster(kernels[p], masks[p], jax.random.fold_in(key, i),
+      out[p] = recluster(kernels[p], masks[p], kmeans.fold_in(key, i),
                          plans[p], n_init=n_init, max_iter=max_iter,
                          codebook_scope=codebook_scope)
     return out
@@ -109,7 +110,7 @@ def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
                         ((0, 0), (0, width - num_groups), (0, 0))))
     n_trials = 2 + int(math.log(max(min(k, width), 1)))
     codebook, index = kmeans._cluster(  # pylint: disable=protected-access
-        jnp.concatenate(xs), jax.random.fold_in(key, gi), k=k, n_init=n_init,
+        jnp.concatenate(xs), kmeans.fold_in(key, gi), k=k, n_init=n_init,
         max_iter=max_iter, codebook_scope=codebook_scope, n_trials=n_trials)
     start = 0
     for p in members:

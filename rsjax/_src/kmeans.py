@@ -66,13 +66,27 @@ def _hash(counter, seed):
 # than draws that differ from seed to seed and from draw to draw.
 
 
-def _split(key, shape):
-  """Seeds of ``prod(shape)`` streams: ``[*shape, words]`` uint32."""
-  words = _words(key).reshape(-1)
-  counter = jnp.arange(math.prod(shape), dtype=jnp.uint32)
+def _derive(seed, counter):
+  """New seeds ``[*counter.shape, words]``, one per counter value."""
+  words = _words(seed).reshape(-1)
+  counter = jnp.asarray(counter).astype(jnp.uint32)
   return jnp.stack([_hash(counter * jnp.uint32(len(words)) + jnp.uint32(i),
-                          words) for i in range(len(words))],
-                   axis=-1).reshape(*shape, len(words))
+                          words) for i in range(len(words))], axis=-1)
+
+
+def _split(seed, shape):
+  """Seeds of ``prod(shape)`` streams: ``[*shape, words]`` uint32."""
+  return _derive(seed, jnp.arange(math.prod(shape),
+                                  dtype=jnp.uint32)).reshape(*shape, -1)
+
+
+def fold_in(seed, data):
+  """``seed`` (a ``jax.random`` key or seed words) folded with an integer.
+
+  The seed words k-means takes wherever a key goes, as
+  ``jax.random.fold_in`` would give a key, without threefry (see above).
+  """
+  return _derive(seed, data)
 
 
 def _uniforms(seed, shape):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from rsjax._src import blockops
+from rsjax._src import kmeans
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 from rsjax._src import validate
@@ -321,7 +322,7 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
 
     new = jax.lax.cond(
         count % recluster_every == 0,
-        lambda: _recluster_layers(kernels, layers, jax.random.fold_in(
+        lambda: _recluster_layers(kernels, layers, kmeans.fold_in(
             key, count), n_init, max_iter, scope),
         between)
     layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
