@@ -196,3 +196,31 @@ def test_cluster_layers_batches_layers_of_one_width():
     rsjax.cluster_layers({"a": a}, {"b": 2}, key=key)
   with pytest.raises(ValueError, match=r"cluster_layers\['a'\]"):
     rsjax.cluster_layers({"a": a[0]}, 2, key=key)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_hashed_draws_are_uniform_and_keyed(jit):
+  """k-means' own draws (a counter hashed with the key, no threefry)."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  uniforms = jax.jit(kmeans._uniforms, static_argnums=1) if jit else (
+      kmeans._uniforms)
+  u = np.asarray(uniforms(jax.random.key(0), (64, 64)))
+  assert u.dtype == np.float32 and u.min() >= 0.0 and u.max() < 1.0
+  # 4096 draws: mean and a coarse histogram as a uniform's.
+  assert abs(u.mean() - 0.5) < 0.02
+  counts = np.histogram(u, bins=8, range=(0, 1))[0]
+  assert counts.min() > 0.8 * 512 and counts.max() < 1.2 * 512
+  again = np.asarray(uniforms(jax.random.key(0), (64, 64)))
+  np.testing.assert_array_equal(u, again)
+  other = np.asarray(uniforms(jax.random.key(1), (64, 64)))
+  assert np.mean(u == other) < 0.01
+  # Seeds derived by fold_in and split are distinct and reproducible.
+  seeds = np.asarray(kmeans._split(kmeans.fold_in(jax.random.key(0), 3),
+                                   (16, 4)))
+  assert seeds.shape == (16, 4, 2) and seeds.dtype == np.uint32
+  assert len({tuple(s) for s in seeds.reshape(-1, 2)}) == 64
+  np.testing.assert_array_equal(
+      np.asarray(kmeans.fold_in(jax.random.key(0), 3)),
+      np.asarray(kmeans.fold_in(jax.random.key(0), 3)))
+  assert not np.array_equal(np.asarray(kmeans.fold_in(jax.random.key(0), 3)),
+                            np.asarray(kmeans.fold_in(jax.random.key(0), 4)))
