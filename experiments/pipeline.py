@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import rsjax
+from rsjax._src import allocation as rsjax_allocation
 
 from experiments import array as array_lib
 from experiments import data as data_lib
@@ -72,11 +73,22 @@ def check(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
   recipe_lib.plan(recipe, variables["params"], hardware(config))
   array_lib.models(array_lib.of(config), hardware(config),
                    jax.random.key(0))
-  if config.share.allocate_ou_ratio and not recipe.runs("share"):
-    raise ValueError("share.allocate_ou_ratio needs the 'share' stage")
-  if config.share.allocate_ou_ratio and config.share.allocate_ou_ratio < 1:
-    raise ValueError(f"share.allocate_ou_ratio must be >= 1 (or 0: off), "
-                     f"got {config.share.allocate_ou_ratio}")
+  sc = config.share
+  for field in ("allocate_ou_ratio", "allocate_target"):
+    value = getattr(sc, field)
+    if value and not recipe.runs("share"):
+      raise ValueError(f"share.{field} needs the 'share' stage")
+    if value and value < 1:
+      raise ValueError(f"share.{field} must be >= 1 (or 0: off), got {value}")
+  if sc.allocate_objective not in rsjax_allocation.OBJECTIVES:
+    raise ValueError(f"share.allocate_objective must be one of "
+                     f"{rsjax_allocation.OBJECTIVES}, got "
+                     f"{sc.allocate_objective!r}")
+  if sc.allocate_ou_ratio and (sc.allocate_target
+                               or sc.allocate_objective != "ou_ratio"):
+    raise ValueError(
+        "share.allocate_ou_ratio is the target of allocate_objective="
+        "'ou_ratio'; for another objective set share.allocate_target")
   return recipe
 
 

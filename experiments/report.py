@@ -2,7 +2,8 @@
 
 ``results.json`` holds ``model``, ``dataset``, ``config``, ``recipe``
 (variant, stages, rules, sharing, distillation; with ``share.
-allocate_ou_ratio`` the target and the allocated rules), ``hardware``,
+allocate_ou_ratio`` or ``allocate_target`` the objective, the target and
+the allocated rules), ``hardware``,
 ``provenance`` (commit, dirty tree, library versions, devices),
 ``accuracy`` {float, quantized, compressed, emulated}, ``accuracy_detail``,
 ``compression`` (the totals of :func:`rsjax.compression_report`, headline
@@ -120,8 +121,12 @@ def write(run, wall_s: float) -> dict[str, Any]:
     if run.applies(stage):
       detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
   recipe = dict(run.recipe_json)
-  if run.config.share.allocate_ou_ratio:
-    recipe["allocate_ou_ratio"] = run.config.share.allocate_ou_ratio
+  sc = run.config.share
+  if sc.allocate_ou_ratio or sc.allocate_target:
+    recipe["allocate_objective"] = sc.allocate_objective
+    recipe["allocate_target"] = sc.allocate_target or sc.allocate_ou_ratio
+    if sc.allocate_objective == "ou_ratio":
+      recipe["allocate_ou_ratio"] = recipe["allocate_target"]
     recipe["allocated_rules"] = run.results("share")["allocated_rules"]
   if run.applies("hwaware"):
     hwaware = run.results("hwaware")

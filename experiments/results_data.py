@@ -78,7 +78,10 @@ def rules_label(recipe: Mapping[str, Any]) -> str:
   """The recipe's rules, ``'; '``-joined (a regex's ``|`` escaped: it would
   split the Markdown table's cell)."""
   if recipe.get("allocated_rules"):
-    return (f"allocated for {recipe['allocate_ou_ratio']:g}x: "
+    objective = recipe.get("allocate_objective", "ou_ratio")
+    target = recipe.get("allocate_target", recipe.get("allocate_ou_ratio"))
+    return (f"allocated for {target:g}x"
+            + ("" if objective == "ou_ratio" else f" {objective}") + ": "
             + "; ".join(recipe["allocated_rules"]).replace("|", "\\|"))
   return "; ".join(recipe["rules"]).replace("|", "\\|") or "-"
 

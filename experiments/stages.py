@@ -150,9 +150,10 @@ def project(recipe, params, opt_state, *, key, n_init: int):
 
 
 def allocate(run, variables) -> rsjax.Allocation:
-  """Per-layer ``k`` for ``share.allocate_ou_ratio`` (:func:`rsjax.
-  allocate_k`), probed with the loss on ``share.allocate_examples``
-  training images (not the test set)."""
+  """Per-layer ``k`` (:func:`rsjax.allocate_k`) for ``share.allocate_target``
+  of ``share.allocate_objective`` (or ``share.allocate_ou_ratio``), probed
+  with the loss on ``share.allocate_examples`` training images (not the test
+  set); energy and latency are priced with each conv's output pixels."""
   sc = run.config.share
   batch = data_lib.train_batch(run.train_split, sc.allocate_examples,
                                run.config.seed + 1, 0, augment=False)
@@ -163,8 +164,14 @@ def allocate(run, variables) -> rsjax.Allocation:
                          train=False)
     return jnp.mean(train_lib.cross_entropy(logits, batch["label"]))
 
+  positions = {path[len("params/"):]: n for path, n in
+               models_lib.layer_positions(model, variables,
+                                          run.info.image_shape).items()
+               if path.startswith("params/")}
   return rsjax.allocate_k(loss_fn, variables["params"], run.recipe.rules,
-                          run.hw, target_ou_ratio=sc.allocate_ou_ratio,
+                          run.hw, objective=sc.allocate_objective,
+                          target=sc.allocate_target or sc.allocate_ou_ratio,
+                          positions=positions,
                           key=jax.random.fold_in(run.key, 5),
                           n_init=sc.n_init)
 
@@ -172,13 +179,14 @@ def allocate(run, variables) -> rsjax.Allocation:
 def share(run) -> dict[str, Any]:
   """OU-level sharing with the recipe's method, ending in ``W := Z``.
 
-  With ``share.allocate_ou_ratio`` the rules' ``k`` are first allocated
-  per layer; the later stages use those rules (:attr:`Run.rules`).
+  With ``share.allocate_ou_ratio`` or ``share.allocate_target`` the rules'
+  ``k`` are first allocated per layer; the later stages use those rules
+  (:attr:`Run.rules`).
   """
   sc = run.config.share
   variables = run.latest_variables()
   recipe, extra = run.recipe, {}
-  if sc.allocate_ou_ratio:
+  if sc.allocate_ou_ratio or sc.allocate_target:
     allocation = allocate(run, variables)
     recipe = dataclasses.replace(recipe, rules=allocation.rules)
     extra = {"allocated_rules": [recipe_lib.format_rule(r)

@@ -217,7 +217,7 @@ def _block_masks(layer):
 
 
 @pytest.mark.parametrize("variant", ["baseline", "prune", "share",
-                                     "allocate"])
+                                     "allocate", "allocate_energy"])
 def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
                                           variant):
   """Prune only, share only and the float baseline are recipes: the stages
@@ -230,16 +230,21 @@ def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
       "prune": (("prune",), ("kernel$ sparsity=0.7",)),
       "share": (("share", "finetune"), ("^conv1/", "kernel$ k=2")),
       "allocate": (("share",), ("kernel$ k=8",)),
+      "allocate_energy": (("share",), ("kernel$ k=8",)),
   }[variant]
   config.prune.steps = 3
   if variant == "allocate":
     config.share.allocate_ou_ratio = 6.0
-    config.share.allocate_examples = 64
+  if variant == "allocate_energy":
+    config.share.allocate_objective = "energy"
+    config.share.allocate_target = 1.5
+  config.share.allocate_examples = 64
   workdir = str(tmp_path / variant)
   res = pipeline.run(config, workdir)
   ran = set(json.load(open(os.path.join(workdir, "state.json")))["stages"])
   compression = {"baseline": set(), "prune": {"prune"},
-                 "share": {"share", "finetune"}, "allocate": {"share"}}[variant]
+                 "share": {"share", "finetune"}, "allocate": {"share"},
+                 "allocate_energy": {"share"}}[variant]
   assert ran == {"train", "export", "evaluate", "adc_sweep"} | compression
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
       {"train", "baseline"} | compression)
@@ -276,6 +281,16 @@ def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
       rule = recipe_lib.parse_rule(text)
       assert rule.pattern == "^" + re.escape(path[len("params/"):]) + "$"
       assert layer.stored_per_row_block().max() <= rule.k
+  elif variant == "allocate_energy":
+    # The priced prediction is the run's own hardware cost.
+    cost = res["hardware_cost"]
+    energy = [cost[l]["energy_pj"]["total"] for l in ("dense", "shared")]
+    assert energy[0] / energy[1] >= 1.5
+    assert res["recipe"]["allocate_objective"] == "energy"
+    assert res["recipe"]["allocate_target"] == 1.5
+    allocation = json.load(open(os.path.join(workdir, "state.json")))[
+        "stages"]["share"]["results"]["allocation"]
+    assert allocation["energy_pj"] == pytest.approx(energy[1], rel=1e-12)
   else:
     conv1 = saved.layers["params/conv1/conv/kernel"]
     assert conv1.is_identity() and _block_masks(conv1).all()
@@ -413,6 +428,21 @@ def test_bad_recipe_fails_before_training(tmp_path, fold_bn, rules, stages,
   with pytest.raises(ValueError, match=problem):
     pipeline.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"allocate_objective": "area", "allocate_target": 2.0},
+     "share.allocate_objective must be one of"),
+    ({"allocate_ou_ratio": 4.0, "allocate_objective": "energy"},
+     "for another objective set share.allocate_target"),
+    ({"allocate_target": 0.5}, r"share.allocate_target must be >= 1"),
+])
+def test_bad_allocation_settings_fail_before_training(settings, problem):
+  config = default.get_config()
+  for name, value in settings.items():
+    setattr(config.share, name, value)
+  with pytest.raises(ValueError, match=problem):
+    pipeline.check(config)
 
 
 def test_prune_steps_must_reach_the_schedule_end(tmp_path):

@@ -120,6 +120,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (rsjax.allocate_k, probing the loss on allocate_examples training
   # images; the rules' k are replaced, their sparsity kept); 0: the rules'.
   config.share.allocate_ou_ratio = 0.0
+  # Or per-layer k for allocate_target x less of allocate_objective
+  # ('ou_ratio', 'energy' or 'latency' per inference, priced by
+  # rsjax.hardware_cost) than the dense layout; 0: off.
+  config.share.allocate_objective = "ou_ratio"
+  config.share.allocate_target = 0.0
   config.share.allocate_examples = 1000
 
   # Centroid fine-tune with fixed assignments (rsjax.centroid_finetune).
