@@ -134,3 +134,19 @@ def test_unknown_phase_is_refused(tmp_path):
       text=True, timeout=120, check=False)
   assert proc.returncode != 0
   assert "unknown ['benchmark']" in proc.stderr
+
+
+def test_a_call_without_time_left_still_writes_its_summary(tmp_path):
+  # A window cut short still says what happened: every phase skipped for
+  # want of time, the summary and the bundle written, a failing exit code.
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.gpu_study", f"--out={tmp_path}",
+       "--dry_run", "--budget_s=5"], cwd=REPO, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for phase in gpu_study.PHASES:
+    assert summary["phases"][phase]["status"].startswith("skipped:")
+  assert summary["schedule"]["runs"] == 2
+  with tarfile.open(tmp_path / "bundle.tar.gz") as tar:
+    assert "summary.json" in tar.getnames()
