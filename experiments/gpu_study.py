@@ -33,7 +33,7 @@ off at any point leaves what finished. Calling again with the same ``--out``
 resumes: finished runs are skipped, a killed run resumes from its
 checkpoints.
 
-``--dry_run`` rehearses every phase on a CPU in under two minutes:
+``--dry_run`` rehearses every phase on a CPU in about 2 minutes on 2 cores:
 LeNet-5 in place of VGG-8 (the same recipes, the allocated runs at 16x;
 VGG-8 compiles for minutes on a CPU), a few steps on a few hundred images,
 seed 0 only, the benchmarks' small sizes, the notebook up to its imports,
