@@ -63,6 +63,25 @@ class Point:
             f"--workdir={os.path.join(runs_dir, self.name)}",
             *(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items())]
 
+  def load_config(self):
+    """The config the point's run gets: its file's ``get_config()`` with
+    the overrides set (as the command line sets them; the baseline's
+    ``train.init_checkpoint`` left out)."""
+    spec = importlib.util.spec_from_file_location("_point_config",
+                                                  self.config)
+    if spec is None or not os.path.isfile(self.config):
+      raise FileNotFoundError(f"config file {self.config} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in self.overrides.items():
+      *path, last = key.split(".")
+      node = config
+      for part in path:
+        node = node[part]
+      node[last] = value
+    return config
+
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:

@@ -1,13 +1,18 @@
-"""Where a result comes from: the code's commit, the libraries, the device.
+"""Where a result comes from: the code's commit, the libraries, the device
+and the processor.
 
 Every ``results.json`` carries this, so a table can say which commit its
-figures were computed at and refuse to mix commits.
+figures were computed at and refuse to mix commits. The processor is named
+because the same commit and seed give different figures on different CPUs
+(floating-point reductions are ordered differently): RESULTS.md states a
+headline's spread wherever two kinds of machine ran it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 from typing import Any
@@ -49,12 +54,31 @@ def versions() -> dict[str, str | None]:
   return out
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+  """The CPU's model name: ``model name`` of ``cpuinfo`` (Linux), else
+  :func:`platform.processor` (empty on many Linux builds: then None)."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          return value.strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
 def devices() -> dict[str, Any]:
+  """The JAX devices; ``accelerator`` is the GPU's (or TPU's) name, its
+  ``device_kind`` (e.g. ``NVIDIA H100 80GB HBM3``), or None on a CPU run."""
   devs = jax.devices()
+  accelerator = devs[0].platform != "cpu"
   return {"platform": devs[0].platform, "kind": devs[0].device_kind,
-          "count": len(devs), "processes": jax.process_count()}
+          "count": len(devs), "processes": jax.process_count(),
+          "accelerator": devs[0].device_kind if accelerator else None}
 
 
 def collect() -> dict[str, Any]:
   """The provenance of a run started now."""
-  return {**git_state(), "versions": versions(), "devices": devices()}
+  return {**git_state(), "versions": versions(), "devices": devices(),
+          "cpu": cpu_model()}

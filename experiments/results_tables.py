@@ -245,7 +245,8 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def provenance_text(runs: Sequence[Mapping[str, Any]]) -> str:
-  """The sentence naming the runs' commits, library versions and device."""
+  """The sentence naming the runs' commits, library versions, device and
+  CPU model."""
   found = results_data.commits(runs)
   parts = [f"`{c[:12]}{c[40:]}` ({len(n)} run{'s' if len(n) > 1 else ''})"
            for c, n in sorted(found.items())]
@@ -253,8 +254,9 @@ def provenance_text(runs: Sequence[Mapping[str, Any]]) -> str:
   devices = (runs[0].get("provenance") or {}).get("devices") or {}
   libs = ", ".join(f"{k} {versions[k]}" for k in ("jax", "jaxlib", "flax",
                                                   "optax") if versions.get(k))
+  cpu = (runs[0].get("provenance") or {}).get("cpu")
   device = (f"; device {devices.get('kind')} x{devices.get('count')}"
-            if devices else "")
+            if devices else "") + (f", CPU {cpu}" if cpu else "")
   return (f"Computed at commit{'s' if len(found) > 1 else ''} "
           f"{', '.join(parts)}" + (f"; {libs}" if libs else "") + device +
           " (the first run's versions and device).")

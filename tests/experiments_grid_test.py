@@ -1,28 +1,11 @@
 """The results grid: its groups select what their docs say, and every
 hardware-aware point is a recipe the pipeline accepts."""
 
-import importlib.util
-
 import pytest
 
 from experiments import grid, pipeline
 
 GRID = "experiments/configs/results_fmnist.py"
-
-
-def _config(point):
-  """The point's config file with its overrides set, as the CLI sets them."""
-  spec = importlib.util.spec_from_file_location("_config", point.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in point.overrides.items():
-    *path, last = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +34,7 @@ def test_vgg8_hwaware_points_are_the_69x_recipe_plus_hwaware(results_grid):
     assert p.overrides["recipe.rules"] == ref.overrides["recipe.rules"]
     assert p.overrides["recipe.stages"] == (
         *ref.overrides["recipe.stages"], "hwaware")
-    recipe = pipeline.check(_config(p))
+    recipe = pipeline.check(p.load_config())
     assert "hwaware" in recipe.stages
 
 
@@ -60,4 +43,4 @@ def test_every_hwaware_point_passes_the_pipeline_check(results_grid):
             if p.group in ("hwaware", "hwaware_gpu")]
   assert len(points) >= 18
   for p in points:
-    pipeline.check(_config(p))
+    pipeline.check(p.load_config())

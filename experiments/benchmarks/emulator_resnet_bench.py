@@ -28,6 +28,55 @@ from rsjax import kernels as rk
 from experiments import models
 
 
+def eval_times(model_name: str, shape: tuple[int, int, int], images: int,
+               batch: int, reps: int, hw: rsjax.HardwareSpec,
+               dataflow: str = "auto") -> dict:
+  """Float and emulated evaluation of ``images`` random images, timed.
+
+  Returns:
+    ``float_s``, ``emulated_s`` (best of ``reps`` passes, compiled),
+    ``prepare_s`` (``prepare_linen``, once per model), ``layers``,
+    ``dataflows`` and ``agreement`` (top-1 float vs emulated, one batch).
+
+  Raises:
+    ValueError: ``images`` not a multiple of ``batch``.
+  """
+  if images % batch:
+    raise ValueError(f"images ({images}) must be a multiple of the batch "
+                     f"({batch})")
+  model = models.create_model(model_name, num_classes=10)
+  variables = models.init_variables(model, jax.random.key(0), shape)
+  rng = np.random.default_rng(0)
+  batches = jnp.asarray(rng.standard_normal((images, *shape)),
+                        jnp.float32).reshape(-1, batch, *shape)
+  start = time.perf_counter()
+  layers = rk.prepare_linen(model, variables, list(batches[:2]), hw,
+                            dataflow=dataflow, train=False)
+  t_prep = time.perf_counter() - start
+  float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
+  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, layers,
+                                                train=False))
+
+  def run(fn):
+    jax.block_until_ready(fn(batches[0]))
+    best = float("inf")
+    for _ in range(reps):
+      start = time.perf_counter()
+      for b in batches:
+        jax.block_until_ready(fn(b))
+      best = min(best, time.perf_counter() - start)
+    return best
+
+  t_float = run(float_eval)
+  t_emu = run(emu_eval)
+  agree = float(jnp.mean(jnp.argmax(float_eval(batches[0]), -1)
+                         == jnp.argmax(emu_eval(batches[0]), -1)))
+  return {"float_s": t_float, "emulated_s": t_emu, "prepare_s": t_prep,
+          "layers": len(layers), "agreement": agree,
+          "dataflows": sorted({layer.weights.dataflow
+                               for layer in layers.values()})}
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--images", type=int, default=512)
@@ -43,44 +92,18 @@ def main():
   shape = tuple(int(v) for v in args.shape.split(","))
   if len(shape) != 3 or args.images % args.batch:
     raise SystemExit("--shape is H,W,C and --images a multiple of --batch")
-  hw = rsjax.HardwareSpec(adc_bits=args.adc_bits)
-  model = models.create_model(args.model, num_classes=10)
-  variables = models.init_variables(model, jax.random.key(0), shape)
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.standard_normal((args.images, *shape)),
-                       jnp.float32)
-  batches = images.reshape(-1, args.batch, *shape)
-  start = time.perf_counter()
-  layers = rk.prepare_linen(model, variables, list(batches[:2]), hw,
-                            dataflow=args.dataflow, train=False)
-  t_prep = time.perf_counter() - start
-  float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
-  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, layers,
-                                                train=False))
-
-  def run(fn):
-    jax.block_until_ready(fn(batches[0]))
-    best = float("inf")
-    for _ in range(args.reps):
-      start = time.perf_counter()
-      for b in batches:
-        jax.block_until_ready(fn(b))
-      best = min(best, time.perf_counter() - start)
-    return best
-
-  t_float = run(float_eval)
-  t_emu = run(emu_eval)
-  dataflows = sorted({layer.weights.dataflow for layer in layers.values()})
+  t = eval_times(args.model, shape, args.images, args.batch, args.reps,
+                 rsjax.HardwareSpec(adc_bits=args.adc_bits), args.dataflow)
   print(f"jax {jax.__version__}, {args.model} {shape}, {args.images} images "
         f"in batches "
-        f"of {args.batch}, {len(layers)} emulated layers ({dataflows}), "
+        f"of {args.batch}, {t['layers']} emulated layers ({t['dataflows']}), "
         f"adc_bits={args.adc_bits}")
-  print(f"float eval    {t_float:8.3f} s")
-  print(f"emulated eval {t_emu:8.3f} s  {t_emu / t_float:6.1f}x")
-  print(f"prepare_linen {t_prep:8.3f} s (once per model)")
-  agree = float(jnp.mean(jnp.argmax(float_eval(batches[0]), -1)
-                         == jnp.argmax(emu_eval(batches[0]), -1)))
-  print(f"top-1 agreement float vs emulated on one batch: {agree:.2f}")
+  print(f"float eval    {t['float_s']:8.3f} s")
+  print(f"emulated eval {t['emulated_s']:8.3f} s  "
+        f"{t['emulated_s'] / t['float_s']:6.1f}x")
+  print(f"prepare_linen {t['prepare_s']:8.3f} s (once per model)")
+  print(f"top-1 agreement float vs emulated on one batch: "
+        f"{t['agreement']:.2f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
 headline candidates), ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
 ``k`` against per-layer allocation) and ``hwaware`` (hardware-aware
 fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``), ``hwaware_gpu`` (the same
-for VGG-8's 69x point, sized for an accelerator) and ``alloc`` (LeNet-5 with
+for VGG-8's 69x point, sized for an accelerator), ``window`` (the study
+sized for one GPU window: experiments/gpu_study.py) and ``alloc`` (LeNet-5 with
 per-layer ``k`` at the ratios of uniform ``k`` = 8 and 4). Every point of a model starts from that model's
 baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
@@ -18,7 +19,9 @@ Point names: ``MODEL[_TAG]_VARIANT``, the variant ``prune_pP`` (prune only),
 with that method); tag ``bn``: BatchNorm kept; ``lk``: the first conv and
 the head pruned but not shared; ``long``: 4000 sharing + 3000 fine-tune
 steps; ``kdW``: distillation weight W; ``emu``: emulated on 2000 test images;
-``aR``: per-layer ``k`` allocated for R x ``ou_ratio``; suffix ``_sS``: seed S.
+``aR``: per-layer ``k`` allocated for R x ``ou_ratio``; ``w``: the GPU
+window's schedule (2000 sharing + 1500 fine-tune steps, from
+``vgg8_float``); suffix ``_sS``: seed S.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def base(model: str) -> Point:
 def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
           *, tag: str = "", seed: int | None = None, bn: bool = False,
           keep: tuple[str, ...] = (), group: str | None = None,
-          **overrides) -> Point:
+          base_point: str | None = None, **overrides) -> Point:
   """One compression point from ``MODEL_base``'s baseline.
 
   Args:
@@ -58,6 +61,8 @@ def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
     bn: keep BatchNorm (``compress.fold_bn=False``).
     keep: regexes of layers pruned at ``p`` but left unshared.
     group: the point's group (default: the model's).
+    base_point: the point whose baseline it starts from (default
+      ``MODEL_base``).
     **overrides: config overrides, ``share__steps=2000`` for
       ``share.steps``.
   """
@@ -82,7 +87,8 @@ def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
   full = "_".join(x for x in (model, tag, name) if x)
   if seed is not None:
     full += f"_s{seed}"
-  return Point(full, CONFIGS[model], flags, base=f"{model}_base",
+  return Point(full, CONFIGS[model], flags,
+               base=base_point or f"{model}_base",
                group=group or GROUPS[model])
 
 
@@ -176,6 +182,43 @@ def study_points() -> list[Point]:
       (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_long_emu")),
       (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_long_a64",
                              share__allocate_ou_ratio=64.0)))]
+
+
+# The study in one GPU window of at most 9 minutes (experiments/gpu_study.py,
+# which sizes it): the recipe of `study` with 2000 sharing and 1500
+# fine-tune steps, six runs side by side on one GPU. The baseline is trained
+# alone (`vgg8_float`: the config's 3000 steps and no compression stage, so
+# the six start as soon as it is trained); the runs do not emulate (their
+# accuracy is written as soon as they finish), the `window` sweeps emulate
+# them afterwards (lossless ADC, index-and-add, 2000 test images).
+WINDOW = dict(share__steps=2000, finetune__steps=1500)
+WINDOW_SEEDS = (0, 1, 2)
+
+
+def window_base() -> Point:
+  return Point("vgg8_float", CONFIGS["vgg8"],
+               {"recipe.stages": (), "recipe.rules": (), "eval.emulate": False},
+               group="window")
+
+
+def window_points() -> list[Point]:
+  vgg = lambda *a, **kw: point(
+      "vgg8", *a, group="window", base_point="vgg8_float",
+      **{**_VGG, **_STUDY, **WINDOW, "eval__emulate": False, **kw})
+  return [window_base()] + [
+      vgg(*args, seed=s, **kw) for s in WINDOW_SEEDS for args, kw in (
+          (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_w")),
+          (("ste", 0.5, 4), dict(tag="bn_lk_kd0.5_w_a64",
+                                 share__allocate_ou_ratio=64.0)))]
+
+
+def window_sweeps() -> list[Sweep]:
+  """Each window point's emulated accuracy (lossless 5-bit ADC,
+  index-and-add against the decompressed dense layout)."""
+  return [Sweep(f"{p.name}_lossless", p.name,
+                {"studies": "equality", "adc_bits": 5, "limit": 2000,
+                 "calibration": 500, "batch_size": 100}, group="window")
+          for p in window_points() if p.base is not None]
 
 
 # Per-layer k (share.allocate_ou_ratio) against uniform k at the same ratio
@@ -298,5 +341,5 @@ def get_grid() -> Grid:
   models = ("mlp", "lenet5", "resnet20", "vgg8")
   return Grid(points=[base(m) for m in models] + cpu_points()
               + seed_points() + gpu_points() + study_points()
-              + hwaware_points() + alloc_points(),
-              sweeps=sweeps())
+              + hwaware_points() + alloc_points() + window_points(),
+              sweeps=sweeps() + window_sweeps())

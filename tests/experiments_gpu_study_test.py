@@ -1,0 +1,152 @@
+"""The GPU window's script: the command docs/experiments.md gives to paste
+on a GPU machine runs every phase as a dry run on the CPU, and the runs it
+starts are the study's recipe with a schedule that fits the window."""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from experiments import gpu_study, grid, pipeline
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def documented_command() -> str:
+  """The one command docs/experiments.md says to paste on a GPU machine."""
+  text = (REPO / "docs" / "experiments.md").read_text()
+  section = text.split("## On a GPU", 1)[1]
+  return re.search(r"```bash\n(bash experiments/gpu_study\.sh[^\n]*)\n```",
+                   section).group(1)
+
+
+def test_dry_run_of_the_documented_command(tmp_path, fmnist_data_dir):  # noqa: F811
+  out = tmp_path / "window"
+  args = shlex.split(documented_command())
+  args = [a for a in args if not a.startswith("--out=")]
+  env = {**os.environ, "PYTHON": sys.executable,
+         "TFDS_DATA_DIR": fmnist_data_dir}
+  proc = subprocess.run([*args, f"--out={out}", "--dry_run"], cwd=REPO,
+                        env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+  summary = json.loads((out / "summary.json").read_text())
+  assert {p: r["status"] for p, r in summary["phases"].items()} == {
+      p: "done" for p in gpu_study.PHASES}
+  prov = summary["provenance"]
+  assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+  assert "cpu" in prov and "accelerator" in prov["devices"]
+  assert summary["schedule"]["runs"] == 2
+
+  # study: every run's results and checkpoints, and the tables.
+  names = summary["phases"]["study"]["finished"]
+  assert len(names) == 3 and "vgg8_float" in names
+  for name in names:
+    results = json.loads((out / "runs" / name / "results.json").read_text())
+    assert results["provenance"]["cpu"] == prov["cpu"]
+    assert (out / "runs" / name / "checkpoints" / "baseline").is_dir()
+  tables = json.loads((out / "RESULTS.json").read_text())
+  assert "lenet5" in json.dumps(tables)  # the dry run's stand-in model
+  assert "vgg8_bn_lk_kd0.5_w_a64" in (out / "RESULTS.md").read_text()
+
+  # bench: the four comparisons, device and versions.
+  bench = json.loads((out / "bench.json").read_text())
+  assert bench["device"] and bench["versions"]["jax"]
+  kinds = [r["name"].split(":")[0] for r in bench["rows"]]
+  assert kinds[:3] == ["apply", "crossbar_matmul", "hwaware_step"]
+  assert kinds[-1].endswith("_eval") and bench["rows"][-1]["images_per_s"]
+  assert "ratio" in (out / "bench.txt").read_text()
+
+  # notebook: executed (its outputs kept); emulate: one merged JSON a run.
+  notebook = json.loads((out / "quickstart.ipynb").read_text())
+  assert any(c.get("outputs") for c in notebook["cells"])
+  assert len(summary["phases"]["emulate"]["emulated"]) == 2
+  for name in summary["phases"]["emulate"]["emulated"]:
+    assert (out / "runs" / "sweeps" / f"{name}.json").is_file()
+
+  # The bundle holds the results, not the checkpoints or model files.
+  with tarfile.open(out / "bundle.tar.gz") as tar:
+    members = tar.getnames()
+  assert "summary.json" in members and "bench.json" in members
+  assert f"runs/{names[0]}/results.json" in members
+  assert not any("checkpoints" in m or m.endswith(".npz") for m in members)
+
+
+def test_window_runs_are_the_study_recipe_with_a_shorter_schedule():
+  full = grid.load_grid(gpu_study.GRID)
+  study = {p.name: p for p in grid.select(full, group="study").points}
+  window = gpu_study.study_grid((0, 1, 2), dry_run=False, extra={})
+  runs = [p for p in window.points if p.base is not None]
+  assert len(runs) == 6 and all(p.base == "vgg8_float" for p in runs)
+  for p in runs:
+    twin = study[p.name.replace("_w_a64", "_long_a64").replace(
+        "_w_ste", "_long_emu_ste")]
+    config, reference = p.load_config(), twin.load_config()
+    pipeline.check(config)  # VGG-8's shapes only: a second
+    for key in ("recipe", "compress", "seed"):
+      assert config[key] == reference[key], key
+    assert (config.share.allocate_ou_ratio
+            == reference.share.allocate_ou_ratio)
+    assert (config.share.steps, config.finetune.steps) == (2000, 1500)
+    assert not config.eval.emulate  # the emulate phase does it, last
+  assert {s.run for s in window.sweeps} == {p.name for p in runs}
+
+
+def test_schedule_fits_the_window():
+  window = gpu_study.study_grid((0, 1, 2), dry_run=False, extra={})
+  s = gpu_study.schedule(window, parallel=6)
+  assert (s["train_steps"], s["share_steps"], s["finetune_steps"]) == (
+      3000, 2000, 1500)
+  # Even with the six runs' steps one after another on the GPU, the study
+  # ends with two of the nine minutes left for the install and the rest.
+  assert s["worst_s"] <= 540 - 120
+  assert s["best_s"] < s["worst_s"]
+
+
+def test_plan_arithmetic_and_bad_input():
+  rates = gpu_study.Rates(train=100, share=50, finetune=100, startup_s=10,
+                          base_compile_s=5, point_host_s=20)
+  p = gpu_study.plan(1000, 500, 1000, runs=4, parallel=2, rates=rates)
+  # base 10 + 5 + 10; a run's device 10 + 10; two waves of host 30.
+  assert (p["base_s"], p["device_s_per_run"], p["waves"]) == (25, 20.0, 2)
+  assert p["best_s"] == 25 + 2 * (30 + 20)
+  assert p["worst_s"] == 25 + 2 * 30 + 4 * 20
+  with pytest.raises(ValueError, match="parallel"):
+    gpu_study.plan(1, 1, 1, runs=1, parallel=0)
+  with pytest.raises(ValueError, match="--seeds"):
+    gpu_study.parse_seeds("0,one")
+  with pytest.raises(ValueError, match="no compression runs"):
+    gpu_study.schedule(gpu_study.study_grid((7,), False, {}), 6)
+
+
+def test_unknown_phase_is_refused(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.gpu_study", f"--out={tmp_path}",
+       "--phases=study,benchmark"], cwd=REPO, capture_output=True,
+      text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "unknown ['benchmark']" in proc.stderr
+
+
+def test_a_call_without_time_left_still_writes_its_summary(tmp_path):
+  # A window cut short still says what happened: every phase skipped for
+  # want of time, the summary and the bundle written, a failing exit code.
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.gpu_study", f"--out={tmp_path}",
+       "--dry_run", "--budget_s=5"], cwd=REPO, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for phase in gpu_study.PHASES:
+    assert summary["phases"][phase]["status"].startswith("skipped:")
+  assert summary["schedule"]["runs"] == 2
+  with tarfile.open(tmp_path / "bundle.tar.gz") as tar:
+    assert "summary.json" in tar.getnames()
