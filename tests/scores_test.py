@@ -1,6 +1,9 @@
 """Pruning scores: the built-ins against NumPy, the default unchanged, the
 gradient score, the registry's errors and a custom score end to end."""
 
+import pathlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -240,3 +243,30 @@ def test_custom_score_end_to_end(how, jit):
       params["dense"]["kernel"], state.layers["dense/kernel"].plan) == 0,
                             axis=(2, 3)))
   np.testing.assert_array_equal(zero, ~keep)
+
+
+def test_the_docs_example_prunes_by_its_score(monkeypatch):
+  text = (pathlib.Path(__file__).resolve().parent.parent / "docs"
+          / "training.md").read_text()
+  section = text[text.index("### Pruning scores"):]
+  section = section[:section.index("\n## ")]
+  (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+  monkeypatch.setattr(scores, "_SCORES", dict(scores.pruning_scores()))
+  scope = {"jnp": jnp, "optax": optax, "rsjax": rsjax}
+  exec(compile(code, "docs/training.md scores", "exec"), scope)  # pylint: disable=exec-used
+  assert rsjax.pruning_scores()["saliency"] is scope["saliency"]
+  tx = scope["tx"]
+  params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(5),
+                                                    (27, 16))}}
+  x = jax.random.normal(jax.random.key(6), (4, 27))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: jnp.sum(jnp.tanh(x @ p["Dense_0"]["kernel"])))(
+        params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  for _ in range(100):
+    params, state = step(params, state)
+  assert int((~state.layers["Dense_0/kernel"].mask).sum()) == 3  # of 6
