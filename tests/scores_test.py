@@ -163,11 +163,20 @@ def test_a_gradient_score_without_gradient_is_an_error():
   with pytest.raises(ValueError, match="'grad_weight' needs the gradient"):
     pruning.prune_masks({"w": kernel}, pruning.full_masks(plan), plan, 1.0,
                         score="grad_weight")
-  # Pruning at init (begin=0) has no gradient to score with.
-  tx = rsjax.ou_pruning(optax.sgd(0.1), rules, BLOCK,
-                        rsjax.PruneSchedule(score="grad_weight"))
-  with pytest.raises(ValueError, match="begin the schedule at step 1"):
-    tx.init({"w": kernel})
+  # Pruning at init (begin=0) has no gradient to score with: the schedule
+  # says so when it is made, before anything trains.
+  with pytest.raises(ValueError, match="'grad_weight' needs the gradient, "
+                     "and a schedule with begin=0"):
+    rsjax.PruneSchedule(score="grad_weight")
+  with pytest.raises(ValueError, match="'_saliency' needs the gradient"):
+    rsjax.PruneSchedule(begin=0, end=5, score=_saliency)
+  assert scores.needs_grad("grad_weight") and scores.needs_grad(_saliency)
+  assert not scores.needs_grad("rms") and not scores.needs_grad("l1")
+  # A gradient score still prunes in the wrapper from step 1 on, and a score
+  # that fails on the probe for another reason is not taken for one.
+  rsjax.ou_pruning(optax.sgd(0.1), rules, BLOCK, rsjax.PruneSchedule(
+      begin=1, end=1, score="grad_weight")).init({"w": kernel})
+  assert not scores.needs_grad(lambda b: b.weight.reshape(2, -1))
 
 
 def test_bad_scores_are_named():

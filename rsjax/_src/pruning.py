@@ -54,7 +54,7 @@ class PruneSchedule:
       :func:`rsjax.register_score`) or a function ``(rsjax.OuBlocks) ->
       [R, G]``. A score that needs the gradient (``'grad_weight'``) cannot
       choose the masks at ``init``, so its schedule must begin at step 1 or
-      later.
+      later (a ``ValueError`` here).
   """
 
   begin: int = 0
@@ -76,7 +76,12 @@ class PruneSchedule:
       raise ValueError(f"every must be >= 1, got {self.every}")
     if self.scope not in SCOPES:
       raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-    scores_lib.resolve(self.score)
+    score, _ = scores_lib.resolve(self.score)
+    if self.begin == 0 and scores_lib.needs_grad(self.score):
+      raise ValueError(
+          f"pruning score {score!r} needs the gradient, and a schedule with "
+          "begin=0 prunes at init, before there is one: begin at step 1 or "
+          "later")
 
   def fraction(self, step):
     """The fraction of each target reached at ``step``."""
@@ -341,8 +346,7 @@ def ou_pruning(inner: optax.GradientTransformation,
 
   Raises:
     ValueError: as :func:`rsjax.ste_sharing` (NaN/inf at ``init``, paths and
-      shapes at ``update``); at ``init``, a score that needs the gradient on
-      a schedule that begins at 0.
+      shapes at ``update``).
     TypeError: in ``init``, a non-floating planned kernel.
   """
 

@@ -35,6 +35,10 @@ import jax.numpy as jnp
 DEFAULT = "rms"
 
 
+class MissingGradientError(ValueError):
+  """A pruning score needs the gradient and none is given."""
+
+
 class OuBlocks(NamedTuple):
   """One layer's OU blocks, what a pruning score ranks.
 
@@ -53,13 +57,13 @@ class OuBlocks(NamedTuple):
   cells: jax.Array
 
   def require_grad(self, score: str) -> jax.Array:
-    """``grad``, or a ``ValueError`` naming ``score`` if there is none."""
+    """``grad``, or a :class:`MissingGradientError` (a ``ValueError``)
+    naming ``score`` if there is none."""
     if self.grad is None:
-      raise ValueError(
-          f"pruning score {score!r} needs the gradient, and none is given "
-          "here: masks chosen at init (a PruneSchedule with begin=0) or by "
-          "rsjax.prune_masks without grads= have none; begin the schedule at "
-          "step 1 or later, or pass grads")
+      raise MissingGradientError(
+          f"pruning score {score!r} needs the gradient, and none is given: "
+          "pass grads= to rsjax.prune_masks (in training, a PruneSchedule "
+          "that begins at step 1 or later gives the step's gradient)")
     return self.grad
 
 
@@ -127,6 +131,26 @@ def resolve(score) -> tuple[str, Score]:
     return getattr(score, "__name__", repr(score)), score
   raise TypeError(f"score must be a registered name ({sorted(_SCORES)}) or "
                   f"a callable (OuBlocks) -> [R, G] scores, got {score!r}")
+
+
+def needs_grad(score) -> bool:
+  """Whether ``score`` (a name or function) asks for the gradient.
+
+  Traced once on a one-block probe without a gradient: a score that calls
+  :meth:`OuBlocks.require_grad` needs one.
+  """
+  _, fn = resolve(score)
+  probe = OuBlocks(jax.ShapeDtypeStruct((1, 1, 1, 1), jnp.float32), None,
+                   jax.ShapeDtypeStruct((1, 1), jnp.float32))
+  try:
+    jax.eval_shape(fn, probe)
+  except MissingGradientError:
+    return True
+  # Any other failure on the probe is not this question's: the score meets
+  # real blocks (and reports its own errors) where it prunes.
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return False
 
 
 def evaluate(score, blocks: OuBlocks) -> jax.Array:
