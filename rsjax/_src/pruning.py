@@ -3,10 +3,11 @@
 A pruned OU block is never stored and never activated, so pruning works at
 the granularity of sharing: whole ``(bh, bw)`` blocks of the crossbar matrix,
 ranked by a pruning score (:mod:`rsjax._src.scores`: RMS by default, L1,
-gradient times weight, or any registered or given function). Masks only ever lose blocks (a pruned block stays
-pruned), and every stage applies them with ``where`` (the params, the shared
-weights Z, re-clustering, the centroid fine-tune, export), so the pruned set
-is exactly the same from the step it is chosen to the compressed model.
+gradient times weight, or any registered or given function). Masks only ever
+lose blocks (a pruned block stays pruned), and every stage applies them with
+``where`` (the params, the shared weights Z, re-clustering, the centroid
+fine-tune, export), so the pruned set is exactly the same from the step it is
+chosen to the compressed model.
 
 Schedule (Zhu & Gupta, 2017): at step ``t`` the target is
 ``sparsity * (1 - (1 - clip((t - begin) / (end - begin), 0, 1)) ** power)``;
@@ -332,8 +333,8 @@ def ou_pruning(inner: optax.GradientTransformation,
   steps, by ``schedule.score``; a score that needs the gradient sees the
   ``updates`` this ``update`` received (the gradient, when ``ou_pruning`` is
   the outermost transform). Pruned blocks get the update that makes them
-  exactly zero and stay so. The model can run on ``params`` directly (after the first update;
-  :func:`rsjax.training_params` masks them at any step).
+  exactly zero and stay so. The model can run on ``params`` directly (after
+  the first update; :func:`rsjax.training_params` masks them at any step).
 
   Args:
     inner: any optax optimizer.
