@@ -15,8 +15,9 @@ sections), turned into a :class:`Recipe` of library objects:
   [sparsity=S]'`` over parameter paths of the params tree
   (``'conv1/conv/kernel'``), first match wins. A rule with no setting keeps
   its layers dense (still mapped to crossbars and emulated).
-- ``prune.*``: an :class:`rsjax.PruneSchedule` and the prune stage's own
-  training steps (0: prune once, no training).
+- ``prune.*``: an :class:`rsjax.PruneSchedule` (with its pruning
+  ``score``) and the prune stage's own training steps (0: prune once, no
+  training).
 - ``share.method``: ``'ste'`` (:func:`rsjax.ste_sharing`) or ``'paper'``
   (:func:`rsjax.distance_sharing`).
 - ``compress.distill_weight`` / ``distill_temperature``: distillation from
@@ -214,10 +215,11 @@ def from_config(config: ml_collections.ConfigDict) -> Recipe:
   try:
     schedule = rsjax.PruneSchedule(begin=pc.begin, end=pc.end,
                                    every=pc.every, power=pc.power,
-                                   scope=pc.scope)
+                                   scope=pc.scope,
+                                   score=pc.get("score", "rms"))
   except ValueError as e:
-    raise ValueError(f"prune schedule (prune.begin/end/every/power/scope): "
-                     f"{e}") from None
+    raise ValueError(f"prune schedule (prune.begin/end/every/power/scope/"
+                     f"score): {e}") from None
   return Recipe(stages=tuple(stages),
                 rules=tuple(parse_rule(r) for r in rules),
                 schedule=schedule, sharing=config.share.method,

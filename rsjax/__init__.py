@@ -41,6 +41,9 @@ from rsjax._src.report import layer_report
 from rsjax._src.rules import LayerPlan
 from rsjax._src.rules import Rule
 from rsjax._src.rules import make_plan
+from rsjax._src.scores import OuBlocks
+from rsjax._src.scores import pruning_scores
+from rsjax._src.scores import register_score
 from rsjax._src.sharing import distance_loss
 from rsjax._src.sharing import distance_sharing
 from rsjax._src.sharing import project
@@ -60,6 +63,7 @@ __all__ = (
     "LayerPlan",
     "LayerSensitivity",
     "LayerState",
+    "OuBlocks",
     "PruneSchedule",
     "Rule",
     "allocate_k",
@@ -91,8 +95,10 @@ __all__ = (
     "project",
     "prune_masks",
     "pruned_block_count",
+    "pruning_scores",
     "quantize_weights",
     "recluster",
+    "register_score",
     "save_compressed",
     "ste_sharing",
     "straight_through",

@@ -84,6 +84,21 @@ def test_schedule_errors_name_the_fields():
     recipe_lib.from_config(config)
 
 
+def test_prune_score_is_the_schedules():
+  config = default.get_config()
+  assert recipe_lib.from_config(config).schedule.score == "rms"
+  config.prune.score = "grad_weight"
+  # Checked before anything trains: a gradient score cannot prune at init.
+  with pytest.raises(ValueError, match=r"prune schedule \(.*score\): "
+                     "pruning score 'grad_weight' needs the gradient"):
+    recipe_lib.from_config(config)
+  config.prune.begin, config.prune.end = 1, 10
+  assert recipe_lib.from_config(config).schedule.score == "grad_weight"
+  config.prune.score = "magnitude"
+  with pytest.raises(ValueError, match="unknown pruning score 'magnitude'"):
+    recipe_lib.from_config(config)
+
+
 @pytest.mark.parametrize("sharing", ["paper", "ste"])
 def test_sharing_transform_and_project_keep_pruned_blocks_and_k(sharing):
   recipe = _recipe(("prune", "share"), ("kernel$ k=2 sparsity=0.3",),

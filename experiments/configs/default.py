@@ -103,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.every = 100
   config.prune.power = 3.0
   config.prune.scope = "layer"  # or 'global'
+  # How blocks are ranked: 'rms', 'l1' or 'grad_weight' (needs begin >= 1
+  # and prune.steps > 0: it ranks by the training gradient).
+  config.prune.score = "rms"
 
   config.share = ml_collections.ConfigDict()
   # 'ste': forward on the shared weights, straight-through gradient to the

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from rsjax._src import kmeans
 from rsjax._src import lowering
 from rsjax._src import rules as rules_lib
+from rsjax._src import scores
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -38,16 +39,21 @@ def apply_mask(kernel, mask, plan: rules_lib.LayerPlan):
   return jnp.where(keep, kernel, jnp.zeros((), kernel.dtype))
 
 
-def block_rms(kernel, plan: rules_lib.LayerPlan):
-  """``[R, G]`` root-mean-square of each block over its real (unpadded) cells.
+def ou_blocks(kernel, plan: rules_lib.LayerPlan, grad=None) -> scores.OuBlocks:
+  """The :class:`rsjax.OuBlocks` a pruning score ranks: ``kernel``'s blocks
+  (and ``grad``'s, if given) in float32, with their real cell counts."""
+  def blocks(x):
+    return kernel_to_ous(x.astype(jnp.float32), plan)
+  cells = jnp.sum(blocks(jnp.ones(plan.kernel_shape, jnp.float32)),
+                  axis=(2, 3))
+  return scores.OuBlocks(blocks(kernel),
+                         None if grad is None else blocks(grad), cells)
 
-  RMS rather than L2 so that edge blocks, which are partly zero padding,
-  are not pruned first just for being smaller.
-  """
-  ous = kernel_to_ous(kernel.astype(jnp.float32), plan)
-  ones = kernel_to_ous(jnp.ones(plan.kernel_shape, jnp.float32), plan)
-  return jnp.sqrt(jnp.sum(ous * ous, axis=(2, 3))
-                  / jnp.sum(ones, axis=(2, 3)))
+
+def block_rms(kernel, plan: rules_lib.LayerPlan):
+  """``[R, G]`` root-mean-square of each block over its real (unpadded) cells
+  (the ``'rms'`` pruning score)."""
+  return scores.rms(ou_blocks(kernel, plan))
 
 
 def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,

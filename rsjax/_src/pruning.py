@@ -1,11 +1,13 @@
-"""OU block pruning by block norm, with a schedule, that never drifts.
+"""OU block pruning by a block score, with a schedule, that never drifts.
 
 A pruned OU block is never stored and never activated, so pruning works at
 the granularity of sharing: whole ``(bh, bw)`` blocks of the crossbar matrix,
-ranked by their RMS. Masks only ever lose blocks (a pruned block stays
-pruned), and every stage applies them with ``where`` (the params, the shared
-weights Z, re-clustering, the centroid fine-tune, export), so the pruned set
-is exactly the same from the step it is chosen to the compressed model.
+ranked by a pruning score (:mod:`rsjax._src.scores`: RMS by default, L1,
+gradient times weight, or any registered or given function). Masks only ever
+lose blocks (a pruned block stays pruned), and every stage applies them with
+``where`` (the params, the shared weights Z, re-clustering, the centroid
+fine-tune, export), so the pruned set is exactly the same from the step it is
+chosen to the compressed model.
 
 Schedule (Zhu & Gupta, 2017): at step ``t`` the target is
 ``sparsity * (1 - (1 - clip((t - begin) / (end - begin), 0, 1)) ** power)``;
@@ -32,6 +34,7 @@ import optax
 from rsjax._src import blockops
 from rsjax._src import paths
 from rsjax._src import rules as rules_lib
+from rsjax._src import scores as scores_lib
 from rsjax._src import validate
 
 SCOPES = ("layer", "global")
@@ -47,6 +50,12 @@ class PruneSchedule:
     every: steps between mask updates in ``[begin, end]``.
     power: the polynomial's exponent (3: prune fast, then slowly).
     scope: ``'layer'`` or ``'global'``.
+    score: how blocks are ranked, higher = keep: a registered name
+      (``'rms'``, ``'l1'``, ``'grad_weight'``, or one added with
+      :func:`rsjax.register_score`) or a function ``(rsjax.OuBlocks) ->
+      [R, G]``. A score that needs the gradient (``'grad_weight'``) cannot
+      choose the masks at ``init``, so its schedule must begin at step 1 or
+      later (a ``ValueError`` here).
   """
 
   begin: int = 0
@@ -54,6 +63,7 @@ class PruneSchedule:
   every: int = 100
   power: float = 3.0
   scope: str = "layer"
+  score: str | scores_lib.Score = scores_lib.DEFAULT
 
   def __post_init__(self):
     for name in ("begin", "end", "every"):
@@ -67,6 +77,12 @@ class PruneSchedule:
       raise ValueError(f"every must be >= 1, got {self.every}")
     if self.scope not in SCOPES:
       raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+    score, _ = scores_lib.resolve(self.score)
+    if self.begin == 0 and scores_lib.needs_grad(self.score):
+      raise ValueError(
+          f"pruning score {score!r} needs the gradient, and a schedule with "
+          "begin=0 prunes at init, before there is one: begin at step 1 or "
+          "later")
 
   def fraction(self, step):
     """The fraction of each target reached at ``step``."""
@@ -158,8 +174,10 @@ def _scheduled_count(target: int, fraction):
   return jnp.floor(jnp.float32(target) * fraction).astype(jnp.int32)
 
 
-def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
-  """New masks pruning the lowest-RMS kept blocks up to ``fraction`` of target.
+def prune_masks(kernels, masks, plan, fraction, scope: str = "layer", *,
+                score=scores_lib.DEFAULT, grads=None):
+  """New masks pruning the lowest-scoring kept blocks up to ``fraction`` of
+  the target.
 
   Args:
     kernels: ``{path: kernel}``.
@@ -169,29 +187,38 @@ def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
       prunes ``floor(pruned_block_count(sparsity, blocks) * fraction)``
       blocks (``'global'``: of the summed count, over all pruned layers).
     scope: ``'layer'`` or ``'global'``.
+    score: a pruning score's registered name or function (see
+      :class:`PruneSchedule`); ``'rms'`` by default.
+    grads: ``{path: gradient}`` of the pruned kernels, for a score that
+      needs it; None: there is none.
 
   Returns:
     ``{path: [R, G] bool}``.
+
+  Raises:
+    ValueError, TypeError: a bad ``score`` (naming it); a score that needs
+      the gradient without ``grads``.
   """
   pruned = [p for p, lp in plan.items() if lp.pruned]
   if not pruned:
     return dict(masks)
-  # Already pruned blocks rank first, so a growing target keeps them.
-  scores = {p: jnp.where(masks[p], blockops.block_rms(kernels[p], plan[p]),
-                         -1.0).reshape(-1) for p in pruned}
+  scores = {p: scores_lib.evaluate(score, blockops.ou_blocks(
+      kernels[p], plan[p], None if grads is None else grads[p])).reshape(-1)
+            for p in pruned}
+  kept = {p: masks[p].reshape(-1) for p in pruned}
   out = dict(masks)
   if scope == "layer":
     for p in pruned:
       count = _scheduled_count(
           pruned_block_count(plan[p].sparsity, scores[p].shape[0]), fraction)
-      rank = jnp.argsort(jnp.argsort(scores[p]))
-      out[p] = masks[p] & (rank >= count).reshape(plan[p].grid)
+      out[p] = masks[p] & (_rank(scores[p], kept[p]) >= count).reshape(
+          plan[p].grid)
     return out
   sizes = [scores[p].shape[0] for p in pruned]
   count = _scheduled_count(pruned_block_count(
       [plan[p].sparsity for p in pruned], sizes), fraction)
-  rank = jnp.argsort(jnp.argsort(jnp.concatenate([scores[p] for p in pruned])))
-  keep = rank >= count
+  keep = _rank(jnp.concatenate([scores[p] for p in pruned]),
+               jnp.concatenate([kept[p] for p in pruned])) >= count
   start = 0
   for p, n in zip(pruned, sizes):
     out[p] = masks[p] & keep[start:start + n].reshape(plan[p].grid)
@@ -199,15 +226,23 @@ def prune_masks(kernels, masks, plan, fraction, scope: str = "layer"):
   return out
 
 
-def scheduled_masks(kernels, masks, plan, schedule: PruneSchedule, step):
+def _rank(score, kept):
+  """Each block's place in pruning order: already pruned blocks first (so a
+  growing target keeps them, whatever the score's range), then kept ones
+  from the lowest score; ties in index order."""
+  return jnp.argsort(jnp.lexsort((score, kept)))
+
+
+def scheduled_masks(kernels, masks, plan, schedule: PruneSchedule, step,
+                    grads=None):
   """``prune_masks`` at ``step`` if the schedule updates there, else ``masks``.
 
-  A ``lax.cond``, so the norm ranking runs only on update steps.
+  A ``lax.cond``, so the scoring runs only on update steps.
   """
   return jax.lax.cond(
       schedule.updates_at(step),
       lambda: prune_masks(kernels, masks, plan, schedule.fraction(step),
-                          schedule.scope),
+                          schedule.scope, score=schedule.score, grads=grads),
       lambda: dict(masks))
 
 
@@ -216,7 +251,8 @@ def initial_masks(params, plan, schedule: PruneSchedule):
   masks = full_masks(plan)
   if schedule.begin == 0:
     masks = prune_masks(kernels_of(params, plan), masks, plan,
-                        schedule.fraction(0), schedule.scope)
+                        schedule.fraction(0), schedule.scope,
+                        score=schedule.score)
   return masks
 
 
@@ -294,15 +330,17 @@ def ou_pruning(inner: optax.GradientTransformation,
   """Wraps ``inner`` with OU block pruning (no sharing).
 
   Masks are chosen from the params after each update, on the schedule's
-  steps; pruned blocks get the update that makes them exactly zero and stay
-  so. The model can run on ``params`` directly (after the first update;
-  :func:`rsjax.training_params` masks them at any step).
+  steps, by ``schedule.score``; a score that needs the gradient sees the
+  ``updates`` this ``update`` received (the gradient, when ``ou_pruning`` is
+  the outermost transform). Pruned blocks get the update that makes them
+  exactly zero and stay so. The model can run on ``params`` directly (after
+  the first update; :func:`rsjax.training_params` masks them at any step).
 
   Args:
     inner: any optax optimizer.
     rules: :class:`rsjax.Rule` s (their ``sparsity``; ``k`` is ignored).
     hw: a :class:`rsjax.HardwareSpec` or a block shape.
-    schedule: a :class:`PruneSchedule`.
+    schedule: a :class:`PruneSchedule` (its ``score`` ranks the blocks).
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`PruneState`.
@@ -326,12 +364,13 @@ def ou_pruning(inner: optax.GradientTransformation,
     plan = plans_of(state.layers)
     validate.check_update(updates, params, plan, "ou_pruning.update")
     masks = masks_of(state.layers)
+    grads = kernels_of(updates, plan)
     updates = masked_updates(updates, params, masks, plan)
     updates, inner_state = inner.update(updates, state.inner_state, params)
     updates = masked_updates(updates, params, masks, plan)
     count = state.count + 1
     masks = scheduled_masks(new_params(params, updates, plan), masks, plan,
-                            schedule, count)
+                            schedule, count, grads)
     updates = masked_updates(updates, params, masks, plan)
     layers = {p: s.replace(mask=masks[p]) for p, s in state.layers.items()}
     return updates, PruneState(count, layers, inner_state)

@@ -286,6 +286,9 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
     plan = pruning.plans_of(state.layers)
     validate.check_update(updates, params, plan, f"{name}.update")
     masks = pruning.masks_of(state.layers)
+    # The loss's gradient, for a pruning score that needs it (before the
+    # distance regulariser, which is not the loss).
+    grads = pruning.kernels_of(updates, plan)
     if kind == "distance":
       lam_t = jnp.asarray(lam_fn(state.count), jnp.float32)
       kernels = pruning.kernels_of(params, plan)
@@ -300,7 +303,7 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
     updates, inner_state = inner.update(updates, state.inner_state, params)
     count = state.count + 1
     kernels = pruning.new_params(params, updates, plan)
-    masks = pruning.scheduled_masks(kernels, masks, plan, prune, count)
+    masks = pruning.scheduled_masks(kernels, masks, plan, prune, count, grads)
     updates = pruning.masked_updates(updates, params, masks, plan)
     kernels = {p: (blockops.apply_mask(kernels[p], masks[p], plan[p])
                    if plan[p].pruned else kernels[p]) for p in plan}
@@ -347,7 +350,8 @@ def ste_sharing(inner: optax.GradientTransformation, rules, hw, *, key,
     hw: a :class:`rsjax.HardwareSpec` or a block shape.
     key: a ``jax.random`` key for the k-means seeding.
     recluster_every: steps between re-clusterings (the assignments).
-    prune: the :class:`rsjax.PruneSchedule` of the rules' sparsities.
+    prune: the :class:`rsjax.PruneSchedule` of the rules' sparsities (a
+      score that needs the gradient sees the ``updates`` received).
     n_init, max_iter, codebook_scope: k-means settings (see
       :func:`rsjax.cluster_ous`).
 
