@@ -39,8 +39,6 @@ MODEL_FILE = "compressed_model.rsjax.npz"
 OWNED = ("config.json", "state.json", "log.txt", "checkpoints",
          "results.json", "adc_sweep.csv", "accuracy_vs_adc_bits.png",
          "layer_compression.png", MODEL_FILE)
-# Written by the experiments before recipes: their configs had these fields.
-_LEGACY_FIELDS = (("prune", "ratio"), ("share", "k"))
 
 
 class WorkdirConflictError(RuntimeError):
@@ -95,19 +93,13 @@ def _config_diff(a, b, prefix="") -> list[str]:
   return out[:10]
 
 
-def is_legacy_config(stored: Mapping[str, Any]) -> bool:
-  """Whether a stored config is from the experiments before recipes."""
-  return any(isinstance(stored.get(s), dict) and k in stored[s]
-             for s, k in _LEGACY_FIELDS)
-
-
 def prepare(workdir: str, config: ml_collections.ConfigDict,
             overwrite: bool) -> None:
   """Creates the workdir, or checks it holds a run of this same config.
 
   Raises:
-    WorkdirConflictError: it holds another config's run (or one written
-      before recipes existed) and not ``overwrite``.
+    WorkdirConflictError: it holds another config's run and not
+      ``overwrite``.
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -116,14 +108,6 @@ def prepare(workdir: str, config: ml_collections.ConfigDict,
     with open(path) as f:
       stored = json.load(f)
     if stored != current and not overwrite:
-      if is_legacy_config(stored):
-        raise WorkdirConflictError(
-            f"{workdir} holds a run of the experiments before recipes "
-            "(prune.ratio/share.k configs); it cannot be resumed. Its "
-            "compressed model converts to the current format with `python "
-            "-m experiments.convert_legacy DIR/compressed_model.npz "
-            "NEW.rsjax.npz`; rerun the experiment in a new --workdir (or "
-            "pass --overwrite to delete the old run).")
       raise WorkdirConflictError(
           f"{workdir} holds a run of another config (differences: "
           f"{_config_diff(stored, current)}). Use another --workdir, or "

@@ -348,19 +348,6 @@ def test_foreign_workdir_is_refused(tmp_path):
   assert stored["train"]["steps"] == 7
 
 
-def test_workdir_from_before_recipes_says_how_to_convert(tmp_path):
-  workdir = str(tmp_path / "w")
-  os.makedirs(workdir)
-  old = workdir_lib.config_json(default.get_config())
-  del old["recipe"]
-  old["prune"] = {"ratio": 0.3}
-  old["share"]["k"] = 8
-  json.dump(old, open(os.path.join(workdir, "config.json"), "w"))
-  with pytest.raises(workdir_lib.WorkdirConflictError,
-                     match="experiments.convert_legacy"):
-    workdir_lib.prepare(workdir, default.get_config(), overwrite=False)
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   model = models.create_model("mlp", num_classes=3, hidden=(8,))
   variables = models.init_variables(model, jax.random.key(0), (4, 4, 1))

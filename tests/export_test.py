@@ -203,32 +203,13 @@ def test_decompress_kernel_matches_to_kernel(layers):
     assert bits(got) == bits(layer.to_kernel())
 
 
-def v1_fixture_layers():
-  """The layers tests/testdata/export_v1.npz was written from.
-
-  The file was written by the version-1 ``save_compressed`` (rsjax at commit
-  bbbed70) with ``metadata={'model': 'v1-fixture'}`` and default hardware.
-  """
-  rng = np.random.default_rng(7)
-  conv = rsjax.CompressedLayer(
-      jnp.asarray(rng.normal(size=(2, 2, 9, 2)).astype(np.float32)),
-      jnp.asarray(np.array([[0, -1], [1, 0]], np.int32)), (3, 3, 2, 4))
-  fc = rsjax.CompressedLayer(
-      jnp.asarray(rng.normal(size=(2, 1, 9, 2)).astype(ml_dtypes.bfloat16)),
-      jnp.asarray(np.array([[0, 0], [-1, 0]], np.int32)), (10, 3))
-  return {"conv/kernel": conv, "fc/kernel": fc}
-
-
-def test_version_1_file_loads():
+def test_version_1_file_is_refused():
+  """Version 1 (crossbar layers only) never shipped in a release."""
   meta = json.loads(np.load(V1_FIXTURE)["__meta__"].tobytes())
-  assert meta["version"] == 1 and "params" not in meta
-  loaded = rsjax.load_compressed(V1_FIXTURE, hw=HW)
-  assert loaded.params is None and loaded.metadata == {"model": "v1-fixture"}
-  for name, layer in v1_fixture_layers().items():
-    got = loaded.layers[name]
-    assert got.kernel_shape == layer.kernel_shape
-    assert bits(got.codebook) == bits(layer.codebook)
-    assert bits(got.index) == bits(layer.index)
+  assert meta["version"] == 1
+  with pytest.raises(ValueError, match=r"format version 1; this rsjax reads "
+                     r"versions \(2, 3\)"):
+    rsjax.load_compressed(V1_FIXTURE, hw=HW)
 
 
 def rewrite(path, edit):
@@ -249,7 +230,7 @@ def test_newer_and_inconsistent_files(layers, tmp_path):
   rsjax.save_compressed(path, layers, HW)
   rewrite(path, lambda meta: meta.update(version=4))
   with pytest.raises(ValueError, match=r"format version 4; this rsjax reads "
-                     r"versions \(1, 2, 3\)"):
+                     r"versions \(2, 3\)"):
     rsjax.load_compressed(path)
   rsjax.save_compressed(path, layers, HW)
   rewrite(path, lambda meta: meta.update(version=3))
@@ -317,7 +298,6 @@ def test_format_doc_reader_reads_what_load_compressed_reads(tmp_path):
     assert bits(kernel) == bits(layer.to_kernel())
   assert ({p: bits(x) for p, x in leaves(params).items()} ==
           {p: bits(x) for p, x in leaves(loaded.params).items()})
-  assert read_rsjax(V1_FIXTURE)[2] is None
   arrays = dict(np.load(path))
   arrays["P0"] = arrays["P0"] + 1
   np.savez(tmp_path / "edited.npz", **arrays)

@@ -4,8 +4,8 @@ The file is a NumPy ``.npz`` archive (readable with ``np.load`` alone; the
 byte-level description is ``docs/format.md``):
 
 - ``__meta__``: UTF-8 JSON: format name and version, the hardware spec, user
-  metadata, per layer its name, kernel shape, grid and dtypes, and (version
-  2) the model's variables tree, whose leaves name the array that holds them,
+  metadata, per layer its name, kernel shape, grid and dtypes, the model's
+  variables tree (or null), whose leaves name the array that holds them,
   and (version 3) the calibration a hardware-aware training ran with: input
   scales and ADC ranges per layer, with their hardware.
 - per layer ``i``: ``L{i}.codebook`` (the float codebook; bfloat16 is kept as
@@ -13,12 +13,10 @@ byte-level description is ``docs/format.md``):
   layer scale, as the hardware stores them), ``L{i}.scale``,
   ``L{i}.index_packed`` (each row-block's codes ``index + 1`` bit-packed at
   ``ceil(log2(max code + 1))`` bits, LSB first) and ``L{i}.index_widths``.
-- per stored parameter ``j`` (version 2): ``P{j}``, every leaf of the tree
+- per stored parameter ``j``: ``P{j}``, every leaf of the tree
   except the compressed kernels, which are rebuilt from their layer.
 - ``__sha256__``: a digest of the metadata and every array, checked on load,
   so a damaged or edited file is an error, never a silently wrong model.
-
-Version-1 files (crossbar layers only) still load, with ``params=None``.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ FORMAT = "rsjax-compressed"
 VERSION = 2
 # A file with a calibration: version 2 plus the ``calibration`` entry.
 CALIBRATED_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,14 +226,6 @@ def save_compressed(path: str | os.PathLike,
   model_file.write_npz(path, arrays)
 
 
-def _legacy_error(path: str) -> ValueError:
-  return ValueError(
-      f"{path} is an experiments compressed_model.npz (the older, unchecked "
-      "format with 'PATH::codebook' and '::hardware' entries), not an rsjax "
-      "compressed model file; convert it once, from the repository root, with "
-      "`python -m experiments.convert_legacy OLD.npz NEW.npz` and load NEW.npz")
-
-
 def _decode_layers(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                    saved_hw: hardware.HardwareSpec):
   """``(layers, quantized, kernels)`` from a checksum-verified file."""
@@ -280,26 +270,23 @@ def load_compressed(path: str | os.PathLike | BinaryIO,
   """Reads a file written by :func:`save_compressed`, bit-exact.
 
   Args:
-    path: the file (format version 1 or 2), or a binary file object.
+    path: the file (format version 2 or 3), or a binary file object.
     hw: if given, the hardware the caller expects; a file for another spec
       is an error.
 
   Returns:
     The :class:`CompressedModel`; its ``params`` is ``None`` for a file
-    saved without ``params`` (and for every version-1 file).
+    saved without ``params``.
 
   Raises:
     FileNotFoundError: no file at ``path``.
     ValueError: the file is damaged (truncated, corrupted, edited), not an
-      rsjax compressed model (a legacy experiments file says how to convert
-      it), of a newer format version, or for another hardware spec than
+      rsjax compressed model, of a newer format version, or for another hardware spec than
       ``hw``. Every message names ``path``.
   """
   data, path = model_file.read_source(path)
   arrays = model_file.read_npz(data, path)
   if "__meta__" not in arrays or "__sha256__" not in arrays:
-    if any("::" in name for name in arrays):
-      raise _legacy_error(path)
     raise model_file.damaged(path, "it has no rsjax metadata")
   meta_bytes = arrays.pop("__meta__").tobytes()
   digest = arrays.pop("__sha256__").tobytes()
@@ -314,9 +301,14 @@ def load_compressed(path: str | os.PathLike | BinaryIO,
   if file_format != FORMAT:
     raise model_file.damaged(path, f"its format is {file_format!r}")
   if version not in READABLE_VERSIONS:
+    newer = (isinstance(version, int) and not isinstance(version, bool)
+             and version > max(READABLE_VERSIONS))
     raise ValueError(
         f"{path} has format version {version!r}; this rsjax reads versions "
-        f"{READABLE_VERSIONS} (a newer rsjax may read it)")
+        f"{READABLE_VERSIONS}"
+        + (" (a newer rsjax may read it)" if newer else
+           " (version 1, before whole-model files, was never released)"
+           if version == 1 else ""))
   try:
     saved_hw = hardware.HardwareSpec.from_dict(meta["hardware"])
   except Exception as e:  # pylint: disable=broad-except
@@ -326,7 +318,7 @@ def load_compressed(path: str | os.PathLike | BinaryIO,
         f"{path} was compressed for {saved_hw}, not the expected {hw}")
   try:
     layers, quantized, kernels = _decode_layers(meta, arrays, saved_hw)
-    tree = meta.get("params") if version >= 2 else None
+    tree = meta["params"]
     params = None if tree is None else _decode_tree(tree, arrays, kernels)
     user_metadata = dict(meta["metadata"])
     calibration = meta.get("calibration") if version >= 3 else None
