@@ -71,24 +71,6 @@ class CompressedModel:
   calibration: dict[str, Any] | None = None
 
 
-def decompress_kernel(codebook: np.ndarray, index: np.ndarray,
-                      kernel_shape: tuple[int, ...]) -> np.ndarray:
-  """A layer's kernel from its codebook and index table, in NumPy.
-
-  The same as ``CompressedLayer.to_kernel()``: block ``index[r, g]`` of
-  ``codebook[r]`` (zeros where ``-1``) at OU ``(r, g)``, the padded edges
-  cropped, the crossbar matrix reshaped to ``kernel_shape``.
-  """
-  num_rows, _, bh, bw = codebook.shape
-  num_groups = index.shape[1]
-  blocks = codebook[np.arange(num_rows)[:, None], np.maximum(index, 0)]
-  blocks[index < 0] = 0
-  matrix = blocks.transpose(0, 2, 1, 3).reshape(num_rows * bh,
-                                                num_groups * bw)
-  rows = int(np.prod(kernel_shape[:-1]))
-  return matrix[:rows, :kernel_shape[-1]].reshape(kernel_shape)
-
-
 def _param_leaves(params) -> list[tuple[tuple[str, ...], str, Any]]:
   """``[(keys, path, leaf)]``; ``path`` as :func:`rsjax.named_leaves`."""
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
@@ -243,11 +225,14 @@ def _decode_layers(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
         lowering.grid_shape((rows, kernel_shape[-1]), saved_hw.block_shape)
         != (num_rows, num_groups) or index.max(initial=-1) >= info["slots"]):
       raise ValueError(f"layer {info['name']!r} is inconsistent")
+    # Decompressed in NumPy (compressed_lib.CompressedLayer on NumPy arrays):
+    # reading a file compiles nothing.
+    kernels.append(compressed_lib.CompressedLayer(
+        codebook, index, kernel_shape).to_kernel())
     layers[info["name"]] = compressed_lib.CompressedLayer(
         jnp.asarray(codebook), jnp.asarray(index), kernel_shape)
     quantized[info["name"]] = (arrays[f"L{i}.codebook_q"].astype(np.int32),
                                arrays[f"L{i}.scale"])
-    kernels.append(decompress_kernel(codebook, index, kernel_shape))
   return layers, quantized, kernels
 
 

@@ -418,7 +418,9 @@ def decompress(codebook, index):
       (zero) blocks.
 
   Returns:
-    ``[R, G, bh, bw]``: ``codebook[r, index[r, g]]``, or zeros where pruned.
+    ``[R, G, bh, bw]``: ``codebook[r, index[r, g]]``, or zeros where pruned;
+    a NumPy array for NumPy inputs (so reading a model file compiles
+    nothing), else a JAX array.
   """
   if codebook.ndim != 4 or index.ndim != 2:
     raise ValueError(
@@ -436,7 +438,9 @@ def decompress(codebook, index):
       raise ValueError(
           f"index values must be in [-1, {codebook.shape[1] - 1}], got "
           f"[{lo}, {hi}]")
-  safe = jnp.maximum(index, 0)
-  blocks = jnp.take_along_axis(codebook, safe[:, :, None, None], axis=1)
-  return jnp.where((index >= 0)[:, :, None, None], blocks,
-                   jnp.zeros((), codebook.dtype))
+  xp = (np if isinstance(codebook, np.ndarray)
+        and isinstance(index, np.ndarray) else jnp)
+  safe = xp.maximum(index, 0)
+  blocks = xp.take_along_axis(codebook, safe[:, :, None, None], axis=1)
+  return xp.where((index >= 0)[:, :, None, None], blocks,
+                  xp.zeros((), codebook.dtype))
