@@ -3,9 +3,10 @@
 Every convolution / dense layer that BatchNorm follows is a :class:`ConvBN` /
 :class:`DenseBN` holding a child ``conv`` (or ``dense``) and ``bn``. With
 ``use_bn=False`` the same model has no BatchNorm and biased layers instead:
-:func:`fold_batchnorm` turns trained ``{'params', 'batch_stats'}`` into the
-parameters of that BN-free model, which is what a crossbar stores (a
-crossbar holds one weight matrix per layer; BN's affine map folds into it).
+:func:`fold_model_batchnorm` turns trained ``{'params', 'batch_stats'}``
+into the parameters of that BN-free model, which is what a crossbar stores
+(a crossbar holds one weight matrix per layer; BN's affine map folds into
+it).
 
 Parameter paths therefore look like ``params/conv1/conv/kernel``.
 """
@@ -266,7 +267,7 @@ def inference_energy(report, hw: rsjax.HardwareSpec,
   return {k: priced[k]["energy_pj"]["total"] for k in layouts}
 
 
-def fold_batchnorm(model: nn.Module, variables):
+def fold_model_batchnorm(model: nn.Module, variables):
   """Folds every BatchNorm into the layer before it.
 
   Each :class:`ConvBN` / :class:`DenseBN` gets the kernel and bias of

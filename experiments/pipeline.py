@@ -164,7 +164,7 @@ class Run:
     """
     baseline = workdir_lib.load_tree(self.checkpoint("baseline"))
     if self.config.compress.fold_bn:
-      return models_lib.fold_batchnorm(self.model, baseline)[1]
+      return models_lib.fold_model_batchnorm(self.model, baseline)[1]
     return baseline
 
   def latest_variables(self):

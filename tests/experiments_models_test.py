@@ -57,8 +57,8 @@ def test_fold_batchnorm_equal_in_eval_mode(name, shape):
   x = jax.random.normal(jax.random.key(2), (3, *shape))
   expected = jax.jit(model.apply, static_argnames="train")(
       variables, x, train=False)
-  free_model, _ = models.fold_batchnorm(model, variables)
-  folded = jax.jit(lambda v: models.fold_batchnorm(model, v)[1])(variables)
+  free_model, _ = models.fold_model_batchnorm(model, variables)
+  folded = jax.jit(lambda v: models.fold_model_batchnorm(model, v)[1])(variables)
   got = jax.jit(free_model.apply, static_argnames="train")(
       folded, x, train=False)
   scale = float(jnp.max(jnp.abs(expected)))

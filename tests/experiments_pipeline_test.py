@@ -254,7 +254,7 @@ def test_each_recipe_runs_only_its_stages(tmp_path, fmnist_data_dir,
     assert ratio == pytest.approx(1.0)
     assert all(l.is_identity() for l in saved.layers.values())
   elif variant == "prune":
-    baseline = models.fold_batchnorm(
+    baseline = models.fold_model_batchnorm(
         models.create_model("lenet5", num_classes=10),
         pipeline_tree(workdir, "baseline"))[1]
     # The same blocks as the library's pruning of the baseline.

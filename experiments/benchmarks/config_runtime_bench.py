@@ -255,7 +255,7 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
   t0 = time.perf_counter()
   folded_model, folded = model, variables
   if config.compress.fold_bn:
-    folded_model, folded = models_lib.fold_batchnorm(model, variables)
+    folded_model, folded = models_lib.fold_model_batchnorm(model, variables)
   params = folded
   if recipe.runs("prune"):
     prune_tx = rsjax.ou_pruning(optax.identity(), recipe.rules, hw,
