@@ -197,9 +197,9 @@ def _builder(info: DatasetInfo, data_dir: str):
                       file_format="array_record")
 
 
-def prepare(name: str, *, data_dir: str | None = None, download: bool = False,
-            source_dir: str = FASHION_MNIST_DIR, allow_apt: bool = True,
-            download_url: str = FASHION_MNIST_URL):
+def build(name: str, *, data_dir: str | None = None, download: bool = False,
+          source_dir: str = FASHION_MNIST_DIR, allow_apt: bool = True,
+          download_url: str = FASHION_MNIST_URL):
   """A prepared TFDS builder for ``name``; never a hanging download.
 
   Args:
@@ -328,7 +328,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     name: a key of :data:`DATASETS`.
     split: ``'train'`` or ``'eval'`` (mapped to the dataset's TFDS split).
     data_dir: the TFDS data dir.
-    download, source_dir, allow_apt, download_url: see :func:`prepare`.
+    download, source_dir, allow_apt, download_url: see :func:`build`.
     limit: keep only the first ``limit`` examples (tests, quick runs).
     image_size: square side for datasets with variable-size images
       (ImageNet); default the dataset's.
@@ -341,9 +341,9 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     info = dataclasses.replace(
         info, image_shape=(image_size, image_size, info.image_shape[2]))
   tfds_split = {"train": info.train_split, "eval": info.eval_split}[split]
-  builder = prepare(name, data_dir=data_dir, download=download,
-                    source_dir=source_dir, allow_apt=allow_apt,
-                    download_url=download_url)
+  builder = build(name, data_dir=data_dir, download=download,
+                  source_dir=source_dir, allow_apt=allow_apt,
+                  download_url=download_url)
   source = builder.as_data_source(split=tfds_split)
   size = len(source) if limit is None else min(limit, len(source))
   if not info.in_memory:

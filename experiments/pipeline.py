@@ -281,7 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"until must be one of {STAGES}, got {until!r}")
   recipe = check(config)
   t_start = time.perf_counter()
-  workdir_lib.prepare(workdir, config, overwrite)
+  workdir_lib.claim(workdir, config, overwrite)
   handler = _log_to_workdir(workdir)
   try:
     r = Run(config, workdir, recipe, step_callback)

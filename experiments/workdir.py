@@ -93,8 +93,8 @@ def _config_diff(a, b, prefix="") -> list[str]:
   return out[:10]
 
 
-def prepare(workdir: str, config: ml_collections.ConfigDict,
-            overwrite: bool) -> None:
+def claim(workdir: str, config: ml_collections.ConfigDict,
+          overwrite: bool) -> None:
   """Creates the workdir, or checks it holds a run of this same config.
 
   Raises:

@@ -59,7 +59,7 @@ def test_failed_build_leaves_no_dataset(tmp_path, no_network):
     _write_idx(str(source / label_file), np.zeros((5,)))
   data_dir = str(tmp_path / "tfds")
   with pytest.raises(ValueError, match="expected"):
-    data.prepare("fashion_mnist", data_dir=data_dir, source_dir=str(source))
+    data.build("fashion_mnist", data_dir=data_dir, source_dir=str(source))
   assert not data._builder(data.get_info("fashion_mnist"),
                            data_dir).is_prepared()
   built = tmp_path / "tfds" / "fashion_mnist_local"

@@ -179,7 +179,7 @@ def test_bad_download_is_retried_then_refused_leaving_nothing(
   server.modes["t10k-images-idx3-ubyte.gz"] = [mode] * 3
   with pytest.raises(data.DatasetNotFoundError,
                      match="refused after 3 attempts") as err:
-    data.prepare("fashion_mnist", data_dir=data_dir,
+    data.build("fashion_mnist", data_dir=data_dir,
                  source_dir=str(tmp_path / "nowhere"), allow_apt=False,
                  download_url=server.url)
   reason = "checksum mismatch|not a complete gzip" if mode == "corrupt" else (
@@ -212,7 +212,7 @@ def test_http_error_is_refused_without_retry(server, synthetic, tmp_path):
 def test_server_down_fails_fast_with_the_three_options(synthetic, tmp_path):
   start = time.perf_counter()
   with pytest.raises(data.DatasetNotFoundError) as err:
-    data.prepare("fashion_mnist", data_dir=str(tmp_path / "tfds"),
+    data.build("fashion_mnist", data_dir=str(tmp_path / "tfds"),
                  source_dir=str(tmp_path / "nowhere"), allow_apt=False,
                  download_url=_closed_port_url())
   assert time.perf_counter() - start < 3.0

@@ -43,7 +43,7 @@ def fmnist_data_dir(tmp_path_factory):
                   data.read_idx(os.path.join(data.FASHION_MNIST_DIR, f))[:n])
     with pytest.MonkeyPatch.context() as mp:
       mp.setattr(data, "_SPLIT_SIZES", dict(SUBSET))
-      data.prepare("fashion_mnist", data_dir=str(data_dir),
+      data.build("fashion_mnist", data_dir=str(data_dir),
                    source_dir=str(source))
   return str(data_dir)
 

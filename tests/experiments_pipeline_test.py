@@ -334,15 +334,15 @@ def test_every_config_trains_under_mock_data(tmp_path, monkeypatch, name):
 def test_foreign_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
   a = default.get_config()
-  workdir_lib.prepare(workdir, a, overwrite=False)
+  workdir_lib.claim(workdir, a, overwrite=False)
   open(os.path.join(workdir, "results.json"), "w").write("{}")
-  workdir_lib.prepare(workdir, a, overwrite=False)  # same config: ok
+  workdir_lib.claim(workdir, a, overwrite=False)  # same config: ok
   b = default.get_config()
   b.train.steps = 7
   with pytest.raises(workdir_lib.WorkdirConflictError, match="train.steps"):
-    workdir_lib.prepare(workdir, b, overwrite=False)
+    workdir_lib.claim(workdir, b, overwrite=False)
   assert os.path.exists(os.path.join(workdir, "results.json"))
-  workdir_lib.prepare(workdir, b, overwrite=True)
+  workdir_lib.claim(workdir, b, overwrite=True)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   stored = json.load(open(os.path.join(workdir, "config.json")))
   assert stored["train"]["steps"] == 7
