@@ -135,15 +135,17 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
       digital), or None: calibrated on the batches.
   """
   first = [b["image"] for _, b in zip(range(calibration_batches), batches())]
-  plans = rk.prepare_linen(model, variables, first, hw, compressed=layers,
-                           calibration=calibration, key=key, train=False,
-                           **(array_models or {}))
+  plans = rk.program(rk.calibrate(model, first, variables=variables,
+                                  train=False),
+                     hw, compressed=layers, calibration=calibration, key=key,
+                     **(array_models or {}))
   device = (array_models or {}).get("device")
   reads = device is not None and device.reads
   k_read = jax.random.fold_in(key, 1)
   # Read noise is fresh on every read: each batch reads with its own key.
-  forward = jax.jit(lambda x, k: rk.emulate_linen(
-      model, variables, x, plans, key=k if reads else None, train=False))
+  forward = jax.jit(lambda x, k: rk.emulate(
+      model, plans, variables=variables, key=k if reads else None)(
+          x, train=False))
   counts = np.zeros(2)  # correct, total
   for i, b in enumerate(batches()):
     # Processes take turns (the counts are summed below): each emulates on

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 import rsjax
-from rsjax.kernels import hwaware as hwaware_lib
+from rsjax.kernels import training as hwaware_lib
 
 COMPRESSION_STAGES = ("prune", "share", "finetune", "hwaware")
 SHARING_METHODS = ("ste", "paper")

@@ -321,9 +321,9 @@ def hwaware(run) -> dict[str, Any]:
     batches = [loop.get_batch(step + i)["image"]
                for i in range(max(run.config.eval.calibration_batches, 1))]
     previous = None if previous is None else previous["calib"]
-    calib = rk.calibrate_hwaware_linen(model, current, batches, hw,
-                                       previous=previous, scales=hc.scales,
-                                       train=False)
+    calib = rk.calibrate_hwaware(model, batches, hw, variables=current,
+                                 previous=previous, scales=hc.scales,
+                                 train=False)
     # A range that moves changes every conversion of its layer at once,
     # which the training loss shows as a jump: say when it happens.
     if previous is None and calib.adc_ranges:
@@ -337,9 +337,9 @@ def hwaware(run) -> dict[str, Any]:
 
   def apply_fn(v, x, rngs=None, *, calib, saturation=None, **kwargs):
     key = None if rngs is None else rngs["noise"]
-    return rk.hwaware_apply_linen(model, v, x, hw, calib, key=key,
-                                  backward=hc.backward, saturation=saturation,
-                                  **models, **kwargs)
+    return rk.hwaware(model, hw, calib, variables=v, key=key,
+                      backward=hc.backward, saturation=saturation,
+                      **models)(x, **kwargs)
 
   # The calibration is an argument of the jitted step (refreshed between
   # steps), so re-calibrating does not compile the step again.

@@ -160,8 +160,8 @@ class Emulator:
     self.subject = subject
     self.batch_size = batch_size
     model, params = subject.model, subject.params
-    self._emulate = jax.jit(lambda layers, x: rk.emulate_linen(
-        model, params, x, layers, train=False))
+    self._emulate = jax.jit(lambda layers, x: rk.emulate(
+        model, layers, variables=params)(x, train=False))
     self._float = jax.jit(lambda x: model.apply(params, x, train=False))
     self._calibration = None
 
@@ -172,8 +172,8 @@ class Emulator:
       s = self.subject
       batches = [s.calibration[i:i + self.batch_size]
                  for i in range(0, len(s.calibration), self.batch_size)]
-      self._calibration = rk.calibrate_linen(s.model, s.params, batches,
-                                             train=False)
+      self._calibration = rk.calibrate(s.model, batches, variables=s.params,
+                                       train=False)
     return self._calibration
 
   def program(self, hw: rsjax.HardwareSpec, *, shared: bool, key=None,

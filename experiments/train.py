@@ -190,7 +190,7 @@ def train_step(state: TrainState, batch, teacher_variables=None,
       non-idealities per step).
     saturation: ``apply_fn`` takes a ``saturation`` dict and fills it with
       each emulated layer's fraction of inputs beyond its input range
-      (:func:`rsjax.kernels.hwaware_apply_linen`); the metrics then hold it
+      (:func:`rsjax.kernels.hwaware`); the metrics then hold it
       as ``input_saturation``.
   """
   has_bn = bool(state.batch_stats)

@@ -16,8 +16,8 @@ from rsjax.kernels.conv import crossbar_conv
 from rsjax.kernels.conv import im2col
 from rsjax.kernels.counters import ou_counts
 from rsjax.kernels.crossbar import apply
-from rsjax.kernels.calibrate import HwCalibration
-from rsjax.kernels.calibrate import calibrate_adc_range
+from rsjax.kernels.calibration import HwCalibration
+from rsjax.kernels.calibration import calibrate_adc_range
 from rsjax.kernels.crossbar import crossbar_matmul
 from rsjax.kernels.crossbar import prepare
 from rsjax.kernels.crossbar import prepare_shared
@@ -26,19 +26,14 @@ from rsjax.kernels.crossbar import shared_crossbar_matmul
 from rsjax.kernels.model import Calibration
 from rsjax.kernels.model import EmulatedLayer
 from rsjax.kernels.model import program
-from rsjax.kernels.hwaware import calibrate_hwaware_linen
-from rsjax.kernels.hwaware import calibrate_hwaware_nnx
-from rsjax.kernels.hwaware import hwaware_apply_linen
-from rsjax.kernels.hwaware import hwaware_layer
-from rsjax.kernels.hwaware import InputSaturationWarning
-from rsjax.kernels.hwaware import hwaware_nnx
-from rsjax.kernels.hwaware import input_saturation
-from rsjax.kernels.linen_model import calibrate_linen
-from rsjax.kernels.linen_model import emulate_linen
-from rsjax.kernels.linen_model import prepare_linen
-from rsjax.kernels.nnx_model import calibrate_nnx
-from rsjax.kernels.nnx_model import emulate_nnx
-from rsjax.kernels.nnx_model import prepare_nnx
+from rsjax.kernels.model import DigitalLayerWarning
+from rsjax.kernels.api import calibrate
+from rsjax.kernels.api import calibrate_hwaware
+from rsjax.kernels.api import emulate
+from rsjax.kernels.api import hwaware
+from rsjax.kernels.training import hwaware_layer
+from rsjax.kernels.training import InputSaturationWarning
+from rsjax.kernels.training import input_saturation
 from rsjax.kernels.saturation import saturating_matmul
 from rsjax.kernels.ste import emulated_conv
 from rsjax.kernels.ste import emulated_matmul
@@ -46,6 +41,7 @@ from rsjax.kernels.ste import emulated_matmul
 __all__ = (
     "Calibration",
     "CrossbarWeights",
+    "DigitalLayerWarning",
     "Device",
     "Drift",
     "EmulatedLayer",
@@ -60,27 +56,21 @@ __all__ = (
     "WanRRAM2022",
     "Wires",
     "apply",
+    "calibrate",
     "calibrate_adc_range",
-    "calibrate_hwaware_linen",
-    "calibrate_hwaware_nnx",
-    "calibrate_linen",
-    "calibrate_nnx",
+    "calibrate_hwaware",
     "conv_apply",
     "crossbar_conv",
     "im2col",
     "input_saturation",
     "ou_counts",
     "crossbar_matmul",
-    "emulate_linen",
-    "emulate_nnx",
+    "emulate",
     "emulated_conv",
     "emulated_matmul",
-    "hwaware_apply_linen",
+    "hwaware",
     "hwaware_layer",
-    "hwaware_nnx",
     "prepare",
-    "prepare_linen",
-    "prepare_nnx",
     "prepare_shared",
     "program",
     "quantize_inputs",

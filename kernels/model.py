@@ -1,29 +1,30 @@
 """Whole-model emulation of Flax Linen and NNX models on crossbars.
 
-Shared machinery; the front ends are :mod:`rsjax.kernels.linen_model` and
-:mod:`rsjax.kernels.nnx_model`.
+Shared machinery; the front door is :mod:`rsjax.kernels.api`
+(``rk.calibrate``, ``rk.program``, ``rk.emulate``), which hands a Linen
+model to :mod:`rsjax.kernels._linen` and an NNX one to
+:mod:`rsjax.kernels._nnx`.
 
 Two steps, without rewriting the model:
 
-1. ``prepare_linen`` / ``prepare_nnx`` run the float model on a few
-   calibration batches (eagerly) and record, for every ``Dense``/``Conv``
-   (Linen) or ``Linear``/``Conv`` (NNX) whose kernel path matches ``rules``
-   (``re.search`` on ``'params/<module path>/kernel'`` for Linen,
-   ``'<attribute path>/kernel'`` for NNX): the largest input seen (the input
-   scale is ``max / (2^input_bits - 1)``), whether inputs go negative, and a
-   ``BatchNorm`` that directly consumes the layer's output. That BatchNorm is
+1. Calibration runs the float model on a few batches (eagerly) and records,
+   for every ``Dense``/``Conv`` (Linen) or ``Linear``/``Conv`` (NNX) whose
+   kernel path matches ``rules`` (``re.search`` on
+   ``'params/<module path>/kernel'`` for Linen, ``'<attribute path>/kernel'``
+   for NNX): the largest input seen (the input scale is
+   ``max / (2^input_bits - 1)``), whether inputs go negative, and a
+   ``BatchNorm`` that directly consumes the layer's output, into a
+   hardware-free :class:`Calibration`. Any other layer with a kernel (an
+   ``Einsum``, a ``DenseGeneral``...) would stay digital: it is reported
+   (:class:`DigitalLayerWarning`) or refused (``on_unmapped='error'``).
+   :func:`program` then programs it on a ``HardwareSpec``: the BatchNorm is
    folded into the layer (:func:`rsjax.fold_batchnorm`) and skipped at
-   emulation time.
-   Weights are quantized to ``weight_bits`` (per layer or per column) and
-   programmed with :func:`rsjax.kernels.prepare`: the per-weight work is done
-   once, here.
-   Step 1 is also two calls, for programming one model many times (other
-   hardware, fault seeds): ``calibrate_linen`` / ``calibrate_nnx`` record a
-   :class:`Calibration` (the float model's statistics, hardware-free) and
-   :func:`program` programs it on a ``HardwareSpec``.
-2. ``emulate_linen`` (through ``flax.linen.intercept_methods``) /
-   ``emulate_nnx`` (a copy of the model with the layers swapped for
-   emulated ones) then run inference; both work under ``jax.jit``.
+   emulation time, weights are quantized to ``weight_bits`` (per layer or
+   per column) and programmed with :func:`rsjax.kernels.prepare`, so the
+   per-weight work is done once.
+2. Emulation (through ``flax.linen.intercept_methods`` for Linen, a copy of
+   the model with the layers swapped for emulated ones for NNX) then runs
+   inference; both work under ``jax.jit``.
 
 A layer's inputs are quantized to unsigned ``input_bits`` integers with its
 calibrated scale (values above the calibrated maximum saturate). A layer fed
@@ -38,9 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import re
 from typing import Any
+import warnings
 
 from flax import struct
 import jax
@@ -53,7 +54,7 @@ from rsjax._src import kmeans
 from rsjax._src import lowering
 from rsjax._src import quantize
 from rsjax.kernels import adc as adc_lib
-from rsjax.kernels import calibrate
+from rsjax.kernels import calibration as calibration_lib
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
 
@@ -165,7 +166,7 @@ def _layer_name(path: str) -> str:
   return path[:-len("/kernel")] if path.endswith("/kernel") else path
 
 
-def _last_axis(v, ndim):
+def last_axis(v, ndim):
   """``v`` (scalar or ``[N]``) shaped to broadcast over ``ndim`` dims."""
   return v if v.ndim == 0 else v.reshape((1,) * (ndim - 1) + (-1,))
 
@@ -184,7 +185,7 @@ def run_layer(layer: EmulatedLayer, x, key=None):
     else:
       y = conv_lib.conv_apply(layer.weights, q, *layer.conv, key=pass_key)
     scale = layer.x_scale * layer.w_scale
-    return y.astype(jnp.float32) * _last_axis(scale, y.ndim)
+    return y.astype(jnp.float32) * last_axis(scale, y.ndim)
 
   keys = (None, None) if key is None else jax.random.split(key)
   if layer.signed and layer.signed_scheme == "twos_complement":
@@ -196,13 +197,13 @@ def run_layer(layer: EmulatedLayer, x, key=None):
     else:
       y = conv_lib.conv_apply(layer.weights, q, *layer.conv, key=keys[0],
                               signed_inputs=True)
-    y = y.astype(jnp.float32) * _last_axis(layer.x_scale * layer.w_scale,
+    y = y.astype(jnp.float32) * last_axis(layer.x_scale * layer.w_scale,
                                            y.ndim)
   else:
     y = one(jnp.maximum(x, 0.0), keys[0])
     if layer.signed:
       y = y - one(jnp.maximum(-x, 0.0), keys[1])
-  y = y + _last_axis(layer.bias, y.ndim)
+  y = y + last_axis(layer.bias, y.ndim)
   return y[0] if unbatched else y
 
 
@@ -212,23 +213,36 @@ def run_layer(layer: EmulatedLayer, x, key=None):
 _SAMPLE_ROWS = 256
 
 
+class DigitalLayerWarning(UserWarning):
+  """A layer with a kernel that the emulator does not map stays digital."""
+
+
+ON_UNMAPPED = ("warn", "error", "ignore")
+
+
 class Stats:
   """Running input statistics of the layers (calibration only).
 
   A front end reports the call of each layer whose kernel path ``rules``
-  match (:meth:`matches`; :meth:`layer`) and each BatchNorm's
-  (:meth:`batchnorm`) while :meth:`record` runs the model. ``kinds`` names
-  the layer classes looked for, for the error when none matched.
+  match (:meth:`matches`; :meth:`layer`), each BatchNorm's
+  (:meth:`batchnorm`) and each matching layer with a kernel that it cannot
+  map (:meth:`unmapped`) while :meth:`record` runs the model. ``kinds``
+  names the layer classes it maps, for the messages.
   """
 
-  def __init__(self, rules: str, kinds: str):
+  def __init__(self, rules: str, kinds: str, on_unmapped: str = "warn"):
+    if on_unmapped not in ON_UNMAPPED:
+      raise ValueError(f"on_unmapped must be one of {ON_UNMAPPED}, got "
+                       f"{on_unmapped!r}")
     self.rules = rules
     self.kinds = kinds
+    self.on_unmapped = on_unmapped
     self._regex = re.compile(rules)
     self.layers: dict[str, dict[str, Any]] = {}
     self.produced: dict[int, str] = {}
     self.alive: list[Any] = []
     self.bn: dict[str, tuple[str, dict[str, Any]]] = {}
+    self.digital: dict[str, str] = {}
 
   def matches(self, kernel_path: str) -> bool:
     """Whether the layer of ``kernel_path`` is emulated (``re.search``)."""
@@ -279,16 +293,44 @@ class Stats:
     if name is not None:
       self.bn[name] = (bn_path, stats)
 
+  def unmapped(self, name: str, kind: str, kernel_path: str):
+    """Notes layer ``name``, a ``kind`` with a kernel the emulator can't map.
+
+    A layer whose ``kernel_path`` the rules exclude is left digital on
+    purpose and not noted.
+    """
+    if self.matches(kernel_path):
+      self.digital.setdefault(name, kind)
+
+  def _report_unmapped(self):
+    """Warns of (or, on request, refuses) the layers that stay digital."""
+    if not self.digital or self.on_unmapped == "ignore":
+      return
+    names = ", ".join(f"{k} ({v})" for k, v in sorted(self.digital.items()))
+    message = (f"these layers have a kernel but are not {self.kinds} "
+               f"layers, so the emulator leaves them digital: {names}; "
+               "exclude them with rules, or pass on_unmapped='ignore' to "
+               "keep them digital without this message")
+    if self.on_unmapped == "error":
+      raise ValueError(message)
+    warnings.warn(message, DigitalLayerWarning, stacklevel=5)
+
   def record(self, batches, run) -> Calibration:
     """Runs ``run(batch)`` on every batch; the finished :class:`Calibration`.
 
+    The layers left digital are reported after the first batch (which
+    calls every layer), before the rest run.
+
     Raises:
-      ValueError: if no layer was recorded.
+      ValueError: if no layer was recorded, or a layer stays digital and
+        ``on_unmapped='error'``.
     """
-    for batch in batches:
+    for i, batch in enumerate(batches):
       self.produced.clear()
       self.alive.clear()
       run(batch)
+      if i == 0:
+        self._report_unmapped()
     if not self.layers:
       raise ValueError(f"no {self.kinds} layer matched the rules "
                        f"{self.rules!r}")
@@ -328,13 +370,13 @@ def folded_batchnorms(layers) -> set[str]:
           if layer.folded is not None}
 
 
-def _adc_range(stats, qw, hw, x_scale):
+def adc_range_from(stats, qw, hw, x_scale):
   """The calibrated ADC range from the first calibration batch."""
   x = jnp.maximum(jnp.asarray(stats["sample"], jnp.float32), 0.0)
   if stats.get("conv") is not None:
     x = conv_lib.im2col(x if x.ndim == 4 else x[None], *stats["conv"])
   q = crossbar.quantize_inputs(x, x_scale, hw)
-  return calibrate.calibrate_adc_range(q, qw, hw)
+  return calibration_lib.calibrate_adc_range(q, qw, hw)
 
 
 SIGNED_SCHEMES = ("two_pass", "twos_complement")
@@ -348,18 +390,6 @@ def _check_options(**options):
     if name in choices and value not in choices[name]:
       raise ValueError(f"{name} must be one of {choices[name]}, got "
                        f"{value!r}")
-
-
-def split_options(kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``kwargs`` split into :func:`program`'s options and the rest.
-
-  The options are checked here, so that a bad one fails before the model is
-  run on the calibration batches.
-  """
-  names = set(inspect.signature(program).parameters) - {"calib", "hw"}
-  options = {k: v for k, v in kwargs.items() if k in names}
-  _check_options(**options)
-  return options, {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _trained_calibration(compressed, calibration):
@@ -378,7 +408,7 @@ def _trained_calibration(compressed, calibration):
                        f"to_dict()), 'data' or None, got {calibration!r}")
     calibration = None
   if calibration is not None:
-    calibration = calibrate.HwCalibration.from_dict(calibration)
+    calibration = calibration_lib.HwCalibration.from_dict(calibration)
   return compressed, calibration
 
 
@@ -419,16 +449,12 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
             ) -> dict[str, EmulatedLayer]:
   """Programs every calibrated layer on ``hw`` (shared ones from codebooks).
 
-  The second half of ``prepare_linen`` / ``prepare_nnx``: one calibration
+  The second step after :func:`rsjax.kernels.calibrate`: one calibration
   programmed many times (other hardware, fault seeds) gives the same layers
-  as preparing each from scratch, without running the model again.
-
-  These are also the programming options of ``prepare_linen`` and
-  ``prepare_nnx``.
+  as calibrating afresh each time, without running the model again.
 
   Args:
-    calib: from :func:`rsjax.kernels.calibrate_linen` or
-      :func:`rsjax.kernels.calibrate_nnx`.
+    calib: from :func:`rsjax.kernels.calibrate`.
     hw: the hardware.
     per: weight scale per ``'layer'`` or ``'column'``.
     device: the ReRAM device (:class:`rsjax.kernels.Device`), None for ideal
@@ -470,7 +496,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       the hardware need not be the one the layer was shared for).
 
   Returns:
-    ``{layer path: EmulatedLayer}`` for ``emulate_linen`` / ``emulate_nnx``.
+    ``{layer path: EmulatedLayer}`` for :func:`rsjax.kernels.emulate`.
 
   Raises:
     TypeError: if ``calib`` is not a :class:`Calibration`.
@@ -479,7 +505,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
   """
   if not isinstance(calib, Calibration):
     raise TypeError(f"calib must be a rsjax.kernels.Calibration (from "
-                    f"calibrate_linen / calibrate_nnx), got "
+                    f"rsjax.kernels.calibrate), got "
                     f"{type(calib).__name__}")
   _check_options(per=per, dataflow=dataflow, signed_scheme=signed_scheme)
   compressed, calibration = _trained_calibration(compressed, calibration)
@@ -527,7 +553,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     elif calibration is not None:
       adc_range = calibration.adc_ranges[name]
     else:
-      adc_range = _adc_range(st, qw, hw, x_scale)
+      adc_range = adc_range_from(st, qw, hw, x_scale)
     layer_key = None if key is None else jax.random.fold_in(key, i)
     if shared is None or not index_and_add:
       weights = crossbar.prepare(qw, hw, adc_range=adc_range, **models,

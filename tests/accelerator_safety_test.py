@@ -320,9 +320,9 @@ def test_emulate_linen_is_accelerator_safe():
   params = rsjax.project(params, state)
   layers = rsjax.to_compressed(params, state)
   variables = {"params": rsjax.training_params(params, state)}
-  plans = rk.prepare_linen(model, variables, [x], HW,
-                           compressed={"Dense_0": layers["Dense_0/kernel"]})
-  run = lambda v, batch, p: rk.emulate_linen(model, v, batch, p)
+  plans = rk.program(rk.calibrate(model, [x], variables=variables), HW,
+                     compressed={"Dense_0": layers["Dense_0/kernel"]})
+  run = lambda v, batch, p: rk.emulate(model, p, variables=v)(batch)
   assert_safe(run, variables, x, plans)
   jitted = jax.jit(run)
   args = jax.device_put((variables, x, plans))

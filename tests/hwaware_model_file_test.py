@@ -83,9 +83,8 @@ def trained(tmp_path_factory):
   ft = rsjax.centroid_finetune(optax.adam(1e-3), rules, HW)
   opt_state = ft.init(params)
   stats = variables["batch_stats"]
-  calib = rk.calibrate_hwaware_linen(model, {"params": params,
-                                             "batch_stats": stats},
-                                     [x[:128]], HW)
+  calib = rk.calibrate_hwaware(
+      model, [x[:128]], HW, variables={"params": params, "batch_stats": stats})
 
   @jax.jit
   def hw_step(params, stats, opt_state, calib, i):
@@ -94,9 +93,8 @@ def trained(tmp_path_factory):
     def loss(p):
       v = {"params": rsjax.training_params(p, opt_state),
            "batch_stats": stats}
-      logits, upd = rk.hwaware_apply_linen(model, v, x[idx], HW, calib,
-                                           train=True,
-                                           mutable=["batch_stats"])
+      logits, upd = rk.hwaware(model, HW, calib, variables=v)(
+          x[idx], train=True, mutable=["batch_stats"])
       return ce(logits, y[idx]).mean(), upd
     g, upd = jax.grad(loss, has_aux=True)(params)
     with jax.numpy_dtype_promotion("standard"):
@@ -105,15 +103,15 @@ def trained(tmp_path_factory):
 
   for i in range(6):
     if i == 3:
-      calib = rk.calibrate_hwaware_linen(
-          model, {"params": rsjax.training_params(params, opt_state),
-                  "batch_stats": stats}, [x[128 * i:128 * (i + 1)]], HW,
-          previous=calib)
+      current = {"params": rsjax.training_params(params, opt_state),
+                 "batch_stats": stats}
+      calib = rk.calibrate_hwaware(model, [x[128 * i:128 * (i + 1)]], HW,
+                                   variables=current, previous=calib)
     params, stats, opt_state = hw_step(params, stats, opt_state, calib, i)
 
   final = {"params": rsjax.training_params(params, opt_state),
            "batch_stats": stats}
-  logits = rk.hwaware_apply_linen(model, final, xt, HW, calib, train=False)
+  logits = rk.hwaware(model, HW, calib, variables=final)(xt, train=False)
   layers = {f"params/{k}": v for k, v in
             rsjax.to_compressed(params, opt_state).items()}
   path = str(tmp_path_factory.mktemp("hwaware") / "model.rsjax.npz")
@@ -135,10 +133,10 @@ _FRESH = textwrap.dedent("""
     variables = {{k: v for k, v in loaded.params.items()}}
     model = Net()
     # No calibration argument: the file's own is used.
-    plans = rk.prepare_linen(model, variables, [x[:64]], loaded.hw,
-                             compressed=loaded, train=False)
-    logits = rk.emulate_linen(model, variables, jnp.asarray(x[1200:]), plans,
-                              train=False)
+    calib = rk.calibrate(model, [x[:64]], variables=variables, train=False)
+    plans = rk.program(calib, loaded.hw, compressed=loaded)
+    logits = rk.emulate(model, plans, variables=variables)(
+        jnp.asarray(x[1200:]), train=False)
     np.save({out!r}, np.asarray(logits))
     print(json.dumps({{"accuracy": _accuracy(logits, y[1200:])}}))
 """)
@@ -169,21 +167,24 @@ def test_calibration_round_trips_and_is_checked(trained):
   x, _ = _digits()
   model = Net()
   with pytest.raises(ValueError, match="adc_bits"):
-    rk.prepare_linen(model, loaded.params, [x[:64]],
-                     HW.replace(adc_bits=4), compressed=loaded, train=False)
+    rk.program(rk.calibrate(model, [x[:64]], variables=loaded.params,
+                            train=False),
+               HW.replace(adc_bits=4), compressed=loaded)
   with pytest.raises(ValueError, match="fold_bn"):
-    rk.prepare_linen(model, loaded.params, [x[:64]], HW, compressed=loaded,
-                     fold_bn=True, train=False)
+    rk.program(rk.calibrate(model, [x[:64]], variables=loaded.params,
+                            train=False), HW, compressed=loaded, fold_bn=True)
   with pytest.raises(ValueError, match="layers"):
-    rk.prepare_linen(model, loaded.params, [x[:64]], HW, compressed=loaded,
-                     rules="Conv", train=False)
+    rk.program(rk.calibrate(model, [x[:64]], variables=loaded.params,
+                            rules="Conv", train=False), HW, compressed=loaded)
   with pytest.raises(ValueError, match="'data'"):
-    rk.prepare_linen(model, loaded.params, [x[:64]], HW, compressed=loaded,
-                     calibration="fresh", train=False)
+    rk.program(rk.calibrate(model, [x[:64]], variables=loaded.params,
+                            train=False),
+               HW, compressed=loaded, calibration="fresh")
   # Told otherwise, it calibrates afresh from the batches (BN folded again).
-  fresh = rk.prepare_linen(model, loaded.params, [x[:64]],
-                           HW.replace(adc_bits=4), compressed=loaded,
-                           calibration="data", train=False)
+  fresh = rk.program(rk.calibrate(model, [x[:64]], variables=loaded.params,
+                                  train=False),
+                     HW.replace(adc_bits=4), compressed=loaded,
+                     calibration="data")
   assert set(fresh) == set(calib.x_scales)
   bad = dict(loaded.calibration, per="rows")
   with pytest.raises(ValueError, match="per"):

@@ -422,34 +422,35 @@ REAL = dict(device=rk.Device(20.0, programming=rk.WanRRAM2022(),
 def test_whole_linen_model_with_real_arrays():
   model, x = _Linen(), _images()
   variables = model.init(jax.random.key(0), x)
-  ideal = rk.prepare_linen(model, variables, [x], HW)
-  real = rk.prepare_linen(model, variables, [x], HW, key=jax.random.key(1),
-                          **REAL)
-  run = jax.jit(lambda layers: rk.emulate_linen(model, variables, x, layers))
+  ideal = rk.program(rk.calibrate(model, [x], variables=variables), HW)
+  real = rk.program(rk.calibrate(model, [x], variables=variables), HW,
+                    key=jax.random.key(1), **REAL)
+  run = jax.jit(
+      lambda layers: rk.emulate(model, layers, variables=variables)(x))
   y_ideal, y_real = run(ideal), run(real)
   assert y_real.shape == y_ideal.shape
   assert not np.allclose(np.asarray(y_real), np.asarray(y_ideal))
   # The same key programs the same arrays.
-  again = rk.prepare_linen(model, variables, [x], HW, key=jax.random.key(1),
-                           **REAL)
+  again = rk.program(rk.calibrate(model, [x], variables=variables), HW,
+                     key=jax.random.key(1), **REAL)
   _eq(run(again), y_real)
 
 
 def test_whole_nnx_model_with_real_arrays():
   model, x = _Nnx(nnx.Rngs(0)), _images()
-  ideal = rk.emulate_nnx(model, rk.prepare_nnx(model, [x], HW))(x)
-  real = rk.emulate_nnx(model, rk.prepare_nnx(
-      model, [x], HW, wires=rk.Wires(2e-3, 2e-3),
-      device=rk.Device(10.0)))(x)
+  calib = rk.calibrate(model, [x])
+  ideal = rk.emulate(model, rk.program(calib, HW))(x)
+  real = rk.emulate(model, rk.program(calib, HW, wires=rk.Wires(2e-3, 2e-3),
+                                      device=rk.Device(10.0)))(x)
   assert not np.allclose(np.asarray(real), np.asarray(ideal))
 
 
 def test_hwaware_draws_the_device_per_step():
   model, x = _Linen(), _images()
   variables = model.init(jax.random.key(0), x)
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], HW)
-  fwd = jax.jit(lambda v, k: rk.hwaware_apply_linen(
-      model, v, x, HW, calib, key=k, **REAL))
+  calib = rk.calibrate_hwaware(model, [x], HW, variables=variables)
+  fwd = jax.jit(lambda v, k: rk.hwaware(model, HW, calib, variables=v,
+                                        key=k, **REAL)(x))
   y0, y0b, y1 = (fwd(variables, jax.random.key(s)) for s in (0, 0, 1))
   _eq(y0, y0b)
   assert not np.allclose(np.asarray(y0), np.asarray(y1))
@@ -460,13 +461,13 @@ def test_hwaware_draws_the_device_per_step():
 
 def test_hwaware_nnx_with_real_arrays():
   model, x = _Nnx(nnx.Rngs(0)), _images()
-  calib = rk.calibrate_hwaware_nnx(model, [x], HW)
+  calib = rk.calibrate_hwaware(model, [x], HW)
 
   def loss(m, key):
-    with rk.hwaware_nnx(m, HW, calib, key=key, device=rk.Device(
+    run = rk.hwaware(m, HW, calib, key=key, device=rk.Device(
         15.0, programming=rk.Programming(0.05, "proportional")),
-                        wires=rk.Wires(1e-3, 1e-3)):
-      return jnp.sum(m(x) ** 2)
+                     wires=rk.Wires(1e-3, 1e-3))
+    return jnp.sum(run(x) ** 2)
 
   grads = nnx.jit(nnx.grad(loss))(model, jax.random.key(0))
   assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"][...]))) > 0

@@ -55,14 +55,15 @@ def _net():
     (LOSSY, False), (LOSSY.replace(adc_mode="calibrated"), True)])
 def test_linen_forward_equals_emulator(hw, jit):
   model, variables, x = _net()
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
+  calib = rk.calibrate_hwaware(model, [x], hw, variables=variables)
   assert calib.signed == ("Conv_0",)
   assert (calib.adc_ranges is None) == (hw.adc_mode != "calibrated")
-  layers = rk.prepare_linen(model, variables, [x], hw, fold_bn=False)
-  fwd = lambda v, a: rk.hwaware_apply_linen(model, v, a, hw, calib)
+  layers = rk.program(rk.calibrate(model, [x], variables=variables), hw,
+                      fold_bn=False)
+  fwd = lambda v, a: rk.hwaware(model, hw, calib, variables=v)(a)
   fwd = jax.jit(fwd) if jit else fwd
   y = fwd(variables, x)
-  y_ref = rk.emulate_linen(model, variables, x, layers)
+  y_ref = rk.emulate(model, layers, variables=variables)(x)
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5,
                              atol=1e-5)
   y_float = model.apply(variables, x)
@@ -75,8 +76,8 @@ def test_lossless_forward_equals_quantized_dense():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.random((6, 20)), jnp.float32)
   variables = model.init(jax.random.key(1), x)
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSLESS)
-  y = rk.hwaware_apply_linen(model, variables, x, LOSSLESS, calib)
+  calib = rk.calibrate_hwaware(model, [x], LOSSLESS, variables=variables)
+  y = rk.hwaware(model, LOSSLESS, calib, variables=variables)(x)
   s = float(calib.x_scales[""]) if "" in calib.x_scales else None
   assert s is not None, calib.x_scales
   k = np.asarray(variables["params"]["kernel"], np.float64)
@@ -93,14 +94,14 @@ def test_gradient_is_the_float_gradient_where_nothing_clips(jit):
   model = nn.Conv(3, (3, 3))
   x = jnp.abs(_batch(2))
   variables = model.init(jax.random.key(2), x)
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSY)
+  calib = rk.calibrate_hwaware(model, [x], LOSSY, variables=variables)
   probe = jnp.asarray(np.random.default_rng(3).standard_normal(
       (4, 8, 8, 3)), jnp.float32)
 
   def loss(params, fn):
     return jnp.sum(fn({"params": params}, x) * probe)
 
-  hwaware = lambda v, a: rk.hwaware_apply_linen(model, v, a, LOSSY, calib)
+  hwaware = lambda v, a: rk.hwaware(model, LOSSY, calib, variables=v)(a)
   grad = jax.grad(loss)
   grad = jax.jit(grad, static_argnums=1) if jit else grad
   g = grad(variables["params"], hwaware)
@@ -119,11 +120,11 @@ def test_saturation_backward(jit):
                       jnp.float32)
 
   def grads(hw, backward):
-    calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
+    calib = rk.calibrate_hwaware(model, [x], hw, variables=variables)
 
     def loss(params):
-      y = rk.hwaware_apply_linen(model, {"params": params}, x, hw, calib,
-                                 backward=backward)
+      y = rk.hwaware(model, hw, calib, variables={"params": params},
+                     backward=backward)(x)
       return jnp.sum(y * probe)
     fn = jax.jit(jax.grad(loss)) if jit else jax.grad(loss)
     return jax.tree.leaves(fn(variables["params"]))
@@ -133,43 +134,42 @@ def test_saturation_backward(jit):
                                atol=1e-4)
   assert any(not np.allclose(np.asarray(a), np.asarray(b), atol=1e-3)
              for a, b in zip(grads(LOSSY, "saturation"), grads(LOSSY, "ste")))
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSY)
+  calib = rk.calibrate_hwaware(model, [x], LOSSY, variables=variables)
   with pytest.raises(ValueError, match="backward"):
-    rk.hwaware_apply_linen(model, variables, x, LOSSY, calib,
-                           backward="clip")
+    rk.hwaware(model, LOSSY, calib, variables=variables, backward="clip")(x)
 
 
 def test_noise_is_keyed_per_step():
   model, variables, x = _net()
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], LOSSY)
+  calib = rk.calibrate_hwaware(model, [x], LOSSY, variables=variables)
   noise = rk.Nonideal(program_sigma=0.3, stuck_at_0=0.01)
-  fwd = jax.jit(lambda v, a, k: rk.hwaware_apply_linen(
-      model, v, a, LOSSY, calib, key=k, nonideal=noise))
+  fwd = jax.jit(lambda v, a, k: rk.hwaware(
+      model, LOSSY, calib, variables=v, key=k, nonideal=noise)(a))
   y0 = fwd(variables, x, jax.random.key(0))
   y0b = fwd(variables, x, jax.random.key(0))
   y1 = fwd(variables, x, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(y0), np.asarray(y0b))
   assert not np.allclose(np.asarray(y0), np.asarray(y1))
   with pytest.raises(ValueError, match="key"):
-    rk.hwaware_apply_linen(model, variables, x, LOSSY, calib, nonideal=noise)
+    rk.hwaware(model, LOSSY, calib, variables=variables, nonideal=noise)(x)
 
 
 def test_recalibration_keeps_or_raises_input_scales():
   hw = LOSSY.replace(adc_mode="calibrated")
   model, variables, x = _net()
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
+  calib = rk.calibrate_hwaware(model, [x], hw, variables=variables)
   bigger = [x * 3.0]
   # 'fixed' keeps the scales, and says which layers now saturate.
   with pytest.warns(rk.InputSaturationWarning, match="Conv_0"):
-    fixed = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
-                                       previous=calib, scales="fixed")
+    fixed = rk.calibrate_hwaware(model, bigger, hw, variables=variables,
+                                 previous=calib, scales="fixed")
   # The default raises them: nothing saturates, nothing to warn about.
   with warnings.catch_warnings():
     warnings.simplefilter("error", rk.InputSaturationWarning)
-    running = rk.calibrate_hwaware_linen(model, variables, bigger, hw,
-                                         previous=calib)
-    rk.calibrate_hwaware_linen(model, variables, [x], hw, previous=calib,
-                               scales="fixed")
+    running = rk.calibrate_hwaware(model, bigger, hw, variables=variables,
+                                   previous=calib)
+    rk.calibrate_hwaware(model, [x], hw, variables=variables, previous=calib,
+                         scales="fixed")
   for name in calib.x_scales:
     np.testing.assert_allclose(fixed.x_scales[name], calib.x_scales[name],
                                rtol=1e-6)
@@ -178,16 +178,16 @@ def test_recalibration_keeps_or_raises_input_scales():
   # The step's metric: the fraction of inputs beyond the range.
   for c, expect_some in ((fixed, True), (running, False)):
     sat = {}
-    rk.hwaware_apply_linen(model, variables, x * 3.0, hw, c, saturation=sat)
+    rk.hwaware(model, hw, c, variables=variables, saturation=sat)(x * 3.0)
     assert set(sat) == set(c.x_scales)
     assert (float(sat["Conv_0"]) > 0.01) == expect_some, sat
   with pytest.raises(ValueError, match="scales"):
-    rk.calibrate_hwaware_linen(model, variables, [x], hw, previous=calib,
-                               scales="ema")
+    rk.calibrate_hwaware(model, [x], hw, variables=variables, previous=calib,
+                         scales="ema")
   with pytest.raises(ValueError, match="calibrated"):
-    rk.hwaware_apply_linen(model, variables, x, hw,
-                           rk.calibrate_hwaware_linen(model, variables, [x],
-                                                      LOSSY))
+    rk.hwaware(model, hw,
+               rk.calibrate_hwaware(model, [x], LOSSY, variables=variables),
+               variables=variables)
 
 
 def test_recalibration_is_a_traced_argument():
@@ -195,22 +195,22 @@ def test_recalibration_is_a_traced_argument():
   # second compile (it is a pytree of arrays; its static parts are equal).
   hw = LOSSY.replace(adc_mode="calibrated")
   model, variables, x = _net()
-  calib = rk.calibrate_hwaware_linen(model, variables, [x], hw)
-  recal = rk.calibrate_hwaware_linen(model, variables, [x * 3.0], hw,
-                                     previous=calib, scales="running_max")
+  calib = rk.calibrate_hwaware(model, [x], hw, variables=variables)
+  recal = rk.calibrate_hwaware(model, [x * 3.0], hw, variables=variables,
+                               previous=calib, scales="running_max")
   traces = []
 
   @jax.jit
   def fwd(v, c, a):
     traces.append(1)
-    return rk.hwaware_apply_linen(model, v, a, hw, c)
+    return rk.hwaware(model, hw, c, variables=v)(a)
 
   y0, y1 = fwd(variables, calib, x), fwd(variables, recal, x)
   assert len(traces) == 1
   assert not np.allclose(np.asarray(y0), np.asarray(y1))
   np.testing.assert_allclose(
       np.asarray(y1),
-      np.asarray(rk.hwaware_apply_linen(model, variables, x, hw, recal)),
+      np.asarray(rk.hwaware(model, hw, recal, variables=variables)(x)),
       rtol=1e-5, atol=1e-5)
 
 
@@ -229,14 +229,14 @@ def test_centroid_finetune_through_the_emulator_stays_shared():
             "bias": variables["params"]["bias"]}
   tx = rsjax.centroid_finetune(optax.sgd(0.1), rules, hw)
   state = tx.init(params)
-  calib = rk.calibrate_hwaware_linen(model, {"params": params}, [x], hw)
+  calib = rk.calibrate_hwaware(model, [x], hw, variables={"params": params})
 
   @jax.jit
   def step(params, state, key):
     def loss(p):
-      logits = rk.hwaware_apply_linen(
-          model, {"params": rsjax.training_params(p, state)}, x, hw, calib,
-          key=key, nonideal=rk.Nonideal(program_sigma=0.1))
+      v = {"params": rsjax.training_params(p, state)}
+      logits = rk.hwaware(model, hw, calib, variables=v, key=key,
+                          nonideal=rk.Nonideal(program_sigma=0.1))(x)
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()
     grads = jax.grad(loss)(params)
@@ -264,18 +264,16 @@ def test_nnx_forward_equals_emulator_and_trains():
   model = NnxNet(nnx.Rngs(0))
   x = _batch()
   hw = LOSSY
-  calib = rk.calibrate_hwaware_nnx(model, [x], hw)
-  layers = rk.prepare_nnx(model, [x], hw, fold_bn=False)
-  y_ref = rk.emulate_nnx(model, layers)(x)
-  with rk.hwaware_nnx(model, hw, calib) as emulated:
-    y = emulated(x)
+  calib = rk.calibrate_hwaware(model, [x], hw)
+  layers = rk.program(rk.calibrate(model, [x]), hw, fold_bn=False)
+  y_ref = rk.emulate(model, layers)(x)
+  y = rk.hwaware(model, hw, calib)(x)
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5,
                              atol=1e-5)
   assert isinstance(model.conv, nnx.Conv)  # restored
 
   def loss(m, backward="ste"):
-    with rk.hwaware_nnx(m, hw, calib, backward=backward):
-      return jnp.sum(m(x) ** 2)
+    return jnp.sum(rk.hwaware(m, hw, calib, backward=backward)(x) ** 2)
 
   grads = nnx.jit(nnx.grad(loss))(model)
   assert float(jnp.sum(jnp.abs(grads["conv"]["kernel"][...]))) > 0
@@ -289,4 +287,4 @@ def test_nnx_forward_equals_emulator_and_trains():
 def test_bad_calibration_type():
   model, variables, x = _net()
   with pytest.raises(TypeError, match="HwCalibration"):
-    rk.hwaware_apply_linen(model, variables, x, LOSSY, {"Conv_0": 1.0})
+    rk.hwaware(model, LOSSY, {"Conv_0": 1.0}, variables=variables)(x)

@@ -58,36 +58,35 @@ def _linen():
 
 def test_linen_emulation_tracks_float_and_folds_bn():
   model, variables, batches = _linen()
-  layers = rk.prepare_linen(model, variables, batches, FINE,
-                                  train=False)
+  layers = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False), FINE)
   assert sorted(layers) == ["Conv_0", "Conv_1", "Dense_0"]
   assert layers["Conv_0"].folded == "BatchNorm_0"
   assert layers["Conv_0"].signed and not layers["Conv_1"].signed
   want = model.apply(variables, batches[0], train=False)
-  got = jax.jit(lambda x: rk.emulate_linen(
-      model, variables, x, layers, train=False))(batches[0])
+  got = jax.jit(lambda x: rk.emulate(model, layers, variables=variables)(
+      x, train=False))(batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
 
 
 def test_linen_rules_and_lossy_adc():
   model, variables, batches = _linen()
-  layers = rk.prepare_linen(model, variables, batches, LOSSY,
-                                  rules=r"Conv_1", train=False)
+  layers = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   rules=r"Conv_1", train=False), LOSSY)
   assert list(layers) == ["Conv_1"]
   assert layers["Conv_1"].weights.dataflow == "table"
-  y = rk.emulate_linen(model, variables, batches[0], layers,
-                              train=False)
+  y = rk.emulate(model, layers, variables=variables)(batches[0], train=False)
   assert y.shape == (4, 3) and bool(jnp.all(jnp.isfinite(y)))
 
 
 def test_linen_noise_vmap_over_keys():
   model, variables, batches = _linen()
-  layers = rk.prepare_linen(
-      model, variables, batches[:1], LOSSY, rules="Dense",
-      nonideal=rk.Nonideal(read_sigma=0.5), train=False)
-  run = lambda k: rk.emulate_linen(model, variables, batches[0],
-                                          layers, key=k, train=False)
+  layers = rk.program(rk.calibrate(model, batches[:1], variables=variables,
+                                   rules="Dense", train=False),
+                      LOSSY, nonideal=rk.Nonideal(read_sigma=0.5))
+  run = lambda k: rk.emulate(model, layers, variables=variables, key=k)(
+      batches[0], train=False)
   keys = jax.random.split(jax.random.key(1), 3)
   ys = jax.jit(jax.vmap(run))(keys)
   assert ys.shape == (3, 4, 3)
@@ -101,10 +100,10 @@ def test_nnx_emulation_tracks_float():
   model.bn.var[...] = model.bn.var[...] * 2.0
   model.eval()
   batches = _batches()
-  layers = rk.prepare_nnx(model, batches, FINE)
+  layers = rk.program(rk.calibrate(model, batches), FINE)
   assert sorted(layers) == ["conv", "head"]
   assert layers["conv"].folded == "bn"
-  emulated = rk.emulate_nnx(model, layers)
+  emulated = rk.emulate(model, layers)
   want = model(batches[0])
   got = nnx.jit(lambda m, x: m(x))(emulated, batches[0])
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
@@ -116,14 +115,13 @@ def test_nnx_emulation_tracks_float():
 def test_linen_calibrated_adc_per_column_weights():
   model, variables, batches = _linen()
   hw = LOSSY.replace(adc_mode="calibrated")
-  layers = rk.prepare_linen(model, variables, batches, hw,
-                                  per="column", train=False)
+  layers = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False), hw, per="column")
   for layer in layers.values():
     assert hw.adc_max <= int(layer.weights.adc_range) <= hw.partial_sum_max
     assert layer.w_scale.shape == (layer.weights.out_features,)
   want = model.apply(variables, batches[0], train=False)
-  got = rk.emulate_linen(model, variables, batches[0], layers,
-                                train=False)
+  got = rk.emulate(model, layers, variables=variables)(batches[0], train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 0.1, err
 
@@ -132,14 +130,13 @@ def test_nnx_noise_keys():
   model = NnxNet(nnx.Rngs(0))
   model.eval()
   batches = _batches()
-  layers = rk.prepare_nnx(
-      model, batches[:1], LOSSY, rules="conv",
-      nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
-      key=jax.random.key(0))
+  layers = rk.program(rk.calibrate(model, batches[:1], rules="conv"), LOSSY,
+                      nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
+                      key=jax.random.key(0))
   assert list(layers) == ["conv"]
   assert layers["conv"].weights.dataflow == "direct"
-  a = rk.emulate_nnx(model, layers, key=jax.random.key(1))
-  b = rk.emulate_nnx(model, layers, key=jax.random.key(2))
+  a = rk.emulate(model, layers, key=jax.random.key(1))
+  b = rk.emulate(model, layers, key=jax.random.key(2))
   np.testing.assert_array_equal(np.asarray(a(batches[0])),
                                 np.asarray(a(batches[0])))
   assert not np.allclose(np.asarray(a(batches[0])), np.asarray(b(batches[0])))
@@ -165,19 +162,20 @@ def test_linen_compressed_layer_equals_decompressed_dense():
   dense_vars = jax.tree.map(lambda a: a, variables)
   dense_vars["params"]["Conv_1"]["kernel"] = layer.to_kernel()
   # Calibrate on the compressed model's float weights in both cases.
-  shared = rk.prepare_linen(model, dense_vars, batches, hw,
-                            compressed={"params/Conv_1/kernel": layer},
-                            train=False)
-  dense = rk.prepare_linen(model, dense_vars, batches, hw, train=False)
+  shared = rk.program(rk.calibrate(model, batches, variables=dense_vars,
+                                   train=False),
+                      hw, compressed={"params/Conv_1/kernel": layer})
+  dense = rk.program(rk.calibrate(model, batches, variables=dense_vars,
+                                  train=False), hw)
   assert shared["Conv_1"].weights.route is None  # routed into the table
   assert shared["Conv_1"].folded is None
   np.testing.assert_array_equal(
       np.asarray(shared["Conv_1"].weights.table),
       np.asarray(dense["Conv_1"].weights.table))
-  y_shared = rk.emulate_linen(model, dense_vars, batches[0], shared,
-                              train=False)
-  y_dense = rk.emulate_linen(model, dense_vars, batches[0], dense,
-                             train=False)
+  y_shared = rk.emulate(model, shared, variables=dense_vars)(
+      batches[0], train=False)
+  y_dense = rk.emulate(model, dense, variables=dense_vars)(
+      batches[0], train=False)
   np.testing.assert_allclose(np.asarray(y_shared), np.asarray(y_dense),
                              rtol=1e-5, atol=1e-5)
 
@@ -199,23 +197,24 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
       lambda a: jnp.asarray(rng.uniform(0.3, 3.0, a.shape), a.dtype),
       variables["batch_stats"])
   compressed = {"params/Conv_0/kernel": layer}
-  shared = rk.prepare_linen(model, variables, batches, hw,
-                            compressed=compressed, train=False)
-  dense = rk.prepare_linen(model, variables, batches, hw,
-                           compressed=compressed, index_and_add=False,
-                           train=False)
-  folded = rk.prepare_linen(model, variables, batches, hw, train=False)
+  shared = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False), hw, compressed=compressed)
+  dense = rk.program(rk.calibrate(model, batches, variables=variables,
+                                  train=False),
+                     hw, compressed=compressed, index_and_add=False)
+  folded = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False), hw)
   assert shared["Conv_0"].folded is None and dense["Conv_0"].folded is None
   assert folded["Conv_0"].folded is not None
-  run = lambda layers: np.asarray(rk.emulate_linen(
-      model, variables, batches[0], layers, train=False))
+  run = lambda layers: np.asarray(rk.emulate(
+      model, layers, variables=variables)(batches[0], train=False))
   np.testing.assert_array_equal(run(shared), run(dense))
   # The direct dataflow keeps the index table as a route: index-and-add in
   # one, a dense matrix in the other, the same outputs.
-  direct = {name: rk.prepare_linen(
-      model, variables, batches, hw, compressed=compressed, dataflow="direct",
-      index_and_add=flag, train=False) for name, flag in (("shared", True),
-                                                           ("dense", False))}
+  calib = rk.calibrate(model, batches, variables=variables, train=False)
+  direct = {name: rk.program(calib, hw, compressed=compressed,
+                             dataflow="direct", index_and_add=flag)
+            for name, flag in (("shared", True), ("dense", False))}
   assert direct["shared"]["Conv_0"].weights.route is not None
   assert direct["dense"]["Conv_0"].weights.route is None
   np.testing.assert_array_equal(run(direct["shared"]), run(direct["dense"]))
@@ -223,9 +222,9 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
   gap = np.max(np.abs(run(shared) - run(folded)))
   assert gap > 1e-3 * np.max(np.abs(run(shared))), gap
   # The dense layout maps onto other OU shapes too (index-and-add cannot).
-  other = rk.prepare_linen(model, variables, batches, FINE,
-                           compressed=compressed, index_and_add=False,
-                           train=False)
+  other = rk.program(rk.calibrate(model, batches, variables=variables,
+                                  train=False),
+                     FINE, compressed=compressed, index_and_add=False)
   want = model.apply(variables, batches[0], train=False)
   err = float(jnp.max(jnp.abs(run(other) - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
@@ -233,12 +232,13 @@ def test_linen_compressed_layer_before_batchnorm_dense_layout():
 
 def test_linen_twos_complement_first_layer():
   model, variables, batches = _linen()
-  layers = rk.prepare_linen(model, variables, batches, FINE,
-                           signed_scheme="twos_complement", train=False)
+  layers = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False),
+                      FINE, signed_scheme="twos_complement")
   assert layers["Conv_0"].signed
   assert layers["Conv_0"].signed_scheme == "twos_complement"
   want = model.apply(variables, batches[0], train=False)
-  got = rk.emulate_linen(model, variables, batches[0], layers, train=False)
+  got = rk.emulate(model, layers, variables=variables)(batches[0], train=False)
   err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
   assert err < 2e-2, err
 
@@ -247,20 +247,21 @@ def test_calibrate_once_program_many_equals_prepare():
   # One calibration programmed on two hardware specs (and with faults) gives
   # the very layers prepare_* makes from scratch, for Linen and NNX.
   model, variables, batches = _linen()
-  calib = rk.calibrate_linen(model, variables, batches, train=False)
+  calib = rk.calibrate(model, batches, variables=variables, train=False)
   assert sorted(calib.layers) == ["Conv_0", "Conv_1", "Dense_0"]
   faults = dict(nonideal=rk.Nonideal(program_sigma=0.1),
                 key=jax.random.key(3))
   for hw, kw in ((LOSSY, {}), (FINE, {}), (LOSSY, faults)):
-    want = rk.prepare_linen(model, variables, batches, hw, train=False, **kw)
+    want = rk.program(rk.calibrate(model, batches, variables=variables,
+                                   train=False), hw, **kw)
     got = rk.program(calib, hw, **kw)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   nnx_model = NnxNet(nnx.Rngs(0))
   nnx_model.eval()
-  calib = rk.calibrate_nnx(nnx_model, _batches())
-  want = rk.prepare_nnx(nnx_model, _batches(), LOSSY)
+  calib = rk.calibrate(nnx_model, _batches())
+  want = rk.program(rk.calibrate(nnx_model, _batches()), LOSSY)
   got = rk.program(calib, LOSSY)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -271,13 +272,14 @@ def test_calibrate_once_program_many_equals_prepare():
 def test_calibration_keeps_a_copy_of_the_first_rows():
   # The calibrated ADC range needs only the first rows of the first batch:
   # the calibration keeps a copy of those (not the caller's buffer, which
-  # may be reused) and programs the same layers as prepare_linen.
+  # may be reused) and programs the same layers as a fresh calibration.
   model, variables, _ = _linen()
   rng = np.random.default_rng(1)
   batch = rng.standard_normal((300, 8, 8, 2)).astype(np.float32)
   hw = LOSSY.replace(adc_mode="calibrated")
-  want = rk.prepare_linen(model, variables, [batch], hw, train=False)
-  calib = rk.calibrate_linen(model, variables, [batch], train=False)
+  want = rk.program(rk.calibrate(model, [batch], variables=variables,
+                                 train=False), hw)
+  calib = rk.calibrate(model, [batch], variables=variables, train=False)
   batch[:] = 0.0
   assert calib.layers["Conv_0"]["sample"].shape[0] == 256
   got = rk.program(calib, hw)
@@ -287,20 +289,13 @@ def test_calibration_keeps_a_copy_of_the_first_rows():
                                   np.asarray(want[name].x_scale))
 
 
-def _never():
-  raise AssertionError("the model ran on calibration batches")
-  yield  # pylint: disable=unreachable
-
-
-def test_bad_programming_option_fails_before_calibration():
-  model, variables, _ = _linen()
-  nnx_model = NnxNet(nnx.Rngs(0))
-  with pytest.raises(ValueError, match="dataflow"):
-    rk.prepare_linen(model, variables, _never(), LOSSY, dataflow="fast",
-                     train=False)
-  with pytest.raises(ValueError, match="per"):
-    rk.prepare_nnx(nnx_model, _never(), LOSSY, per="row")
-  with pytest.raises(ValueError, match="signed_scheme"):
-    rk.prepare_nnx(nnx_model, _never(), LOSSY, signed_scheme="sign")
+def test_bad_programming_option():
+  model, variables, batches = _linen()
+  calib = rk.calibrate(model, batches[:1], variables=variables, train=False)
+  for option, match in ((dict(dataflow="fast"), "dataflow"),
+                        (dict(per="row"), "per"),
+                        (dict(signed_scheme="sign"), "signed_scheme")):
+    with pytest.raises(ValueError, match=match):
+      rk.program(calib, LOSSY, **option)
   with pytest.raises(TypeError, match="rule"):
-    rk.prepare_nnx(nnx_model, _never(), LOSSY, rule="conv")
+    rk.program(calib, LOSSY, rule="conv")

@@ -7,7 +7,7 @@ import pytest
 
 import rsjax
 from rsjax import kernels as rk
-from rsjax.kernels import calibrate as calibrate_lib
+from rsjax.kernels import calibration as calibrate_lib
 from rsjax.kernels import cells as cells_lib
 
 HW = rsjax.HardwareSpec(adc_bits=4)

@@ -118,7 +118,7 @@ def _measure(name: str) -> dict:
     out["seconds"] = time.perf_counter() - start
   elif name == "program":
     start = time.perf_counter()
-    calib = rk.calibrate_nnx(model, [jnp.asarray(x[:256])])
+    calib = rk.calibrate(model, [jnp.asarray(x[:256])])
     out["calibrate_s"] = time.perf_counter() - start
     start = time.perf_counter()
     jax.block_until_ready(rk.program(calib, hw))

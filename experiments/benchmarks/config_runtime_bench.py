@@ -366,12 +366,12 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     from rsjax import kernels as rk  # pylint: disable=g-import-not-at-top
     ehw = hw.replace(adc_bits=bits[2])
     images = [b["image"] for b in data_lib.eval_batches(eval_split, ebs)]
-    programmed = rk.prepare_linen(folded_model, compressed, images[:2], ehw,
-                                  compressed=dict(layers),
-                                  key=jax.random.fold_in(key, 2),
-                                  train=False)
-    run = jax.jit(lambda x: rk.emulate_linen(folded_model, compressed, x,
-                                             programmed, train=False))
+    programmed = rk.program(rk.calibrate(folded_model, images[:2],
+                                         variables=compressed, train=False),
+                            ehw, compressed=dict(layers),
+                            key=jax.random.fold_in(key, 2))
+    run = jax.jit(lambda x: rk.emulate(
+        folded_model, programmed, variables=compressed)(x, train=False))
     _ready(run(images[0]))
     with quiet():
       t0 = time.perf_counter()

@@ -10,8 +10,8 @@ Every Conv and Dense layer runs on the emulated crossbars (ISAAC-like,
 4-bit clip ADC: the lossy table path; the stem gets signed inputs and so two
 unsigned passes); BatchNorms are folded. Both evaluations are jitted per
 batch; the times are the best of ``--reps`` passes over ``--images`` images,
-after compilation. ``prepare_linen`` (calibration and programming, once per
-model) is timed separately.
+after compilation. ``rk.calibrate`` + ``rk.program`` (calibration and
+programming, once per model) is timed separately.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def eval_times(model_name: str, shape: tuple[int, int, int], images: int,
 
   Returns:
     ``float_s``, ``emulated_s`` (best of ``reps`` passes, compiled),
-    ``prepare_s`` (``prepare_linen``, once per model), ``layers``,
+    ``prepare_s`` (calibrating and programming, once per model), ``layers``,
     ``dataflows`` and ``agreement`` (top-1 float vs emulated, one batch).
 
   Raises:
@@ -50,12 +50,13 @@ def eval_times(model_name: str, shape: tuple[int, int, int], images: int,
   batches = jnp.asarray(rng.standard_normal((images, *shape)),
                         jnp.float32).reshape(-1, batch, *shape)
   start = time.perf_counter()
-  layers = rk.prepare_linen(model, variables, list(batches[:2]), hw,
-                            dataflow=dataflow, train=False)
+  layers = rk.program(rk.calibrate(model, list(batches[:2]),
+                                   variables=variables, train=False),
+                      hw, dataflow=dataflow)
   t_prep = time.perf_counter() - start
   float_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
-  emu_eval = jax.jit(lambda x: rk.emulate_linen(model, variables, x, layers,
-                                                train=False))
+  emu_eval = jax.jit(lambda x: rk.emulate(model, layers, variables=variables)(
+      x, train=False))
 
   def run(fn):
     jax.block_until_ready(fn(batches[0]))
@@ -101,7 +102,7 @@ def main():
   print(f"float eval    {t['float_s']:8.3f} s")
   print(f"emulated eval {t['emulated_s']:8.3f} s  "
         f"{t['emulated_s'] / t['float_s']:6.1f}x")
-  print(f"prepare_linen {t['prepare_s']:8.3f} s (once per model)")
+  print(f"calibrate+program {t['prepare_s']:8.3f} s (once per model)")
   print(f"top-1 agreement float vs emulated on one batch: "
         f"{t['agreement']:.2f}")
 

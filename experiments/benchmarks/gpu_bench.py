@@ -17,7 +17,7 @@ early keeps what it measured. The sections, in this order (the helpers of
   jit (what ``rsjax.kernels.crossbar_matmul`` does, weights an argument)
   against the same float32 matmul.
 * ``hwaware_step``: a LeNet-5 training step with the emulated forward
-  (``hwaware_apply_linen``, straight-through backward) against the plain
+  (``rk.hwaware``, straight-through backward) against the plain
   step; the saturation-aware backward too.
 * ``vgg8_eval``: VGG-8 (28x28x1, random weights) evaluated on the emulated
   crossbars against float, in images/s.

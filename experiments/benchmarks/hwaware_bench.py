@@ -14,7 +14,7 @@ same shape on the same machine and load:
   against ``jit(x @ w)`` in float32. The per-input call (weights prepared
   once) and ``prepare`` alone are printed too.
 * LeNet-5 training step (batch 128, 28x28x1 inputs, BN folded, Adam): the
-  hardware-aware step (:func:`rsjax.kernels.hwaware_apply_linen` at the same
+  hardware-aware step (:func:`rsjax.kernels.hwaware` at the same
   ADC) against the plain float step, with the straight-through backward and
   with the saturation-aware one (``backward='saturation'``).
 """
@@ -84,7 +84,7 @@ def lenet_steps(hw, batch, reps, model_name="lenet5", saturation=True):
   x = jnp.asarray(rng.random((batch, 28, 28, 1)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
   params = model.init(jax.random.key(0), x[:1])["params"]
-  calib = rk.calibrate_hwaware_linen(model, {"params": params}, [x], hw)
+  calib = rk.calibrate_hwaware(model, [x], hw, variables={"params": params})
   tx = optax.adam(1e-4)
 
   def make_step(forward):
@@ -100,10 +100,10 @@ def lenet_steps(hw, batch, reps, model_name="lenet5", saturation=True):
     return step
 
   plain = make_step(model.apply)
-  hwaware = make_step(lambda v, x: rk.hwaware_apply_linen(model, v, x, hw,
-                                                          calib))
-  saturation_step = make_step(lambda v, x: rk.hwaware_apply_linen(
-      model, v, x, hw, calib, backward="saturation"))
+  hwaware = make_step(
+      lambda v, x: rk.hwaware(model, hw, calib, variables=v)(x))
+  saturation_step = make_step(lambda v, x: rk.hwaware(
+      model, hw, calib, variables=v, backward="saturation")(x))
   state = tx.init(params)
   steps = [plain, hwaware] + ([saturation_step] if saturation else [])
   times = best_times([(step, params, state, x, y) for step in steps], reps)

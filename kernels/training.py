@@ -1,4 +1,8 @@
-"""Hardware-aware training of whole Linen and NNX models on the emulator.
+"""Hardware-aware training on the emulator: one layer, and the shared parts.
+
+:func:`hwaware_layer` is one layer; :func:`rsjax.kernels.hwaware` and
+:func:`rsjax.kernels.calibrate_hwaware` (:mod:`rsjax.kernels.api`) run whole
+Linen and NNX models through it.
 
 The forward pass runs every calibrated ``Dense``/``Conv`` (Linen) or
 ``Linear``/``Conv`` (NNX) through the crossbar emulator with the model's
@@ -20,32 +24,27 @@ straight-through view (``rsjax.centroid_finetune`` keeps them shared).
 
 BatchNorm stays digital (it is not folded: it trains), biases are added in
 float. Input scales and ADC ranges (``adc_mode='calibrated'``) come from
-:func:`calibrate_hwaware_linen` / :func:`calibrate_hwaware_nnx`, run eagerly
-outside the step; call them again every few steps to re-calibrate the ADC
+:func:`rsjax.kernels.calibrate_hwaware`, run eagerly outside the step;
+call it again every few steps to re-calibrate the ADC
 ranges on the current weights and batch, the input scales kept (``'fixed'``)
 or raised to the running maximum (``'running_max'``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
-from flax import linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 
 from rsjax._src import hardware
 from rsjax._src import quantize
 from rsjax.kernels import adc as adc_lib
-from rsjax.kernels import calibrate as calibrate_lib
+from rsjax.kernels import calibration as calibrate_lib
 from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
-from rsjax.kernels import linen_model
 from rsjax.kernels import model as model_lib
-from rsjax.kernels import nnx_model
 from rsjax.kernels import saturation as saturation_lib
 
 SCALE_UPDATES = ("running_max", "fixed")
@@ -57,14 +56,20 @@ _SATURATION_MARGIN = 0.05
 
 class InputSaturationWarning(UserWarning):
   """Layer inputs exceed the input range they are quantized to."""
+
+
 BACKWARDS = ("ste", "saturation")
 
 
 HwCalibration = calibrate_lib.HwCalibration
 
 
-def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
-                      scales: str, per: str) -> HwCalibration:
+def from_calibration(calib: model_lib.Calibration, hw, *, previous,
+                     scales: str, per: str) -> HwCalibration:
+  """The :class:`HwCalibration` of a model's recorded statistics.
+
+  Args: as :func:`rsjax.kernels.calibrate_hwaware`.
+  """
   if scales not in SCALE_UPDATES:
     raise ValueError(f"scales must be one of {SCALE_UPDATES}, got {scales!r}")
   if previous is not None and not isinstance(previous, HwCalibration):
@@ -87,8 +92,8 @@ def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
       matrix = jnp.asarray(st["kernel"], jnp.float32).reshape(
           -1, st["kernel"].shape[-1])
       qw, _ = quantize.quantize_weights(matrix, hw.weight_bits, per=per)
-      adc_ranges[name] = jnp.int32(model_lib._adc_range(  # pylint: disable=protected-access
-          st, qw, hw, x_scale))
+      adc_ranges[name] = jnp.int32(
+          model_lib.adc_range_from(st, qw, hw, x_scale))
   if short:
     warnings.warn(
         "inputs saturate: with scales='fixed' these layers keep an input "
@@ -99,51 +104,6 @@ def _from_calibration(calib: model_lib.Calibration, hw, *, previous,
         InputSaturationWarning, stacklevel=3)
   return HwCalibration(x_scales, adc_ranges or None, tuple(signed), hw,
                        per)
-
-
-def calibrate_hwaware_linen(model: nn.Module, variables, batches, hw, *,
-                            rules: str = r".*", previous=None,
-                            scales: str = "running_max", per: str = "layer",
-                            **apply_kwargs) -> HwCalibration:
-  """Input scales (and ADC ranges) of a Linen model's layers from data.
-
-  Runs eagerly (outside ``jit``), like :func:`rsjax.kernels.calibrate_linen`.
-
-  Args:
-    model: the Linen module.
-    variables: its variables (the params the model trains on, e.g.
-      ``rsjax.training_params`` of the shared model).
-    batches: a few input batches.
-    hw: the hardware (``adc_mode='calibrated'`` also calibrates ranges:
-      :func:`rsjax.kernels.calibrate_adc_range` on the first batch).
-    rules: regex over ``'params/<module path>/kernel'``.
-    previous: the calibration being updated, or None.
-    scales: with ``previous``, ``'running_max'`` raises its input scales to
-      the largest input seen, so inputs never saturate for lack of range;
-      ``'fixed'`` keeps them (only the ADC ranges follow the current
-      weights): inputs that grow past a kept scale saturate, which a
-      warning names (layer, kept and needed scale) and the step's
-      ``saturation`` shows.
-    per: weight scale, ``'layer'`` (shared layers need it) or ``'column'``.
-    **apply_kwargs: for ``model.apply`` (e.g. ``train=False``).
-
-  Returns:
-    The :class:`HwCalibration`.
-  """
-  calib = linen_model.calibrate_linen(model, variables, batches, rules=rules,
-                                      **apply_kwargs)
-  return _from_calibration(calib, hw, previous=previous, scales=scales,
-                           per=per)
-
-
-def calibrate_hwaware_nnx(model: nnx.Module, batches, hw, *,
-                          rules: str = r".*", previous=None,
-                          scales: str = "running_max",
-                          per: str = "layer") -> HwCalibration:
-  """As :func:`calibrate_hwaware_linen` for an NNX model (in eval mode)."""
-  calib = nnx_model.calibrate_nnx(model, batches, rules=rules)
-  return _from_calibration(calib, hw, previous=previous, scales=scales,
-                           per=per)
 
 
 def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
@@ -216,8 +176,7 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
   if signed:
     y_int = y_int - crossbar.apply(weights, q_passes[1],
                                    key=pass_keys[1]).astype(jnp.float32)
-  y_emul = y_int * model_lib._last_axis(  # pylint: disable=protected-access
-      x_scale * w_scale, y_int.ndim)
+  y_emul = y_int * model_lib.last_axis(x_scale * w_scale, y_int.ndim)
   y = y_float + jax.lax.stop_gradient(y_emul - y_float)
   if bias is not None:
     y = y + jnp.asarray(bias, jnp.float32).reshape((1,) * (y.ndim - 1)
@@ -229,16 +188,14 @@ def _saturating(x_clip, w, qw, w_scale, x_scale, hw, q_passes, adc_range):
   """``clip(x) @ w`` with the saturation-aware backward, per input pass."""
   lead, in_features = x_clip.shape[:-1], x_clip.shape[-1]
   x2 = x_clip.reshape(-1, in_features)
-  w_units = w / model_lib._last_axis(  # pylint: disable=protected-access
-      w_scale, 2)
+  w_units = w / model_lib.last_axis(w_scale, 2)
   parts = (jnp.maximum(x2, 0.0), jnp.maximum(-x2, 0.0))
   y = 0.0
   for sign, part, q in zip((1.0, -1.0), parts, q_passes):
     y = y + sign * saturation_lib.saturating_matmul(
         part / x_scale, w_units, q.reshape(-1, in_features), qw, hw,
         adc_range)
-  y = y * model_lib._last_axis(  # pylint: disable=protected-access
-      x_scale * w_scale, y.ndim)
+  y = y * model_lib.last_axis(x_scale * w_scale, y.ndim)
   return y.reshape(*lead, -1)
 
 
@@ -248,11 +205,12 @@ def _check_backward(backward):
                      f"{backward!r}")
 
 
-def _check(calib, hw, backward, per):
+def check_training(calib, hw, backward, per):
+  """Raises for a calibration that does not fit the training's options."""
   _check_backward(backward)
   if not isinstance(calib, HwCalibration):
     raise TypeError(f"calib must be a HwCalibration (from "
-                    f"calibrate_hwaware_linen / calibrate_hwaware_nnx), got "
+                    f"rsjax.kernels.calibrate_hwaware), got "
                     f"{type(calib).__name__}")
   if adc_lib.mode(hw).calibrated and calib.adc_ranges is None:
     raise ValueError("adc_mode='calibrated' needs ADC ranges: calibrate with "
@@ -282,8 +240,14 @@ def input_saturation(x, x_scale, hw: hardware.HardwareSpec, *,
   return jnp.mean(beyond.astype(jnp.float32))
 
 
-def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
-         backward, saturation):
+def run_layer(name, calib, hw, x, kernel, bias, conv, order, key, phys,
+              per, backward, saturation):
+  """Layer ``name`` of a model in training, with its calibrated settings.
+
+  ``order`` numbers the calibrated layers, so that each folds its own key
+  from the step's; ``phys`` is the :func:`rsjax.kernels.crossbar.physics`
+  of the hardware models.
+  """
   if saturation is not None:
     saturation[name] = input_saturation(x, calib.x_scales[name], hw,
                                         signed=name in calib.signed)
@@ -293,115 +257,3 @@ def _run(name, calib, hw, x, kernel, bias, conv, order, key, phys, per,
                        signed=name in calib.signed, conv=conv, adc_range=rng,
                        **phys.kwargs(), key=layer_key, per=per,
                        backward=backward)
-
-
-def hwaware_apply_linen(model: nn.Module, variables, x,
-                        hw: hardware.HardwareSpec, calib: HwCalibration, *,
-                        key=None, device=None, wires=None, adc=None,
-                        nonideal=None, per: str = "layer",
-                        backward: str = "ste", saturation: dict | None = None,
-                        **apply_kwargs):
-  """``model.apply(variables, x)`` with the calibrated layers emulated.
-
-  For a jitted training step: ``loss = ce(hwaware_apply_linen(model,
-  {'params': rsjax.training_params(p, s)}, x, hw, calib, key=step_key))``.
-
-  Args:
-    model: the Linen module.
-    variables: its variables (``params`` differentiable).
-    x: the input batch.
-    hw: the hardware (``adc_bits``/``adc_mode`` may differ from the one the
-      model was compressed for, not the block shape of shared layers).
-    calib: from :func:`calibrate_hwaware_linen`.
-    key: this step's key for the non-idealities (one per layer is folded).
-    device, wires, adc, nonideal: the hardware models, as
-      :func:`hwaware_layer`: the device's random effects are drawn anew
-      every step.
-    per: weight scale (``'layer'`` for shared layers).
-    backward: ``'ste'`` or ``'saturation'`` (see :func:`hwaware_layer`).
-    saturation: a dict that receives ``{layer path: fraction of its inputs
-      beyond its input range}`` (:func:`input_saturation`, traced): return
-      it from the step as a metric, as a fixed input scale that no longer
-      fits the inputs shows there first.
-    **apply_kwargs: for ``model.apply`` (``train=True``, ``mutable``...).
-
-  Returns:
-    What ``model.apply`` returns.
-  """
-  _check(calib, hw, backward, per)
-  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
-                          adc_model=adc)
-  order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
-
-  def emulate(next_fun, args, kwargs, ctx):
-    mod = ctx.module
-    name = linen_model._linen_name(mod)  # pylint: disable=protected-access
-    if (ctx.method_name != "__call__" or not args or name not in order
-        or not isinstance(mod, (nn.Dense, nn.Conv))):
-      return next_fun(*args, **kwargs)
-    p = mod.variables["params"]
-    conv = model_lib.conv_config(mod) if isinstance(mod, nn.Conv) else None
-    return _run(name, calib, hw, args[0], p["kernel"], p.get("bias"), conv,
-                order, key, phys, per, backward, saturation)
-
-  with nn.intercept_methods(emulate):
-    return model.apply(variables, x, **apply_kwargs)
-
-
-class _HwLayer(nnx.Module):
-  """Runs a wrapped NNX Linear/Conv on the emulator (its own params)."""
-
-  def __init__(self, inner, run):
-    self.inner = inner
-    self.run = run
-
-  def __call__(self, x):
-    m = self.inner
-    conv = model_lib.conv_config(m) if isinstance(m, nnx.Conv) else None
-    bias = m.bias[...] if m.bias is not None else None
-    return self.run(x, m.kernel[...], bias, conv)
-
-
-@contextlib.contextmanager
-def hwaware_nnx(model: nnx.Module, hw: hardware.HardwareSpec,
-                calib: HwCalibration, *, key=None, device=None, wires=None,
-                adc=None, nonideal=None, per: str = "layer",
-                backward: str = "ste", saturation: dict | None = None):
-  """Within the context, ``model``'s calibrated layers run on the emulator.
-
-  The layers are swapped in place and restored on exit, so the params stay
-  the model's own (gradients reach them, BatchNorm statistics update):
-  ``with rk.hwaware_nnx(model, hw, calib, key=k): loss = ce(model(x))``
-  inside the function given to ``nnx.value_and_grad``.
-
-  Args:
-    model: the NNX model.
-    hw, calib, key, device, wires, adc, nonideal, per, backward,
-      saturation: as :func:`hwaware_apply_linen` (``saturation`` is filled
-      by the calls within the context).
-
-  Yields:
-    ``model``.
-  """
-  _check(calib, hw, backward, per)
-  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
-                          adc_model=adc)
-  order = {name: i for i, name in enumerate(sorted(calib.x_scales))}
-  swapped = {}
-
-  def make(path, node):
-    name = nnx_model._nnx_name(path)  # pylint: disable=protected-access
-    if name not in order or not isinstance(node, (nnx.Linear, nnx.Conv)):
-      return None
-    swapped[path] = node
-    return _HwLayer(node, lambda x, k, b, c, name=name: _run(
-        name, calib, hw, x, k, b, c, order, key, phys, per, backward,
-        saturation))
-
-  nnx_model._swap(model, make)  # pylint: disable=protected-access
-  try:
-    yield model
-  finally:
-    nnx_model._swap(  # pylint: disable=protected-access
-        model, lambda path, node: swapped.get(path)
-        if isinstance(node, _HwLayer) else None)
