@@ -89,14 +89,15 @@ DRY_RUN_NOTEBOOK_CELLS = 4
 
 @dataclasses.dataclass(frozen=True)
 class Rates:
-  """What the schedule is sized from: VGG-8, batch 128, on one H200.
+  """What the schedule is sized from: VGG-8 at batch 128 on one GPU.
 
-  Step rates and compile/one-shot times as measured by
-  ``experiments/benchmarks/config_runtime_bench.py``
-  (experiments/benchmarks/CONFIG_RUNTIME.md); an H100 is a little slower
-  (``slowdown``). The one-shot stages (prune, initial k-means, projection,
-  fine-tune init) and compilation run on the host; their times were
-  measured with the host shared by 17 processes, so they are upper bounds.
+  The defaults are the step rates and compile/one-shot times that
+  experiments/benchmarks/CONFIG_RUNTIME.md records for the accelerator it
+  names, with their command (``experiments/benchmarks/
+  config_runtime_bench.py``); ``slowdown`` scales them to the GPU at hand.
+  The one-shot stages (prune, initial k-means, projection, fine-tune init)
+  and compilation run on the host, and are sized as upper bounds (a host
+  shared by many processes, see that file), since several runs share it.
 
   Attributes:
     train, share, finetune: steps/s of each stage.
@@ -105,7 +106,7 @@ class Rates:
     point_host_s: a compression run's host work: its compiles (share,
       fine-tune, eval: 29.6 s), prune (19.9), k-means (15.1), projection
       (5.3) and fine-tune init (29.0).
-    slowdown: step times of the GPU at hand against the H200's.
+    slowdown: step times of the GPU at hand against the recorded ones.
   """
 
   train: float = 113.4

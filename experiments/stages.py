@@ -372,12 +372,11 @@ def hwaware(run) -> dict[str, Any]:
     # is what re-calibrating a tuned model costs.
     results["emulated_after_fresh_calibration"] = evaluation.run_emulated(
         run, after, layers, hw, key)
+    fresh = evaluation.calibration_label(run, None)
     results["emulated_calibration"] = {
-        "emulated_before": evaluation.calibration_label(run, None),
-        "emulated_lossless_before": evaluation.calibration_label(run, None),
+        "emulated_before": fresh, "emulated_lossless_before": fresh,
         "emulated_after": evaluation.calibration_label(run, calib),
-        "emulated_after_fresh_calibration": evaluation.calibration_label(
-            run, None)}
+        "emulated_after_fresh_calibration": fresh}
   return results
 
 

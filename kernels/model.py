@@ -121,31 +121,29 @@ def conv_config(conv) -> tuple:
           _hashable_padding(padding), dilation if dilation is not None else 1)
 
 
-def _fold(kernel, bias, bn):
-  """The crossbar matrix and bias with a BatchNorm (or None) folded in."""
+# Each of these is one compiled program per layer shape: op by op, they
+# were most of a model's first programming.
+@functools.partial(jax.jit, static_argnames=("epsilon",))
+def _fold_compiled(kernel, bias, stats, *, epsilon):
   n = kernel.shape[-1]
   matrix = jnp.asarray(kernel, jnp.float32).reshape(-1, n)
   bias = (jnp.zeros((n,), jnp.float32) if bias is None
           else jnp.asarray(bias, jnp.float32))
-  if bn is not None:
-    matrix, bias = batchnorm.fold_batchnorm(matrix, bias, **bn)
+  if stats is not None:
+    matrix, bias = batchnorm.fold_batchnorm(matrix, bias, **stats,
+                                            epsilon=epsilon)
   return matrix, bias
 
 
-# Each of these is one compiled program per layer shape: op by op, they
-# were most of a model's first programming.
-@functools.partial(jax.jit, static_argnames=("epsilon",))
-def _fold_jit(kernel, bias, stats, *, epsilon):
-  bn = None if stats is None else {**stats, "epsilon": epsilon}
-  return _fold(kernel, bias, bn)
-
-
 def _folded(kernel, bias, bn):
-  """:func:`_fold` compiled (a BatchNorm's epsilon is a static number)."""
+  """The crossbar matrix and bias with a BatchNorm (or None) folded in.
+
+  One compiled program; the BatchNorm's epsilon is a static number.
+  """
   if bn is None:
-    return _fold_jit(kernel, bias, None, epsilon=None)
+    return _fold_compiled(kernel, bias, None, epsilon=None)
   stats = {k: v for k, v in bn.items() if k != "epsilon"}
-  return _fold_jit(kernel, bias, stats, epsilon=bn["epsilon"])
+  return _fold_compiled(kernel, bias, stats, epsilon=bn["epsilon"])
 
 
 _quantized = jax.jit(quantize.quantize_weights, static_argnames=("bits",

@@ -1,9 +1,7 @@
 """resnet56 on CIFAR-10 (TFDS 'cifar10', see experiments/data.py).
 
-Expected run time on one NVIDIA H200: not measured; extrapolated from the
-measured cifar10_resnet20 (about 14 min, half of its step time is the numpy
-input pipeline) by the 2.9x compute: roughly 25-30 min. See
-experiments/benchmarks/CONFIG_RUNTIME.md.
+Expected run time on one GPU: the table of
+experiments/benchmarks/CONFIG_RUNTIME.md, with the command that measures it.
 """
 
 import ml_collections

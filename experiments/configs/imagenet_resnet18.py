@@ -1,15 +1,7 @@
 """ResNet-18 on ImageNet (TFDS 'imagenet2012', manual download).
 
-Expected run time on one NVIDIA H200 (measured with
-experiments/benchmarks/config_runtime_bench.py on fake 224x224 data,
-2026-11-28, see experiments/benchmarks/CONFIG_RUNTIME.md): about 111 h
-(4.6 days), of which training is 102 h: a step takes 0.81 s, bound by the
-pipeline's single-threaded numpy input path (crop/flip and normalisation of
-256 images in the training loop; the device part of a step is under
-0.08 s). Not included: reading and decoding the ImageNet records (not held
-in memory), TFDS preparation, checkpoint writes, and the emulated
-evaluations (not measured). With an input pipeline that keeps up the
-device-bound estimate is about 10 h.
+Expected run time on one GPU: the table of
+experiments/benchmarks/CONFIG_RUNTIME.md, with the command that measures it.
 """
 
 import ml_collections
