@@ -9,32 +9,17 @@ one-shot at those. Both are evaluated on the test set.
 
   python -m experiments.benchmarks.allocate_bench [--steps=300] [--ks=1,2,4,8]
       [--candidates=1,2,3,4,6,8,12,16,24,32,48,64]
-
-``--cold``: instead, ``allocate_k``'s cold start. A fresh process (no
-persistent compilation cache) trains a small CNN (Conv 32, Conv 64,
-Dense 256, Dense 10) on scikit-learn's 8x8 digits for ``--steps`` steps,
-then times one ``allocate_k`` call (every kernel, default candidates,
-target 8x ``ou_ratio``), an identical second call, and an ``'energy'``
-call, beside the plain model's first training step:
-
-  python -m experiments.benchmarks.allocate_bench --cold [--steps=100]
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from experiments import data as data_lib
@@ -51,86 +36,7 @@ _DRAWS = flags.DEFINE_integer("num_draws", 1, "k-means draws per probe")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of init, batches and k-means")
 _DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Fashion-MNIST IDX files")
-_COLD = flags.DEFINE_bool("cold", False, "time allocate_k's cold start on "
-                          "the digits CNN, in a fresh process")
-_CHILD = flags.DEFINE_bool("child", False, "internal: the fresh process of "
-                           "--cold")
 _HELD_OUT = 1000
-
-
-def _digits_cold(steps: int) -> dict[str, float]:
-  """Seconds of the digits CNN's first step and of allocate_k, cold and
-  warm, in this (fresh) process."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-
-  class CNN(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      x = nn.relu(nn.Conv(32, (3, 3))(x))
-      x = nn.relu(nn.Conv(64, (3, 3))(x))
-      x = nn.avg_pool(x, (2, 2), (2, 2))
-      x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
-      return nn.Dense(10)(x)
-
-  digits = datasets.load_digits()
-  x = jnp.asarray(digits.images[..., None] / 16.0, jnp.float32)
-  y = jnp.asarray(digits.target, jnp.int32)
-  (x, y), (xh, yh) = (x[:1500], y[:1500]), (x[1500:], y[1500:])
-  model = CNN()
-  params = model.init(jax.random.key(0), x[:1])["params"]
-  ce = optax.softmax_cross_entropy_with_integer_labels
-  loss_on = lambda p, xs, ys: ce(model.apply({"params": p}, xs), ys).mean()
-  tx = optax.adam(1e-3)
-
-  @jax.jit
-  def step(p, s, i):
-    idx = jax.random.randint(jax.random.fold_in(jax.random.key(1), i), (64,),
-                             0, x.shape[0])
-    updates, s = tx.update(jax.grad(loss_on)(p, x[idx], y[idx]), s, p)
-    return optax.apply_updates(p, updates), s
-
-  times = {}
-  opt_state = tx.init(params)
-  start = time.perf_counter()
-  params, opt_state = jax.block_until_ready(step(params, opt_state, 0))
-  times["first_step_s"] = time.perf_counter() - start
-  for i in range(1, steps):
-    params, opt_state = step(params, opt_state, i)
-  loss_fn = lambda p: loss_on(p, xh, yh)
-  hw, rules = rsjax.HardwareSpec(), [rsjax.Rule("kernel", k=4)]
-  positions = {"Conv_0/kernel": 64, "Conv_1/kernel": 64}
-  # Releases without objectives (an earlier checkout, for a before/after on
-  # one machine) time the ou_ratio calls only.
-  priced = "positions" in inspect.signature(rsjax.allocate_k).parameters
-  for name, kwargs in (("allocate_cold_s", {}), ("allocate_warm_s", {}),
-                       ("allocate_energy_s", {"objective": "energy",
-                                              "target": 8.0})):
-    if priced:
-      kwargs = {"positions": positions, **kwargs}
-    elif "objective" in kwargs:
-      continue
-    start = time.perf_counter()
-    rsjax.allocate_k(loss_fn, params, rules, hw, key=jax.random.key(2),
-                     **({"target_ou_ratio": 8.0} if "target" not in kwargs
-                        else {}), **kwargs)
-    times[name] = time.perf_counter() - start
-  return times
-
-
-def _cold_main(steps: int) -> None:
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith("JAX_COMPILATION_CACHE")
-         and not k.startswith("JAX_PERSISTENT_CACHE")}
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmarks.allocate_bench",
-       "--child", f"--steps={steps}"], env=env, capture_output=True,
-      text=True, check=True)
-  times = json.loads(proc.stdout.strip().splitlines()[-1])
-  print("| what | s | x first step |\n|---|---|---|")
-  for name, value in times.items():
-    print(f"| {name} | {value:.2f} | {value / times['first_step_s']:.1f} |")
 
 
 def _load():
@@ -144,12 +50,6 @@ def _load():
 
 def main(argv):
   del argv
-  if _CHILD.value:
-    print(json.dumps(_digits_cold(_STEPS.value)))
-    return
-  if _COLD.value:
-    _cold_main(_STEPS.value)
-    return
   (x, y), (xh, yh), (xt, yt) = _load()
   model, hw = models.LeNet5(use_bn=False), rsjax.HardwareSpec()
   key = jax.random.key(_SEED.value)

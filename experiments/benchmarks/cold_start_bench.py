@@ -9,7 +9,8 @@ the baseline:
 - ``plain``: the first Adam step of the float model (the baseline);
 - ``ste``: ``rsjax.ste_sharing(...).init`` plus its first step
   (budget: 3x the baseline);
-- ``allocate``: ``rsjax.allocate_k`` to 8x (budget: 5 s);
+- ``allocate``: ``rsjax.allocate_k`` to 8x ``ou_ratio`` (budget: 5 s),
+  then an identical second call and a call to 2x energy;
 - ``program``: the first whole-model ``rsjax.kernels.program`` (budget:
   2 s; its calibration is timed apart);
 - ``compress``: ``rsjax.compress_kernel`` of one 3x3x64x128 kernel at
@@ -112,10 +113,17 @@ def _measure(name: str) -> dict:
     out["first_step_s"] = time.perf_counter() - first
     out["seconds"] = time.perf_counter() - start
   elif name == "allocate":
-    start = time.perf_counter()
-    rsjax.allocate_k(jax.jit(loss), params, [rsjax.Rule("kernel$", k=4)],
-                     hw, target_ou_ratio=8.0, key=jax.random.key(0))
-    out["seconds"] = time.perf_counter() - start
+    loss_fn = jax.jit(loss)  # one object: a second call compiles nothing
+    # The convs' output pixels (8x8, SAME), which energy is priced by.
+    positions = {"conv1/kernel": 64, "conv2/kernel": 64}
+    for figure, target in (("seconds", {"target_ou_ratio": 8.0}),
+                           ("warm_s", {"target_ou_ratio": 8.0}),
+                           ("energy_s", {"objective": "energy",
+                                         "target": 2.0})):
+      start = time.perf_counter()
+      rsjax.allocate_k(loss_fn, params, [rsjax.Rule("kernel$", k=4)], hw,
+                       key=jax.random.key(0), positions=positions, **target)
+      out[figure] = time.perf_counter() - start
   elif name == "program":
     start = time.perf_counter()
     calib = rk.calibrate(model, [jnp.asarray(x[:256])])
@@ -169,8 +177,11 @@ def _table(results: dict) -> list[tuple[str, str, str, str]]:
                  f"{ste['first_step_s']:.2f} s", f"{ste['seconds']:.2f} s",
                  f"{ratio:.1f}x", "met" if ratio <= 3 else "NOT met (<= 3x)"))
   if "allocate" in results:
-    s = results["allocate"]["seconds"]
-    rows.append(("allocate_k to 8x", f"{s:.2f} s", f"{s / base:.1f}x",
+    a = results["allocate"]
+    s = a["seconds"]
+    rows.append((f"allocate_k to 8x (an identical second call "
+                 f"{a['warm_s']:.2f} s, an energy call {a['energy_s']:.2f} s)",
+                 f"{s:.2f} s", f"{s / base:.1f}x",
                  "met" if s <= 5 else "NOT met (<= 5 s)"))
   if "program" in results:
     p = results["program"]
