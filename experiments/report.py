@@ -9,8 +9,7 @@ the allocated rules), ``hardware``,
 ``compression`` (the totals of :func:`rsjax.compression_report`, headline
 ``ou_ratio``), ``layers``, ``hardware_cost`` (energy, latency and area
 per inference of the dense, pruned and shared layouts at the run's ADC,
-:func:`rsjax.hardware_cost`; runs written before it was renamed have it as
-``cost``), ``adc_sweep`` (per ADC resolution: emulated accuracy and the
+:func:`rsjax.hardware_cost`), ``adc_sweep`` (per ADC resolution: emulated accuracy and the
 energy per inference of the layout the model runs in) and ``timing_s``.
 """
 
@@ -24,7 +23,6 @@ from typing import Any, Mapping
 import rsjax
 
 from experiments import evaluation
-from experiments import results_data
 from experiments import workdir as workdir_lib
 
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
@@ -186,7 +184,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
   for k in COMPRESSION_KEYS:
     v = results["compression"].get(k)
     rows.append((k, fmt(v, ".2f" if "ratio" in k else ",.0f")))
-  cost = results_data.hardware_cost(results)
+  cost = results["hardware_cost"]
   if cost:
     rows.append(("energy / inference", ", ".join(
         f"{layout} {c['energy_pj']['total'] / 1e6:.3f} uJ"

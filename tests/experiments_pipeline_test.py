@@ -45,17 +45,16 @@ def _config_files(kind: str) -> list[str]:
   return out
 
 
-# Experiment configs (get_config) and grids of runs (get_grid).
+# Experiment configs (get_config); the study's grid lives apart from them.
 CONFIGS = _config_files("config")
-GRIDS = _config_files("grid")
 FAST_CONFIGS = ("default", "cifar10_resnet20")
 
 
-def test_every_config_module_is_a_config_or_a_grid():
+def test_every_config_module_is_a_config():
   modules = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                    if f.endswith(".py") and not f.startswith("_"))
-  assert sorted(CONFIGS + GRIDS) == modules
-  assert "default" in CONFIGS and "results_fmnist" in GRIDS
+  assert sorted(CONFIGS) == modules
+  assert "default" in CONFIGS
 
 
 class Killed(Exception):

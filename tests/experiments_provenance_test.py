@@ -6,7 +6,7 @@ import types
 import jax
 
 from experiments import provenance
-from experiments import results_tables
+from experiments.study import results_tables
 
 
 def test_cpu_model_is_read_from_cpuinfo(tmp_path):

@@ -15,7 +15,7 @@ baseline and is itself a prune 0.3 + STE k = 8 compression point (the
 BN-folded runs of RESULTS.md).
 
 The better recipe is the ``vgg8_bn_*`` points of
-experiments/configs/results_fmnist.py: keep BatchNorm
+experiments/study/fashion_mnist_grid.py: keep BatchNorm
 (--config.compress.fold_bn=False), leave the first conv and the head
 unshared (rules ``^conv1/ sparsity=P``, ``^head/ sparsity=P`` before the
 shared ``kernel$ k=4 sparsity=P``), sharing and fine-tune at 1e-3 for

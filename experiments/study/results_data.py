@@ -6,7 +6,7 @@ layout its model uses), one row per compression point with the seeds of a
 point averaged (:func:`point_rows`, :func:`seed_groups`), the headline and
 the Pareto front, the commits the runs come from (:func:`check_commits`),
 and the rows of the hardware-aware fine-tune runs (:func:`hwaware_rows`).
-:mod:`experiments.results` writes them out.
+:mod:`experiments.study.results` writes them out.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The VGG-8 study, the GPU benchmarks and the quickstart in one GPU window.
 
-  bash experiments/gpu_study.sh --out=gpu_study             # on a GPU machine
-  bash experiments/gpu_study.sh --out=/tmp/rehearsal --dry_run   # a CPU
+  bash experiments/study/gpu_study.sh --out=gpu_study             # on a GPU machine
+  bash experiments/study/gpu_study.sh --out=/tmp/rehearsal --dry_run   # a CPU
 
-``experiments/gpu_study.sh`` installs what is missing and runs this module
+``experiments/study/gpu_study.sh`` installs what is missing and runs this module
 (``--started_at`` is its start, so the budget counts the install too). Four
 phases, in order of value, under one wall-clock deadline (``--budget_s``,
 9 minutes by default); each starts only if its minimum time is left and is
@@ -53,11 +53,11 @@ import tarfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from experiments import grid as grid_lib
+from experiments.study import grid as grid_lib
 
 log = logging.getLogger(__name__)
 
-GRID = "experiments/configs/results_fmnist.py"
+GRID = "experiments/study/fashion_mnist_grid.py"
 GROUP = "window"
 PHASES = ("study", "bench", "notebook", "emulate")
 NOTEBOOK = "notebooks/quickstart.ipynb"
@@ -256,7 +256,7 @@ def study_phase(study: grid_lib.Grid, runs_dir: str, parallel: int,
   result = {"finished": sorted(n for n, ok in finished.items() if ok),
             "unfinished": sorted(n for n, ok in finished.items() if not ok)}
   if result["finished"]:
-    from experiments import results  # pylint: disable=g-import-not-at-top
+    from experiments.study import results  # pylint: disable=g-import-not-at-top
     try:
       results.write_report(runs_dir, os.path.join(
           os.path.dirname(runs_dir), "RESULTS.md"))

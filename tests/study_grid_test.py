@@ -3,9 +3,10 @@ hardware-aware point is a recipe the pipeline accepts."""
 
 import pytest
 
-from experiments import grid, pipeline
+from experiments import pipeline
+from experiments.study import grid
 
-GRID = "experiments/configs/results_fmnist.py"
+GRID = "experiments/study/fashion_mnist_grid.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""Tests of experiments/results_summary.py on synthetic results.json files."""
+"""Tests of experiments/study/results_summary.py on synthetic results.json files."""
 
 import json
 
 import pytest
 
-from experiments import results
-import experiments_results_fixtures as fixtures
-from experiments_results_fixtures import (
+from experiments.study import results
+import study_results_fixtures as fixtures
+from study_results_fixtures import (
     fixture_runs, make_hwaware, update_run, write_run)
 
 COMMIT = fixtures.COMMIT

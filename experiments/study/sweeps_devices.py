@@ -1,4 +1,4 @@
-"""Real-array studies of :mod:`experiments.sweeps`: on/off ratio, IR drop
+"""Real-array studies of :mod:`experiments.study.sweeps`: on/off ratio, IR drop
 against the OU height, drift.
 
 Each programs the subject's compressed model on a real array

@@ -1,7 +1,7 @@
 """Emulation sweeps of a finished run's compressed model (RESULTS.md).
 
-  python -m experiments.sweeps --run=runs/lenet5_base \
-      --out=runs/sweeps/lenet5_base.json
+  python -m experiments.study.sweeps --run=experiments/study/runs/lenet5_base \
+      --out=experiments/study/runs/sweeps/lenet5_base.json
 
 Loads the model a pipeline run exported (``compressed_model.rsjax.npz``,
 rsjax's whole-model format: codebooks, index tables, the digital parameters
@@ -29,7 +29,7 @@ scales calibrated on the first ``--calibration`` *training* images:
 ``onoff``, ``wires``, ``drift``
   Real arrays (docs/devices.md): the on/off ratio with the measured ReRAM
   programming error, wire resistance (IR drop) at each OU height, drift
-  with and without compensation; see :mod:`experiments.sweeps_devices`.
+  with and without compensation; see :mod:`experiments.study.sweeps_devices`.
 ``faults``
   Stuck-at faults (half stuck at the lowest level, half at the highest) and
   programming variation (Gaussian, in cell levels), ``--seeds`` keys each;
@@ -37,12 +37,12 @@ scales calibrated on the first ``--calibration`` *training* images:
   faulty cell of a stored block hits every output that reuses the block)
   and for the dense layout of the same weights.
 
-The result is one JSON file; :mod:`experiments.sweep_report` turns a folder
+The result is one JSON file; :mod:`experiments.study.sweep_report` turns a folder
 of them into RESULTS.md sections and plots. A large study can run in parts
 (e.g. one process per OU height and cell resolution, in parallel on a GPU,
 or one part a session on a CPU, each its own JSON) that ``--merge`` joins::
 
-  python -m experiments.sweeps --merge=part1.json,part2.json --out=all.json
+  python -m experiments.study.sweeps --merge=part1.json,part2.json --out=all.json
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from rsjax import kernels as rk
 
 from experiments import data as data_lib
 from experiments import models as models_lib
-from experiments import sweeps_devices
+from experiments.study import sweeps_devices
 from experiments import workdir as workdir_lib
 
 STUDIES = ("grid", "equality", "faults", "onoff", "wires", "drift")
@@ -497,7 +497,7 @@ def _main(argv):
           "drift_nu_std": _NU_STD.value,
           "drift_on_off_ratio": _DRIFT_ON_OFF.value,
           "device_seeds": _DEVICE_SEEDS.value})
-  result["command"] = " ".join(["python -m experiments.sweeps"]
+  result["command"] = " ".join(["python -m experiments.study.sweeps"]
                                + sys.argv[1:])
   out = _OUT.value or os.path.join(
       os.path.dirname(os.path.normpath(_RUN.value)), "sweeps",

@@ -1,4 +1,4 @@
-"""The GPU window's script: the command docs/experiments.md gives to paste
+"""The GPU window's script: the command docs/study.md gives to paste
 on a GPU machine runs every phase as a dry run on the CPU, and the runs it
 starts are the study's recipe with a schedule that fits the window."""
 
@@ -13,17 +13,18 @@ import tarfile
 
 import pytest
 
-from experiments import gpu_study, grid, pipeline
+from experiments import pipeline
+from experiments.study import gpu_study, grid
 from experiments_fixtures import fmnist_data_dir  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def documented_command() -> str:
-  """The one command docs/experiments.md says to paste on a GPU machine."""
-  text = (REPO / "docs" / "experiments.md").read_text()
+  """The one command docs/study.md says to paste on a GPU machine."""
+  text = (REPO / "docs" / "study.md").read_text()
   section = text.split("## On a GPU", 1)[1]
-  return re.search(r"```bash\n(bash experiments/gpu_study\.sh[^\n]*)\n```",
+  return re.search(r"```bash\n(bash experiments/study/gpu_study\.sh[^\n]*)\n```",
                    section).group(1)
 
 
@@ -129,7 +130,7 @@ def test_plan_arithmetic_and_bad_input():
 
 def test_unknown_phase_is_refused(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.gpu_study", f"--out={tmp_path}",
+      [sys.executable, "-m", "experiments.study.gpu_study", f"--out={tmp_path}",
        "--phases=study,benchmark"], cwd=REPO, capture_output=True,
       text=True, timeout=120, check=False)
   assert proc.returncode != 0
@@ -140,7 +141,7 @@ def test_a_call_without_time_left_still_writes_its_summary(tmp_path):
   # A window cut short still says what happened: every phase skipped for
   # want of time, the summary and the bundle written, a failing exit code.
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.gpu_study", f"--out={tmp_path}",
+      [sys.executable, "-m", "experiments.study.gpu_study", f"--out={tmp_path}",
        "--dry_run", "--budget_s=5"], cwd=REPO, capture_output=True,
       text=True, timeout=300, check=False)
   assert proc.returncode != 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from experiments import results_data
+from experiments.study import results_data
 
 PARETO_METRICS = (("ou_ratio", "dense OUs / stored OUs"),
                   ("bit_ratio", "dense bits / stored bits + index"),

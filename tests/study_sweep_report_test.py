@@ -1,9 +1,9 @@
-"""Tests of experiments/sweep_report.py on a synthetic sweep result."""
+"""Tests of experiments/study/sweep_report.py on a synthetic sweep result."""
 
 import json
 import os
 
-from experiments import sweep_report
+from experiments.study import sweep_report
 
 
 def _sweep(run="lenet5_x", broken=False):
@@ -24,7 +24,7 @@ def _sweep(run="lenet5_x", broken=False):
             for l in ("shared", "dense")
             for k, v in (("stuck", 0.01), ("program_sigma", 0.1))]
   return {"run": run, "images": 2000, "calibration_images": 1000,
-          "float": 0.9, "command": "python -m experiments.sweeps --run=x",
+          "float": 0.9, "command": "python -m experiments.study.sweeps --run=x",
           "hardware": {"ou_rows": 9, "ou_cols": 8, "cell_bits": 2,
                        "weight_bits": 8, "input_bits": 8, "dac_bits": 1,
                        "adc_mode": "clip"},

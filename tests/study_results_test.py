@@ -1,4 +1,4 @@
-"""Tests of experiments/results.py on tiny synthetic results.json files."""
+"""Tests of experiments/study/results.py on tiny synthetic results.json files."""
 
 import os
 import subprocess
@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from experiments import results
-from experiments import results_tables
-import experiments_results_fixtures as fixtures
-from experiments_results_fixtures import (
+from experiments.study import results
+from experiments.study import results_tables
+import study_results_fixtures as fixtures
+from study_results_fixtures import (
     fixture_runs, update_run, write_run)
 
 COMMIT = fixtures.COMMIT
@@ -43,7 +43,7 @@ def test_write_report_keeps_hand_written_text(tmp_path):
 def test_entry_point(tmp_path):
   runs = fixture_runs(tmp_path)
   out = str(tmp_path / "R.md")
-  subprocess.run([sys.executable, "-m", "experiments.results",
+  subprocess.run([sys.executable, "-m", "experiments.study.results",
                   f"--runs_dir={runs}", f"--out={out}"], cwd=REPO,
                  check=True, capture_output=True)
   text = open(out).read()

@@ -1,4 +1,4 @@
-"""Tests of experiments/results_data.py on synthetic results.json files."""
+"""Tests of experiments/study/results_data.py on synthetic results.json files."""
 
 import json
 import os
@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import results
-from experiments import results_data
-from experiments import results_tables
+from experiments.study import results
+from experiments.study import results_data
+from experiments.study import results_tables
 import rsjax
-from experiments_results_fixtures import (
+from study_results_fixtures import (
     costed_run,
     fixture_runs,
     priced,
@@ -67,23 +67,6 @@ def test_hardware_cost_reads_the_old_cost_key():
   unpriced = costed_run("u", prune=0.5, k=None, compressed=0.9)
   assert results_data.row(unpriced)["energy_pj"] is None
   assert results_tables.energy_table([unpriced]) == ""
-
-
-def test_run_summary_reads_either_key_and_the_sweep_energy():
-  from experiments import report  # pylint: disable=g-import-not-at-top
-  new, old = priced_runs()[:2]
-  for r in (new, old):
-    r.update(hardware={}, timing_s={"total": 1.0},
-             adc_sweep=[{"adc_bits": 3, "accuracy": 0.5, "energy_pj": None,
-                         "layout": "shared"},
-                        {"adc_bits": 4, "accuracy": 0.8,
-                         "energy_pj": 123456.0, "layout": "shared"}])
-  for r in (new, old):
-    text = report.summary_table(r)
-    assert "dense 1.000 uJ, pruned 0.600 uJ" in text
-    assert "3b: 0.5000, 4b: 0.8000 (123.5 nJ shared)" in text
-  old["adc_sweep"] = [{"adc_bits": 5, "accuracy": 0.9}]  # before the energy
-  assert "5b: 0.9000\n" in report.summary_table(old)
 
 
 def test_batchnorm_kept_runs_are_their_own_variant(tmp_path):

@@ -1,12 +1,12 @@
-"""Tests of experiments/results_plots.py on synthetic results.json files."""
+"""Tests of experiments/study/results_plots.py on synthetic results.json files."""
 
 import json
 import os
 
 import pytest
 
-from experiments import results
-from experiments_results_fixtures import (
+from experiments.study import results
+from study_results_fixtures import (
     fixture_runs, priced_runs)
 
 

@@ -4,7 +4,7 @@
 hardware layout (the baseline for ``dense``, the headline point, or else
 the one with the smallest loss, of the variants of each layout in
 :data:`COST_LAYOUTS`): the rows of the hardware cost and energy tables
-(:mod:`experiments.results_tables`). :func:`summary` gathers the
+(:mod:`experiments.study.results_tables`). :func:`summary` gathers the
 machine-readable results of ``RESULTS.json``: per model the headline, the
 Pareto points and the hardware cost of each layout, and the hardware-aware
 fine-tune runs.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from experiments import results_data
+from experiments.study import results_data
 
 # The layouts of the hardware cost table and the variants they are taken from.
 COST_LAYOUTS = (("pruned", ("prune only",)), ("shared", ("share only",)),

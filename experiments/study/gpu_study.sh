@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One GPU window: install what is missing, then experiments/gpu_study.py
+# One GPU window: install what is missing, then experiments/study/gpu_study.py
 # (the VGG-8 study, the GPU benchmarks, the quickstart, the emulation).
 #
-#   bash experiments/gpu_study.sh --out=gpu_study [--budget_s=540] [...]
-#   bash experiments/gpu_study.sh --out=/tmp/rehearsal --dry_run   # CPU
+#   bash experiments/study/gpu_study.sh --out=gpu_study [--budget_s=540] [...]
+#   bash experiments/study/gpu_study.sh --out=/tmp/rehearsal --dry_run   # CPU
 #
 # Run it from a checkout of the repository; every flag goes to
-# experiments/gpu_study.py. The budget counts from this script's start, the
+# experiments/study/gpu_study.py. The budget counts from this script's start, the
 # install included. $PYTHON picks the interpreter (default python3).
 #
 # The install is skipped when everything imports and, on a machine with an
@@ -14,13 +14,13 @@
 #   pip install -e '.[experiments,notebooks]'     (+ ',cuda' where JAX has
 #                                                  no GPU yet)
 # Offline, pip reads a folder of wheels the usual way:
-#   PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR bash experiments/gpu_study.sh ...
+#   PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR bash experiments/study/gpu_study.sh ...
 # If that install fails, rsjax alone is installed from the checkout (no
 # dependencies, no build isolation) and the study runs on what is there; a
 # missing package then fails with its name. A dry run installs nothing.
 set -uo pipefail
 started=$(date +%s)
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 PYTHON=${PYTHON:-python3}
 
 dry_run=0
@@ -59,4 +59,4 @@ else
   fi
   jax_on_gpu || echo "gpu_study.sh: warning: JAX does not run on a GPU"
 fi
-exec "$PYTHON" -m experiments.gpu_study --started_at="$started" "$@"
+exec "$PYTHON" -m experiments.study.gpu_study --started_at="$started" "$@"

@@ -6,8 +6,8 @@ Per model: the runs (:func:`model_table`), the hardware counts
 run with several seeds (:func:`seed_table`); the hardware-aware fine-tune
 runs (:func:`hwaware_table`); and the sentence on the commits, versions and
 device the figures come from (:func:`provenance_text`). The rows come from
-:mod:`experiments.results_data` and :mod:`experiments.results_summary`;
-:mod:`experiments.results` puts the tables together.
+:mod:`experiments.study.results_data` and :mod:`experiments.study.results_summary`;
+:mod:`experiments.study.results` puts the tables together.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from experiments import results_data
-from experiments import results_summary
+from experiments.study import results_data
+from experiments.study import results_summary
 
 def format_cell(x, spec: str) -> str:
   """A table cell: ``x`` formatted with ``spec``; ``'n/a'`` for None,
@@ -45,7 +45,7 @@ _HEADER = ("| run | variant | rules | method | float | compressed | "
 
 def headline_table(points: Sequence[Mapping[str, Any]]) -> str:
   """Markdown: per model, the point with the highest ``ou_ratio`` within
-  :data:`experiments.results_data.MAX_LOSS_PP` (:func:`results_data.headline`
+  :data:`experiments.study.results_data.MAX_LOSS_PP` (:func:`results_data.headline`
   of the :func:`results_data.point_rows`)."""
   max_loss = results_data.MAX_LOSS_PP
   lines = ["| model | dataset | run | variant | ou_ratio | bit_ratio | "
@@ -210,8 +210,8 @@ def latency_note(runs: Sequence[Mapping[str, Any]]) -> str:
           "each layer's busiest crossbar (`crossbar_ous_*`) and its counts "
           "do not give it (pruned or shared blocks spread over several "
           "crossbars); energy and area need only the counts. Re-running "
-          "the points records it: `python -m experiments.grid "
-          "--grid=<their grid file> --runs_dir=runs --only='^("
+          "the points records it: `python -m experiments.study.grid "
+          "--grid=<their grid file> --runs_dir=experiments/study/runs --only='^("
           + "|".join(names) + ")$'`.")
 
 

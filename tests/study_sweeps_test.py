@@ -1,4 +1,4 @@
-"""Tests of experiments/sweeps.py on a small synthetic compressed model, and
+"""Tests of experiments/study/sweeps.py on a small synthetic compressed model, and
 its command line on an exported LeNet-5 with real Fashion-MNIST images."""
 
 import dataclasses
@@ -14,8 +14,8 @@ import pytest
 import rsjax
 
 from experiments import models
-from experiments import sweep_report
-from experiments import sweeps
+from experiments.study import sweep_report
+from experiments.study import sweeps
 from experiments.configs import default
 # The session fixture, imported so pytest finds it in this module.
 from experiments_fixtures import fmnist_data_dir  # noqa: F401
@@ -145,7 +145,7 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   rsjax.save_compressed(str(run / "compressed_model.rsjax.npz"),
                         {path: layer}, HW, params=params)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  common = [sys.executable, "-m", "experiments.sweeps", f"--run={run}",
+  common = [sys.executable, "-m", "experiments.study.sweeps", f"--run={run}",
             "--limit=50", "--calibration=20", "--batch_size=25",
             "--studies=equality"]
   proc = subprocess.run(common + ["--adc_bits=4"], cwd=REPO, env=env,
@@ -157,7 +157,7 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   assert out["calibration_images"] == 20 and "grid" not in out
   assert [e["adc_bits"] for e in out["equality"]] == [4]
   assert out["equality"][0]["max_abs_diff"] == 0
-  assert out["command"].startswith("python -m experiments.sweeps --run=")
+  assert out["command"].startswith("python -m experiments.study.sweeps --run=")
   assert out["compression"]["stored_ous"] < out["compression"]["dense_ous"]
 
   # A second part (another ADC resolution), then both merged into one.
@@ -168,7 +168,7 @@ def test_command_line_on_an_exported_lenet5(tmp_path, fmnist_data_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   merged = tmp_path / "merged.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.sweeps",
+      [sys.executable, "-m", "experiments.study.sweeps",
        f"--merge={tmp_path / 'runs' / 'sweeps' / 'lenet5_x.json'},{part2}",
        f"--out={merged}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

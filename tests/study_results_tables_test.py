@@ -1,14 +1,14 @@
-"""Tests of experiments/results_tables.py on synthetic results.json files."""
+"""Tests of experiments/study/results_tables.py on synthetic results.json files."""
 
 import json
 import os
 
 import pytest
 
-from experiments import results
-from experiments import results_data
-from experiments import results_tables
-from experiments_results_fixtures import (
+from experiments.study import results
+from experiments.study import results_data
+from experiments.study import results_tables
+from study_results_fixtures import (
     costed_run, fixture_runs, priced, priced_runs, update_run, write_run)
 
 

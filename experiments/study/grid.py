@@ -1,7 +1,7 @@
 """Runs a grid of experiments: named points and emulation sweeps.
 
-  python -m experiments.grid --grid=experiments/configs/results_fmnist.py \
-      --runs_dir=runs [--only=REGEX] [--parallel=2] [--deadline_s=3600] \
+  python -m experiments.study.grid --grid=experiments/study/fashion_mnist_grid.py \
+      --runs_dir=experiments/study/runs [--only=REGEX] [--parallel=2] [--deadline_s=3600] \
       [--nosweeps] [--list] [--report]
 
 A grid file defines ``get_grid() -> Grid``: :class:`Point` s (one pipeline
@@ -32,6 +32,10 @@ import time
 from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
+
+# The Fashion-MNIST study of RESULTS.md: its grid and its kept runs.
+STUDY_GRID = "experiments/study/fashion_mnist_grid.py"
+STUDY_RUNS = "experiments/study/runs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Sweep:
   Attributes:
     name: the merged file's name (``runs/sweeps/NAME.json``).
     run: the point it emulates.
-    flags: ``experiments.sweeps`` flags shared by every part.
+    flags: ``experiments.study.sweeps`` flags shared by every part.
     parts: ``{part name: flags of that part}``; one part runs everything.
     group: as :attr:`Point.group`.
   """
@@ -108,7 +112,7 @@ class Sweep:
 
   def command(self, runs_dir: str, part: str) -> list[str]:
     flags = {**self.flags, **self.parts[part]}
-    return [sys.executable, "-m", "experiments.sweeps",
+    return [sys.executable, "-m", "experiments.study.sweeps",
             f"--run={os.path.join(runs_dir, self.run)}",
             f"--out={self.part_path(runs_dir, part)}",
             *(f"--{k}={_flag_value(v)}" for k, v in flags.items())]
@@ -229,7 +233,7 @@ def run_sweeps(grid: Grid, runs_dir: str, parallel: int = 1,
         job[0].part_path(runs_dir, job[1])[:-len(".json")] + ".log",
         deadline), jobs))
   merged = {}
-  from experiments import sweeps as sweeps_lib  # pylint: disable=g-import-not-at-top
+  from experiments.study import sweeps as sweeps_lib  # pylint: disable=g-import-not-at-top
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   for s in grid.sweeps:
     present = {part: s.part_path(runs_dir, part) for part in s.parts
@@ -248,54 +252,59 @@ def run_sweeps(grid: Grid, runs_dir: str, parallel: int = 1,
   return merged
 
 
-def _main(argv):
-  del argv
+def _main(f):
+  """Runs the grid the parsed flags ``f`` select."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  grid = select(load_grid(_GRID.value), _ONLY.value, _GROUP.value)
-  if _LIST.value:
+  grid = select(load_grid(f.grid), f.only, f.group)
+  if f.list:
     for p in grid.points:
-      done = os.path.isfile(os.path.join(_RUNS.value, p.name,
+      done = os.path.isfile(os.path.join(f.runs_dir, p.name,
                                          "results.json"))
-      print(f"{'done' if done else 'todo'}  {' '.join(p.command(_RUNS.value))}")
+      print(f"{'done' if done else 'todo'}  {' '.join(p.command(f.runs_dir))}")
     for s in grid.sweeps:
       for part in s.parts:
         print(f"sweep {s.name}/{part}: "
-              f"{' '.join(s.command(_RUNS.value, part))}")
+              f"{' '.join(s.command(f.runs_dir, part))}")
     return
-  deadline = time.time() + _DEADLINE.value if _DEADLINE.value else None
-  os.makedirs(_RUNS.value, exist_ok=True)
-  finished = run_points(grid, _RUNS.value, _PARALLEL.value, deadline)
-  if _SWEEPS.value:
-    run_sweeps(grid, _RUNS.value, _PARALLEL.value, deadline)
+  deadline = time.time() + f.deadline_s if f.deadline_s else None
+  os.makedirs(f.runs_dir, exist_ok=True)
+  finished = run_points(grid, f.runs_dir, f.parallel, deadline)
+  if f.sweeps:
+    run_sweeps(grid, f.runs_dir, f.parallel, deadline)
   failed = [n for n, ok in finished.items() if not ok]
-  if _REPORT.value:
-    from experiments import results  # pylint: disable=g-import-not-at-top
-    from experiments import sweep_report  # pylint: disable=g-import-not-at-top
-    results.write_report(_RUNS.value, _OUT.value)
-    sweeps_dir = os.path.join(_RUNS.value, "sweeps")
+  if f.report:
+    from experiments.study import results  # pylint: disable=g-import-not-at-top
+    from experiments.study import sweep_report  # pylint: disable=g-import-not-at-top
+    results.write_report(f.runs_dir, f.out)
+    sweeps_dir = os.path.join(f.runs_dir, "sweeps")
     if os.path.isdir(sweeps_dir):
-      sweep_report.write_report(sweeps_dir, _OUT.value)
+      sweep_report.write_report(sweeps_dir, f.out)
   if failed:
     raise SystemExit(f"unfinished points: {failed}")
 
 
-if __name__ == "__main__":
+def main(report: bool = False):
+  """Parses the flags and runs the grid (``report``: ``--report``'s
+  default)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  _GRID = flags.DEFINE_string("grid", None, "Grid file (get_grid()).",
-                              required=True)
-  _RUNS = flags.DEFINE_string("runs_dir", "runs", "Folder of the workdirs.")
-  _ONLY = flags.DEFINE_string("only", "", "Regex over point/sweep names.")
-  _GROUP = flags.DEFINE_string("group", "", "Only points of this group.")
-  _PARALLEL = flags.DEFINE_integer("parallel", 1, "Jobs at a time.")
-  _DEADLINE = flags.DEFINE_integer(
+  flags.DEFINE_string("grid", STUDY_GRID, "Grid file (get_grid()).")
+  flags.DEFINE_string("runs_dir", STUDY_RUNS, "Folder of the workdirs.")
+  flags.DEFINE_string("only", "", "Regex over point/sweep names.")
+  flags.DEFINE_string("group", "", "Only points of this group.")
+  flags.DEFINE_integer("parallel", 1, "Jobs at a time.")
+  flags.DEFINE_integer(
       "deadline_s", 0, "Start nothing after this many seconds and stop "
       "running jobs then (they resume on the next call); 0: none.")
-  _LIST = flags.DEFINE_bool("list", False, "Print the commands and whether "
-                            "each point is done; run nothing.")
-  _SWEEPS = flags.DEFINE_bool("sweeps", True, "Run the selected sweeps "
-                              "after the points (--nosweeps: points only).")
-  _REPORT = flags.DEFINE_bool("report", False, "Write --out from the runs.")
-  _OUT = flags.DEFINE_string("out", "RESULTS.md", "With --report.")
-  app.run(_main)
+  flags.DEFINE_bool("list", False, "Print the commands and whether each "
+                    "point is done; run nothing.")
+  flags.DEFINE_bool("sweeps", True, "Run the selected sweeps after the "
+                    "points (--nosweeps: points only).")
+  flags.DEFINE_bool("report", report, "Write --out from the runs.")
+  flags.DEFINE_string("out", "RESULTS.md", "With --report.")
+  app.run(lambda argv: _main(flags.FLAGS))
+
+
+if __name__ == "__main__":
+  main()
