@@ -1,17 +1,14 @@
 """The pipeline's last stages: the exported model, read back and evaluated.
 
-``export`` writes the whole compressed model with
-:func:`rsjax.save_compressed`; ``evaluate`` and ``adc_sweep`` read that file
-back (:func:`rsjax.load_compressed`) and run it in float, quantized and on
-the crossbar emulator (:mod:`rsjax.kernels`). :func:`crossbar_layers` and
-:func:`emulated_accuracy` serve the ``hwaware`` stage too.
+``evaluate`` and ``adc_sweep`` read the file the ``export`` stage wrote
+(:func:`rsjax.load_compressed`) and run it in float, quantized and on the
+crossbar emulator (:mod:`rsjax.kernels`), through :class:`Emulation`, which
+the ``hwaware`` stage and the study's sweeps use too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, Callable
 
 import jax
@@ -28,42 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
-  """Every Dense/Conv kernel of ``params`` as a ``CompressedLayer``.
-
-  Planned layers are read off their exact values (:func:`rsjax.
-  to_compressed`); the others, kept dense, are mapped to crossbars as they
-  are (an identity index). Keys are variable paths (``'params/...'``).
-  """
-  planned = (rsjax.to_compressed(params, rules=run.rules, hw=run.hw)
-             if run.recipe.compresses else {})
-  leaves = dict(rsjax.named_leaves(params))
-  out = {}
-  for path in rsjax.kernel_paths(params):
-    layer = planned.get(path)
-    if layer is None:
-      layer = rsjax.CompressedLayer.from_kernel(leaves[path],
-                                                run.hw.block_shape)
-    out[f"params/{path}"] = layer
-  return out
-
-
-def export(run) -> dict[str, Any]:
-  """Writes the whole compressed model (``compressed_model.rsjax.npz``),
-  with the hwaware stage's calibration when it ran."""
-  variables = run.latest_variables()
-  layers = crossbar_layers(run, variables["params"])
-  metadata = {"model": run.config.model.name,
-              "dataset": run.config.data.name,
-              "recipe": run.recipe_json, "provenance": run.provenance}
-  calibration = None
-  if run.applies("hwaware"):
-    with open(run.calibration_file, encoding="utf-8") as f:
-      calibration = json.load(f)
-  if distributed.is_primary():  # the others read it after the stage
-    rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
-                          params=variables, calibration=calibration)
-  return {"file": os.path.basename(run.model_file), "layers": list(layers),
-          "calibration": calibration is not None}
+  """Every crossbar kernel of ``params`` as a ``CompressedLayer``, keyed by
+  variable path (``'params/...'``): the planned ones read off their exact
+  values, the others as they are (:func:`rsjax.to_compressed` with
+  ``dense_fallback``)."""
+  layers = rsjax.to_compressed(
+      params, rules=run.rules if run.recipe.compresses else None, hw=run.hw,
+      dense_fallback=True)
+  return {f"params/{path}": layer for path, layer in layers.items()}
 
 
 def load_model(run):
@@ -109,50 +78,88 @@ def quantized(variables, hw: rsjax.HardwareSpec):
   return {**variables, "params": params}
 
 
-def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
+class Emulation:
+  """A model on the crossbar emulator: calibrated once, programmed for any
+  hardware, run batch by batch.
+
+  The programmed plans are an argument of the one jitted forward, so every
+  programming of one hardware (fault seeds, another array, a training's
+  calibration) reuses its compilation. The pipeline's evaluation, ADC sweep
+  and ``hwaware`` stage and the study's sweeps all emulate through it.
+
+  Args:
+    model: the Linen model (run in inference mode).
+    variables: its variables (compressed kernels in place).
+    layers: ``{'params/...': CompressedLayer}`` (:func:`crossbar_layers`).
+    calibration_images: the batches that calibrate the input scales (on
+      first use).
+  """
+
+  def __init__(self, model, variables, layers, calibration_images):
+    self.model, self.variables, self.layers = model, variables, layers
+    self._images = list(calibration_images)
+    self._calibration = None
+    self._forward = jax.jit(lambda plans, x, key: rk.emulate(
+        model, plans, variables=variables, key=key)(x, train=False))
+
+  @property
+  def calibration(self) -> rk.Calibration:
+    """The data calibration (:func:`rsjax.kernels.calibrate`), run once."""
+    if self._calibration is None:
+      self._calibration = rk.calibrate(self.model, self._images,
+                                       variables=self.variables, train=False)
+    return self._calibration
+
+  def program(self, hw: rsjax.HardwareSpec, *, key=None, calibration=None,
+              **options):
+    """:func:`rsjax.kernels.program` of the model on ``hw``.
+
+    Args:
+      hw: the hardware, ADC included.
+      key: for the programming non-idealities.
+      calibration: the ``rk.HwCalibration`` a hardware-aware training ended
+        with (its scales and ranges, BatchNorm digital), or None: the data
+        calibration.
+      **options: ``index_and_add``, ``dataflow``, ``nonideal``, ``device``,
+        ``wires``, ``adc`` of :func:`rsjax.kernels.program`.
+    """
+    return rk.program(self.calibration, hw, compressed=self.layers,
+                      calibration=calibration, key=key, **options)
+
+  def logits(self, plans, images, key=None):
+    """The emulated logits of ``images`` (``key``: fresh read noise)."""
+    return self._forward(plans, images, key)
+
+
+def emulated_accuracy(emulation: Emulation, hw: rsjax.HardwareSpec,
                       batches: Callable[[], Any], *, key,
-                      calibration_batches: int = 2,
                       array_models=None, calibration=None) -> float:
   """Accuracy with every crossbar layer on the emulator.
 
-  Layers run the index-and-add dataflow from their codebooks (one layer
-  scale) and index tables; input scales are calibrated on the first
-  ``calibration_batches`` of ``batches()``.
-
   Args:
-    model: the Linen model (inference mode).
-    variables: its variables (compressed kernels in place).
-    layers: ``{'params/...': CompressedLayer}``.
+    emulation: the model (:class:`Emulation`).
     hw: the hardware, ADC included.
     batches: returns an iterable of batches (``image``, ``label``,
-      ``mask``).
+      ``mask``); on several processes they take turns.
     key: for the non-idealities.
-    calibration_batches: how many batches calibrate the input scales.
     array_models: ``{'device', 'wires', 'adc'}`` of the real array
       (:func:`experiments.array.models`), or None for the ideal one.
-    calibration: the ``rk.HwCalibration`` a hardware-aware training ended
-      with (the model is programmed with its scales and ranges, BatchNorm
-      digital), or None: calibrated on the batches.
+    calibration: see :meth:`Emulation.program`.
   """
-  first = [b["image"] for _, b in zip(range(calibration_batches), batches())]
-  plans = rk.program(rk.calibrate(model, first, variables=variables,
-                                  train=False),
-                     hw, compressed=layers, calibration=calibration, key=key,
-                     **(array_models or {}))
-  device = (array_models or {}).get("device")
+  models = array_models or {}
+  plans = emulation.program(hw, key=key, calibration=calibration, **models)
+  device = models.get("device")
   reads = device is not None and device.reads
   k_read = jax.random.fold_in(key, 1)
-  # Read noise is fresh on every read: each batch reads with its own key.
-  forward = jax.jit(lambda x, k: rk.emulate(
-      model, plans, variables=variables, key=k if reads else None)(
-          x, train=False))
   counts = np.zeros(2)  # correct, total
   for i, b in enumerate(batches()):
     # Processes take turns (the counts are summed below): each emulates on
     # its own devices, with the same calibrated plans.
     if i % jax.process_count() != jax.process_index():
       continue
-    logits = forward(b["image"], jax.random.fold_in(k_read, i))
+    # Read noise is fresh on every read: each batch reads with its own key.
+    logits = emulation.logits(
+        plans, b["image"], jax.random.fold_in(k_read, i) if reads else None)
     hit = jnp.argmax(logits, -1) == b["label"]
     mask = jnp.asarray(b["mask"], jnp.float32)
     counts += [float(jnp.sum(hit.astype(jnp.float32) * mask)),
@@ -161,16 +168,22 @@ def emulated_accuracy(model, variables, layers, hw: rsjax.HardwareSpec,
   return float(correct / max(total, 1.0))
 
 
-def run_emulated(run, variables, layers, hw, key, *,
-                 ideal_adc: bool = False, calibration=None) -> float:
-  """:func:`emulated_accuracy` of the run's model on its emulation batches,
-  on the run's array (``config.array``; ``ideal_adc`` leaves its converter
-  ideal, for a lossless reference)."""
+def emulation(run, variables, layers) -> Emulation:
+  """The run's model on the emulator, calibrated on the first
+  ``eval.calibration_batches`` of its emulation batches."""
+  n = max(run.config.eval.calibration_batches, 1)
+  images = [b["image"] for _, b in zip(range(n), run.emulation_batches())]
+  return Emulation(run.compress_model, variables, layers, images)
+
+
+def run_emulated(run, em: Emulation, hw, key, *, ideal_adc: bool = False,
+                 calibration=None) -> float:
+  """:func:`emulated_accuracy` on the run's emulation batches and array
+  (``config.array``; ``ideal_adc`` leaves its converter ideal, for a
+  lossless reference)."""
   models = array_lib.for_run(run.config, run.key, hw, adc=not ideal_adc)
-  return emulated_accuracy(
-      run.compress_model, variables, layers, hw, run.emulation_batches,
-      key=key, calibration_batches=run.config.eval.calibration_batches,
-      array_models=models, calibration=calibration)
+  return emulated_accuracy(em, hw, run.emulation_batches, key=key,
+                           array_models=models, calibration=calibration)
 
 
 def evaluate(run) -> dict[str, Any]:
@@ -181,7 +194,7 @@ def evaluate(run) -> dict[str, Any]:
   emulated = calibration = None
   if run.config.eval.emulate:
     calibration = calibration_for(saved, run.hw)
-    emulated = run_emulated(run, variables, layers, run.hw,
+    emulated = run_emulated(run, emulation(run, variables, layers), run.hw,
                             jax.random.fold_in(run.key, 2),
                             calibration=calibration)
   else:
@@ -220,12 +233,13 @@ def adc_sweep(run) -> dict[str, Any]:
     return {"sweep": [], "skipped": "eval.emulate is False"}
   variables, layers, saved = load_model(run)
   report = model_report(run, variables, layers)
+  em = emulation(run, variables, layers)
   layout = run.recipe.layout
   sweep = []
   for bits in run.config.eval.adc_bits:
     hw = run.hw.replace(adc_bits=int(bits))
     calibration = calibration_for(saved, hw)
-    acc = run_emulated(run, variables, layers, hw,
+    acc = run_emulated(run, em, hw,
                        jax.random.fold_in(run.key, 3),
                        calibration=calibration)
     energy = models_lib.inference_energy(report, hw, (layout,))

@@ -18,7 +18,7 @@ sections), turned into a :class:`Recipe` of library objects:
 - ``prune.*``: an :class:`rsjax.PruneSchedule` (with its pruning
   ``score``) and the prune stage's own training steps (0: prune once, no
   training).
-- ``share.method``: ``'ste'`` (:func:`rsjax.ste_sharing`) or ``'paper'``
+- ``share.method``: ``'ste'`` (:func:`rsjax.ste_sharing`) or ``'distance'``
   (:func:`rsjax.distance_sharing`).
 - ``compress.distill_weight`` / ``distill_temperature``: distillation from
   the float baseline in the training stages after it.
@@ -38,7 +38,7 @@ import rsjax
 from rsjax.kernels import training as hwaware_lib
 
 COMPRESSION_STAGES = ("prune", "share", "finetune", "hwaware")
-SHARING_METHODS = ("ste", "paper")
+SHARING_METHODS = ("ste", "distance")
 _SETTING = re.compile(r"^(k|ratio|sparsity)=(\S+)$")
 
 
@@ -97,7 +97,7 @@ class Recipe:
       :data:`COMPRESSION_STAGES`.
     rules: the :class:`rsjax.Rule` s, first match wins.
     schedule: when the prune stage prunes.
-    sharing: ``'ste'`` or ``'paper'``.
+    sharing: ``'ste'`` or ``'distance'``.
     distill: ``(weight, temperature)`` of distillation from the float
       baseline, or None.
   """

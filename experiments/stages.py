@@ -4,8 +4,9 @@
 (the library's ranking and counting); ``share`` runs
 :func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing` and ends with
 :func:`rsjax.project`; ``finetune`` runs :func:`rsjax.centroid_finetune`; ``hwaware``
-fine-tunes on the crossbar emulator (:mod:`rsjax.kernels`); ``export``,
-``evaluate`` and ``adc_sweep`` are in :mod:`experiments.evaluation`.
+fine-tunes on the crossbar emulator (:mod:`rsjax.kernels`); ``export``
+writes the whole compressed model; ``evaluate`` and ``adc_sweep`` are in
+:mod:`experiments.evaluation`.
 
 Each stage takes the :class:`experiments.pipeline.Run` and returns its
 results (JSON values); a compression stage saves its variables, in which
@@ -16,6 +17,7 @@ checkpoint that the next stage starts from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -141,10 +143,10 @@ def sharing_transform(recipe, inner, hw: rsjax.HardwareSpec, *, key,
 def project(recipe, params, opt_state, *, key, n_init: int):
   """``W := Z`` at the end of sharing.
 
-  The paper's loop re-clusters first (its Z was fixed since the last
+  The distance loop re-clusters first (its Z was fixed since the last
   re-clustering); STE's Z already follows W.
   """
-  if recipe.sharing == "paper":
+  if recipe.sharing == "distance":
     opt_state = rsjax.recluster(params, opt_state, key, n_init=n_init)
   return rsjax.project(params, opt_state)
 
@@ -219,13 +221,6 @@ def hwaware_hardware(hw: rsjax.HardwareSpec, hc) -> rsjax.HardwareSpec:
   """The hardware the ``hwaware`` stage trains for (its ADC settings)."""
   return hw.replace(adc_bits=int(hc.adc_bits) or hw.adc_bits,
                     adc_mode=hc.adc_mode or hw.adc_mode)
-
-
-def lossless_hardware(hw: rsjax.HardwareSpec) -> rsjax.HardwareSpec:
-  """``hw`` with the fewest ADC bits that convert every partial sum."""
-  if hw.adc_lossless:
-    return hw
-  return hw.replace(adc_bits=hw.lossless_adc_bits)
 
 
 def moved_ranges(previous, current) -> dict[str, tuple[int, int]]:
@@ -304,13 +299,13 @@ def hwaware(run) -> dict[str, Any]:
   state = train_lib.create_state(model, variables, tx)
   before = lossless = None
   if run.config.eval.emulate:
-    layers = evaluation.crossbar_layers(run, variables["params"])
-    before = evaluation.run_emulated(run, variables, layers, hw,
+    em = evaluation.emulation(run, variables, evaluation.crossbar_layers(
+        run, variables["params"]))
+    before = evaluation.run_emulated(run, em, hw,
                                      jax.random.fold_in(run.key, 5))
     # The reference the fine-tune is measured against: the same model on
     # an ADC that converts every partial sum exactly.
-    lossless = evaluation.run_emulated(run, variables, layers,
-                                       lossless_hardware(run.hw),
+    lossless = evaluation.run_emulated(run, em, run.hw.with_lossless_adc(),
                                        jax.random.fold_in(run.key, 5),
                                        ideal_adc=True)
 
@@ -362,16 +357,17 @@ def hwaware(run) -> dict[str, Any]:
   if run.config.eval.emulate:
     after = jax.device_get({**train_lib.state_variables(state),
                             "params": params})
-    layers = evaluation.crossbar_layers(run, after["params"])
+    em = evaluation.emulation(run, after, evaluation.crossbar_layers(
+        run, after["params"]))
     key = jax.random.fold_in(run.key, 5)
     results["emulated_before"] = before
     results["emulated_lossless_before"] = lossless
     results["emulated_after"] = evaluation.run_emulated(
-        run, after, layers, hw, key, calibration=calib)
+        run, em, hw, key, calibration=calib)
     # The same model calibrated afresh from data, for comparison: the gap
     # is what re-calibrating a tuned model costs.
     results["emulated_after_fresh_calibration"] = evaluation.run_emulated(
-        run, after, layers, hw, key)
+        run, em, hw, key)
     fresh = evaluation.calibration_label(run, None)
     results["emulated_calibration"] = {
         "emulated_before": fresh, "emulated_lossless_before": fresh,
@@ -380,9 +376,31 @@ def hwaware(run) -> dict[str, Any]:
   return results
 
 
+# --- export --------------------------------------------------------------------
+
+
+def export(run) -> dict[str, Any]:
+  """Writes the whole compressed model (``compressed_model.rsjax.npz``),
+  with the hwaware stage's calibration when it ran."""
+  variables = run.latest_variables()
+  layers = evaluation.crossbar_layers(run, variables["params"])
+  metadata = {"model": run.config.model.name,
+              "dataset": run.config.data.name,
+              "recipe": run.recipe_json, "provenance": run.provenance}
+  calibration = None
+  if run.applies("hwaware"):
+    with open(run.calibration_file, encoding="utf-8") as f:
+      calibration = json.load(f)
+  if distributed.is_primary():  # the others read it after the stage
+    rsjax.save_compressed(run.model_file, layers, run.hw, metadata=metadata,
+                          params=variables, calibration=calibration)
+  return {"file": os.path.basename(run.model_file), "layers": list(layers),
+          "calibration": calibration is not None}
+
+
 STAGE_FNS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "train": train, "prune": prune, "share": share, "finetune": finetune,
-    "hwaware": hwaware, "export": evaluation.export,
+    "hwaware": hwaware, "export": export,
     "evaluate": evaluation.evaluate, "adc_sweep": evaluation.adc_sweep,
 }
 STAGES = tuple(STAGE_FNS)

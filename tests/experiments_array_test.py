@@ -120,9 +120,9 @@ def test_emulated_accuracy_reads_with_noise_per_batch():
               "mask": jnp.ones(8)} for _ in range(3)]
   model = _Net()
   variables = model.init(jax.random.key(0), batches[0]["image"])
+  em = evaluation.Emulation(model, variables, {}, [batches[0]["image"]])
   acc = lambda models, key: evaluation.emulated_accuracy(
-      model, variables, {}, HW, lambda: batches, key=key,
-      calibration_batches=1, array_models=models)
+      em, HW, lambda: batches, key=key, array_models=models)
   noisy = {"device": rk.Device(read=rk.ReadNoise(0.5)), "wires": None,
            "adc": None}
   a = acc(noisy, jax.random.key(1))

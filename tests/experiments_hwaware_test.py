@@ -122,17 +122,6 @@ def test_recipe_hwaware_alone_needs_no_rules():
     recipe_lib.from_config(config)
 
 
-@pytest.mark.parametrize("ou_rows,adc_bits,want", [
-    (9, 4, 5), (9, 5, 5), (9, 7, 7), (16, 3, 6), (32, 5, 7)])
-def test_lossless_hardware(ou_rows, adc_bits, want):
-  # The lossless reference of the stage: the fewest ADC bits whose codes
-  # cover every partial sum (p_max = ou_rows * 3 for 2-bit cells, 1-bit DAC).
-  hw = rsjax.HardwareSpec(ou_rows=ou_rows, adc_bits=adc_bits)
-  ref = stages.lossless_hardware(hw)
-  assert ref.adc_bits == want and ref.adc_lossless
-  assert ref.replace(adc_bits=hw.adc_bits) == hw
-
-
 def test_moved_ranges_names_the_layers_whose_range_changed():
   hw = rsjax.HardwareSpec(adc_bits=3, adc_mode="calibrated")
 

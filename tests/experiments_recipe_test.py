@@ -70,6 +70,7 @@ def test_variants(stages_, rules, variant, layout):
     (("share", "share"), ("kernel$ k=4",), "ste", "at most once"),
     (("tune",), ("kernel$ k=4",), "ste", "unknown"),
     (("share",), ("kernel$ k=4",), "kmeans", "share.method"),
+    (("share",), ("kernel$ k=4",), "paper", "share.method"),
     (("share",), (), "ste", "need recipe.rules"),
 ])
 def test_inconsistent_recipes_are_errors(stages_, rules, sharing, problem):
@@ -99,7 +100,7 @@ def test_prune_score_is_the_schedules():
     recipe_lib.from_config(config)
 
 
-@pytest.mark.parametrize("sharing", ["paper", "ste"])
+@pytest.mark.parametrize("sharing", ["distance", "ste"])
 def test_sharing_transform_and_project_keep_pruned_blocks_and_k(sharing):
   recipe = _recipe(("prune", "share"), ("kernel$ k=2 sparsity=0.3",),
                    sharing)

@@ -46,6 +46,36 @@ def test_from_params_reads_exact_blocks():
                                   params[p.split("/")[0]]["kernel"])
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_dense_fallback_maps_every_kernel(with_state):
+  params = _params()
+  params["w"] = {"kernel": jnp.arange(24.0).reshape(2, 3, 1, 4),  # a conv
+                 "bias": jnp.ones(4)}
+  rules = [rules_lib.Rule("z/", k=2)]
+  if with_state:
+    state = finetune.centroid_finetune(optax.sgd(0.1), rules, BLOCK).init(
+        params)
+    comp = finalize.to_compressed(params, state, hw=BLOCK,
+                                  dense_fallback=True)
+  else:
+    comp = finalize.to_compressed(params, rules=rules, hw=BLOCK,
+                                  dense_fallback=True)
+  assert list(comp) == ["v/kernel", "w/kernel", "z/kernel"]
+  np.testing.assert_array_equal(comp["z/kernel"].index, INDEX)
+  for p in ("v/kernel", "w/kernel"):  # as they are: identity, zero blocks -1
+    assert comp[p].is_identity()
+  np.testing.assert_array_equal(comp["v/kernel"].index, [[0, -1], [0, 1]])
+  for p, layer in comp.items():
+    np.testing.assert_array_equal(layer.to_kernel(),
+                                  params[p.split("/")[0]]["kernel"])
+  # No rules at all: the whole model dense.
+  dense = finalize.to_compressed(params, hw=BLOCK, dense_fallback=True)
+  assert list(dense) == ["v/kernel", "w/kernel", "z/kernel"]
+  assert all(layer.is_identity() for layer in dense.values())
+  with pytest.raises(ValueError, match="needs hw"):
+    finalize.to_compressed(params, rules=rules, dense_fallback=True)
+
+
 def test_from_state_matches_training_params():
   params = _params()
   tx = finetune.centroid_finetune(optax.sgd(0.1), RULES, BLOCK)

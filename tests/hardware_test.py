@@ -70,3 +70,15 @@ def test_numpy_integers_become_python_ints():
   for value in (np.float32(9), np.bool_(True), "9"):
     with pytest.raises(ValueError, match="ou_rows"):
       rsjax.HardwareSpec(ou_rows=value)
+
+
+@pytest.mark.parametrize("ou_rows,adc_bits,want", [
+    (9, 4, 5), (9, 5, 5), (9, 7, 7), (16, 3, 6), (32, 5, 7)])
+def test_with_lossless_adc(ou_rows, adc_bits, want):
+  # The fewest ADC bits whose codes cover every partial sum (p_max =
+  # ou_rows * 3 for 2-bit cells, 1-bit DAC); an ADC that already does stays.
+  hw = rsjax.HardwareSpec(ou_rows=ou_rows, adc_bits=adc_bits)
+  ref = hw.with_lossless_adc()
+  assert ref.adc_bits == want and ref.adc_lossless
+  assert ref.replace(adc_bits=hw.adc_bits) == hw
+  assert (ref is hw) == hw.adc_lossless

@@ -114,6 +114,14 @@ def test_distillation_is_shown_in_the_method_column(tmp_path):
   assert rows["lenet5_share_k2"]["method"] == "ste + KD 0.5 (T=2)"
   assert rows["lenet5_prune_p0.5"]["method"] == "KD 0.7 (T=4)"
   assert rows["lenet5_paper_p0.6_k4"]["method"] == "paper"
+  # The product's name for the paper's loop is 'distance'; the study's
+  # tables call it after the paper, as its kept runs do.
+  update_run(runs, "lenet5_paper_p0.6_k4",
+             lambda p: p["recipe"].update(sharing="distance"))
+  distance = {r["name"]: r for r in results_data.load_runs(runs)}[
+      "lenet5_paper_p0.6_k4"]
+  assert results_data.row(distance)["method"] == "paper"
+  assert results_data.variant(distance) == "prune + share paper"
 
 
 def test_headline_takes_the_mean_over_seeds(tmp_path):

@@ -354,24 +354,22 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     def emulated(n, adc_bits):
       split = dataclasses.replace(eval_split, size=n * ebs)
       t0 = time.perf_counter()
-      evaluation.emulated_accuracy(
-          folded_model, compressed, layers, hw.replace(adc_bits=adc_bits),
-          lambda: data_lib.eval_batches(split, ebs),
-          key=jax.random.fold_in(key, 2))
+      batches = lambda: data_lib.eval_batches(split, ebs)
+      em = evaluation.Emulation(folded_model, compressed, layers,
+                                [b["image"] for b in batches()][:2])
+      evaluation.emulated_accuracy(em, hw.replace(adc_bits=adc_bits),
+                                   batches, key=jax.random.fold_in(key, 2))
       return time.perf_counter() - t0
     first = emulated(1, bits[0])
     one = emulated(1, bits[1])
-    # The warm per-batch time: the jitted emulated forward exactly as
-    # emulated_accuracy builds it, timed over warm batches.
-    from rsjax import kernels as rk  # pylint: disable=g-import-not-at-top
+    # The warm per-batch time: the jitted emulated forward of
+    # evaluation.Emulation, timed over warm batches.
     ehw = hw.replace(adc_bits=bits[2])
     images = [b["image"] for b in data_lib.eval_batches(eval_split, ebs)]
-    programmed = rk.program(rk.calibrate(folded_model, images[:2],
-                                         variables=compressed, train=False),
-                            ehw, compressed=dict(layers),
-                            key=jax.random.fold_in(key, 2))
-    run = jax.jit(lambda x: rk.emulate(
-        folded_model, programmed, variables=compressed)(x, train=False))
+    em = evaluation.Emulation(folded_model, compressed, dict(layers),
+                              images[:2])
+    programmed = em.program(ehw, key=jax.random.fold_in(key, 2))
+    run = lambda x: em.logits(programmed, x)
     _ready(run(images[0]))
     with quiet():
       t0 = time.perf_counter()

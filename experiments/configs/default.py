@@ -109,8 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.share = ml_collections.ConfigDict()
   # 'ste': forward on the shared weights, straight-through gradient to the
-  # dense latent weights (rsjax.ste_sharing); 'paper': the lam * ||W - Z||^2
-  # loop (rsjax.distance_sharing).
+  # dense latent weights (rsjax.ste_sharing); 'distance': the paper's
+  # lam * ||W - Z||^2 loop (rsjax.distance_sharing).
   config.share.method = "ste"
   config.share.n_init = 4
   # Training steps with the sharing wrapper (0: one-shot k-means).

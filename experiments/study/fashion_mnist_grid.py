@@ -78,7 +78,8 @@ def point(model: str, variant: str, p: float = 0.0, k: int | None = None,
   if variant == "prune":
     flags["prune.steps"] = PRUNE_STEPS
   if variant in ("ste", "paper"):
-    flags["share.method"] = variant
+    # The study names the distance loop after the paper that made it.
+    flags["share.method"] = "distance" if variant == "paper" else variant
   if bn:
     flags["compress.fold_bn"] = False
   if seed is not None:

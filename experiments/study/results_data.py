@@ -24,6 +24,17 @@ VARIANTS = ("float baseline", "prune only", "share only",
             "prune + share paper", "prune + share ste")
 
 
+# The study calls the distance loop (share.method='distance') after the
+# paper that made it, the name its kept runs were written with.
+_SHARING_LABELS = {"distance": "paper"}
+
+
+def sharing_label(recipe: Mapping[str, Any]) -> str | None:
+  """The study's name for a run's sharing method (``'ste'``, ``'paper'``)."""
+  sharing = recipe["sharing"]
+  return _SHARING_LABELS.get(sharing, sharing)
+
+
 def load_runs(runs_dir: str) -> list[dict[str, Any]]:
   """Reads every ``results.json`` in the immediate subfolders of a folder.
 
@@ -64,7 +75,7 @@ def variant(results: Mapping[str, Any]) -> str:
   recipe = results["recipe"]
   name = recipe["variant"]
   if name == "prune + share":
-    name += f" {recipe['sharing']}"
+    name += f" {sharing_label(recipe)}"
   kept = BN_KEPT if results["config"]["compress"]["fold_bn"] is False else ""
   return name + kept
 
@@ -93,7 +104,7 @@ def is_baseline(results: Mapping[str, Any]) -> bool:
 
 def _method_label(recipe: Mapping[str, Any]) -> str:
   """The sharing method, ``'+ KD 0.5 (T=4)'`` with distillation."""
-  method = recipe["sharing"] or "-"
+  method = sharing_label(recipe) or "-"
   if not recipe["distill"]:
     return method
   weight, temperature = recipe["distill"]

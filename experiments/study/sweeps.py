@@ -62,6 +62,7 @@ import rsjax
 from rsjax import kernels as rk
 
 from experiments import data as data_lib
+from experiments import evaluation
 from experiments import models as models_lib
 from experiments.study import sweeps_devices
 from experiments import workdir as workdir_lib
@@ -150,31 +151,20 @@ def with_signed(subject: Subject, signed: str) -> Subject:
 class Emulator:
   """Emulated and float logits of one :class:`Subject`, batch by batch.
 
-  The jitted functions take the emulated layers as an argument, so one
-  compilation serves every programming of the same hardware (e.g. all fault
-  seeds); the model is calibrated once, on first use, and programmed for
-  every hardware and fault setting.
+  The product's :class:`experiments.evaluation.Emulation` (calibrated once,
+  on the subject's training images; one compilation per hardware) over the
+  subject's whole test set, padded to one batch shape.
   """
 
   def __init__(self, subject: Subject, batch_size: int = 500):
     self.subject = subject
     self.batch_size = batch_size
     model, params = subject.model, subject.params
-    self._emulate = jax.jit(lambda layers, x: rk.emulate(
-        model, layers, variables=params)(x, train=False))
+    self.emulation = evaluation.Emulation(
+        model, params, subject.layers,
+        [subject.calibration[i:i + batch_size]
+         for i in range(0, len(subject.calibration), batch_size)])
     self._float = jax.jit(lambda x: model.apply(params, x, train=False))
-    self._calibration = None
-
-  @property
-  def calibration(self) -> rk.Calibration:
-    """The subject's calibration (run on first use)."""
-    if self._calibration is None:
-      s = self.subject
-      batches = [s.calibration[i:i + self.batch_size]
-                 for i in range(0, len(s.calibration), self.batch_size)]
-      self._calibration = rk.calibrate(s.model, batches, variables=s.params,
-                                       train=False)
-    return self._calibration
 
   def program(self, hw: rsjax.HardwareSpec, *, shared: bool, key=None,
               dataflow: str = "auto", **models):
@@ -184,9 +174,8 @@ class Emulator:
     into the decompressed kernel would be another quantized model).
     ``models``: ``nonideal``, ``device``, ``wires``, ``adc`` (docs/devices.md).
     """
-    return rk.program(self.calibration, hw, compressed=self.subject.layers,
-                      index_and_add=shared, key=key, dataflow=dataflow,
-                      **models)
+    return self.emulation.program(hw, index_and_add=shared, key=key,
+                                  dataflow=dataflow, **models)
 
   def _batched(self, fn) -> np.ndarray:
     images, b = self.subject.images, self.batch_size
@@ -200,7 +189,7 @@ class Emulator:
     return np.concatenate(out)
 
   def logits(self, layers) -> np.ndarray:
-    return self._batched(lambda x: self._emulate(layers, x))
+    return self._batched(lambda x: self.emulation.logits(layers, x))
 
   def float_logits(self) -> np.ndarray:
     return self._batched(self._float)

@@ -12,6 +12,7 @@ import numpy as np
 
 from rsjax._src import blockops
 from rsjax._src import compressed
+from rsjax._src import paths
 from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 from rsjax._src import sharing
@@ -29,7 +30,8 @@ def _identity_layer(kernel, lp):
       index.astype(jnp.int32), lp.kernel_shape)
 
 
-def to_compressed(params, opt_state=None, *, rules=None, hw=None
+def to_compressed(params, opt_state=None, *, rules=None, hw=None,
+                  dense_fallback: bool = False
                   ) -> dict[str, compressed.CompressedLayer]:
   """The compressed layers of a trained model.
 
@@ -42,13 +44,18 @@ def to_compressed(params, opt_state=None, *, rules=None, hw=None
   exactly, no k-means.
 
   Pruned-only layers (no ``k``) come back with every kept block stored
-  (an identity index), pruned blocks ``-1``.
+  (an identity index), pruned blocks ``-1``. With ``dense_fallback`` every
+  other crossbar kernel (:func:`rsjax.kernel_paths`: the 2-D and 4-D
+  leaves) comes back too, as it is (:meth:`CompressedLayer.from_kernel`):
+  the whole model as the emulator and the model file map it.
 
   Args:
     params: the trained params (Linen dict or NNX ``State``).
     opt_state: the optimizer state, or None.
     rules: :class:`rsjax.Rule` s, when ``opt_state`` is None.
-    hw: a :class:`rsjax.HardwareSpec` or block shape, with ``rules``.
+    hw: a :class:`rsjax.HardwareSpec` or block shape, with ``rules`` or
+      ``dense_fallback``.
+    dense_fallback: also return the kernels no rule compresses.
 
   Returns:
     ``{path: CompressedLayer}`` in parameter order; codebooks compacted
@@ -61,6 +68,25 @@ def to_compressed(params, opt_state=None, *, rules=None, hw=None
       NaN or inf weights (naming the path).
     TypeError: on a non-floating kernel (naming its path and dtype).
   """
+  if dense_fallback and hw is None:
+    raise ValueError("to_compressed(dense_fallback=True) needs hw (the "
+                     "block shape of the kernels no rule compresses)")
+  if dense_fallback and opt_state is None and not rules:
+    planned = {}  # nothing compressed: every kernel as it is
+  else:
+    planned = _planned(params, opt_state, rules, hw)
+  if not dense_fallback:
+    return planned
+  leaves = dict(paths.named_leaves(params))
+  block = rules_lib.block_shape_of(hw)
+  out = {p: planned[p] if p in planned else
+         compressed.CompressedLayer.from_kernel(leaves[p], block)
+         for p in paths.kernel_paths(params)}
+  return {**out, **planned}
+
+
+def _planned(params, opt_state, rules, hw):
+  """The layers the state or the rules compress (see to_compressed)."""
   if opt_state is not None:
     state = sharing.find_state(opt_state)
     plan = pruning.plans_of(state.layers)

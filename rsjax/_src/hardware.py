@@ -163,6 +163,13 @@ class HardwareSpec:
     ``ceil(log2(p_max + 1))``."""
     return self.partial_sum_max.bit_length()
 
+  def with_lossless_adc(self) -> "HardwareSpec":
+    """This hardware with an ADC that converts every partial sum exactly:
+    itself if its ADC already does, else at :attr:`lossless_adc_bits`."""
+    if self.adc_lossless:
+      return self
+    return self.replace(adc_bits=self.lossless_adc_bits)
+
   @property
   def ous_per_xbar(self) -> tuple[int, int]:
     """Row-blocks and column groups one crossbar holds."""
