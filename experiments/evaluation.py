@@ -203,9 +203,9 @@ def evaluate(run) -> dict[str, Any]:
       "emulated_calibration": (calibration_label(run, calibration)
                                if run.config.eval.emulate else None),
       "float": run.results("train")["accuracy_float"],
-      "quantized": run.evaluate(model, quantized(base, run.hw)),
-      "compressed": run.evaluate(model, variables),
-      "compressed_quantized": run.evaluate(model,
+      "quantized": run.accuracy(model, quantized(base, run.hw)),
+      "compressed": run.accuracy(model, variables),
+      "compressed_quantized": run.accuracy(model,
                                            quantized(variables, run.hw)),
       "emulated": emulated,
   }

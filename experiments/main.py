@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from experiments import data
 from experiments import distributed
 from experiments import pipeline
-from experiments import report
+from experiments import results as results_lib
 from experiments import train
 from experiments import workdir
 
@@ -81,7 +81,7 @@ def main(argv):
     # traceback would only bury it.
     raise SystemExit(f"error: {e}") from None
   if distributed.is_primary():
-    print(report.summary_table(results))
+    print(results_lib.summary_table(results))
 
 
 if __name__ == "__main__":

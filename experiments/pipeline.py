@@ -7,7 +7,7 @@ atomically): a killed run resumes at the first unfinished stage, a training
 stage from its latest step checkpoint. The stages are in
 :mod:`experiments.stages` (training and compression) and
 :mod:`experiments.evaluation` (export, evaluation, ADC sweep), the files in
-:mod:`experiments.workdir` and the report in :mod:`experiments.report`.
+:mod:`experiments.workdir` and the results in :mod:`experiments.results`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from experiments import distributed
 from experiments import models as models_lib
 from experiments import provenance
 from experiments import recipe as recipe_lib
-from experiments import report as report_lib
+from experiments import results as results_lib
 from experiments import stages as stages_lib
 from experiments import train as train_lib
 from experiments import workdir as workdir_lib
@@ -230,7 +230,9 @@ class Run:
                                 size=min(limit, len(self.eval_split)))
     return data_lib.eval_batches(split, self.config.train.eval_batch_size)
 
-  def evaluate(self, model, variables, with_loss: bool = False):
+  def accuracy(self, model, variables, with_loss: bool = False):
+    """Test accuracy of ``model`` (the metrics dict, loss too, with
+    ``with_loss``)."""
     metrics = train_lib.evaluate(model, variables, self.eval_batches(),
                                  self.mesh, self.config.train.eval_batch_size)
     return metrics if with_loss else metrics["accuracy"]
@@ -298,7 +300,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         r.finish(stage, results, time.perf_counter() - t0)
       if stage == until:
         return {s: v["results"] for s, v in r.state["stages"].items()}
-    return report_lib.write(r, time.perf_counter() - t_start)
+    return results_lib.write(r, time.perf_counter() - t_start)
   finally:
     logging.getLogger("experiments").removeHandler(handler)
     handler.close()

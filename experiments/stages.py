@@ -55,7 +55,7 @@ def train(run) -> dict[str, Any]:
   state = run.loop("train", tc.steps).run(state, run.mesh)
   baseline = jax.device_get(train_lib.state_variables(state))
   workdir_lib.save_tree(run.checkpoint("baseline"), baseline)
-  metrics = run.evaluate(run.model, baseline, with_loss=True)
+  metrics = run.accuracy(run.model, baseline, with_loss=True)
   return {"accuracy_float": metrics["accuracy"],
           "eval_loss": metrics["loss"], "steps": tc.steps}
 
@@ -74,7 +74,7 @@ def _load_baseline(run, path: str) -> dict[str, Any]:
         f"{run.config.model.name} for inputs {run.info.image_shape}")
   log.info("baseline loaded from %s (no training)", path)
   workdir_lib.save_tree(run.checkpoint("baseline"), jax.device_get(baseline))
-  metrics = run.evaluate(run.model, baseline, with_loss=True)
+  metrics = run.accuracy(run.model, baseline, with_loss=True)
   return {"accuracy_float": metrics["accuracy"],
           "eval_loss": metrics["loss"], "steps": 0,
           "init_checkpoint": os.path.abspath(path)}
@@ -112,7 +112,7 @@ def _finish(run, name: str, state, params) -> dict[str, Any]:
   variables = jax.device_get({**train_lib.state_variables(state),
                               "params": params})
   workdir_lib.save_tree(run.checkpoint(name), variables)
-  return {f"accuracy_{name}": run.evaluate(run.compress_model, variables)}
+  return {f"accuracy_{name}": run.accuracy(run.compress_model, variables)}
 
 
 def prune(run) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def sharing_transform(recipe, inner, hw: rsjax.HardwareSpec, *, key,
   return rsjax.distance_sharing(inner, recipe.rules, hw, lam=lam, **common)
 
 
-def project(recipe, params, opt_state, *, key, n_init: int):
+def end_sharing(recipe, params, opt_state, *, key, n_init: int):
   """``W := Z`` at the end of sharing.
 
   The distance loop re-clusters first (its Z was fixed since the last
@@ -199,7 +199,7 @@ def share(run) -> dict[str, Any]:
       key=jax.random.fold_in(run.key, 1), recluster_every=sc.recluster_every,
       n_init=sc.n_init, lam=sc.lam)
   state = _train_with(run, "share", variables, tx, sc.steps)
-  params = project(recipe, state.params, state.opt_state,
+  params = end_sharing(recipe, state.params, state.opt_state,
                    key=jax.random.fold_in(run.key, 4), n_init=sc.n_init)
   return {**_finish(run, "share", state, params), "steps": sc.steps,
           "method": recipe.sharing, **extra}

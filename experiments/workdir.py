@@ -45,7 +45,7 @@ class WorkdirConflictError(RuntimeError):
   """The workdir holds a run of another config."""
 
 
-def atomic_write(path: str, payload: bytes | str) -> None:
+def write_file(path: str, payload: bytes | str) -> None:
   """Writes a file so readers see the old or the new one, never half.
 
   On a multi-process run only process 0 writes; the others computed the
@@ -74,7 +74,7 @@ def jsonable(x):
 
 
 def write_json(path: str, obj) -> None:
-  atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n")
+  write_file(path, json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:

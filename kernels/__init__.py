@@ -35,8 +35,6 @@ from rsjax.kernels.training import hwaware_layer
 from rsjax.kernels.training import InputSaturationWarning
 from rsjax.kernels.training import input_saturation
 from rsjax.kernels.saturation import saturating_matmul
-from rsjax.kernels.ste import emulated_conv
-from rsjax.kernels.ste import emulated_matmul
 
 __all__ = (
     "Calibration",
@@ -66,8 +64,6 @@ __all__ = (
     "ou_counts",
     "crossbar_matmul",
     "emulate",
-    "emulated_conv",
-    "emulated_matmul",
     "hwaware",
     "hwaware_layer",
     "prepare",

@@ -10,8 +10,8 @@ The forward pass runs every calibrated ``Dense``/``Conv`` (Linen) or
 programmed (:func:`rsjax.kernels.prepare`, with programming noise and faults
 drawn from this step's key) and applied (:func:`rsjax.kernels.apply`) inside
 the caller's jitted step. The backward pass is straight-through: the
-gradient of the float layer on the clipped inputs, ``clip(x) @ w``, as in
-:func:`rsjax.kernels.emulated_matmul`.
+gradient of the float layer on the clipped inputs, ``clip(x) @ w`` (zero
+for inputs clipped at either end of the input range, as PACT and LSQ do).
 
 Shared layers are emulated densely from the decompressed shared matrix,
 ``rsjax.training_params(params, state)``: the dense emulation of a

@@ -307,8 +307,8 @@ def test_emulated_training_ops_are_accelerator_safe():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 18)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(18, 6)), jnp.float32)
-  assert_safe(jax.grad(lambda w_: rk.emulated_matmul(
-      x, w_, HW, x_scale=jnp.float32(0.05)).sum()), w)
+  assert_safe(jax.grad(lambda w_: rk.hwaware_layer(
+      x, w_, None, HW, x_scale=jnp.float32(0.05)).sum()), w)
 
 
 def test_emulate_linen_is_accelerator_safe():

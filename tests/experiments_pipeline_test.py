@@ -21,7 +21,7 @@ from experiments import data
 from experiments import models
 from experiments import pipeline
 from experiments import recipe as recipe_lib
-from experiments import report
+from experiments import results as results_lib
 from experiments import stages
 from experiments import train
 from experiments import workdir as workdir_lib
@@ -148,7 +148,7 @@ def test_default_pipeline_kill_and_resume(tmp_path, fmnist_data_dir,
   for k in ("float", "quantized", "compressed"):
     assert 0.0 <= acc[k] <= 1.0
   assert acc["float"] > 0.3  # 6 steps of LeNet-5 beat chance (0.1)
-  assert set(report.COMPRESSION_KEYS) <= set(on_disk["compression"])
+  assert set(results_lib.COMPRESSION_KEYS) <= set(on_disk["compression"])
   assert on_disk["compression"]["ou_ratio"] > 1.0
   assert on_disk["config"]["train"]["steps"] == 6
   with open(os.path.join(workdir, "adc_sweep.csv")) as f:
@@ -479,7 +479,7 @@ def test_distillation_from_the_baseline_resumes_after_a_kill(
                       jax.tree_util.tree_leaves(b["params"])))
 
 
-def test_jsonable_and_atomic_write(tmp_path):
+def test_jsonable_and_write_json(tmp_path):
   out = workdir_lib.jsonable({"a": np.float32(1.5), "b": float("inf"),
                               "c": jnp.arange(2), "d": (np.int64(3),)})
   assert out == {"a": 1.5, "b": "inf", "c": [0, 1], "d": [3]}

@@ -111,7 +111,7 @@ def test_sharing_transform_and_project_keep_pruned_blocks_and_k(sharing):
                                 key=jax.random.key(0), recluster_every=5,
                                 n_init=1, lam=1e-3)
   state = tx.init(params)
-  shared = stages.project(recipe, params, state, key=jax.random.key(1),
+  shared = stages.end_sharing(recipe, params, state, key=jax.random.key(1),
                           n_init=1)
   layers = rsjax.to_compressed(shared, rules=recipe.rules, hw=HW)
   plan = rsjax.make_plan(params, recipe.rules, HW)

@@ -89,6 +89,32 @@ def test_lossless_forward_equals_quantized_dense():
   np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_layer_forward_is_the_dequantized_emulation():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(0, 1, (4, 19)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((19, 3)) * 0.1, jnp.float32)
+  scale = 1.0 / 255
+  hw = rsjax.HardwareSpec(adc_bits=4)
+  y = rk.hwaware_layer(x, w, None, hw, x_scale=scale)
+  qx = rk.quantize_inputs(x, scale, hw)
+  qw, ws = rsjax.quantize_weights(w, hw.weight_bits)
+  want = np.asarray(rk.crossbar_matmul(qx, qw, hw), np.float32) * (scale * ws)
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-6, atol=1e-6)
+  # Straight through: d/dw sum(y^2) = x^T (2 y), d/dx = (2 y) w^T.
+  f = lambda x, w: jnp.sum(rk.hwaware_layer(x, w, None, hw,
+                                            x_scale=scale) ** 2)
+  gx, gw = jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+  np.testing.assert_allclose(np.asarray(gw), np.asarray(x.T @ (2 * y)),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx), np.asarray((2 * y) @ w.T),
+                             rtol=1e-4, atol=1e-5)
+  # Inputs clipped at either end of the range get no gradient.
+  x = x.at[0, 0].set(-1.0).at[1, 1].set(5.0)
+  gx = jax.grad(lambda x: jnp.sum(rk.hwaware_layer(
+      x, w, None, hw, x_scale=scale)))(x)
+  assert gx[0, 0] == 0 and gx[1, 1] == 0 and gx[2, 2] != 0
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_gradient_is_the_float_gradient_where_nothing_clips(jit):
   model = nn.Conv(3, (3, 3))

@@ -80,7 +80,7 @@ def test_builtin_scores_match_numpy(name, jit):
     plan = rules_lib.make_plan({p: params[p]},
                                [rules_lib.Rule(p, sparsity=0.5)], BLOCK)[p]
     def score(kernel, grad, plan=plan):
-      return scores.evaluate(name, blockops.ou_blocks(kernel, plan, grad))
+      return scores.block_scores(name, blockops.ou_blocks(kernel, plan, grad))
     fn = jax.jit(score) if jit else score
     np.testing.assert_allclose(
         fn(params[p], grads[p]),

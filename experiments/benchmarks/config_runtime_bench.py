@@ -472,7 +472,7 @@ def main(argv):
 
   def progress(out):
     if json_out:
-      workdir_lib.atomic_write(json_out, json.dumps(out, indent=2) + "\n")
+      workdir_lib.write_file(json_out, json.dumps(out, indent=2) + "\n")
 
   out = bench(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
               eval_batches=_EVAL_BATCHES.value, emulate=_EMULATE.value,

@@ -221,7 +221,7 @@ class Window:
 
   def write(self) -> None:
     from experiments import workdir  # pylint: disable=g-import-not-at-top
-    workdir.atomic_write(os.path.join(self.out, "summary.json"),
+    workdir.write_file(os.path.join(self.out, "summary.json"),
                          json.dumps(self.summary, indent=1) + "\n")
     bundle(self.out)
 

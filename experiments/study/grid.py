@@ -246,7 +246,7 @@ def run_sweeps(grid: Grid, runs_dir: str, parallel: int = 1,
         parts.append(json.load(f))
     missing = [p for p in s.parts if p not in present]
     out = os.path.join(runs_dir, "sweeps", f"{s.name}.json")
-    workdir_lib.atomic_write(out, json.dumps(
+    workdir_lib.write_file(out, json.dumps(
         sweeps_lib.merge(parts, missing), indent=1))
     merged[s.name] = out
   return merged

@@ -456,7 +456,7 @@ def _main(argv):
     for path in _MERGE.value:
       with open(path) as f:
         parts.append(json.load(f))
-    workdir_lib.atomic_write(
+    workdir_lib.write_file(
         _OUT.value, json.dumps(merge(parts, _MERGE_MISSING.value), indent=1))
     print(f"wrote {_OUT.value}")
     return
@@ -492,7 +492,7 @@ def _main(argv):
       os.path.dirname(os.path.normpath(_RUN.value)), "sweeps",
       subject.name + ".json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  workdir_lib.atomic_write(out, json.dumps(result, indent=1))
+  workdir_lib.write_file(out, json.dumps(result, indent=1))
   print(f"wrote {out}")
 
 

@@ -202,7 +202,7 @@ def prune_masks(kernels, masks, plan, fraction, scope: str = "layer", *,
   pruned = [p for p, lp in plan.items() if lp.pruned]
   if not pruned:
     return dict(masks)
-  scores = {p: scores_lib.evaluate(score, blockops.ou_blocks(
+  scores = {p: scores_lib.block_scores(score, blockops.ou_blocks(
       kernels[p], plan[p], None if grads is None else grads[p])).reshape(-1)
             for p in pruned}
   kept = {p: masks[p].reshape(-1) for p in pruned}

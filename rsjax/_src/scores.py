@@ -153,7 +153,7 @@ def needs_grad(score) -> bool:
   return False
 
 
-def evaluate(score, blocks: OuBlocks) -> jax.Array:
+def block_scores(score, blocks: OuBlocks) -> jax.Array:
   """``score`` (a name or function) of ``blocks``: ``[R, G]`` float32.
 
   Raises:

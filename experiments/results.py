@@ -40,7 +40,7 @@ def _save_fig(fig, path):
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
   _pyplot().close(fig)
-  workdir_lib.atomic_write(path, buf.getvalue())
+  workdir_lib.write_file(path, buf.getvalue())
 
 
 def plot_sweep(path, sweep, title, references):
@@ -155,7 +155,7 @@ def write(run, wall_s: float) -> dict[str, Any]:
   })
   workdir = run.workdir
   workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
-  workdir_lib.atomic_write(os.path.join(workdir, "adc_sweep.csv"),
+  workdir_lib.write_file(os.path.join(workdir, "adc_sweep.csv"),
                            _sweep_csv(sweep))
   title = f"{run.config.model.name} / {run.config.data.name}"
   if sweep:

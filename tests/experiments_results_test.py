@@ -1,6 +1,6 @@
-"""experiments/report.py's summary of a finished run."""
+"""experiments/results.py's summary of a finished run."""
 
-from experiments import report
+from experiments import results as results_lib
 
 
 def _cost(energy_nj):
@@ -22,7 +22,7 @@ def _results(sweep):
 
 
 def test_summary_names_accuracy_cost_sweep_and_provenance():
-  text = report.summary_table(_results([
+  text = results_lib.summary_table(_results([
       {"adc_bits": 3, "accuracy": 0.5, "energy_pj": None,
        "layout": "shared"},
       {"adc_bits": 4, "accuracy": 0.8, "energy_pj": 123456.0,
@@ -36,4 +36,4 @@ def test_summary_names_accuracy_cost_sweep_and_provenance():
 
 
 def test_summary_says_when_the_sweep_was_skipped():
-  assert "skipped (no emulation)" in report.summary_table(_results([]))
+  assert "skipped (no emulation)" in results_lib.summary_table(_results([]))
