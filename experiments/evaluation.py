@@ -120,8 +120,8 @@ class Emulation:
       calibration: the ``rk.HwCalibration`` a hardware-aware training ended
         with (its scales and ranges, BatchNorm digital), or None: the data
         calibration.
-      **options: ``index_and_add``, ``dataflow``, ``nonideal``, ``device``,
-        ``wires``, ``adc`` of :func:`rsjax.kernels.program`.
+      **options: ``index_and_add``, ``dataflow``, ``device``, ``wires``,
+        ``adc`` of :func:`rsjax.kernels.program`.
     """
     return rk.program(self.calibration, hw, compressed=self.layers,
                       calibration=calibration, key=key, **options)

@@ -258,18 +258,23 @@ def training_array(run, hw: rsjax.HardwareSpec) -> dict[str, Any]:
   error in levels and stuck-at faults drawn in training only)."""
   hc = run.config.hwaware
   models = array_lib.for_run(run.config, run.key, hw)
-  extra = rk.Nonideal(program_sigma=hc.program_sigma,
-                      stuck_at_0=hc.stuck_at_0, stuck_at_1=hc.stuck_at_1)
-  if not extra.programs:
+  try:
+    # Built (and so checked) whatever the values; a zero model is no model.
+    programming = rk.Programming(hc.program_sigma)
+    faults = rk.StuckAt(hc.stuck_at_0, hc.stuck_at_1)
+  except ValueError as e:
+    raise ValueError(f"config.hwaware: {e}") from e
+  programming = programming if programming.active else None
+  faults = faults if faults.active else None
+  if programming is None and faults is None:
     return models
   device = models["device"] or rk.Device()
   if device.programming is not None or device.faults is not None:
     raise ValueError("hwaware.program_sigma / stuck_at_* and "
                      "array.programming / stuck_at_* both set: describe the "
                      "device once, in config.array")
-  extra = extra.to_device()
-  models["device"] = dataclasses.replace(device, programming=extra.programming,
-                                         faults=extra.faults)
+  models["device"] = dataclasses.replace(device, programming=programming,
+                                         faults=faults)
   return models
 
 

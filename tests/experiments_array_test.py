@@ -103,6 +103,23 @@ def test_hwaware_noise_joins_the_array_device():
     stages.training_array(_Run(config), HW)
 
 
+def test_hwaware_noise_is_checked_and_zero_is_none():
+  config = default.get_config()
+  assert stages.training_array(_Run(config), HW)["device"] is None
+  config.hwaware.stuck_at_0 = 0.01
+  m = stages.training_array(_Run(config), HW)
+  assert m["device"] == rk.Device(faults=rk.StuckAt(0.01))
+  config.hwaware.stuck_at_1 = 0.995
+  with pytest.raises(ValueError,
+                     match=r"config\.hwaware: StuckAt\.p0 \+ p1 must be <= 1"):
+    stages.training_array(_Run(config), HW)
+  config.hwaware.stuck_at_0 = config.hwaware.stuck_at_1 = 0.0
+  config.hwaware.program_sigma = -0.1
+  with pytest.raises(ValueError,
+                     match=r"config\.hwaware: Programming\.sigma must be >= 0"):
+    stages.training_array(_Run(config), HW)
+
+
 class _Net(nn.Module):
 
   @nn.compact

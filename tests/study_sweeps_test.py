@@ -121,7 +121,7 @@ def test_unknown_study_and_fault_kind():
   with pytest.raises(ValueError, match="unknown studies"):
     sweeps.run_sweeps(_subject(), studies=["grid", "nope"])
   with pytest.raises(ValueError, match="unknown fault kind"):
-    sweeps._nonideal("melted", 0.1)
+    sweeps._fault_device("melted", 0.1)
 
 
 def test_missing_export_is_a_clear_error(tmp_path):

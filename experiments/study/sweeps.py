@@ -172,7 +172,7 @@ class Emulator:
     dense layout of the same compressed model (same quantized numbers, a
     shared layer's BatchNorm kept digital as in index-and-add; folding it
     into the decompressed kernel would be another quantized model).
-    ``models``: ``nonideal``, ``device``, ``wires``, ``adc`` (docs/devices.md).
+    ``models``: ``device``, ``wires``, ``adc`` (docs/devices.md).
     """
     return self.emulation.program(hw, index_and_add=shared, key=key,
                                   dataflow=dataflow, **models)
@@ -250,11 +250,16 @@ def equality(em: Emulator, adc_bits: Sequence[int]) -> list[dict[str, Any]]:
   return out
 
 
-def _nonideal(kind: str, value: float) -> rk.Nonideal:
+def _fault_device(kind: str, value: float) -> rk.Device:
+  """The device of one fault setting: stuck-at cells (``value`` split
+  evenly between level 0 and the top level) or Gaussian programming error
+  of ``value`` levels; a zero setting is the ideal device."""
   if kind == "stuck":
-    return rk.Nonideal(stuck_at_0=value / 2, stuck_at_1=value / 2)
+    faults = rk.StuckAt(value / 2, value / 2)
+    return rk.Device(faults=faults if faults.active else None)
   if kind == "program_sigma":
-    return rk.Nonideal(program_sigma=value)
+    programming = rk.Programming(value)
+    return rk.Device(programming=programming if programming.active else None)
   raise ValueError(f"unknown fault kind {kind!r}")
 
 
@@ -271,7 +276,7 @@ def faults(em: Emulator, *, stuck_rates: Sequence[float],
       accs = []
       for seed in range(seeds):
         emulated = em.program(em.subject.hw, shared=layout == "shared",
-                              nonideal=_nonideal(kind, value),
+                              device=_fault_device(kind, value),
                               key=jax.random.key(seed))
         accs.append(em.accuracy(em.logits(emulated)))
       out.append({"layout": layout, "kind": kind, "value": value,
