@@ -261,13 +261,14 @@ def _layer(seed=0, k=20, n=6, m=5):
                                   "calibrated", "shared"])
 def test_apply_is_accelerator_safe(case, monkeypatch):
   q_w, q_x = _layer()
-  hw, key, nonideal, adc_range = HW, None, None, None
+  hw, key, device, adc_range = HW, None, None, None
   if case == "exact":
     hw = HW.replace(adc_bits=5)
   if case == "streamed":
     monkeypatch.setattr(crossbar, "TABLE_MAX_BYTES", 0)
   if case == "direct":
-    key, nonideal = jax.random.key(0), rk.Nonideal(read_sigma=0.5)
+    key = jax.random.key(0)
+    device = rk.Device(read=rk.ReadNoise(0.5, per="sum"))
   if case == "calibrated":
     hw, adc_range = HW.replace(adc_mode="calibrated"), 20
   if case == "shared":
@@ -277,7 +278,7 @@ def test_apply_is_accelerator_safe(case, monkeypatch):
     weights = rk.prepare_shared(q_cb, layer.index, HW, in_features=20,
                                 out_features=6)
   else:
-    weights = rk.prepare(q_w, hw, nonideal=nonideal, key=jax.random.key(1),
+    weights = rk.prepare(q_w, hw, device=device, key=jax.random.key(1),
                          adc_range=adc_range)
   assert_safe(lambda w, x, k: rk.apply(w, x, key=k), weights, q_x, key)
   if case not in ("direct", "shared"):

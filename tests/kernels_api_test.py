@@ -80,7 +80,7 @@ def test_emulated_linen_model_is_a_pytree_compiled_once():
 
   # Two fault seeds: other arrays, the same hardware.
   ys = [run(rk.emulate(model, rk.program(
-      calib, LOSSY, nonideal=rk.Nonideal(program_sigma=0.1),
+      calib, LOSSY, device=rk.Device(programming=rk.Programming(0.1)),
       key=jax.random.key(seed)), variables=variables), batches[0])
         for seed in (0, 1)]
   assert len(traces) == 1

@@ -279,7 +279,8 @@ def test_direct_dense_row_block_major_equals_direct(signed):
                           weight_bits=8 if signed == "offset" else 9)
   rng = np.random.default_rng(10)
   x, w = _rand(rng, hw, 21, 45, 11, zero_blocks=True)
-  weights = rk.prepare(w, hw, nonideal=rk.Nonideal(program_sigma=0.05),
+  weights = rk.prepare(w, hw,
+                       device=rk.Device(programming=rk.Programming(0.05)),
                        key=jax.random.key(1))
   assert weights.dataflow == "direct" and rk.crossbar._dense_direct(weights)
   pad = weights.num_row_blocks * hw.ou_rows - x.shape[1]

@@ -168,16 +168,16 @@ def test_saturation_backward(jit):
 def test_noise_is_keyed_per_step():
   model, variables, x = _net()
   calib = rk.calibrate_hwaware(model, [x], LOSSY, variables=variables)
-  noise = rk.Nonideal(program_sigma=0.3, stuck_at_0=0.01)
+  noise = rk.Device(programming=rk.Programming(0.3), faults=rk.StuckAt(0.01))
   fwd = jax.jit(lambda v, a, k: rk.hwaware(
-      model, LOSSY, calib, variables=v, key=k, nonideal=noise)(a))
+      model, LOSSY, calib, variables=v, key=k, device=noise)(a))
   y0 = fwd(variables, x, jax.random.key(0))
   y0b = fwd(variables, x, jax.random.key(0))
   y1 = fwd(variables, x, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(y0), np.asarray(y0b))
   assert not np.allclose(np.asarray(y0), np.asarray(y1))
   with pytest.raises(ValueError, match="key"):
-    rk.hwaware(model, LOSSY, calib, variables=variables, nonideal=noise)(x)
+    rk.hwaware(model, LOSSY, calib, variables=variables, device=noise)(x)
 
 
 def test_recalibration_keeps_or_raises_input_scales():
@@ -262,7 +262,7 @@ def test_centroid_finetune_through_the_emulator_stays_shared():
     def loss(p):
       v = {"params": rsjax.training_params(p, state)}
       logits = rk.hwaware(model, hw, calib, variables=v, key=key,
-                          nonideal=rk.Nonideal(program_sigma=0.1))(x)
+                          device=rk.Device(programming=rk.Programming(0.1)))(x)
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()
     grads = jax.grad(loss)(params)

@@ -84,7 +84,8 @@ def test_linen_noise_vmap_over_keys():
   model, variables, batches = _linen()
   layers = rk.program(rk.calibrate(model, batches[:1], variables=variables,
                                    rules="Dense", train=False),
-                      LOSSY, nonideal=rk.Nonideal(read_sigma=0.5))
+                      LOSSY,
+                      device=rk.Device(read=rk.ReadNoise(0.5, per="sum")))
   run = lambda k: rk.emulate(model, layers, variables=variables, key=k)(
       batches[0], train=False)
   keys = jax.random.split(jax.random.key(1), 3)
@@ -131,7 +132,8 @@ def test_nnx_noise_keys():
   model.eval()
   batches = _batches()
   layers = rk.program(rk.calibrate(model, batches[:1], rules="conv"), LOSSY,
-                      nonideal=rk.Nonideal(read_sigma=0.5, program_sigma=0.05),
+                      device=rk.Device(programming=rk.Programming(0.05),
+                                       read=rk.ReadNoise(0.5, per="sum")),
                       key=jax.random.key(0))
   assert list(layers) == ["conv"]
   assert layers["conv"].weights.dataflow == "direct"
@@ -249,7 +251,7 @@ def test_calibrate_once_program_many_equals_prepare():
   model, variables, batches = _linen()
   calib = rk.calibrate(model, batches, variables=variables, train=False)
   assert sorted(calib.layers) == ["Conv_0", "Conv_1", "Dense_0"]
-  faults = dict(nonideal=rk.Nonideal(program_sigma=0.1),
+  faults = dict(device=rk.Device(programming=rk.Programming(0.1)),
                 key=jax.random.key(3))
   for hw, kw in ((LOSSY, {}), (FINE, {}), (LOSSY, faults)):
     want = rk.program(rk.calibrate(model, batches, variables=variables,

@@ -23,8 +23,11 @@ def _data(seed=0, m=6, k=20, n=5):
 def test_zero_noise_equals_ideal(dataflow):
   x, w = _data()
   ideal = rk.crossbar_matmul(x, w, HW, dataflow=dataflow)
-  noisy = rk.crossbar_matmul(x, w, HW, key=jax.random.key(0),
-                             nonideal=rk.Nonideal(), dataflow=dataflow)
+  # Every model present, each at zero.
+  zero = rk.Device(programming=rk.Programming(0.0), faults=rk.StuckAt(),
+                   read=rk.ReadNoise(0.0, per="sum"))
+  noisy = rk.crossbar_matmul(x, w, HW, key=jax.random.key(0), device=zero,
+                             dataflow=dataflow)
   np.testing.assert_array_equal(np.asarray(noisy), np.asarray(ideal))
 
 
@@ -35,14 +38,14 @@ def test_zero_read_noise_direct_equals_table():
   np.testing.assert_array_equal(np.asarray(table), np.asarray(direct))
 
 
-@pytest.mark.parametrize("nonideal", [
-    rk.Nonideal(program_sigma=0.2),
-    rk.Nonideal(stuck_at_0=0.05, stuck_at_1=0.05),
-    rk.Nonideal(read_sigma=0.5),
+@pytest.mark.parametrize("device", [
+    rk.Device(programming=rk.Programming(0.2)),
+    rk.Device(faults=rk.StuckAt(0.05, 0.05)),
+    rk.Device(read=rk.ReadNoise(0.5, per="sum")),
 ])
-def test_noise_reproducible_by_key_and_vmappable(nonideal):
+def test_noise_reproducible_by_key_and_vmappable(device):
   x, w = _data(2)
-  f = lambda key: rk.crossbar_matmul(x, w, HW, key=key, nonideal=nonideal)
+  f = lambda key: rk.crossbar_matmul(x, w, HW, key=key, device=device)
   a, b = f(jax.random.key(3)), f(jax.random.key(3))
   c = f(jax.random.key(4))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -58,18 +61,20 @@ def test_noise_reproducible_by_key_and_vmappable(nonideal):
 def test_noise_needs_key():
   x, w = _data()
   with pytest.raises(ValueError, match="key"):
-    rk.crossbar_matmul(x, w, HW, nonideal=rk.Nonideal(read_sigma=1.0))
+    rk.crossbar_matmul(x, w, HW,
+                       device=rk.Device(read=rk.ReadNoise(1.0, per="sum")))
   with pytest.raises(ValueError, match="key"):
-    rk.crossbar_matmul(x, w, HW, nonideal=rk.Nonideal(program_sigma=1.0))
-  with pytest.raises(ValueError, match=">= 0"):
-    rk.Nonideal(read_sigma=-1.0)
+    rk.crossbar_matmul(x, w, HW,
+                       device=rk.Device(programming=rk.Programming(1.0)))
+  with pytest.raises(ValueError, match="ReadNoise.sigma must be >= 0"):
+    rk.ReadNoise(-1.0, per="sum")
 
 
 def test_fault_rates_within_bounds():
   n = 200_000
   levels = jnp.full((n,), 1, jnp.int32)
-  nonideal = rk.Nonideal(stuck_at_0=0.02, stuck_at_1=0.05)
-  g = np.asarray(cells_lib.program(levels, HW, nonideal, jax.random.key(5)))
+  device = rk.Device(faults=rk.StuckAt(0.02, 0.05))
+  g = np.asarray(cells_lib.program(levels, HW, device, jax.random.key(5)))
   top = 2**HW.cell_bits - 1
   for rate, value in ((0.02, 0.0), (0.05, top)):
     observed = np.mean(g == value)
@@ -81,8 +86,8 @@ def test_fault_rates_within_bounds():
 def test_program_variation_statistics():
   n = 100_000
   levels = jnp.full((n,), 2, jnp.int32)
-  g = np.asarray(cells_lib.program(levels, HW, rk.Nonideal(program_sigma=0.1),
-                                   jax.random.key(6)))
+  device = rk.Device(programming=rk.Programming(0.1))
+  g = np.asarray(cells_lib.program(levels, HW, device, jax.random.key(6)))
   assert abs(g.mean() - 2.0) < 5 * 0.1 / np.sqrt(n)
   assert abs(g.std() - 0.1) < 0.005
 
@@ -91,10 +96,10 @@ def test_read_noise_mean_close_to_ideal():
   hw = HW.replace(adc_bits=5)  # lossless: noise is the only error
   x, w = _data(7, m=4)
   ideal = np.asarray(rk.crossbar_matmul(x, w, hw, dataflow="direct"), float)
-  nonideal = rk.Nonideal(read_sigma=0.3)
+  device = rk.Device(read=rk.ReadNoise(0.3, per="sum"))
   keys = jax.random.split(jax.random.key(8), 16)
   runs = jax.vmap(lambda k: rk.crossbar_matmul(x, w, hw, key=k,
-                                               nonideal=nonideal))(keys)
+                                               device=device))(keys)
   runs = np.asarray(runs, float)
   assert not np.array_equal(runs[0], ideal)
   err = np.abs(runs.mean(0) - ideal) / np.abs(x @ np.abs(w)).max()
@@ -257,18 +262,18 @@ def test_mse_range_keeps_unit_step_for_small_sums():
     rk.calibrate_adc_range(x, w, hw, method="max")
 
 
-@pytest.mark.parametrize("nonideal", [
-    rk.Nonideal(program_sigma=0.3),
-    rk.Nonideal(stuck_at_0=0.05, stuck_at_1=0.05),
+@pytest.mark.parametrize("device", [
+    rk.Device(programming=rk.Programming(0.3)),
+    rk.Device(faults=rk.StuckAt(0.05, 0.05)),
 ])
-def test_programming_faults_same_in_every_dataflow(nonideal):
+def test_programming_faults_same_in_every_dataflow(device):
   # The cells are drawn once at programming; table, streamed and direct then
   # read the same faulty cells and, with conductances on a 2^-f grid, sum
   # them exactly in any order. At this size unrounded conductances gave 12
   # of 16,384 outputs one ADC code apart between direct and table.
   x, w = _data(5, m=64, k=1152, n=256)
   key = jax.random.key(6)
-  outs = [np.asarray(rk.crossbar_matmul(x, w, HW, key=key, nonideal=nonideal,
+  outs = [np.asarray(rk.crossbar_matmul(x, w, HW, key=key, device=device,
                                         dataflow=m))
           for m in ("table", "streamed", "direct")]
   ideal = np.asarray(rk.crossbar_matmul(x, w, HW))
@@ -277,8 +282,8 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
     np.testing.assert_array_equal(out, outs[0])
   # The chunk-major direct path (shared layers, read noise) sums in another
   # order (a batched einsum): unrounded conductances made it differ here.
-  direct = rk.prepare(w, HW, key=key, nonideal=nonideal, dataflow="direct")
-  table = rk.prepare(w, HW, key=key, nonideal=nonideal, dataflow="table")
+  direct = rk.prepare(w, HW, key=key, device=device, dataflow="direct")
+  table = rk.prepare(w, HW, key=key, device=device, dataflow="table")
   xi = jnp.asarray(x, jnp.int32)
   rows = rk.dataflow.chunk_rows(HW, "direct", direct.num_row_blocks, 256)
   chunk_major = rk.dataflow.map_rows(
@@ -294,16 +299,23 @@ def test_programming_faults_same_in_every_dataflow(nonideal):
   # And vmapped over keys (a batch of fault seeds in one compiled call).
   keys = jax.random.split(key, 2)
   batch = {m: np.asarray(jax.jit(jax.vmap(
-      lambda k, m=m: rk.crossbar_matmul(x, w, HW, key=k, nonideal=nonideal,
+      lambda k, m=m: rk.crossbar_matmul(x, w, HW, key=k, device=device,
                                         dataflow=m)))(keys))
            for m in ("table", "streamed")}
   np.testing.assert_array_equal(batch["streamed"], batch["table"])
 
 
-def test_nonideal_numpy_numbers_become_python_floats():
-  model = rk.Nonideal(program_sigma=np.float32(0.25), stuck_at_0=np.int64(0))
-  assert model == rk.Nonideal(program_sigma=0.25)
-  assert hash(model) == hash(rk.Nonideal(program_sigma=0.25))
-  assert type(model.program_sigma) is float and type(model.stuck_at_0) is float
-  with pytest.raises(ValueError, match="read_sigma"):
-    rk.Nonideal(read_sigma="0.1")
+def test_device_numpy_numbers_become_python_floats():
+  # A device is a static jit argument: equal models must hash equal.
+  model = rk.Device(programming=rk.Programming(np.float32(0.25)),
+                    faults=rk.StuckAt(np.int64(0), np.float64(0.5)),
+                    read=rk.ReadNoise(np.float32(0.5), per="sum"))
+  plain = rk.Device(programming=rk.Programming(0.25),
+                    faults=rk.StuckAt(0.0, 0.5),
+                    read=rk.ReadNoise(0.5, per="sum"))
+  assert model == plain and hash(model) == hash(plain)
+  assert type(model.programming.sigma) is float
+  assert type(model.faults.p0) is float and type(model.faults.p1) is float
+  assert type(model.read.sigma) is float
+  with pytest.raises(ValueError, match="ReadNoise.sigma must be a number"):
+    rk.ReadNoise("0.1", per="sum")
