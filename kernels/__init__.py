@@ -1,7 +1,6 @@
 """Jitted ReRAM crossbar kernels (installed as ``rsjax.kernels``)."""
 
 from rsjax.kernels.adc import NonlinearADC
-from rsjax.kernels.cells import Nonideal
 from rsjax.kernels.devices import Device
 from rsjax.kernels.devices import Drift
 from rsjax.kernels.devices import Programming
@@ -45,7 +44,6 @@ __all__ = (
     "EmulatedLayer",
     "HwCalibration",
     "InputSaturationWarning",
-    "Nonideal",
     "NonlinearADC",
     "Programming",
     "ReadNoise",

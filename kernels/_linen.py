@@ -112,7 +112,7 @@ def emulate(model: nn.Module, variables, x, layers, *, key=None,
 
 def hwaware_apply(model: nn.Module, variables, x, hw: hardware.HardwareSpec,
                   calib: hwaware_lib.HwCalibration, *, key=None, device=None,
-                  wires=None, adc=None, nonideal=None, per: str = "layer",
+                  wires=None, adc=None, per: str = "layer",
                   backward: str = "ste", saturation: dict | None = None,
                   **apply_kwargs):
   """``model.apply(variables, x)`` with the calibrated layers trained on hw.
@@ -124,8 +124,7 @@ def hwaware_apply(model: nn.Module, variables, x, hw: hardware.HardwareSpec,
     What ``model.apply`` returns.
   """
   hwaware_lib.check_training(calib, hw, backward, per)
-  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
-                          adc_model=adc)
+  phys = crossbar.physics(hw, device=device, wires=wires, adc_model=adc)
   order = {n: i for i, n in enumerate(sorted(calib.x_scales))}
 
   def run(next_fun, args, kwargs, ctx):

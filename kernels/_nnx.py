@@ -167,7 +167,7 @@ class _HwLayer(nnx.Module):
 @contextlib.contextmanager
 def hwaware(model: nnx.Module, hw: hardware.HardwareSpec,
             calib: hwaware_lib.HwCalibration, *, key=None, device=None,
-            wires=None, adc=None, nonideal=None, per: str = "layer",
+            wires=None, adc=None, per: str = "layer",
             backward: str = "ste", saturation: dict | None = None):
   """Within the context, ``model``'s calibrated layers run on the emulator.
 
@@ -180,8 +180,7 @@ def hwaware(model: nnx.Module, hw: hardware.HardwareSpec,
     ``model``.
   """
   hwaware_lib.check_training(calib, hw, backward, per)
-  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
-                          adc_model=adc)
+  phys = crossbar.physics(hw, device=device, wires=wires, adc_model=adc)
   order = {n: i for i, n in enumerate(sorted(calib.x_scales))}
   swapped = {}
 

@@ -204,8 +204,8 @@ def calibrate_hwaware(model, batches: Iterable[Any],
 
 def hwaware(model, hw: hardware.HardwareSpec,
             calib: hwaware_lib.HwCalibration, *, variables=None, key=None,
-            device=None, wires=None, adc=None, nonideal=None,
-            per: str = "layer", backward: str = "ste",
+            device=None, wires=None, adc=None, per: str = "layer",
+            backward: str = "ste",
             saturation: dict | None = None) -> Callable[..., Any]:
   """The model with its calibrated layers trained on ``hw``, to call.
 
@@ -226,7 +226,7 @@ def hwaware(model, hw: hardware.HardwareSpec,
     variables: a Linen model's variables (``params`` differentiable); None
       for NNX.
     key: this step's key for the non-idealities (one per layer is folded).
-    device, wires, adc, nonideal: the hardware models, as
+    device, wires, adc: the hardware models, as
       :func:`rsjax.kernels.hwaware_layer`: the device's random effects are
       drawn anew every step.
     per: weight scale (``'layer'`` for shared layers).
@@ -248,9 +248,8 @@ def hwaware(model, hw: hardware.HardwareSpec,
       another ``per`` or without the ADC ranges ``hw`` needs.
   """
   hwaware_lib.check_training(calib, hw, backward, per)
-  options = dict(key=key, device=device, wires=wires, adc=adc,
-                 nonideal=nonideal, per=per, backward=backward,
-                 saturation=saturation)
+  options = dict(key=key, device=device, wires=wires, adc=adc, per=per,
+                 backward=backward, saturation=saturation)
   if _is_linen(model, variables, "hwaware"):
     return lambda x, **apply_kwargs: _linen.hwaware_apply(
         model, variables, x, hw, calib, **options, **apply_kwargs)

@@ -18,82 +18,17 @@ one level for the usual OUs) so that every OU partial sum is an exact
 float32 sum: the dataflows add the same terms in different orders and must
 give the same ADC codes (a sum landing on a rounding boundary would
 otherwise convert differently in each).
-
-:class:`Nonideal` is the first device model, kept as a shorthand
-(:meth:`Nonideal.to_device`):
-
-* programming variation: every cell gets ``g = max(v + program_sigma * e, 0)``,
-  ``e ~ N(0, 1)`` i.i.d. (a zero-level cell may then leak a little);
-* stuck-at faults: with probability ``stuck_at_0`` a cell is stuck at level 0
-  (high resistance), with ``stuck_at_1`` at the top level ``2^cell_bits - 1``
-  (low resistance); a stuck cell has no programming variation;
-* read noise: ``p + read_sigma * e`` on every OU partial sum before its ADC
-  conversion (units of one cell level times one DAC level), fresh per
-  conversion.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax.numpy as jnp
-import numpy as np
 
 from rsjax._src import hardware
 from rsjax.kernels import devices as devices_lib
 from rsjax.kernels import wires as wires_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Nonideal:
-  """Device non-idealities; all zero (the default) is the ideal crossbar.
-
-  Attributes:
-    program_sigma: std of the additive programming error, in cell levels.
-    stuck_at_0: probability that a cell is stuck at level 0.
-    stuck_at_1: probability that a cell is stuck at the top level.
-    read_sigma: std of the read noise added to each OU partial sum.
-  """
-
-  program_sigma: float = 0.0
-  stuck_at_0: float = 0.0
-  stuck_at_1: float = 0.0
-  read_sigma: float = 0.0
-
-  def __post_init__(self):
-    for f in dataclasses.fields(self):
-      value = getattr(self, f.name)
-      if isinstance(value, (bool, np.bool_)) or not isinstance(
-          value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"Nonideal.{f.name} must be a number, got {value!r}")
-      # A Python float: equal models hash equal (it is a static jit arg).
-      value = float(value)
-      object.__setattr__(self, f.name, value)
-      if value < 0:
-        raise ValueError(f"Nonideal.{f.name} must be >= 0, got {value}")
-    if self.stuck_at_0 + self.stuck_at_1 > 1:
-      raise ValueError("Nonideal.stuck_at_0 + stuck_at_1 must be <= 1")
-
-  def to_device(self) -> devices_lib.Device:
-    """The same model as a :class:`rsjax.kernels.Device` (same numbers)."""
-    return devices_lib.Device(
-        programming=(devices_lib.Programming(self.program_sigma)
-                     if self.program_sigma else None),
-        faults=(devices_lib.StuckAt(self.stuck_at_0, self.stuck_at_1)
-                if self.stuck_at_0 or self.stuck_at_1 else None),
-        read=(devices_lib.ReadNoise(self.read_sigma, per="sum")
-              if self.read_sigma else None))
-
-  @property
-  def programs(self) -> bool:
-    """Whether the stored conductances differ from the ideal levels."""
-    return bool(self.program_sigma or self.stuck_at_0 or self.stuck_at_1)
-
-  @property
-  def reads(self) -> bool:
-    """Whether partial sums get read noise (rules out tabulated ADC outputs)."""
-    return bool(self.read_sigma)
 
 
 def slice_levels(u, hw: hardware.HardwareSpec):
@@ -149,7 +84,7 @@ def _round(g, hw, gain=1.0):
   return jnp.round(g / step) * step
 
 
-def program(levels, hw: hardware.HardwareSpec, nonideal, key):
+def program(levels, hw: hardware.HardwareSpec, device, key):
   """Programmed conductances (float32) of ideal ``levels`` (any shape).
 
   The device alone, without the wires (:func:`program_array` has both).
@@ -158,14 +93,13 @@ def program(levels, hw: hardware.HardwareSpec, nonideal, key):
   Args:
     levels: integer cell levels.
     hw: the hardware (for the top level).
-    nonideal: a :class:`Nonideal` or :class:`rsjax.kernels.Device`, or None
-      for ideal cells.
+    device: a :class:`rsjax.kernels.Device`, or None for ideal cells.
     key: a ``jax.random`` key; required when the device programs at random.
 
   Returns:
     float32 conductances like ``levels``.
   """
-  device = devices_lib.as_device(nonideal=nonideal)
+  device = devices_lib.checked(device)
   check(hw, device, None)
   return program_array(levels, hw, device, None, key)[0]
 

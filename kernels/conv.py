@@ -108,7 +108,7 @@ def conv_apply(weights: crossbar.CrossbarWeights, x, kernel_size,
 def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
                   padding: Padding = "SAME", dilation=1, *, key=None,
                   adc_range=None, device=None, wires=None, adc=None,
-                  nonideal=None, dataflow: str = "auto",
+                  dataflow: str = "auto",
                   signed_inputs: bool = False):
   """Emulated ``conv_general_dilated(x, kernel)`` (NHWC, HWIO) on crossbars.
 
@@ -118,8 +118,8 @@ def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
     hw: the hardware.
     strides, padding, dilation: as ``jax.lax.conv_general_dilated``
       (``rhs_dilation``).
-    key, adc_range, device, wires, adc, nonideal, dataflow, signed_inputs:
-      as :func:`rsjax.kernels.crossbar_matmul`.
+    key, adc_range, device, wires, adc, dataflow, signed_inputs: as
+      :func:`rsjax.kernels.crossbar_matmul`.
 
   Returns:
     ``[B, Ho, Wo, cout]``.
@@ -133,7 +133,7 @@ def crossbar_conv(x, kernel, hw: hardware.HardwareSpec, strides=1,
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = crossbar.prepare(lowering.to_crossbar_matrix(kernel), hw,
                              adc_range=adc_range, device=device,
-                             wires=wires, adc=adc, nonideal=nonideal,
-                             key=k_prog, dataflow=dataflow)
+                             wires=wires, adc=adc, key=k_prog,
+                             dataflow=dataflow)
   return conv_apply(weights, x, kernel.shape[:2], strides, padding, dilation,
                     key=k_read, signed_inputs=signed_inputs)

@@ -146,10 +146,10 @@ class Physics(NamedTuple):
     return {"device": self.device, "wires": self.wires, "adc": self.adc_model}
 
 
-def physics(hw: hardware.HardwareSpec, *, device=None, nonideal=None,
-            wires=None, adc_model=None) -> Physics:
+def physics(hw: hardware.HardwareSpec, *, device=None, wires=None,
+            adc_model=None) -> Physics:
   """Checks and bundles the models of ``prepare``'s keyword arguments."""
-  device = devices_lib.as_device(device=device, nonideal=nonideal)
+  device = devices_lib.checked(device)
   if wires is not None and not isinstance(wires, wires_lib.Wires):
     raise ValueError(f"wires must be a rsjax.kernels.Wires, got "
                      f"{type(wires).__name__}")
@@ -205,8 +205,7 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
             device: devices_lib.Device | None = None,
             wires: wires_lib.Wires | None = None,
             adc: adc_lib.NonlinearADC | None = None,
-            nonideal: cells_lib.Nonideal | None = None, key=None,
-            dataflow: str = "auto") -> CrossbarWeights:
+            key=None, dataflow: str = "auto") -> CrossbarWeights:
   """Programs a dense integer crossbar matrix.
 
   Args:
@@ -220,8 +219,6 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
       wires.
     adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
       None for an ideal converter.
-    nonideal: the older :class:`rsjax.kernels.Nonideal` (a device; not with
-      ``device``).
     key: ``jax.random`` key for the programming non-idealities.
     dataflow: ``'auto'`` (exact if lossless and ideal; else, without read
       noise and with at most ``TABLE_MAX_PATTERNS`` input patterns per
@@ -242,8 +239,7 @@ def prepare(w, hw: hardware.HardwareSpec, *, adc_range=None,
   in_features, out_features = w.shape
   checks.check_int32(hw, in_features)
   rng = adc_lib.resolve_range(hw, adc_range)
-  phys = physics(hw, device=device, nonideal=nonideal, wires=wires,
-                 adc_model=adc)
+  phys = physics(hw, device=device, wires=wires, adc_model=adc)
   num_rb = -(-in_features // hw.ou_rows)
   dataflow = _pick_dataflow(hw, phys, dataflow, num_rb, out_features)
   active, levels = _dense_layout(w, hw, dataflow != "exact")
@@ -278,8 +274,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
                    device: devices_lib.Device | None = None,
                    wires: wires_lib.Wires | None = None,
                    adc: adc_lib.NonlinearADC | None = None,
-                   nonideal: cells_lib.Nonideal | None = None, key=None,
-                   dataflow: str = "auto") -> CrossbarWeights:
+                   key=None, dataflow: str = "auto") -> CrossbarWeights:
   """Programs a shared layer's stored blocks and its index table.
 
   Args:
@@ -290,8 +285,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
     hw: the hardware; ``hw.block_shape`` must be the block shape.
     out_features: columns of the crossbar matrix (default ``G * bw``).
     in_features: rows of the crossbar matrix (default ``R * ou_rows``).
-    adc_range, device, wires, adc, nonideal, key, dataflow: as
-      :func:`prepare`.
+    adc_range, device, wires, adc, key, dataflow: as :func:`prepare`.
 
   Returns:
     The :class:`CrossbarWeights` (index-and-add dataflow).
@@ -323,8 +317,7 @@ def prepare_shared(codebook, index, hw: hardware.HardwareSpec, *,
   codebook = jnp.asarray(codebook, jnp.int32)
   index = jnp.asarray(index, jnp.int32)
   rng = adc_lib.resolve_range(hw, adc_range)
-  phys = physics(hw, device=device, nonideal=nonideal, wires=wires,
-                 adc_model=adc)
+  phys = physics(hw, device=device, wires=wires, adc_model=adc)
   dataflow = _pick_dataflow(hw, phys, dataflow, num_rb,
                             max(slots * bw, out_features))
   active, route, matrix, levels = _shared_layout(
@@ -474,7 +467,6 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
                     device: devices_lib.Device | None = None,
                     wires: wires_lib.Wires | None = None,
                     adc: adc_lib.NonlinearADC | None = None,
-                    nonideal: cells_lib.Nonideal | None = None,
                     dataflow: str = "auto", signed_inputs: bool = False):
   """Emulated ``x @ w`` on ReRAM crossbars (docs/hardware.md, docs/emulator.md).
 
@@ -486,7 +478,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
     key: ``jax.random`` key for non-idealities (split into a programming
       and a read key).
     adc_range: per-layer ADC range for ``adc_mode='calibrated'``.
-    device, wires, adc, nonideal: the hardware models, see :func:`prepare`.
+    device, wires, adc: the hardware models, see :func:`prepare`.
     dataflow: see :func:`prepare`.
     signed_inputs: two's complement inputs, see :func:`apply`.
 
@@ -495,7 +487,7 @@ def crossbar_matmul(x, w, hw: hardware.HardwareSpec, *, key=None,
   """
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = prepare(w, hw, adc_range=adc_range, device=device, wires=wires,
-                    adc=adc, nonideal=nonideal, key=k_prog, dataflow=dataflow)
+                    adc=adc, key=k_prog, dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 
@@ -505,7 +497,6 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
                            device: devices_lib.Device | None = None,
                            wires: wires_lib.Wires | None = None,
                            adc: adc_lib.NonlinearADC | None = None,
-                           nonideal: cells_lib.Nonideal | None = None,
                            dataflow: str = "auto", signed_inputs: bool = False):
   """Index-and-add emulation of a shared layer (docs/hardware.md, docs/emulator.md).
 
@@ -520,8 +511,8 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
     index: ``[R, G]`` int32, ``-1`` = pruned.
     hw: the hardware.
     out_features: columns of the crossbar matrix (default ``G * bw``).
-    key, adc_range, device, wires, adc, nonideal, dataflow, signed_inputs:
-      as :func:`crossbar_matmul`.
+    key, adc_range, device, wires, adc, dataflow, signed_inputs: as
+      :func:`crossbar_matmul`.
 
   Returns:
     As :func:`apply`.
@@ -530,8 +521,8 @@ def shared_crossbar_matmul(x, codebook, index, hw: hardware.HardwareSpec, *,
   in_features = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else None
   weights = prepare_shared(codebook, index, hw, out_features=out_features,
                            in_features=in_features, adc_range=adc_range,
-                           device=device, wires=wires, adc=adc,
-                           nonideal=nonideal, key=k_prog, dataflow=dataflow)
+                           device=device, wires=wires, adc=adc, key=k_prog,
+                           dataflow=dataflow)
   return apply(weights, x, key=k_read, signed_inputs=signed_inputs)
 
 

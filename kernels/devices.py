@@ -94,6 +94,9 @@ def _draw(distribution: str, key, shape):
 class Programming:
   """Generic programming error, drawn once per programming.
 
+  A cell at level ``v`` conducts ``max(v + std e, -g0)`` levels above
+  ``Gmin`` (``e`` of unit variance): the conductance cannot go below zero.
+
   Attributes:
     sigma: the error's std: in levels (``independent``), relative to the
       conductance (``proportional``), or in levels at ``Gmax``
@@ -455,32 +458,9 @@ class Device:
     return float(self.read.sigma)
 
 
-def as_device(device=None, nonideal=None) -> Device | None:
-  """The :class:`Device` of the ``device`` or legacy ``nonideal`` argument.
-
-  ``rsjax.kernels.Nonideal`` (the first device model: Gaussian programming
-  error in levels, stuck-at faults, read noise on partial sums) maps onto
-  ``Programming``, ``StuckAt`` and ``ReadNoise(per='sum')``, and gives the
-  same numbers from the same key.
-  """
-  if device is not None and nonideal is not None:
-    raise ValueError("pass either device= or the older nonideal=, not both "
-                     "(nonideal=Nonideal(...) is device=Nonideal(...)"
-                     ".to_device())")
-  if nonideal is not None:
-    if isinstance(nonideal, Device):
-      return nonideal
-    to_device = getattr(nonideal, "to_device", None)
-    if to_device is None:
-      raise ValueError(f"nonideal must be a rsjax.kernels.Nonideal or "
-                       f"Device, got {type(nonideal).__name__}")
-    return to_device()
-  if device is None:
-    return None
-  if not isinstance(device, Device):
-    to_device = getattr(device, "to_device", None)
-    if to_device is None:
-      raise ValueError(f"device must be a rsjax.kernels.Device, got "
-                       f"{type(device).__name__}")
-    return to_device()
+def checked(device) -> Device | None:
+  """``device`` itself (a :class:`Device` or None), or a ValueError."""
+  if device is not None and not isinstance(device, Device):
+    raise ValueError(f"device must be a rsjax.kernels.Device, got "
+                     f"{type(device).__name__}")
   return device

@@ -439,8 +439,7 @@ def _check_trained(calibration, calib, hw, *, per, fold_bn, signed_scheme):
 
 
 def program(calib: Calibration, hw: hardware.HardwareSpec, *,
-            per: str = "layer", device=None, wires=None, adc=None,
-            nonideal=None, key=None,
+            per: str = "layer", device=None, wires=None, adc=None, key=None,
             dataflow: str = "auto", fold_bn: bool | None = None,
             compressed=None, calibration=None,
             signed_scheme: str = "two_pass", index_and_add: bool = True
@@ -461,8 +460,6 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
       wires.
     adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
       None for ideal converters.
-    nonideal: the older :class:`rsjax.kernels.Nonideal` (not with
-      ``device``).
     key: ``jax.random`` key for the programming non-idealities (one per
       layer is folded from it).
     dataflow: as :func:`rsjax.kernels.prepare`, for every layer.
@@ -511,8 +508,7 @@ def program(calib: Calibration, hw: hardware.HardwareSpec, *,
     _check_trained(calibration, calib, hw, per=per, fold_bn=fold_bn,
                    signed_scheme=signed_scheme)
   fold_bn = calibration is None if fold_bn is None else fold_bn
-  phys = crossbar.physics(hw, device=device, nonideal=nonideal, wires=wires,
-                          adc_model=adc)
+  phys = crossbar.physics(hw, device=device, wires=wires, adc_model=adc)
   models = phys.kwargs()
   compressed = {_layer_name(k): v for k, v in (compressed or {}).items()}
   unknown = sorted(set(compressed) - set(calib.layers))

@@ -41,7 +41,6 @@ from rsjax._src import hardware
 from rsjax._src import quantize
 from rsjax.kernels import adc as adc_lib
 from rsjax.kernels import calibration as calibrate_lib
-from rsjax.kernels import cells as cells_lib
 from rsjax.kernels import conv as conv_lib
 from rsjax.kernels import crossbar
 from rsjax.kernels import model as model_lib
@@ -108,8 +107,7 @@ def from_calibration(calib: model_lib.Calibration, hw, *, previous,
 
 def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
                   signed: bool = False, conv=None, adc_range=None,
-                  device=None, wires=None, adc=None,
-                  nonideal: cells_lib.Nonideal | None = None, key=None,
+                  device=None, wires=None, adc=None, key=None,
                   per: str = "layer", dataflow: str = "auto",
                   backward: str = "ste"):
   """One Dense/Conv layer: emulated forward, straight-through backward.
@@ -131,8 +129,6 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
     wires: wire resistance (:class:`rsjax.kernels.Wires`), or None.
     adc: the converter's non-linearity (:class:`rsjax.kernels.NonlinearADC`),
       or None.
-    nonideal: the older :class:`rsjax.kernels.Nonideal` (not with
-      ``device``).
     key: ``jax.random`` key (required with non-idealities).
     per: weight scale ``'layer'`` or ``'column'``.
     dataflow: as :func:`rsjax.kernels.prepare`.
@@ -168,8 +164,8 @@ def hwaware_layer(x, kernel, bias, hw: hardware.HardwareSpec, *, x_scale,
                           adc_range)
   k_prog, k_read = (None, None) if key is None else jax.random.split(key)
   weights = crossbar.prepare(qw, hw, adc_range=adc_range, device=device,
-                             wires=wires, adc=adc, nonideal=nonideal,
-                             key=k_prog, dataflow=dataflow)
+                             wires=wires, adc=adc, key=k_prog,
+                             dataflow=dataflow)
   pass_keys = (None, None) if k_read is None else jax.random.split(k_read)
   y_int = crossbar.apply(weights, q_passes[0], key=pass_keys[0]).astype(
       jnp.float32)
