@@ -428,15 +428,6 @@ def train_batch(split: Split, batch_size: int, seed: int, step: int,
   return {"image": normalize(images, split.info), "label": labels}
 
 
-def train_batches(split: Split, batch_size: int, seed: int, augment: bool,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless training batches from ``start_step`` on (see train_batch)."""
-  step = start_step
-  while True:
-    yield train_batch(split, batch_size, seed, step, augment)
-    step += 1
-
-
 def eval_batches(split: Split, batch_size: int, rows: slice | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in order, the last batch zero-padded with ``mask``.

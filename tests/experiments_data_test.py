@@ -182,18 +182,6 @@ def test_real_fashion_mnist(fmnist_data_dir):
   assert abs(float(batch["image"].mean())) < 1.0
 
 
-def test_train_batches_match_train_batch():
-  info = data.get_info("fashion_mnist")
-  images = np.arange(10 * 28 * 28, dtype=np.int64).reshape(10, 28, 28, 1)
-  split = data.Split(info, 10, (images % 251).astype(np.uint8),
-                     np.arange(10, dtype=np.int32))
-  it = data.train_batches(split, 4, seed=3, augment=False, start_step=2)
-  for step in (2, 3, 4):
-    got, want = next(it), data.train_batch(split, 4, 3, step, False)
-    np.testing.assert_array_equal(got["label"], want["label"])
-    np.testing.assert_array_equal(got["image"], want["image"])
-
-
 def _distinct_split(n):
   info = data.get_info("fashion_mnist")
   images = np.arange(n * 28 * 28, dtype=np.int64).reshape(n, 28, 28, 1)
