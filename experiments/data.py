@@ -306,8 +306,8 @@ def _records_to_arrays(info: DatasetInfo, records):
 
 def load_split(name: str, split: str, *, data_dir: str | None = None,
                download: bool = False, source_dir: str = FASHION_MNIST_DIR,
-               allow_apt: bool = True, limit: int | None = None, image_size: int | None = None
-               ) -> Split:
+               allow_apt: bool = True, limit: int | None = None,
+               image_size: int | None = None) -> Split:
   """Opens one split (``'train'`` or ``'eval'``) of a dataset.
 
   Args:

@@ -100,6 +100,6 @@ def find_idx_files(source_dir: str, data_dir: str, *, allow_apt: bool = True,
     log.info("Fashion-MNIST: %s; downloading the IDX files", "; ".join(tried))
     return None
   raise DatasetNotFoundError(
-      f"fashion_mnist is not prepared in {data_dir} and no source supplied its IDX files. "
-      f"Tried: {'; '.join(tried)}; download not allowed "
+      f"fashion_mnist is not prepared in {data_dir} and no source supplied "
+      f"its IDX files. Tried: {'; '.join(tried)}; download not allowed "
       f"(--config.data.download=False). {HOW_TO_GET}")
