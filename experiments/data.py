@@ -4,11 +4,12 @@ Fashion-MNIST is built from its four IDX files into an ``array_record`` TFDS
 dataset (``fashion_mnist_local``, Tensor features) and read with
 ``builder.as_data_source``; the files come from a local folder, the Debian
 package ``dataset-fashion-mnist`` (installed with apt-get when allowed) or a
-verified download, in that order (:mod:`experiments.fashion_mnist_files`). CIFAR-10 and ImageNet go through the stock TFDS
-builders as a user with internet would use them; a dataset that is not
-prepared is downloaded only when ``download=True``: otherwise it is a
-:class:`DatasetNotFoundError` raised before TFDS touches the network (a
-download attempt on an offline machine hangs for minutes before failing).
+TFDS download, in that order (:mod:`experiments.fashion_mnist_files`).
+CIFAR-10 and ImageNet go through the stock TFDS builders as a user with
+internet would use them. A dataset is downloaded only when ``download=True``:
+otherwise a missing one is a :class:`DatasetNotFoundError` raised before TFDS
+touches the network (a download attempt on an offline machine hangs for
+minutes before failing).
 
 Batches are numpy: :func:`batch_indices` is a pure function of
 ``(seed, step)``, so a resumed run sees exactly the batches it would have seen.
@@ -30,10 +31,7 @@ import tensorflow_datasets as tfds
 from experiments import fashion_mnist_files
 
 FASHION_MNIST_DIR = fashion_mnist_files.FASHION_MNIST_DIR
-FASHION_MNIST_URL = fashion_mnist_files.FASHION_MNIST_URL
 DatasetNotFoundError = fashion_mnist_files.DatasetNotFoundError
-DownloadError = fashion_mnist_files.DownloadError
-_IDX_FILES = fashion_mnist_files.IDX_FILES
 _SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 
@@ -126,25 +124,18 @@ def read_idx(path: str) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
-def read_fashion_mnist_idx(source_dir: str, split: str):
+def read_fashion_mnist_idx(image_path: str, label_path: str, split: str):
   """Images ``[N, 28, 28, 1]`` uint8 and labels ``[N]`` of one split.
 
   Whatever the source, the content is verified here: IDX header, shapes,
-  counts and label range (a local folder is trusted beyond that; downloaded
-  files were checksummed before they were put in place).
+  counts and label range (a local folder is trusted beyond that; downloads
+  were checked against TFDS's checksums).
   """
-  image_file, label_file = _IDX_FILES[split]
-  image_path = os.path.join(source_dir, image_file)
-  label_path = os.path.join(source_dir, label_file)
-  for path in (image_path, label_path):
-    if not os.path.exists(path):
-      raise DatasetNotFoundError(
-          f"{path} not found. {DATASETS['fashion_mnist'].how_to_get}")
   images, labels = read_idx(image_path), read_idx(label_path)
   n = _SPLIT_SIZES[split]
   if images.shape != (n, 28, 28) or labels.shape != (n,):
     raise ValueError(
-        f"Fashion-MNIST {split} in {source_dir} has images {images.shape} and "
+        f"Fashion-MNIST {split} ({image_path}) has images {images.shape} and "
         f"labels {labels.shape}, expected ({n}, 28, 28) and ({n},)")
   if labels.max() > 9:
     raise ValueError(f"Fashion-MNIST {split} labels exceed 9")
@@ -152,16 +143,15 @@ def read_fashion_mnist_idx(source_dir: str, split: str):
 
 
 class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
-  """Fashion-MNIST built from IDX files in ``dl_manager.manual_dir``."""
+  """Fashion-MNIST built from the IDX files in ``idx_dir``, or downloaded
+  by TFDS when it is None."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Built from the IDX files, Tensor features."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = DATASETS["fashion_mnist"].how_to_get
-  # TFDS looks for a checksums file next to the builder's code, a lookup that
-  # needs the optional `importlib_resources` package; this builder downloads
-  # nothing itself (fashion_mnist_files fetches and verifies the files), so
-  # it has no code path to search.
-  code_path = None
+  # What downloads are checked against (TFDS's checksums of its own
+  # fashion_mnist), in place of a checksums file next to this code.
+  url_infos = fashion_mnist_files.URL_INFOS
+  idx_dir: str | None = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Tensor, not Image, features: decoding needs neither TensorFlow nor PIL.
@@ -177,12 +167,18 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    source_dir = os.fspath(dl_manager.manual_dir)
-    return {split: self._generate_examples(source_dir, split)
-            for split in _IDX_FILES}
+    if self.idx_dir is None:
+      paths = dl_manager.download(
+          {info.filename: url for url, info in self.url_infos.items()})
+    else:
+      paths = {f: os.path.join(self.idx_dir, f)
+               for f in fashion_mnist_files.FILE_NAMES}
+    return {split: self._generate_examples(
+                *(os.fspath(paths[f]) for f in files), split)
+            for split, files in fashion_mnist_files.IDX_FILES.items()}
 
-  def _generate_examples(self, source_dir, split):
-    images, labels = read_fashion_mnist_idx(source_dir, split)
+  def _generate_examples(self, image_path, label_path, split):
+    images, labels = read_fashion_mnist_idx(image_path, label_path, split)
     for i in range(labels.shape[0]):
       yield i, {"image": images[i], "label": int(labels[i])}
 
@@ -198,21 +194,17 @@ def _builder(info: DatasetInfo, data_dir: str):
 
 
 def build(name: str, *, data_dir: str | None = None, download: bool = False,
-          source_dir: str = FASHION_MNIST_DIR, allow_apt: bool = True,
-          download_url: str = FASHION_MNIST_URL):
+          source_dir: str = FASHION_MNIST_DIR, allow_apt: bool = True):
   """A prepared TFDS builder for ``name``; never a hanging download.
 
   Args:
     name: a key of :data:`DATASETS`.
     data_dir: the TFDS data dir (default :func:`default_data_dir`).
-    download: whether a missing TFDS dataset (CIFAR-10, ImageNet) may be
-      downloaded and prepared. Fashion-MNIST ignores it: its files come from
-      ``source_dir``, apt-get or ``download_url``.
+    download: whether a missing dataset may be downloaded (Fashion-MNIST's
+      files only when no folder and no apt-get supplied them).
     source_dir: the folder of the Fashion-MNIST IDX files.
     allow_apt: whether Fashion-MNIST's Debian package may be installed with
       apt-get (as root) when no local folder holds the files.
-    download_url: base URL the Fashion-MNIST files are downloaded from when
-      neither a folder nor apt-get supplied them; ``''`` turns it off.
 
   Returns:
     The builder, prepared in ``array_record`` format.
@@ -226,13 +218,9 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
   if builder.is_prepared():
     return builder
   if info.name == "fashion_mnist":
-    folder = fashion_mnist_files.find_idx_files(
-        source_dir, data_dir, allow_apt=allow_apt, download_url=download_url)
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=folder))
-    return builder
-  if not download:
+    builder.idx_dir = fashion_mnist_files.find_idx_files(
+        source_dir, data_dir, allow_apt=allow_apt, download=download)
+  elif not download:
     raise DatasetNotFoundError(
         f"dataset {info.tfds_name!r} is not prepared in {data_dir} (looked "
         f"for {builder.data_path}), and downloads are off. "
@@ -249,15 +237,14 @@ def split_kwargs(data_config) -> dict[str, Any]:
       fields a config stored before they existed take their defaults.
 
   Returns:
-    ``data_dir``, ``download``, ``source_dir``, ``allow_apt``,
-    ``download_url`` and ``image_size``.
+    ``data_dir``, ``download``, ``source_dir``, ``allow_apt`` and
+    ``image_size``.
   """
   get = data_config.get
   return dict(data_dir=get("data_dir") or None,
               download=bool(get("download", False)),
               source_dir=get("source_dir") or FASHION_MNIST_DIR,
               allow_apt=bool(get("allow_apt", True)),
-              download_url=get("download_url", FASHION_MNIST_URL),
               image_size=get("image_size") or None)
 
 
@@ -319,16 +306,15 @@ def _records_to_arrays(info: DatasetInfo, records):
 
 def load_split(name: str, split: str, *, data_dir: str | None = None,
                download: bool = False, source_dir: str = FASHION_MNIST_DIR,
-               allow_apt: bool = True, download_url: str = FASHION_MNIST_URL,
-               limit: int | None = None, image_size: int | None = None
-               ) -> Split:
+               allow_apt: bool = True, limit: int | None = None,
+               image_size: int | None = None) -> Split:
   """Opens one split (``'train'`` or ``'eval'``) of a dataset.
 
   Args:
     name: a key of :data:`DATASETS`.
     split: ``'train'`` or ``'eval'`` (mapped to the dataset's TFDS split).
     data_dir: the TFDS data dir.
-    download, source_dir, allow_apt, download_url: see :func:`build`.
+    download, source_dir, allow_apt: see :func:`build`.
     limit: keep only the first ``limit`` examples (tests, quick runs).
     image_size: square side for datasets with variable-size images
       (ImageNet); default the dataset's.
@@ -342,8 +328,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
         info, image_shape=(image_size, image_size, info.image_shape[2]))
   tfds_split = {"train": info.train_split, "eval": info.eval_split}[split]
   builder = build(name, data_dir=data_dir, download=download,
-                  source_dir=source_dir, allow_apt=allow_apt,
-                  download_url=download_url)
+                  source_dir=source_dir, allow_apt=allow_apt)
   source = builder.as_data_source(split=tfds_split)
   size = len(source) if limit is None else min(limit, len(source))
   if not info.in_memory:
@@ -441,15 +426,6 @@ def train_batch(split: Split, batch_size: int, seed: int, step: int,
     images = augment_crop_flip(images, seed, step, rows=rows,
                                batch_size=batch_size)
   return {"image": normalize(images, split.info), "label": labels}
-
-
-def train_batches(split: Split, batch_size: int, seed: int, augment: bool,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless training batches from ``start_step`` on (see train_batch)."""
-  step = start_step
-  while True:
-    yield train_batch(split, batch_size, seed, step, augment)
-    step += 1
 
 
 def eval_batches(split: Split, batch_size: int, rows: slice | None = None

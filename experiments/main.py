@@ -66,9 +66,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tfds.disable_progress_bar()
   try:
-    distributed.initialize(distributed.launch_from_env(
-        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-        _PROCESS_ID.value))
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value,
+                           _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   logging.info("JAX devices: %s", jax.devices())

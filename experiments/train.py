@@ -27,7 +27,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from experiments import distributed
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,22 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
 
 
 def batch_rows(mesh: Mesh, batch_size: int) -> slice:
-  """The rows of a ``batch_size`` global batch this process supplies."""
+  """The rows of a ``batch_size`` global batch this process supplies.
+
+  Raises:
+    ValueError: they are not one contiguous block (a mesh whose devices
+      interleave processes) or ``batch_size`` does not divide.
+  """
   check_batch(batch_size, mesh)
-  return distributed.process_rows(shardings(mesh)[1], batch_size)
+  index_map = shardings(mesh)[1].addressable_devices_indices_map(
+      (batch_size,))
+  rows = np.unique(np.concatenate(
+      [np.arange(batch_size)[idx] for idx in index_map.values()]))
+  if rows[-1] - rows[0] + 1 != rows.size:
+    raise ValueError(
+        f"process {jax.process_index()} holds rows {rows.tolist()} of the "
+        "batch, not one contiguous block; order the mesh's devices by process")
+  return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
 def _to_global(batch: Mapping[str, Any], mesh: Mesh,
@@ -84,7 +96,9 @@ def _to_global(batch: Mapping[str, Any], mesh: Mesh,
     batch = {k: np.asarray(v)[rows] for k, v in batch.items()}
   else:
     check_batch(batch_size, mesh)
-  return distributed.global_batch(batch, shardings(mesh)[1], batch_size)
+  return {k: jax.make_array_from_process_local_data(
+              shardings(mesh)[1], np.asarray(v), (batch_size, *np.shape(v)[1:]))
+          for k, v in batch.items()}
 
 
 def make_optimizer(name: str, learning_rate: float, steps: int,

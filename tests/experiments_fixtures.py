@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import data
+from experiments import fashion_mnist_files
 
 SUBSET = {"train": 2000, "test": 1000}
 
@@ -38,7 +39,7 @@ def fmnist_data_dir(tmp_path_factory):
   if not (data_dir / "fashion_mnist_local").exists():
     source.mkdir(exist_ok=True)
     for split, n in SUBSET.items():
-      for f in data._IDX_FILES[split]:
+      for f in fashion_mnist_files.IDX_FILES[split]:
         write_idx(str(source / f),
                   data.read_idx(os.path.join(data.FASHION_MNIST_DIR, f))[:n])
     with pytest.MonkeyPatch.context() as mp:
@@ -53,7 +54,7 @@ def placeholder_idx_dir(path) -> str:
   (tfds.testing.mock_data makes download_and_prepare a no-op), so the mock
   tests do not depend on the Debian package."""
   path.mkdir(parents=True, exist_ok=True)
-  for names in data._IDX_FILES.values():
+  for names in fashion_mnist_files.IDX_FILES.values():
     for name in names:
       (path / name).touch()
   return str(path)

@@ -25,7 +25,7 @@ _DRIVER = r"""
 import json, sys
 from experiments import distributed, pipeline
 from experiments.configs import default
-distributed.initialize(distributed.launch_from_env())
+distributed.initialize()
 data_dir, workdir, kill_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = default.get_config()
 config.data.data_dir = data_dir
@@ -125,55 +125,66 @@ def test_two_processes_match_one_and_resume(tmp_path, fmnist_data_dir):
 # --- The launch decision, without processes ----------------------------------
 
 
-def test_launch_from_env_reads_jax_variables():
+@pytest.fixture
+def jax_initialize(monkeypatch):
+  """Records jax.distributed.initialize's calls instead of making them."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda *args: calls.append(args))
+  return calls
+
+
+def test_settings_come_from_flags_else_jax_variables(jax_initialize):
   env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
          "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
-  launch = distributed.launch_from_env(environ=env)
-  assert launch == distributed.Launch("auto", "10.0.0.1:1234", 4, 3)
-  assert distributed.should_initialize(launch, environ={})
+  assert distributed.initialize(environ=env)
   # Flags win over the environment.
-  assert distributed.launch_from_env(
-      "auto", "h:1", 2, 0, environ=env) == distributed.Launch("auto", "h:1",
-                                                              2, 0)
+  assert distributed.initialize("auto", "h:1", 2, 0, environ=env)
+  assert jax_initialize == [("10.0.0.1:1234", 4, 3), ("h:1", 2, 0)]
 
 
-def test_should_initialize():
-  assert not distributed.should_initialize(distributed.Launch(), environ={})
-  assert distributed.should_initialize(distributed.Launch("on"), environ={})
-  assert not distributed.should_initialize(
-      distributed.Launch("off", "h:1", 2, 0), environ={})
-  assert not distributed.should_initialize(
-      distributed.Launch("auto", "h:1", 1, 0), environ={})
+def test_when_jax_is_initialized(jax_initialize):
+  assert not distributed.initialize(environ={})
+  assert distributed.initialize("on", environ={})
+  assert not distributed.initialize("off", "h:1", 2, 0, environ={})
+  assert not distributed.initialize("auto", "h:1", 1, 0, environ={})
   slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]",
            "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
-  assert distributed.detected_launcher(slurm) == "slurm"
-  assert distributed.should_initialize(distributed.Launch(), environ=slurm)
-  assert distributed.detected_launcher({**slurm, "SLURM_NTASKS": "1"}) is None
-  mpi = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1",
-         "OMPI_COMM_WORLD_SIZE": "8"}
-  assert distributed.detected_launcher(mpi) == "openmpi"
-  assert distributed.detected_launcher(
-      {"TPU_WORKER_HOSTNAMES": "t-0,t-1"}) == "cloud_tpu"
-  assert distributed.detected_launcher(
-      {"TPU_WORKER_HOSTNAMES": "t-0"}) is None
+  assert distributed.initialize(environ=slurm)
+  assert jax_initialize == [(None, None, None)] * 2
+  assert not distributed.launched_several({**slurm, "SLURM_NTASKS": "1"})
+  assert distributed.launched_several(
+      {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1",
+       "OMPI_COMM_WORLD_SIZE": "8"})
+  assert distributed.launched_several({"TPU_WORKER_HOSTNAMES": "t-0,t-1"})
+  assert not distributed.launched_several({"TPU_WORKER_HOSTNAMES": "t-0"})
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="sometimes"), "mode"),
-    (dict(num_processes=0), "num_processes"),
-    (dict(num_processes=2, process_id=2), "process_id"),
-    (dict(coordinator_address="nohost"), "coordinator_address"),
+@pytest.mark.parametrize("args, environ, match", [
+    (("sometimes",), {}, "mode"),
+    (("auto", "nohost", 2, 0), {}, "coordinator_address"),
+    ((), {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES"),
 ])
-def test_launch_rejects_bad_values(kwargs, match):
+def test_bad_settings_are_named(jax_initialize, args, environ, match):
   with pytest.raises(ValueError, match=match):
-    distributed.Launch(**kwargs)
+    distributed.initialize(*args, environ=environ)
+  assert jax_initialize == []
 
 
-def test_bad_environment_variable_is_named():
-  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
-    distributed.launch_from_env(environ={"JAX_NUM_PROCESSES": "two"})
-
-
-def test_incomplete_explicit_launch_is_an_error():
-  with pytest.raises(ValueError, match="process_id"):
-    distributed.initialize(distributed.Launch("auto", "h:1", 2), environ={})
+def test_jax_checks_name_the_flags():
+  # JAX's own checks of the settings, which run before it starts anything.
+  script = (
+      "from experiments import distributed\n"
+      "for args in [('h:1', 2, 2), ('h:1', 2, None)]:\n"
+      "  try:\n"
+      "    distributed.initialize('auto', *args, environ={})\n"
+      "  except ValueError as e:\n"
+      "    print(e)\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, text=True,
+                       capture_output=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2, out.stderr[-2000:]
+  assert "process_id < num_processes" in lines[0]
+  assert "process id of the current process must be defined" in lines[1]
+  assert all("--process_id" in line for line in lines)

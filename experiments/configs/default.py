@@ -27,11 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.source_dir = fashion_mnist_files.FASHION_MNIST_DIR
   # Install the Debian package with apt-get when running as root.
   config.data.allow_apt = True
-  # Base URL the Fashion-MNIST files are downloaded from (checksummed);
-  # '' turns the download off.
-  config.data.download_url = fashion_mnist_files.FASHION_MNIST_URL
-  # Let TFDS download a missing CIFAR-10/ImageNet (needs internet); off: a
-  # clear error. Fashion-MNIST does not use it (see above).
+  # Let TFDS download a missing dataset (needs internet; Fashion-MNIST's
+  # files when none of the above has them); off: a clear error at once.
   config.data.download = False
   # Keep only the first N examples of a split (0: all); for quick runs.
   config.data.train_limit = 0
