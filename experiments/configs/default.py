@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.share.steps = 1000
   config.share.learning_rate = 1e-3
   config.share.recluster_every = 100
-  # The paper loop's regulariser weight.
+  # The distance loop's regulariser weight (share.method='distance').
   config.share.lam = 1e-3
   # Per-layer k for this ou_ratio over the shared and pruned layers
   # (rsjax.allocate_k, probing the loss on allocate_examples training
