@@ -25,7 +25,7 @@ config's recipe (experiments.recipe):
   re-clusters (the ``lax.cond`` branch taken every ``share.recluster_every``
   steps; timed by setting ``recluster_every`` so that the step after the
   timed ones re-clusters: the compiled step is the same), then
-  ``stages.project``;
+  ``stages.end_sharing``;
 * ``finetune``: ``rsjax.centroid_finetune`` on the projected weights;
 * ``eval``: ``train.evaluate`` (per eval batch);
 * ``emulate``: ``evaluation.emulated_accuracy`` on the fine-tuned
@@ -289,7 +289,7 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     _ready(state)
     recluster_step_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  shared = stages_lib.project(recipe, state.params, state.opt_state,
+  shared = stages_lib.end_sharing(recipe, state.params, state.opt_state,
                               key=jax.random.fold_in(key, 4),
                               n_init=sc.n_init)
   _ready(shared)
