@@ -290,8 +290,8 @@ def bench(config: ml_collections.ConfigDict, *, steps: int = 20,
     recluster_step_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   shared = stages_lib.end_sharing(recipe, state.params, state.opt_state,
-                              key=jax.random.fold_in(key, 4),
-                              n_init=sc.n_init)
+                                  key=jax.random.fold_in(key, 4),
+                                  n_init=sc.n_init)
   _ready(shared)
   stages["share"].update(
       init_kmeans_s=share_init_s, recluster_step_s=recluster_step_s,
