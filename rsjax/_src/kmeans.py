@@ -132,10 +132,12 @@ def _hash(counter, seed):
 def _derive(seed, counter, xp=jnp):
   """New seeds ``[*counter.shape, words]``, one per counter value."""
   words = xp.asarray(_words(seed)).reshape(-1)
-  counter = xp.asarray(counter).astype(np.uint32)
+  counter = xp.asarray(counter).astype(np.uint32)[..., None]
+  # One hash over [..., words]: stacking a hash per word made XLA compile
+  # a far larger kernel (about a second on a CPU for some shapes).
+  word = _lead(xp.arange(len(words), dtype=np.uint32), counter.ndim)
   with np.errstate(over="ignore"):
-    return xp.stack([_hash(counter * np.uint32(len(words)) + np.uint32(i),
-                           words) for i in range(len(words))], axis=-1)
+    return _hash(counter * np.uint32(len(words)) + word, words)
 
 
 def _split(seed, shape, xp=jnp):
@@ -181,12 +183,21 @@ def _sample(xp, u, weights):
   Inverse-CDF sampling: one uniform a draw rather than a Gumbel variate
   for every point, which made seeding the bottleneck on CPU.
   """
-  cdf = xp.cumsum(weights, axis=-1)
+  num = weights.shape[-1]
+  if xp is np:
+    cdf = np.cumsum(weights, axis=-1)
+  else:
+    # A product with a triangle of ones: XLA on a CPU compiles a cumsum
+    # (a reduce-window) about ten times slower than a dot.
+    ids = jnp.arange(num)
+    cdf = _matmul(jnp, weights, (ids[:, None] <= ids[None, :]).astype(
+        np.float32))
   # searchsorted(side='right') as a count of the cdf values <= each draw:
-  # the same index, a fraction of jnp.searchsorted's compile time.
+  # the same index, a fraction of jnp.searchsorted's compile time (and a
+  # float sum compiles faster than an integer one).
   below = cdf[..., None, :] <= (u * cdf[..., -1:])[..., None]
-  idx = xp.sum(below.astype(np.int32), axis=-1)
-  return xp.minimum(idx, weights.shape[-1] - 1)
+  idx = xp.sum(xp.where(below, np.float32(1), np.float32(0)), axis=-1)
+  return xp.minimum(idx, num - 1).astype(np.int32)
 
 
 def _seed_step(xp, i, state, x, x_sq, valid, k_eff, u, pair=None):
