@@ -141,15 +141,11 @@ def cluster_many(ous, plans, key, dtypes, *, n_init: int, max_iter: int,
   cluster = kmeans.cluster_host if host else kmeans._cluster  # pylint: disable=protected-access
   for gi, ((k, (bh, bw)), members) in enumerate(groups.items()):
     width = max(plans[p].grid[1] for p in members)
-    xs = []
-    for p in members:
-      num_rows, num_groups = ous[p].shape[:2]
-      xs.append(xp.pad(xp.asarray(ous[p], np.float32).reshape(
-          num_rows, num_groups, bh * bw),
-                       ((0, 0), (0, width - num_groups), (0, 0))))
+    x = _stack_rows([xp.asarray(ous[p], np.float32).reshape(
+        *ous[p].shape[:2], bh * bw) for p in members], width, xp)
     n_trials = 2 + int(math.log(max(min(k, width), 1)))
     codebook, index = cluster(
-        xp.concatenate(xs), kmeans.fold_in(key, gi, xp), k=k, n_init=n_init,
+        x, kmeans.fold_in(key, gi, xp), k=k, n_init=n_init,
         max_iter=max_iter, codebook_scope=codebook_scope, n_trials=n_trials)
     start = 0
     for p in members:
@@ -169,15 +165,41 @@ def centroid_means(kernel, index, plan: rules_lib.LayerPlan):
   A slot with no members (its blocks were pruned since the last
   re-clustering) gets zero; no index points at it.
   """
-  ous = kernel_to_ous(kernel, plan).astype(jnp.float32)
-  num_rows, num_groups, bh, bw = ous.shape
-  onehot = jax.nn.one_hot(index, plan.slots, dtype=jnp.float32)  # -1 -> 0s
-  sums = jnp.einsum("rgk,rgd->rkd", onehot,
-                    ous.reshape(num_rows, num_groups, bh * bw),
-                    precision=_HIGHEST)
-  counts = jnp.sum(onehot, axis=1)
-  means = sums / jnp.maximum(counts, 1.0)[:, :, None]
-  return means.reshape(num_rows, plan.slots, bh, bw).astype(kernel.dtype)
+  return centroid_means_many({"": kernel}, {"": index}, {"": plan})[""]
+
+
+def centroid_means_many(kernels, indices, plans):
+  """:func:`centroid_means` of many layers: those with the same slots and
+  block shape stacked into one product (padded with pruned groups), so a
+  training step compiles a few ops, not a few per layer."""
+  groups = {}
+  for p, lp in plans.items():
+    groups.setdefault((lp.slots, tuple(lp.block_shape)), []).append(p)
+  out = {}
+  for (slots, (bh, bw)), members in groups.items():
+    width = max(plans[p].grid[1] for p in members)
+    x = _stack_rows([kernel_to_ous(kernels[p], plans[p]).astype(
+        jnp.float32).reshape(*plans[p].grid, bh * bw) for p in members],
+                    width, jnp)
+    index = _stack_rows([indices[p] for p in members], width, jnp, -1)
+    onehot = jax.nn.one_hot(index, slots, dtype=jnp.float32)  # -1 -> 0s
+    sums = jnp.einsum("rgk,rgd->rkd", onehot, x, precision=_HIGHEST)
+    means = sums / jnp.maximum(jnp.sum(onehot, axis=1), 1.0)[:, :, None]
+    start = 0
+    for p in members:
+      rows = plans[p].grid[0]
+      out[p] = means[start:start + rows].reshape(rows, slots, bh, bw).astype(
+          kernels[p].dtype)
+      start += rows
+  return out
+
+
+def _stack_rows(arrays, width: int, xp, fill=0):
+  """``[R_i, G_i, ...]`` arrays padded with ``fill`` to ``G = width`` and
+  stacked along the rows."""
+  return xp.concatenate([xp.pad(
+      a, ((0, 0), (0, width - a.shape[1])) + ((0, 0),) * (a.ndim - 2),
+      constant_values=fill) for a in arrays])
 
 
 def reduce_to_centroids(grad, index, plan: rules_lib.LayerPlan,

@@ -333,18 +333,15 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
     layers = {p: s.replace(mask=masks[p]) for p, s in state.layers.items()}
 
     def between():
-      out = {}
-      for p, s in layers.items():
-        if s.codebook is None:
-          out[p] = (s.codebook, s.index)
-          continue
-        index = (jnp.where(s.mask, s.index, -1) if s.plan.pruned
-                 else s.index)
-        if kind == "ste":
-          out[p] = (blockops.centroid_means(kernels[p], index, s.plan), index)
-        else:
-          out[p] = (s.codebook, index)
-      return out
+      shared = {p: s.plan for p, s in layers.items()
+                if s.codebook is not None}
+      index = {p: jnp.where(layers[p].mask, layers[p].index, -1)
+               if lp.pruned else layers[p].index for p, lp in shared.items()}
+      codebooks = (blockops.centroid_means_many(kernels, index, shared)
+                   if kind == "ste" else {p: layers[p].codebook
+                                          for p in shared})
+      return {p: (codebooks[p], index[p]) if p in shared
+              else (s.codebook, s.index) for p, s in layers.items()}
 
     new = jax.lax.cond(
         count % recluster_every == 0,
