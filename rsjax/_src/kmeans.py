@@ -342,8 +342,12 @@ def _restarts_numpy(x, valid, k_eff, u, *, max_iter, tol):
   num_slots = u.shape[-2]
   batch = u.shape[:-2]
   x_sq = np.sum(x * x, -1)
-  pair = (_sq_dists(x, x, np, x_sq, x_sq) if x.shape[0] * x.shape[-2] ** 2
-          <= _HOST_ELEMENTS else None)
+  # The points' distance table, where the seeding's products would cost
+  # more than making it (and it fits).
+  num_points = x.shape[-2]
+  pair = (_sq_dists(x, x, np, x_sq, x_sq)
+          if num_slots * u.shape[-1] * batch[1] > num_points
+          and x.shape[0] * num_points ** 2 <= _HOST_ELEMENTS else None)
   state = _seed_init(np, batch, x, valid, num_slots)
   for i in range(min(num_slots, int(k_eff.max(initial=0)))):
     state = _seed_step(np, i, state, x, x_sq, valid, k_eff, u[..., i, :],
