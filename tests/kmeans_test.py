@@ -224,3 +224,90 @@ def test_hashed_draws_are_uniform_and_keyed(jit):
       np.asarray(kmeans.fold_in(jax.random.key(0), 3)))
   assert not np.array_equal(np.asarray(kmeans.fold_in(jax.random.key(0), 3)),
                             np.asarray(kmeans.fold_in(jax.random.key(0), 4)))
+
+
+def test_host_draws_are_the_jax_draws():
+  """The hash is integer arithmetic: NumPy draws JAX's numbers."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(
+      kmeans._split(kmeans.fold_in(key, 5, np), (4, 3), np),
+      np.asarray(kmeans._split(kmeans.fold_in(key, 5), (4, 3))))
+  seeds = kmeans._split(key, (2, 3), np)
+  host = kmeans._draws(np, seeds, (5, 4))
+  for r in range(2):
+    for i in range(3):
+      np.testing.assert_array_equal(host[r, i], np.asarray(
+          kmeans._uniforms(jnp.asarray(seeds[r, i]), (5, 4))))
+
+
+_jitted_scoped = jax.jit(rsjax.cluster_ous,
+                         static_argnames=("k", "codebook_scope"))
+
+
+@pytest.mark.parametrize("scope", ["row_block", "layer"])
+def test_host_and_compiled_backends_agree(scope):
+  """Eager calls run the NumPy backend, jitted ones XLA: one algorithm."""
+  rng = np.random.default_rng(0)
+  # Well separated: 3 tight clusters per row-block, every label decided.
+  centres = rng.normal(size=(5, 3, 6)) * 10
+  ous = (centres[:, rng.integers(0, 3, 24)]
+         + rng.normal(size=(5, 24, 6)) * 0.01).astype(np.float32)
+  ous[1, :4] = 0  # pruned blocks
+  ous = ous.reshape(5, 24, 3, 2)
+  for seed in range(3):
+    key = jax.random.key(seed)
+    host = rsjax.cluster_ous(ous, 3, key=key, codebook_scope=scope)
+    compiled = _jitted_scoped(ous, 3, key=key, codebook_scope=scope)
+    np.testing.assert_array_equal(host[1], compiled[1])
+    np.testing.assert_allclose(host[0], compiled[0], rtol=1e-5, atol=1e-5)
+  # Any data: the same draws and steps, so the same result up to rounding
+  # (a near tie may break the other way: the inertia is compared).
+  ous = rng.normal(size=(8, 30, 3, 2)).astype(np.float32)
+
+  def inertia(codebook, index):
+    return float(((ous - np.asarray(rsjax.decompress(codebook, index))) ** 2
+                  ).sum())
+
+  key = jax.random.key(7)
+  host = rsjax.cluster_ous(ous, 5, key=key, codebook_scope=scope)
+  compiled = _jitted_scoped(ous, 5, key=key, codebook_scope=scope)
+  assert np.mean(np.asarray(host[1]) == np.asarray(compiled[1])) > 0.95
+  np.testing.assert_allclose(inertia(*host), inertia(*compiled), rtol=1e-3)
+
+
+def test_host_chunks_give_the_whole_result(monkeypatch):
+  """Row-blocks are independent: clustering them in chunks changes
+  nothing."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  ous = np.asarray(jax.random.normal(jax.random.key(6), (9, 16, 3, 2)))
+  whole = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
+  monkeypatch.setattr(kmeans, "_HOST_ELEMENTS", 16 * 16 * 2)  # 2 rows
+  chunked = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
+  for u, v in zip(whole, chunked):
+    np.testing.assert_array_equal(u, v)
+
+
+def test_eager_calls_compile_nothing():
+  """Concrete inputs take the NumPy backend: no XLA program to compile
+  (the k-means program's compile is most of a cold start on a CPU)."""
+  import jax.monitoring  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  lowered = []
+  event = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, secs, **kw: lowered.append(name) if name == event
+      else None)
+  key = jax.random.key(0)
+  ous = np.asarray(jax.random.normal(jax.random.key(1), (6, 20, 3, 2)))
+  start = len(lowered)
+  codebook, index = rsjax.cluster_ous(ous, 4, key=key, n_init=3)
+  assert len(lowered) == start
+  assert isinstance(codebook, jax.Array) and index.dtype == jnp.int32
+  params = {"w": np.asarray(jax.random.normal(jax.random.key(2), (36, 16)))}
+  tx = rsjax.ste_sharing(optax.sgd(0.1), [rsjax.Rule("w", k=2)],
+                         rsjax.HardwareSpec(), key=key)
+  start = len(lowered)
+  state = tx.init(params)
+  assert len(lowered) - start <= 1  # the step counter's zeros, if not cached
+  assert state.layers["w"].codebook.shape == (4, 2, 9, 2)

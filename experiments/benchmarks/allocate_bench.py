@@ -84,8 +84,6 @@ def main(argv):
         "test loss %.4f acc %.4f" % tuple(map(float, evaluate(params))))
 
   kernels = [p for p, leaf in rsjax.named_leaves(params) if leaf.ndim in (2, 4)]
-  widest = max(rsjax.make_plan(params, [rsjax.Rule(".", k=1)], hw)[p].grid[1]
-               for p in kernels)
 
   def one_shot(ks):
     """Every kernel shared at its k; (params, report total)."""
@@ -94,10 +92,8 @@ def main(argv):
     leaves = dict(rsjax.named_leaves(params))
     probes = {(p, ks[p]): rsjax.to_ous(rsjax.to_crossbar_matrix(leaves[p]),
                                        hw.block_shape) for p in kernels}
-    # One compiled k-means width for every configuration.
     shared = allocation._cluster_probes(  # pylint: disable=protected-access
-        probes, key=jax.random.fold_in(key, 1), n_init=8, max_iter=100,
-        num_slots=widest)
+        probes, key=jax.random.fold_in(key, 1), n_init=8, max_iter=100)
     new = jax.tree_util.tree_map_with_path(
         lambda kp, leaf: rsjax.from_crossbar_matrix(rsjax.from_ous(
             shared[(rsjax.path_str(kp), ks[rsjax.path_str(kp)])],

@@ -29,7 +29,6 @@ not.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -51,10 +50,6 @@ from rsjax._src import pruning
 from rsjax._src import rules as rules_lib
 
 OBJECTIVES = ("ou_ratio", "energy", "latency")
-
-# Distances a k-means chunk computes at once (n_init x rows x G x slots).
-_MAX_ELEMENTS = 2 ** 26
-
 
 @dataclasses.dataclass(frozen=True)
 class LayerSensitivity:
@@ -374,150 +369,33 @@ def _solve(costs, losses, free):
   return picked or [int(np.argmin(layer)) for layer in costs]
 
 
-# Work (n_init x rows x G x slots distances a Lloyd step) that costs about
-# one compile of the k-means program on a CPU: a class narrower than its
-# neighbour is worth its own program only if it saves more than this.
-_COMPILE_WORK = 2 ** 23
-
-
-def _class_widths(probes, n_init: int) -> dict[int, int]:
-  """``{slots: compiled width}``: which k-means program each probe runs in.
-
-  Widths start on a ladder of powers of 4 (a probe with ``slots`` clusters
-  runs at the next one up, so at most 4x its own work); then, greedily, the
-  class whose merge into the next wider one adds the least work is merged
-  while that is less than a compile. A small model ends with one or two
-  programs, a large one with a program per rung.
-
-  Args:
-    probes: ``(slots, groups, rows)`` of each probe.
-    n_init: k-means restarts.
-  """
-  width = {}
-  for s, _, _ in probes:
-    width[s] = 4
-    while width[s] < s:
-      width[s] *= 4
-
-  def work(members, w):
-    groups = max(g for _, g, _ in members)
-    return n_init * sum(r for _, _, r in members) * groups * min(w, groups)
-
-  while True:
-    classes = sorted(set(width.values()))
-    members = {w: [p for p in probes if width[p[0]] == w] for w in classes}
-    best = None
-    for lo, hi in zip(classes, classes[1:]):
-      extra = (work(members[lo] + members[hi], hi) - work(members[lo], lo)
-               - work(members[hi], hi))
-      if extra < _COMPILE_WORK and (best is None or extra < best[0]):
-        best = (extra, lo, hi)
-    if best is None:
-      return width
-    width = {s: best[2] if w == best[1] else w for s, w in width.items()}
-
-
-@functools.partial(jax.jit, static_argnames=("probes", "rows", "n_init"))
-def _probe_keys(key, *, probes: int, rows: int, n_init: int):
-  """``[probes, rows, n_init]``: probe ``i``'s keys ``split(fold_in(key, i),
-  (rows, n_init))``, whose first ``R`` rows are ``split(fold_in(key, i),
-  (R, n_init))`` (jax's default partitionable threefry): one small program
-  for every probe shape."""
-  return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i),
-                                             (rows, n_init)))(
-                                                 jnp.arange(probes))
-
-
-def _cluster_probes(probes, *, key, n_init: int, max_iter: int,
-                    max_elements: int = _MAX_ELEMENTS,
-                    num_slots: int | None = None):
+def _cluster_probes(probes, *, key, n_init: int, max_iter: int):
   """Row-block k-means of every ``{(path, k): ous}`` probe, decompressed.
 
-  Probes run through few compiled k-means programs, one per shape class
-  (:func:`_class_widths` of the probes' ``min(k, G)``), not one per layer
-  or probe: a class's row-blocks are stacked, padded with all-zero (pruned)
-  column groups to its widest layer and cut into equal chunks (the last
-  padded with all-zero row-blocks) of at most ``max_elements`` distances
-  each. Probe ``i`` gets the keys of :func:`rsjax.cluster_layers`:
-  ``fold_in(key, i)`` split per row-block. ``num_slots`` puts every probe in
-  one class of that width (so calls with other ``k`` s reuse one compile).
-  Host-side NumPy does the stacking and decompression, which would
-  otherwise compile a small program per layer shape.
+  On the host in NumPy (:func:`rsjax._src.kmeans.cluster_rows_host`):
+  clustering the probes costs less than compiling the k-means program
+  once, let alone once per probe shape. Probe ``i`` is
+  ``cluster_ous(ous, k, key=kmeans.fold_in(key, i))`` with ``n_init`` and
+  ``max_iter``.
 
   Returns:
     ``{(path, k): blocks}``, NumPy arrays in the probes' shapes and dtypes.
   """
-  if not probes:
-    return {}
-  items = [(pk, np.asarray(o)) for pk, o in probes.items()]
-  block = items[0][1].shape[2:]
-  widths = {pk: min(pk[1], o.shape[1]) for pk, o in items}
-  if num_slots is not None:
-    num_slots = max(num_slots, *widths.values())
-  if num_slots is None:
-    ladder = _class_widths([(w, o.shape[1], o.shape[0]) for (_, w), (_, o)
-                            in zip(widths.items(), items)], n_init)
-  width_of = {pk: num_slots or ladder[w] for pk, w in widths.items()}
-  # One seeding setting for every class, so a probe's result does not
-  # depend on the class it runs in.
-  n_trials = 2 + int(math.log(num_slots or max(widths.values())))
-  keys = _probe_keys(key, probes=len(items),
-                     rows=max(o.shape[0] for _, o in items),
-                     n_init=int(n_init))
-  typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
-  if typed:
-    impl = jax.random.key_impl(keys)
-    keys = jax.random.key_data(keys)
-  keys = np.asarray(keys)
-
-  def run_class(width):
-    """k-means of one class; NumPy ``(members, slots, codebook, index)``."""
-    members = [i for i, (pk, _) in enumerate(items) if width_of[pk] == width]
-    groups = max(items[i][1].shape[1] for i in members)
-    slots = min(width, groups)
-    x = np.concatenate([np.pad(
-        items[i][1].reshape(*items[i][1].shape[:2], -1).astype(np.float32),
-        ((0, 0), (0, groups - items[i][1].shape[1]), (0, 0)))
-                        for i in members])
-    row_keys = np.concatenate([keys[i, :items[i][1].shape[0]]
-                               for i in members])
-    k_rows = np.concatenate([np.full(items[i][1].shape[0], items[i][0][1],
-                                     np.int32) for i in members])
-    total = x.shape[0]
-    chunk = max(1, min(total, max_elements // (n_init * groups * slots)))
-    pad = -total % chunk
-    x = np.pad(x, ((0, pad), (0, 0), (0, 0)))
-    row_keys = np.concatenate([row_keys, np.zeros((pad,) + row_keys.shape[1:],
-                                                  row_keys.dtype)])
-    k_rows = np.concatenate([k_rows, np.ones(pad, np.int32)])
-    outs = [kmeans._cluster_rows(  # pylint: disable=protected-access
-        x[s:s + chunk], (jax.random.wrap_key_data(row_keys[s:s + chunk],
-                                                  impl=impl) if typed
-                         else row_keys[s:s + chunk]),
-        k_rows[s:s + chunk], num_slots=slots, max_iter=int(max_iter),
-        n_trials=n_trials) for s in range(0, total, chunk)]
-    return (members, slots, np.concatenate([np.asarray(c) for c, _ in outs]),
-            np.concatenate([np.asarray(i) for _, i in outs]))
-
-  # Classes compile and run in threads: XLA compiles without the GIL, so
-  # each class's compile overlaps the others' (the cold start's bulk).
-  widths = sorted(set(width_of.values()))
-  with concurrent.futures.ThreadPoolExecutor(len(widths)) as pool:
-    results = list(pool.map(run_class, widths))
   out = {}
-  for members, slots, codebook, index in results:
-    start = 0
-    for i in members:
-      pk, o = items[i]
-      rows, cols = o.shape[:2]
-      cb = codebook[start:start + rows].reshape(rows, slots, *block)
-      idx = index[start:start + rows, :cols]
-      blocks = np.take_along_axis(
-          cb, np.maximum(idx, 0)[:, :, None, None], axis=1)
-      out[pk] = np.where((idx >= 0)[:, :, None, None], blocks,
-                         0).astype(o.dtype)
-      start += rows
-  return {pk: out[pk] for pk, _ in items}
+  for i, ((path, k), ous) in enumerate(probes.items()):
+    ous = np.asarray(ous)
+    rows, groups = ous.shape[:2]
+    slots = min(k, groups)
+    seeds = kmeans._split(  # pylint: disable=protected-access
+        kmeans.fold_in(key, i, np), (rows, n_init), np)
+    codebook, index = kmeans.cluster_rows_host(
+        ous.reshape(rows, groups, -1), seeds, np.full(rows, k, np.int32),
+        num_slots=slots, max_iter=int(max_iter),
+        n_trials=2 + int(math.log(slots)))
+    out[path, k] = kmeans.decompress(
+        codebook.reshape(rows, slots, *ous.shape[2:]), index).astype(
+            ous.dtype)
+  return out
 
 
 def _anchored(path: str) -> str:
@@ -624,7 +502,7 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
       below the layer's column groups ``G``, then ``G`` (unshared).
     key: a ``jax.random`` key; the result is deterministic for a key.
     num_draws: k-means draws per probe (the first with ``key``, draw ``d``
-      with ``fold_in(key, d)``); the table holds their mean increase.
+      with ``key`` folded with ``d``); the table holds their mean increase.
       One-shot sharing's loss varies with the draw, so more draws give
       steadier sensitivities.
     n_init, max_iter: k-means settings of the probes.
@@ -718,9 +596,8 @@ def allocate_k(loss_fn: Callable[[Any], Any], params,
   probes = [(p, k) for p in plan for k in cands[p]
             if k < int(kept[p].max(initial=0))]
   for draw in range(num_draws):
-    # Each draw: the same shapes, so the same compiled k-means programs.
     shared = _cluster_probes({pk: ous[pk[0]] for pk in probes},
-                             key=jax.random.fold_in(key, draw) if draw
+                             key=kmeans.fold_in(key, draw, np) if draw
                              else key,
                              n_init=n_init, max_iter=max_iter)
     for (p, k), blocks in shared.items():

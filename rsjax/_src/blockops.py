@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rsjax._src import kmeans
 from rsjax._src import lowering
@@ -60,71 +61,100 @@ def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
               max_iter: int, codebook_scope: str = "row_block"):
   """k-means of the kept blocks: ``(codebook [R, K, bh, bw], index [R, G])``.
 
-  Runs :func:`rsjax.cluster_ous`'s jitted core, so it is one compiled call
-  per layer (or part of the caller's compiled step), vmapped over row-blocks.
+  Runs :func:`rsjax.cluster_ous`'s core: in NumPy for concrete arrays, else
+  compiled (one call per layer, or part of the caller's compiled step).
   """
   ous = kernel_to_ous(apply_mask(kernel, mask, plan), plan)
+  return _cluster_layer(ous, key, plan, kernel.dtype, n_init=n_init,
+                        max_iter=max_iter, codebook_scope=codebook_scope)
+
+
+def _cluster_layer(ous, key, plan, dtype, *, n_init, max_iter,
+                   codebook_scope):
   num_rows, num_groups, bh, bw = ous.shape
   points = (num_groups if codebook_scope == "row_block"
             else num_rows * num_groups)
   n_trials = 2 + int(math.log(max(min(plan.k, points), 1)))
-  codebook, index = kmeans._cluster(  # pylint: disable=protected-access
-      ous.reshape(num_rows, num_groups, bh * bw).astype(jnp.float32), key,
-      k=plan.k, n_init=n_init, max_iter=max_iter,
+  host = kmeans.on_host(ous, key)
+  xp = np if host else jnp
+  cluster = kmeans.cluster_host if host else kmeans._cluster  # pylint: disable=protected-access
+  codebook, index = cluster(
+      xp.asarray(ous, np.float32).reshape(num_rows, num_groups, bh * bw),
+      key, k=plan.k, n_init=n_init, max_iter=max_iter,
       codebook_scope=codebook_scope, n_trials=n_trials)
-  codebook = codebook.reshape(num_rows, -1, bh, bw).astype(kernel.dtype)
-  return codebook, index
+  return (kmeans.to_device(codebook.reshape(num_rows, -1, bh, bw).astype(
+      dtype)), kmeans.to_device(index))
+
+
+def masked_ous(kernels, masks, plans):
+  """``{path: [R, G, bh, bw]}`` blocks of each kernel, pruned ones zero."""
+  return {p: kernel_to_ous(apply_mask(kernels[p], masks[p], lp)
+                           if lp.pruned else kernels[p], lp)
+          for p, lp in plans.items()}
 
 
 def recluster_many(kernels, masks, plans, key, *, n_init: int, max_iter: int,
                    codebook_scope: str = "row_block"):
-  """:func:`recluster` of many layers, batched into few k-means calls.
+  """:func:`recluster` of many layers, batched into few k-means calls
+  (:func:`cluster_many` of their :func:`masked_ous`)."""
+  return cluster_many(masked_ous(kernels, masks, plans), plans, key,
+                      {p: kernels[p].dtype for p in plans}, n_init=n_init,
+                      max_iter=max_iter, codebook_scope=codebook_scope)
+
+
+def cluster_many(ous, plans, key, dtypes, *, n_init: int, max_iter: int,
+                 codebook_scope: str = "row_block"):
+  """k-means of many layers' kept blocks, batched into few calls.
 
   Layers with the same ``k`` and block shape are clustered in one call (with
   ``codebook_scope='row_block'``): their row-blocks are stacked, each padded
   with all-zero blocks up to the widest layer's column groups, which k-means
-  treats as pruned. One compiled k-means per group instead of one per layer keeps the
+  treats as pruned. One k-means per group instead of one per layer keeps the
   training step's compile time and the re-clustering's launch count low.
+  NumPy arrays (and a concrete key) are clustered on the host, compiling
+  nothing.
 
   Args:
-    kernels, masks, plans: ``{path: ...}`` of the shared layers.
+    ous: ``{path: [R, G, bh, bw]}`` blocks of the shared layers, pruned ones
+      zero (:func:`masked_ous`).
+    plans: their ``{path: LayerPlan}``.
     key: a ``jax.random`` key (or k-means seed words:
       :func:`rsjax._src.kmeans.fold_in`).
+    dtypes: ``{path: dtype}`` of the codebooks.
     n_init, max_iter, codebook_scope: k-means settings.
 
   Returns:
     ``{path: (codebook [R, min(k, G), bh, bw], index [R, G])}``.
   """
+  host = kmeans.on_host(key, *ous.values())
+  xp = np if host else jnp
   out = {}
   if codebook_scope != "row_block":
     for i, p in enumerate(plans):
-      out[p] = recluster(kernels[p], masks[p], kmeans.fold_in(key, i),
-                         plans[p], n_init=n_init, max_iter=max_iter,
-                         codebook_scope=codebook_scope)
+      out[p] = _cluster_layer(ous[p], kmeans.fold_in(key, i, xp), plans[p],
+                              dtypes[p], n_init=n_init, max_iter=max_iter,
+                              codebook_scope=codebook_scope)
     return out
   groups = {}
   for p, lp in plans.items():
     groups.setdefault((lp.k, tuple(lp.block_shape)), []).append(p)
+  cluster = kmeans.cluster_host if host else kmeans._cluster  # pylint: disable=protected-access
   for gi, ((k, (bh, bw)), members) in enumerate(groups.items()):
     width = max(plans[p].grid[1] for p in members)
-    xs = []
-    for p in members:
-      ous = kernel_to_ous(apply_mask(kernels[p], masks[p], plans[p]),
-                          plans[p]).astype(jnp.float32)
-      num_rows, num_groups = ous.shape[:2]
-      xs.append(jnp.pad(ous.reshape(num_rows, num_groups, bh * bw),
-                        ((0, 0), (0, width - num_groups), (0, 0))))
+    x = _stack_rows([xp.asarray(ous[p], np.float32).reshape(
+        *ous[p].shape[:2], bh * bw) for p in members], width, xp)
     n_trials = 2 + int(math.log(max(min(k, width), 1)))
-    codebook, index = kmeans._cluster(  # pylint: disable=protected-access
-        jnp.concatenate(xs), kmeans.fold_in(key, gi), k=k, n_init=n_init,
+    codebook, index = cluster(
+        x, kmeans.fold_in(key, gi, xp), k=k, n_init=n_init,
         max_iter=max_iter, codebook_scope=codebook_scope, n_trials=n_trials)
     start = 0
     for p in members:
       lp = plans[p]
       num_rows, num_groups = lp.grid
       cb = codebook[start:start + num_rows, :lp.slots]
-      out[p] = (cb.reshape(num_rows, lp.slots, bh, bw).astype(kernels[p].dtype),
-                index[start:start + num_rows, :num_groups])
+      out[p] = (kmeans.to_device(cb.reshape(num_rows, lp.slots, bh, bw).astype(
+          dtypes[p])), kmeans.to_device(index[start:start + num_rows,
+                                              :num_groups]))
       start += num_rows
   return out
 
@@ -135,15 +165,41 @@ def centroid_means(kernel, index, plan: rules_lib.LayerPlan):
   A slot with no members (its blocks were pruned since the last
   re-clustering) gets zero; no index points at it.
   """
-  ous = kernel_to_ous(kernel, plan).astype(jnp.float32)
-  num_rows, num_groups, bh, bw = ous.shape
-  onehot = jax.nn.one_hot(index, plan.slots, dtype=jnp.float32)  # -1 -> 0s
-  sums = jnp.einsum("rgk,rgd->rkd", onehot,
-                    ous.reshape(num_rows, num_groups, bh * bw),
-                    precision=_HIGHEST)
-  counts = jnp.sum(onehot, axis=1)
-  means = sums / jnp.maximum(counts, 1.0)[:, :, None]
-  return means.reshape(num_rows, plan.slots, bh, bw).astype(kernel.dtype)
+  return centroid_means_many({"": kernel}, {"": index}, {"": plan})[""]
+
+
+def centroid_means_many(kernels, indices, plans):
+  """:func:`centroid_means` of many layers: those with the same slots and
+  block shape stacked into one product (padded with pruned groups), so a
+  training step compiles a few ops, not a few per layer."""
+  groups = {}
+  for p, lp in plans.items():
+    groups.setdefault((lp.slots, tuple(lp.block_shape)), []).append(p)
+  out = {}
+  for (slots, (bh, bw)), members in groups.items():
+    width = max(plans[p].grid[1] for p in members)
+    x = _stack_rows([kernel_to_ous(kernels[p], plans[p]).astype(
+        jnp.float32).reshape(*plans[p].grid, bh * bw) for p in members],
+                    width, jnp)
+    index = _stack_rows([indices[p] for p in members], width, jnp, -1)
+    onehot = jax.nn.one_hot(index, slots, dtype=jnp.float32)  # -1 -> 0s
+    sums = jnp.einsum("rgk,rgd->rkd", onehot, x, precision=_HIGHEST)
+    means = sums / jnp.maximum(jnp.sum(onehot, axis=1), 1.0)[:, :, None]
+    start = 0
+    for p in members:
+      rows = plans[p].grid[0]
+      out[p] = means[start:start + rows].reshape(rows, slots, bh, bw).astype(
+          kernels[p].dtype)
+      start += rows
+  return out
+
+
+def _stack_rows(arrays, width: int, xp, fill=0):
+  """``[R_i, G_i, ...]`` arrays padded with ``fill`` to ``G = width`` and
+  stacked along the rows."""
+  return xp.concatenate([xp.pad(
+      a, ((0, 0), (0, width - a.shape[1])) + ((0, 0),) * (a.ndim - 2),
+      constant_values=fill) for a in arrays])
 
 
 def reduce_to_centroids(grad, index, plan: rules_lib.LayerPlan,
@@ -194,8 +250,7 @@ def exact_codebook(kernel, plan: rules_lib.LayerPlan, slots: int | None = None):
   same = jnp.all(x[:, :, None, :] == x[:, None, :, :], axis=-1)
   first = jnp.argmax(same, axis=-1).astype(jnp.int32)
   unique = jnp.sum(valid & (first == jnp.arange(num_groups)[None]), axis=-1)
-  compact_one = kmeans._compact  # pylint: disable=protected-access
-  codebook, index = jax.vmap(compact_one, in_axes=(0, 0, 0, None))(
+  codebook, index = kmeans._compact(  # pylint: disable=protected-access
       first, valid, x, slots)
   return codebook.reshape(num_rows, slots, bh, bw), index, unique
 
@@ -207,7 +262,6 @@ def compact(codebook, index):
   """
   num_rows, slots, bh, bw = codebook.shape
   table = codebook.reshape(num_rows, slots, bh * bw)
-  compact_one = kmeans._compact  # pylint: disable=protected-access
-  new_cb, new_index = jax.vmap(compact_one, in_axes=(0, 0, 0, None))(
+  new_cb, new_index = kmeans._compact(  # pylint: disable=protected-access
       jnp.maximum(index, 0), index >= 0, table, slots)
   return new_cb.reshape(codebook.shape), new_index

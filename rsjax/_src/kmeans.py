@@ -1,10 +1,11 @@
 """Batched k-means over OU blocks: one codebook per row-block (ReRAM-Sharing).
 
-Every row-block of a layer is clustered at once (``vmap`` over row-blocks and
-over restarts) in a single jitted call: greedy k-means++ seeding, Lloyd
+Every row-block of a layer and every restart is clustered at once (arrays
+with row-block and restart axes): greedy k-means++ seeding, Lloyd
 iterations until no assignment changes, empty clusters re-seeded at the
 points farthest from their centroids, the restart with the lowest inertia
-kept. All-zero blocks are pruned: they take part in nothing and get index
+kept. One implementation, two backends: NumPy on the host for concrete
+inputs (nothing to compile) and XLA under a caller's ``jit``. All-zero blocks are pruned: they take part in nothing and get index
 ``-1``. The number of clusters is clamped per row-block to its number of
 non-pruned blocks.
 
@@ -28,20 +29,76 @@ import numpy as np
 _HIGHEST = jax.lax.Precision.HIGHEST
 CODEBOOK_SCOPES = ("row_block", "layer")
 
+# The algorithm below is written once, on arrays with leading batch
+# dimensions, for two backends: ``jnp`` (jittable: training steps, a
+# caller's jit) and NumPy (``xp=np``), which runs concrete inputs on the
+# host without compiling anything. XLA takes about a second on a CPU to
+# compile the k-means program, far more than clustering a layer costs, so
+# eager entry points (cluster_ous, cluster_layers, the sharing wrappers'
+# init, allocate_k's probes) take the NumPy path. Helpers that differ
+# between the two take ``xp``.
 
-def _sq_dists(x, c):
-  """Squared distances ``[G, C]`` between points ``[G, D]`` and ``[C, D]``."""
-  cross = jnp.einsum("gd,cd->gc", x, c, precision=_HIGHEST)
-  d = jnp.sum(x * x, -1)[:, None] - 2 * cross + jnp.sum(c * c, -1)[None, :]
-  return jnp.maximum(d, 0.0)
+
+def _lead(a, ndim: int):
+  """``a`` with leading unit axes up to ``ndim`` (jnp raises on rank
+  promotion)."""
+  return a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
+def _matmul(xp, a, b):
+  if xp is np:
+    return np.matmul(a, b)
+  return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _top_k(xp, v, k: int):
+  """``(values, indices)`` of the ``k`` largest along the last axis, ties to
+  the lower index (as ``lax.top_k``)."""
+  if xp is np:
+    idx = np.argsort(-v, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(v, idx, -1), idx
+  return jax.lax.top_k(v, k)
+
+
+def _take_rows(xp, table, idx):
+  """``[..., K, X]``: rows ``idx [..., K]`` of ``table [..., M, X]`` (leading
+  dimensions broadcast)."""
+  if xp is not np:
+    return jnp.take_along_axis(table, idx[..., None], axis=-2)
+  # Whole rows by one flat index: NumPy's take_along_axis indexes element
+  # by element.
+  lead, num = table.shape[:-2], table.shape[-2]
+  base = np.arange(math.prod(lead)).reshape(lead + (1,)) * num
+  flat = np.broadcast_to(base + idx, idx.shape[:-1] + idx.shape[-1:])
+  return table.reshape(-1, table.shape[-1])[flat.reshape(-1)].reshape(
+      flat.shape + table.shape[-1:])
+
+
+def _sq_dists(x, c, xp=jnp, x_sq=None, c_sq=None):
+  """Squared distances ``[..., G, C]`` between points ``[..., G, D]`` and
+  ``[..., C, D]`` (``x_sq``, ``c_sq``: their squared norms, if at hand)."""
+  x_sq = xp.sum(x * x, -1) if x_sq is None else x_sq
+  c_sq = xp.sum(c * c, -1) if c_sq is None else c_sq
+  cross = _matmul(xp, x, xp.swapaxes(c, -1, -2))
+  return xp.maximum(x_sq[..., :, None] - 2 * cross + c_sq[..., None, :], 0.0)
+
+
+def _member_sums(xp, labels, valid, x, num_slots: int):
+  """``(sums [..., S, D], counts [..., S])`` of the valid points of each
+  label."""
+  slots = _lead(xp.arange(num_slots, dtype=np.int32), labels.ndim + 1)
+  onehot = ((labels[..., None] == slots) & valid[..., None]).astype(
+      np.float32)
+  return (_matmul(xp, xp.swapaxes(onehot, -1, -2), x),
+          xp.sum(onehot, axis=-2))
 
 
 def _mix(h):
   """murmur3's 32-bit finalizer: every input bit moves every output bit."""
   h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
+  h = h * np.uint32(0x85EBCA6B)
   h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
+  h = h * np.uint32(0xC2B2AE35)
   return h ^ (h >> 16)
 
 
@@ -53,9 +110,14 @@ def _words(seed):
 
 
 def _hash(counter, seed):
-  """``counter`` (uint32) hashed with every word of ``seed``."""
-  for word in _words(seed).reshape(-1):
-    counter = _mix(counter ^ _mix(word + jnp.uint32(0x9E3779B9)))
+  """``counter`` (uint32) hashed with every word of ``seed``: one seed's
+  words ``[W]``, or seeds ``[..., W]`` against a counter of the same rank
+  (NumPy or jnp alike)."""
+  words = _words(seed)
+  words = words.reshape(-1) if words.ndim <= 1 else words
+  for i in range(words.shape[-1]):
+    word = words[i] if words.ndim == 1 else words[..., i:i + 1]
+    counter = _mix(counter ^ _mix(word + np.uint32(0x9E3779B9)))
   return counter
 
 
@@ -63,173 +125,339 @@ def _hash(counter, seed):
 # threefry adds about a second of XLA compile on a CPU to every program
 # k-means is part of (the sharing wrappers' init, every training step that
 # re-clusters), the hash milliseconds, and k-means++ sampling needs no more
-# than draws that differ from seed to seed and from draw to draw.
+# than draws that differ from seed to seed and from draw to draw. Integer
+# arithmetic, so NumPy draws the same numbers.
 
 
-def _derive(seed, counter):
+def _derive(seed, counter, xp=jnp):
   """New seeds ``[*counter.shape, words]``, one per counter value."""
-  words = _words(seed).reshape(-1)
-  counter = jnp.asarray(counter).astype(jnp.uint32)
-  return jnp.stack([_hash(counter * jnp.uint32(len(words)) + jnp.uint32(i),
-                          words) for i in range(len(words))], axis=-1)
+  words = xp.asarray(_words(seed)).reshape(-1)
+  counter = xp.asarray(counter).astype(np.uint32)[..., None]
+  # One hash over [..., words]: stacking a hash per word made XLA compile
+  # a far larger kernel (about a second on a CPU for some shapes).
+  word = _lead(xp.arange(len(words), dtype=np.uint32), counter.ndim)
+  with np.errstate(over="ignore"):
+    return _hash(counter * np.uint32(len(words)) + word, words)
 
 
-def _split(seed, shape):
+def _split(seed, shape, xp=jnp):
   """Seeds of ``prod(shape)`` streams: ``[*shape, words]`` uint32."""
-  return _derive(seed, jnp.arange(math.prod(shape),
-                                  dtype=jnp.uint32)).reshape(*shape, -1)
+  return _derive(seed, xp.arange(math.prod(shape), dtype=np.uint32),
+                 xp).reshape(*shape, -1)
 
 
-def fold_in(seed, data):
+def fold_in(seed, data, xp=jnp):
   """``seed`` (a ``jax.random`` key or seed words) folded with an integer.
 
   The seed words k-means takes wherever a key goes, as
   ``jax.random.fold_in`` would give a key, without threefry (see above).
   """
-  return _derive(seed, data)
+  return _derive(seed, data, xp)
+
+
+def _to_unit(h):
+  """Uniform floats in ``[0, 1)`` from uint32 hashes: the top 24 bits,
+  exact in float32, strictly below 1."""
+  return (h >> 8).astype(np.float32) * np.float32(2.0**-24)
 
 
 def _uniforms(seed, shape):
   """Uniform floats in ``[0, 1)`` from a key or seed."""
-  h = _hash(jnp.arange(math.prod(shape), dtype=jnp.uint32), seed)
-  # The top 24 bits: exact in float32, strictly below 1.
-  return ((h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)).reshape(
-      shape)
+  return _to_unit(_hash(jnp.arange(math.prod(shape), dtype=jnp.uint32),
+                        seed)).reshape(shape)
 
 
-def _sample(u, weights):
-  """Indices drawn in proportion to non-negative ``weights``, one per
-  uniform of ``u``.
+def _draws(xp, seeds, shape):
+  """``[..., *shape]`` uniforms, row ``i`` those of ``_uniforms(seeds[i],
+  shape)``, for seeds ``[..., W]``."""
+  counter = _lead(xp.arange(math.prod(shape), dtype=np.uint32), seeds.ndim)
+  with np.errstate(over="ignore"):
+    h = _hash(counter, seeds)
+  return _to_unit(h).reshape(*seeds.shape[:-1], *shape)
+
+
+def _sample(xp, u, weights):
+  """Indices ``[..., T]`` drawn in proportion to non-negative ``weights
+  [..., G]``, one per uniform of ``u [..., T]``.
 
   Inverse-CDF sampling: one uniform a draw rather than a Gumbel variate
   for every point, which made seeding the bottleneck on CPU.
   """
-  cdf = jnp.cumsum(weights)
+  num = weights.shape[-1]
+  if xp is np:
+    cdf = np.cumsum(weights, axis=-1)
+  else:
+    # A product with a triangle of ones: XLA on a CPU compiles a cumsum
+    # (a reduce-window) about ten times slower than a dot.
+    ids = jnp.arange(num)
+    cdf = _matmul(jnp, weights, (ids[:, None] <= ids[None, :]).astype(
+        np.float32))
   # searchsorted(side='right') as a count of the cdf values <= each draw:
-  # the same index, a fraction of jnp.searchsorted's compile time.
-  below = cdf[None, :] <= (u.astype(cdf.dtype) * cdf[-1])[:, None]
-  idx = jnp.sum(below.astype(jnp.int32), axis=1)
-  return jnp.minimum(idx, weights.shape[0] - 1)
+  # the same index, a fraction of jnp.searchsorted's compile time (and a
+  # float sum compiles faster than an integer one).
+  below = cdf[..., None, :] <= (u * cdf[..., -1:])[..., None]
+  idx = xp.sum(xp.where(below, np.float32(1), np.float32(0)), axis=-1)
+  return xp.minimum(idx, num - 1).astype(np.int32)
 
 
-def _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials):
-  """Greedy k-means++ seeding (as scikit-learn) of ``k_eff`` slots."""
-  # Row 0: the first centroid's draw; row i: the candidates of slot i.
-  draws = _uniforms(key, (num_slots, n_trials))
-  uniform = valid.astype(x.dtype)
-  first = _sample(draws[0, :1], uniform)[0]
-  centroids = jnp.zeros((num_slots, x.shape[1]), x.dtype).at[0].set(x[first])
-  closest = jnp.where(valid, _sq_dists(x, x[first][None])[:, 0], 0.0)
-
-  def add_centroid(i, carry):
-    centroids, closest = carry
-    # Sample candidates in proportion to D^2; if every valid point already
-    # coincides with a centroid, fall back to uniform over valid points.
-    weights = jnp.where(jnp.any(closest > 0), closest, uniform)
-    cands = _sample(draws[i], weights)
-    cand_closest = jnp.minimum(closest[None], _sq_dists(x, x[cands]).T)
-    cand_closest = jnp.where(valid[None], cand_closest, 0.0)
-    best = jnp.argmin(jnp.sum(cand_closest, axis=1))
-    take = i < k_eff
-    centroids = centroids.at[i].set(jnp.where(take, x[cands[best]], 0.0))
-    closest = jnp.where(take, cand_closest[best], closest)
-    return centroids, closest
-
-  centroids, _ = jax.lax.fori_loop(1, num_slots, add_centroid,
-                                   (centroids, closest))
-  return centroids
-
-
-def _lloyd(x, valid, centroids, k_eff, max_iter, tol):
-  """Lloyd iterations; returns (centroids, labels, inertia).
-
-  Stops when no label changes or, as scikit-learn, when the centroids move by
-  at most ``tol`` times the mean per-dimension variance of the points.
-  """
-  num_slots = centroids.shape[0]
-  active = jnp.arange(num_slots) < k_eff
-
-  def assign(c):
-    d = jnp.where(active[None], _sq_dists(x, c), jnp.inf)
-    return jnp.argmin(d, axis=1).astype(jnp.int32), jnp.min(d, axis=1)
-
-  def update(labels, own_dist):
-    onehot = (jax.nn.one_hot(labels, num_slots, dtype=x.dtype)
-              * valid[:, None].astype(x.dtype))
-    counts = jnp.sum(onehot, axis=0)
-    sums = jnp.einsum("gk,gd->kd", onehot, x, precision=_HIGHEST)
-    means = sums / jnp.maximum(counts, 1.0)[:, None]
-    # Re-seed each empty cluster at a distinct far point (farthest first).
-    empty = active & (counts == 0)
-    own_dist = jnp.where(valid, own_dist, -1.0)
-    far_dist, farthest = jax.lax.top_k(own_dist, num_slots)
-    rank = jnp.cumsum(empty) - 1
-    reseed = empty & (far_dist[rank] > 0)
-    return jnp.where(reseed[:, None], x[farthest[rank]], means)
-
-  weight = valid.astype(x.dtype)[:, None]
-  count = jnp.maximum(jnp.sum(weight), 1.0)
-  mean = jnp.sum(x * weight, axis=0) / count
-  threshold = tol * jnp.sum((x - mean[None]) ** 2 * weight) / count / x.shape[1]
-
-  def cond(state):
-    it, _, _, changed = state
-    return (it < max_iter) & changed
-
-  def body(state):
-    it, c, labels, _ = state
-    new_labels, own_dist = assign(c)
-    new_c = update(new_labels, own_dist)
-    changed = (jnp.any((new_labels != labels) & valid)
-               & (jnp.sum((new_c - c) ** 2) > threshold))
-    return it + 1, new_c, new_labels, changed
-
-  labels0 = jnp.full(x.shape[:1], -1, jnp.int32)
-  _, centroids, labels, _ = jax.lax.while_loop(
-      cond, body, (0, centroids, labels0, jnp.array(True)))
-  inertia = jnp.sum(jnp.where(
-      valid, jnp.sum((x - centroids[labels]) ** 2, axis=-1), 0.0))
-  return centroids, labels, inertia
-
-
-def _kmeans_restarts(keys, x, valid, k, num_slots, max_iter, tol, n_trials):
-  """Best of ``len(keys)`` restarts on one point set ``x [G, D]``."""
-  k_eff = jnp.minimum(k, jnp.sum(valid))
-
-  def one(key):
-    init = _kmeans_pp(key, x, valid, k_eff, num_slots, n_trials)
-    return _lloyd(x, valid, init, k_eff, max_iter, tol)
-
-  centroids, labels, inertia = jax.vmap(one)(keys)
-  best = jnp.argmin(inertia)
-  return centroids[best], labels[best], inertia[best]
-
-
-def _compact(labels, valid, table, num_out):
-  """Renumbers the used centroids of one row-block ``0..K_r-1``.
+def _seed_step(xp, i, state, x, x_sq, valid, k_eff, u, pair=None):
+  """Slot ``i`` of greedy k-means++ (as scikit-learn's) for every instance.
 
   Args:
-    labels: ``[G]`` ids into ``table``.
-    valid: ``[G]`` non-pruned mask.
-    table: ``[C, D]`` centroids the ids refer to.
+    i: the slot (an int, or traced).
+    state: ``(centroids [..., S, D], closest [..., G])``: each point's
+      squared distance to its closest centroid so far: inf before slot 0,
+      and 0 for pruned points throughout, which keeps them out of every
+      draw and sum.
+    x, x_sq, valid: ``[..., G, D]`` points, ``[..., G]`` their squared
+      norms and mask, broadcasting against the instances.
+    k_eff: ``[...]`` slots to fill.
+    u: ``[..., T]`` uniforms of this slot's candidates.
+    pair: ``[..., G, G]`` squared distances between the points, if at hand
+      (a gather instead of a product per slot); ``x_sq`` is unused then.
+  """
+  centroids, closest = state
+  num_slots, trials = centroids.shape[-2], u.shape[-1]
+  first = i == 0
+  # Candidates in proportion to D^2; uniform over valid points for the
+  # first slot and if every valid point already coincides with a centroid.
+  weights = xp.where(first | ~xp.any(closest > 0, -1, keepdims=True),
+                     valid.astype(np.float32), closest)
+  cands = _sample(xp, u, weights)
+  # The candidates' distances to every point, [..., T, G].
+  if pair is None:
+    d = _sq_dists(_take_rows(xp, x, cands), x, xp, c_sq=x_sq)
+  else:
+    d = _take_rows(xp, pair, cands)
+  cand_closest = xp.minimum(closest[..., None, :], d)
+  potential = xp.sum(cand_closest, axis=-1)
+  # The first centroid is one uniform draw, as scikit-learn's.
+  trial = _lead(xp.arange(trials), potential.ndim)
+  potential = xp.where(first & (trial > 0), np.float32(np.inf), potential)
+  best = xp.argmin(potential, axis=-1)[..., None]
+  chosen = xp.take_along_axis(cands, best, axis=-1)
+  take = (i < k_eff)[..., None]
+  slot = _lead(xp.arange(num_slots)[:, None], centroids.ndim) == i
+  centroids = xp.where(slot & take[..., None], _take_rows(xp, x, chosen),
+                       centroids)
+  closest = xp.where(take, _take_rows(xp, cand_closest, best)[..., 0, :],
+                     closest)
+  return centroids, closest
+
+
+def _seed_init(xp, batch, x, valid, num_slots):
+  """The seeding's initial state for instances of shape ``batch``."""
+  zeros = xp.zeros((*batch, num_slots, x.shape[-1]), np.float32)
+  closest = xp.broadcast_to(xp.where(valid, np.float32(np.inf), 0.0),
+                            (*batch, valid.shape[-1]))
+  return zeros, closest
+
+
+def _lloyd_step(xp, x, x_sq, valid, active, centroids):
+  """One Lloyd iteration: ``(labels, new centroids)``.
+
+  Empty clusters are re-seeded each at a distinct far point (farthest
+  first). ``active [..., S]`` marks the slots in use.
+  """
+  num_slots = centroids.shape[-2]
+  # The nearest centroid: argmin of |c|^2 - 2 x.c (|x|^2 is the same for
+  # every centroid), unused slots at inf.
+  c_sq = xp.where(active, xp.sum(centroids * centroids, -1),
+                  np.float32(np.inf))
+  score = c_sq[..., None, :] - 2 * _matmul(xp, x, xp.swapaxes(
+      centroids, -1, -2))
+  labels = xp.argmin(score, axis=-1).astype(np.int32)
+  sums, counts = _member_sums(xp, labels, valid, x, num_slots)
+  means = sums / xp.maximum(counts, 1.0)[..., None]
+  empty = active & (counts == 0)
+  if xp is np and not empty.any():
+    return labels, means
+  own_dist = xp.where(valid, xp.maximum(xp.min(score, axis=-1) + x_sq, 0.0),
+                      -1.0)
+  far_dist, farthest = _top_k(xp, own_dist, num_slots)
+  rank = xp.maximum(xp.cumsum(empty.astype(np.int32), axis=-1) - 1, 0)
+  reseed = empty & (xp.take_along_axis(far_dist, rank, axis=-1) > 0)
+  far = xp.take_along_axis(farthest, rank, axis=-1)
+  return labels, xp.where(reseed[..., None], xp.take_along_axis(
+      x, far[..., None], axis=-2), means)
+
+
+def _threshold(xp, x, valid, tol):
+  """scikit-learn's stopping threshold: ``tol`` times the mean
+  per-dimension variance of the valid points, ``[...]``."""
+  weight = valid.astype(np.float32)[..., None]
+  count = xp.maximum(xp.sum(weight, axis=(-2, -1)), 1.0)
+  mean = xp.sum(x * weight, axis=-2) / count[..., None]
+  return tol * xp.sum((x - mean[..., None, :]) ** 2 * weight,
+                      axis=(-2, -1)) / count / x.shape[-1]
+
+
+def _changed(xp, labels, new_labels, centroids, new_centroids, valid,
+             threshold):
+  """Whether an instance goes on: a label changed and, as scikit-learn, the
+  centroids moved (squared, summed) by more than ``threshold``."""
+  return (xp.any((new_labels != labels) & valid, axis=-1)
+          & (xp.sum((new_centroids - centroids) ** 2, axis=(-2, -1))
+             > threshold))
+
+
+def _inertia(xp, x, valid, centroids, labels):
+  own = xp.take_along_axis(centroids, labels[..., None], axis=-2)
+  return xp.sum(xp.where(valid, xp.sum((x - own) ** 2, axis=-1), 0.0),
+                axis=-1)
+
+
+def _restarts_jax(x, valid, k_eff, u, *, max_iter, tol):
+  """k-means of instances ``[P, n]`` on points ``x [P, 1, G, D]`` (JAX):
+  ``(centroids [P, n, S, D], labels [P, n, G], inertia [P, n])``."""
+  num_slots = u.shape[-2]
+  batch = u.shape[:-2]
+  x_sq = jnp.sum(x * x, -1)
+  centroids = jax.lax.fori_loop(
+      0, num_slots, lambda i, s: _seed_step(jnp, i, s, x, x_sq, valid, k_eff,
+                                            u[..., i, :]),
+      _seed_init(jnp, batch, x, valid, num_slots))[0]
+  active = jnp.arange(num_slots)[None, None, :] < k_eff[..., None]
+  threshold = _threshold(jnp, x, valid, tol)
+
+  def body(state):
+    it, c, labels, go = state
+    new_labels, new_c = _lloyd_step(jnp, x, x_sq, valid, active, c)
+    # Instances that had stopped keep their state, as each would on its own.
+    keep = go[..., None]
+    go = go & _changed(jnp, labels, new_labels, c, new_c, valid, threshold)
+    return (it + 1, jnp.where(keep[..., None], new_c, c),
+            jnp.where(keep, new_labels, labels), go)
+
+  labels = jnp.full((*batch, x.shape[-2]), -1, jnp.int32)
+  state = (0, centroids, labels, jnp.ones(batch, bool))
+  _, centroids, labels, _ = jax.lax.while_loop(
+      lambda s: (s[0] < max_iter) & jnp.any(s[3]), body, state)
+  return centroids, labels, _inertia(jnp, x, valid, centroids, labels)
+
+
+def _restarts_numpy(x, valid, k_eff, u, *, max_iter, tol):
+  """:func:`_restarts_jax` on the host: the same steps, instances that
+  stopped left out of the next iteration's work."""
+  num_slots = u.shape[-2]
+  batch = u.shape[:-2]
+  x_sq = np.sum(x * x, -1)
+  # The points' distance table, where the seeding's products would cost
+  # more than making it (and it fits).
+  num_points = x.shape[-2]
+  pair = (_sq_dists(x, x, np, x_sq, x_sq)
+          if num_slots * u.shape[-1] * batch[1] > num_points
+          and x.shape[0] * num_points ** 2 <= _HOST_ELEMENTS else None)
+  state = _seed_init(np, batch, x, valid, num_slots)
+  for i in range(min(num_slots, int(k_eff.max(initial=0)))):
+    state = _seed_step(np, i, state, x, x_sq, valid, k_eff, u[..., i, :],
+                       pair)
+  centroids = state[0].reshape(-1, *state[0].shape[-2:])
+  # Instances flattened, each with its row-block's points.
+  rows = np.repeat(np.arange(batch[0]), batch[1])
+  xs, xs_sq, vs = x[:, 0][rows], x_sq[:, 0][rows], valid[:, 0][rows]
+  active = (np.arange(num_slots)[None]
+            < np.broadcast_to(k_eff, batch).reshape(-1)[:, None])
+  threshold = _threshold(np, x, valid, tol)[:, 0][rows]
+  labels = np.full(vs.shape, -1, np.int32)
+  live = np.arange(len(xs))
+  for _ in range(max_iter):
+    c = centroids[live]
+    new_labels, new_c = _lloyd_step(np, xs[live], xs_sq[live], vs[live],
+                                    active[live], c)
+    go = _changed(np, labels[live], new_labels, c, new_c, vs[live],
+                  threshold[live])
+    centroids[live], labels[live] = new_c, new_labels
+    live = live[go]
+    if not live.size:
+      break
+  return (centroids.reshape(*batch, *centroids.shape[-2:]),
+          labels.reshape(*batch, -1),
+          _inertia(np, xs, vs, centroids, labels).reshape(batch))
+
+
+def _best_of_restarts(xp, x, valid, k, seeds, *, num_slots, max_iter, tol,
+                      n_trials):
+  """Best of the restarts of each point set.
+
+  Args:
+    x: ``[P, G, D]`` points, ``valid [P, G]`` their mask.
+    k: ``[P]`` clusters of each set (clamped to its valid points).
+    seeds: ``[P, n_init, W]`` uint32, one per restart.
+
+  Returns:
+    ``(centroids [P, S, D], labels [P, G])`` of the lowest inertia.
+  """
+  k_eff = xp.minimum(k, xp.sum(valid, axis=-1))[:, None]
+  u = _draws(xp, seeds, (num_slots, n_trials))
+  run = _restarts_numpy if xp is np else _restarts_jax
+  centroids, labels, inertia = run(x[:, None], valid[:, None], k_eff, u,
+                                   max_iter=max_iter, tol=tol)
+  best = xp.argmin(inertia, axis=-1)[:, None]
+  return (xp.take_along_axis(centroids, best[..., None, None], axis=1)[:, 0],
+          xp.take_along_axis(labels, best[..., None], axis=1)[:, 0])
+
+
+def _compact(labels, valid, table, num_out, xp=jnp):
+  """Renumbers the used centroids of each row-block ``0..K_r-1``.
+
+  Args:
+    labels: ``[R, G]`` ids into ``table``.
+    valid: ``[R, G]`` non-pruned mask.
+    table: ``[R, C, D]`` (or ``[1, C, D]``, one table for all) centroids the
+      ids refer to.
     num_out: codebook slots to return (static).
 
   Returns:
-    ``(codebook [num_out, D], index [G])`` with used blocks first, in order of
-    first use, unused slots zero and pruned entries ``-1``.
+    ``(codebook [R, num_out, D], index [R, G])`` with used blocks first, in
+    order of first use, unused slots zero and pruned entries ``-1``.
   """
-  num_groups = labels.shape[0]
-  first_use = jnp.full(table.shape[:1], num_groups, jnp.int32).at[labels].min(
-      jnp.where(valid, jnp.arange(num_groups, dtype=jnp.int32), num_groups))
-  order = jnp.argsort(first_use)
-  used = first_use[order] < num_groups
-  new_id = jnp.zeros_like(order).at[order].set(
-      jnp.arange(order.shape[0], dtype=order.dtype))
-  index = jnp.where(valid, new_id[labels], -1).astype(jnp.int32)
-  codebook = jnp.where(used[:, None], table[order], 0.0)
-  if codebook.shape[0] < num_out:
-    codebook = jnp.pad(codebook, ((0, num_out - codebook.shape[0]), (0, 0)))
-  return codebook[:num_out], index
+  num_groups, num_table = labels.shape[-1], table.shape[-2]
+  ids = xp.arange(num_table, dtype=np.int32)[None, None, :]
+  groups = xp.arange(num_groups, dtype=np.int32)[None, :, None]
+  hit = (labels[..., None] == ids) & valid[..., None]  # [R, G, C]
+  first_use = xp.min(xp.where(hit, groups, num_groups), axis=-2)
+  order = xp.argsort(first_use, axis=-1, stable=True)
+  new_id = xp.argsort(order, axis=-1).astype(np.int32)  # the inverse
+  index = xp.where(valid, xp.take_along_axis(new_id, labels, axis=-1), -1)
+  used = xp.take_along_axis(first_use, order, axis=-1) < num_groups
+  codebook = xp.where(used[..., None], xp.take_along_axis(
+      table, order[..., None], axis=-2), 0.0)
+  if codebook.shape[-2] < num_out:
+    codebook = xp.pad(codebook, ((0, 0), (0, num_out - codebook.shape[-2]),
+                                 (0, 0)))
+  return codebook[:, :num_out], index.astype(np.int32)
+
+
+def _cluster_rows_impl(xp, x, seeds, k_rows, *, num_slots, max_iter, n_trials,
+                       tol=1e-4):
+  valid = xp.any(x != 0, axis=-1)
+  centroids, labels = _best_of_restarts(
+      xp, x, valid, k_rows, seeds, num_slots=num_slots, max_iter=max_iter,
+      tol=tol, n_trials=n_trials)
+  return _compact(labels, valid, centroids, num_slots, xp)
+
+
+def _cluster_impl(xp, x, seeds, *, k, n_init, max_iter, codebook_scope,
+                  n_trials, tol=1e-4):
+  num_rows, num_groups, _ = x.shape
+  num_out = min(k, num_groups)
+  if codebook_scope == "row_block":
+    rows = (cluster_rows_host if xp is np
+            else functools.partial(_cluster_rows_impl, jnp))
+    return rows(x, _split(seeds, (num_rows, n_init), xp),
+                xp.full((num_rows,), k, np.int32), num_slots=num_out,
+                max_iter=max_iter, n_trials=n_trials, tol=tol)
+  # codebook_scope == "layer": one codebook for the whole layer; each
+  # row-block then stores the subset of it that it uses.
+  valid = xp.any(x != 0, axis=-1)
+  centroids, labels = _best_of_restarts(
+      xp, x.reshape(1, num_rows * num_groups, -1), valid.reshape(1, -1),
+      xp.full((1,), k, np.int32), _split(seeds, (1, n_init), xp),
+      num_slots=min(k, num_rows * num_groups), max_iter=max_iter, tol=tol,
+      n_trials=n_trials)
+  return _compact(labels.reshape(num_rows, num_groups), valid, centroids,
+                  num_out, xp)
 
 
 @functools.partial(jax.jit, static_argnames=("num_slots", "max_iter",
@@ -238,15 +466,42 @@ def _cluster_rows(x, keys, k_rows, *, num_slots, max_iter, n_trials,
                   tol=1e-4):
   """Per-row-block k-means of ``x [R, G, D]``, a ``k`` for each row-block.
 
-  ``keys [R, n_init]``; ``k_rows [R]`` may differ by row-block (rows of
-  several layers stacked into one call), ``num_slots >= max(k_rows)``.
+  ``keys [R, n_init]`` (seeds ``[R, n_init, W]``); ``k_rows [R]`` may
+  differ by row-block (rows of several layers stacked into one call),
+  ``num_slots >= max(k_rows)``. :func:`cluster_rows_host` is the same on
+  the host.
   """
-  valid = jnp.any(x != 0, axis=-1)
-  run = functools.partial(_kmeans_restarts, num_slots=num_slots,
-                          max_iter=max_iter, tol=tol, n_trials=n_trials)
-  centroids, labels, _ = jax.vmap(run)(keys, x, valid, k_rows)
-  return jax.vmap(_compact, in_axes=(0, 0, 0, None))(
-      labels, valid, centroids, num_slots)
+  return _cluster_rows_impl(jnp, x, _words(keys), k_rows,
+                            num_slots=num_slots, max_iter=max_iter,
+                            n_trials=n_trials, tol=tol)
+
+
+# Elements of the host's largest arrays (instances x points x slots, and
+# row-blocks x points^2 for the seeding's distance table): row-blocks are
+# clustered in chunks of at most this much work, which keeps memory bounded
+# and the arrays in cache.
+_HOST_ELEMENTS = 2 ** 21
+
+
+def cluster_rows_host(x, seeds, k_rows, *, num_slots, max_iter, n_trials,
+                      tol=1e-4):
+  """:func:`_cluster_rows` in NumPy (concrete arrays, nothing compiled)."""
+  x = np.asarray(x, np.float32)
+  seeds, k_rows = _host_words(seeds), np.asarray(k_rows, np.int32)
+  num_rows, num_groups = x.shape[:2]
+  chunk = max(1, _HOST_ELEMENTS // (num_groups * max(
+      num_groups, seeds.shape[1] * num_slots)))
+  parts = [_cluster_rows_impl(
+      np, x[s:s + chunk], seeds[s:s + chunk], k_rows[s:s + chunk],
+      num_slots=num_slots, max_iter=max_iter, n_trials=n_trials, tol=tol)
+           for s in range(0, num_rows, chunk)]
+  return (np.concatenate([c for c, _ in parts]),
+          np.concatenate([i for _, i in parts]))
+
+
+def _host_words(seed) -> np.ndarray:
+  """A key's or seed's words as a NumPy uint32 array."""
+  return np.asarray(_words(seed)).astype(np.uint32)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter",
@@ -254,26 +509,31 @@ def _cluster_rows(x, keys, k_rows, *, num_slots, max_iter, n_trials,
 def _cluster(x, key, *, k, n_init, max_iter, codebook_scope, n_trials,
              tol=1e-4):
   """Jitted core of :func:`cluster_ous` on ``x [R, G, D]`` float32."""
-  num_rows, num_groups, _ = x.shape
-  valid = jnp.any(x != 0, axis=-1)
-  num_out = min(k, num_groups)
-  if codebook_scope == "row_block":
-    return _cluster_rows(
-        x, _split(key, (num_rows, n_init)),
-        jnp.full((num_rows,), k, jnp.int32), num_slots=num_out,
-        max_iter=max_iter, n_trials=n_trials, tol=tol)
-  # codebook_scope == "layer": one codebook for the whole layer; each
-  # row-block then stores the subset of it that it uses.
-  keys = _split(key, (n_init,))
-  centroids, labels, _ = _kmeans_restarts(
-      keys, x.reshape(num_rows * num_groups, -1), valid.reshape(-1), k,
-      min(k, num_rows * num_groups), max_iter, tol, n_trials)
-  return jax.vmap(_compact, in_axes=(0, 0, None, None))(
-      labels.reshape(num_rows, num_groups), valid, centroids, num_out)
+  return _cluster_impl(jnp, x, key, k=k, n_init=n_init, max_iter=max_iter,
+                       codebook_scope=codebook_scope, n_trials=n_trials,
+                       tol=tol)
+
+
+def cluster_host(x, key, **kwargs):
+  """:func:`_cluster` in NumPy (concrete arrays, nothing compiled)."""
+  return _cluster_impl(np, np.asarray(x, np.float32), _host_words(key),
+                       **kwargs)
 
 
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
+
+
+def to_device(a):
+  """A NumPy result as a JAX array (``device_put``: ``jnp.asarray``
+  compiles a small program per shape), anything else as it is."""
+  return jax.device_put(a) if isinstance(a, np.ndarray) else a
+
+
+def on_host(*arrays) -> bool:
+  """Whether k-means of these runs on the NumPy backend: all concrete
+  (not traced by a caller's jit, vmap or grad)."""
+  return all(_is_concrete(a) for a in arrays)
 
 
 def _check_args(ous, k, n_init, max_iter, name: str = "cluster_ous"):
@@ -322,6 +582,10 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
     n_trials: candidates per greedy k-means++ step (default
       ``2 + floor(ln K)``, as scikit-learn).
 
+  Concrete inputs are clustered on the host in NumPy, which compiles
+  nothing; under a caller's ``jit`` the same algorithm runs in XLA. The two
+  agree up to float rounding (which can break a near tie differently).
+
   Returns:
     ``(codebook [R, min(k, G), bh, bw], index [R, G] int32)``; ``-1`` marks a
     pruned block. Used codebook entries of row-block ``r`` are ``0..K_r-1`` in
@@ -342,11 +606,17 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
                 else num_rows * num_groups)
   if n_trials is None:
     n_trials = 2 + int(math.log(max(min(int(k), num_points), 1)))
+  settings = dict(k=int(k), n_init=int(n_init), max_iter=int(max_iter),
+                  codebook_scope=codebook_scope, n_trials=int(n_trials),
+                  tol=float(tol))
+  if on_host(ous, key):
+    codebook, index = cluster_host(
+        np.asarray(ous, np.float32).reshape(num_rows, num_groups, bh * bw),
+        key, **settings)
+    return (to_device(codebook.reshape(num_rows, -1, bh, bw).astype(dtype)),
+            to_device(index))
   x = jnp.asarray(ous, jnp.float32).reshape(num_rows, num_groups, bh * bw)
-  codebook, index = _cluster(x, key, k=int(k), n_init=int(n_init),
-                             max_iter=int(max_iter),
-                             codebook_scope=codebook_scope,
-                             n_trials=int(n_trials), tol=float(tol))
+  codebook, index = _cluster(x, key, **settings)
   codebook = codebook.reshape(num_rows, -1, bh, bw).astype(dtype)
   return codebook, index
 
@@ -384,27 +654,29 @@ def cluster_layers(layers: Mapping[str, Any], k: int | Mapping[str, int], *,
     _check_args(ous, ks[name], n_init, max_iter, f"cluster_layers[{name!r}]")
     batches.setdefault(tuple(ous.shape[1:]), []).append(name)
   position = {name: i for i, name in enumerate(layers)}
+  host = on_host(key, *layers.values())
   out = {}
   for (num_groups, bh, bw), names in batches.items():
     num_slots = min(max(int(ks[n]) for n in names), num_groups)
     trials = n_trials or 2 + int(math.log(max(num_slots, 1)))
-    x = jnp.concatenate([jnp.asarray(layers[n], jnp.float32).reshape(
+    xp = np if host else jnp
+    x = xp.concatenate([xp.asarray(layers[n], np.float32).reshape(
         -1, num_groups, bh * bw) for n in names])
-    keys = jnp.concatenate([_split(
-        jax.random.fold_in(key, position[n]), (layers[n].shape[0], n_init))
-                            for n in names])
-    k_rows = jnp.concatenate([jnp.full((layers[n].shape[0],), ks[n],
-                                       jnp.int32) for n in names])
-    codebook, index = _cluster_rows(x, keys, k_rows, num_slots=num_slots,
-                                    max_iter=int(max_iter), n_trials=trials,
-                                    tol=float(tol))
+    keys = xp.concatenate([_split(
+        jax.random.fold_in(key, position[n]), (layers[n].shape[0], n_init),
+        xp) for n in names])
+    k_rows = xp.concatenate([xp.full((layers[n].shape[0],), ks[n],
+                                     np.int32) for n in names])
+    codebook, index = (cluster_rows_host if host else _cluster_rows)(
+        x, keys, k_rows, num_slots=num_slots, max_iter=int(max_iter),
+        n_trials=trials, tol=float(tol))
     start = 0
     for n in names:
       rows = layers[n].shape[0]
       slots = min(int(ks[n]), num_groups)
-      out[n] = (codebook[start:start + rows, :slots].reshape(
-          rows, slots, bh, bw).astype(jnp.result_type(layers[n])),
-                index[start:start + rows])
+      cb = codebook[start:start + rows, :slots].reshape(
+          rows, slots, bh, bw).astype(jnp.result_type(layers[n]))
+      out[n] = (to_device(cb), to_device(index[start:start + rows]))
       start += rows
   return {name: out[name] for name in layers}
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rsjax._src import blockops
@@ -213,26 +214,48 @@ def _init_layers(params, rules, hw, schedule, key, n_init, max_iter, scope,
                  where):
   plan = rules_lib.make_plan(params, rules, hw)
   validate.check_kernels(params, plan, where)
-  return _initial_layers(params, key, plan_items=tuple(plan.items()),
-                         schedule=schedule, n_init=n_init, max_iter=max_iter,
-                         scope=scope)
-
-
-# One compiled program for the whole init: run op by op, its masks, blocks
-# and k-means were some 70 small compiles, most of a model's cold start.
-@functools.partial(jax.jit, static_argnames=("plan_items", "schedule",
-                                             "n_init", "max_iter", "scope"))
-def _initial_layers(params, key, *, plan_items, schedule, n_init, max_iter,
-                    scope):
-  plan = dict(plan_items)
-  masks = pruning.initial_masks(params, plan, schedule)
-  kernels = pruning.kernels_of(params, plan)
   shared = {p: lp for p, lp in plan.items() if lp.shared}
-  new = blockops.recluster_many(
-      {p: kernels[p] for p in shared}, {p: masks[p] for p in shared}, shared,
-      key, n_init=n_init, max_iter=max_iter, codebook_scope=scope)
+  if not kmeans.on_host(key, *jax.tree_util.tree_leaves(params)):
+    masks, ous = _initial_masks(params, plan_items=tuple(plan.items()),
+                                schedule=schedule)
+  elif schedule.begin == 0 and any(lp.pruned for lp in plan.values()):
+    # Pruned at step 0: the masks and blocks as one compiled program.
+    masks, ous = jax.device_get(_initial_masks_jit(
+        params, plan_items=tuple(plan.items()), schedule=schedule))
+  else:
+    # Nothing pruned yet: the blocks in NumPy, nothing compiled.
+    kernels = jax.device_get(pruning.kernels_of(params, shared))
+    masks = {p: np.ones(lp.grid, bool) for p, lp in plan.items()}
+    ous = {p: blockops.kernel_to_ous(kernels[p], lp)
+           for p, lp in shared.items()}
+  # Concrete blocks are clustered on the host (kmeans.py: the k-means
+  # program's XLA compile would be most of the init).
+  new = blockops.cluster_many(ous, shared, key, _dtypes(params, shared),
+                              n_init=n_init, max_iter=max_iter,
+                              codebook_scope=scope)
+  masks = {p: kmeans.to_device(m) for p, m in masks.items()}
   return {p: LayerState(masks[p], *new.get(p, (None, None)), lp)
           for p, lp in plan.items()}
+
+
+def _dtypes(params, plan):
+  kernels = pruning.kernels_of(params, plan)
+  return {p: kernels[p].dtype for p in plan}
+
+
+def _initial_masks(params, *, plan_items, schedule):
+  """The step-0 masks and the shared layers' kept blocks."""
+  plan = dict(plan_items)
+  masks = pruning.initial_masks(params, plan, schedule)
+  shared = {p: lp for p, lp in plan.items() if lp.shared}
+  return masks, blockops.masked_ous(pruning.kernels_of(params, shared),
+                                    masks, shared)
+
+
+# One compiled program: run op by op, the masks and blocks of a model were
+# dozens of small compiles.
+_initial_masks_jit = jax.jit(_initial_masks,
+                             static_argnames=("plan_items", "schedule"))
 
 
 @functools.partial(jax.jit,
@@ -310,18 +333,15 @@ def _sharing(kind, inner, rules, hw, *, key, recluster_every, prune, n_init,
     layers = {p: s.replace(mask=masks[p]) for p, s in state.layers.items()}
 
     def between():
-      out = {}
-      for p, s in layers.items():
-        if s.codebook is None:
-          out[p] = (s.codebook, s.index)
-          continue
-        index = (jnp.where(s.mask, s.index, -1) if s.plan.pruned
-                 else s.index)
-        if kind == "ste":
-          out[p] = (blockops.centroid_means(kernels[p], index, s.plan), index)
-        else:
-          out[p] = (s.codebook, index)
-      return out
+      shared = {p: s.plan for p, s in layers.items()
+                if s.codebook is not None}
+      index = {p: jnp.where(layers[p].mask, layers[p].index, -1)
+               if lp.pruned else layers[p].index for p, lp in shared.items()}
+      codebooks = (blockops.centroid_means_many(kernels, index, shared)
+                   if kind == "ste" else {p: layers[p].codebook
+                                          for p in shared})
+      return {p: (codebooks[p], index[p]) if p in shared
+              else (s.codebook, s.index) for p, s in layers.items()}
 
     new = jax.lax.cond(
         count % recluster_every == 0,
