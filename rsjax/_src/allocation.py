@@ -29,9 +29,11 @@ not.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -381,8 +383,7 @@ def _cluster_probes(probes, *, key, n_init: int, max_iter: int):
   Returns:
     ``{(path, k): blocks}``, NumPy arrays in the probes' shapes and dtypes.
   """
-  out = {}
-  for i, ((path, k), ous) in enumerate(probes.items()):
+  def one(i, ous, k):
     ous = np.asarray(ous)
     rows, groups = ous.shape[:2]
     slots = min(k, groups)
@@ -392,10 +393,15 @@ def _cluster_probes(probes, *, key, n_init: int, max_iter: int):
         ous.reshape(rows, groups, -1), seeds, np.full(rows, k, np.int32),
         num_slots=slots, max_iter=int(max_iter),
         n_trials=2 + int(math.log(slots)))
-    out[path, k] = kmeans.decompress(
+    return kmeans.decompress(
         codebook.reshape(rows, slots, *ous.shape[2:]), index).astype(
             ous.dtype)
-  return out
+
+  # NumPy releases the GIL in its array loops: probes share the cores.
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    done = [pool.submit(one, i, ous, k)
+            for i, ((_, k), ous) in enumerate(probes.items())]
+    return {pk: f.result() for pk, f in zip(probes, done)}
 
 
 def _anchored(path: str) -> str:
