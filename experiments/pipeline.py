@@ -19,7 +19,6 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import rsjax
 from rsjax._src import allocation as rsjax_allocation

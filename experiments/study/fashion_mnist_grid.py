@@ -1,7 +1,7 @@
 """The Fashion-MNIST study of RESULTS.md as a grid of named points.
 
-  python -m experiments.study.grid --grid=experiments/study/fashion_mnist_grid.py \
-      --runs_dir=experiments/study/runs --parallel=2 [--group=cpu|gpu] [--only=REGEX] --report
+  python -m experiments.study [--parallel=2] [--group=cpu|gpu] \
+      [--only=REGEX]
 
 Groups: ``cpu`` (MLP and LeNet-5, minutes a point on a 2-core CPU), ``gpu``
 (ResNet-20 and VGG-8, sized for an accelerator), ``seeds`` (repeats of
@@ -9,9 +9,9 @@ headline candidates), ``study`` (VGG-8 at 60-70x, seeds 0-2, uniform
 ``k`` against per-layer allocation) and ``hwaware`` (hardware-aware
 fine-tune at 4- and 3-bit ADCs: ``MODEL_hwB_MODE``), ``hwaware_gpu`` (the same
 for VGG-8's 69x point, sized for an accelerator), ``window`` (the study
-sized for one GPU window: experiments/study/gpu_study.py) and ``alloc`` (LeNet-5 with
-per-layer ``k`` at the ratios of uniform ``k`` = 8 and 4). Every point of a model starts from that model's
-baseline point (``MODEL_base``, which trains it and is itself a compression
+sized for one GPU window: experiments/study/gpu_study.py) and ``alloc``
+(LeNet-5 with per-layer ``k`` at the ratios of uniform ``k`` = 8 and 4).
+Every point of a model starts from that model's baseline point (``MODEL_base``, which trains it and is itself a compression
 point at its config's recipe).
 
 Point names: ``MODEL[_TAG]_VARIANT``, the variant ``prune_pP`` (prune only),
@@ -185,7 +185,7 @@ def study_points() -> list[Point]:
                              share__allocate_ou_ratio=64.0)))]
 
 
-# The study in one GPU window of at most 9 minutes (experiments/study/gpu_study.py,
+# The study in one GPU window of at most 9 minutes (study/gpu_study.py,
 # which sizes it): the recipe of `study` with 2000 sharing and 1500
 # fine-tune steps, six runs side by side on one GPU. The baseline is trained
 # alone (`vgg8_float`: the config's 3000 steps and no compression stage, so

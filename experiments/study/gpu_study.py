@@ -1,6 +1,6 @@
 """The VGG-8 study, the GPU benchmarks and the quickstart in one GPU window.
 
-  bash experiments/study/gpu_study.sh --out=gpu_study             # on a GPU machine
+  bash experiments/study/gpu_study.sh --out=gpu_study     # a GPU machine
   bash experiments/study/gpu_study.sh --out=/tmp/rehearsal --dry_run   # a CPU
 
 ``experiments/study/gpu_study.sh`` installs what is missing and runs this module

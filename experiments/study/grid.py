@@ -1,8 +1,11 @@
 """Runs a grid of experiments: named points and emulation sweeps.
 
-  python -m experiments.study.grid --grid=experiments/study/fashion_mnist_grid.py \
-      --runs_dir=experiments/study/runs [--only=REGEX] [--parallel=2] [--deadline_s=3600] \
-      [--nosweeps] [--list] [--report]
+  python -m experiments.study.grid [--grid=GRID_FILE] [--runs_dir=DIR] \
+      [--only=REGEX] [--parallel=2] [--deadline_s=3600] [--nosweeps] \
+      [--list] [--report]
+
+``--grid`` and ``--runs_dir`` default to the Fashion-MNIST study's
+(``python -m experiments.study`` is this with ``--report`` on).
 
 A grid file defines ``get_grid() -> Grid``: :class:`Point` s (one pipeline
 run each: a config file and overrides, optionally starting from another
@@ -233,8 +236,10 @@ def run_sweeps(grid: Grid, runs_dir: str, parallel: int = 1,
         job[0].part_path(runs_dir, job[1])[:-len(".json")] + ".log",
         deadline), jobs))
   merged = {}
-  from experiments.study import sweeps as sweeps_lib  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from experiments import workdir as workdir_lib
+  from experiments.study import sweeps as sweeps_lib
+  # pylint: enable=g-import-not-at-top
   for s in grid.sweeps:
     present = {part: s.part_path(runs_dir, part) for part in s.parts
                if os.path.isfile(s.part_path(runs_dir, part))}
@@ -273,8 +278,10 @@ def _main(f):
     run_sweeps(grid, f.runs_dir, f.parallel, deadline)
   failed = [n for n, ok in finished.items() if not ok]
   if f.report:
-    from experiments.study import results  # pylint: disable=g-import-not-at-top
-    from experiments.study import sweep_report  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from experiments.study import results
+    from experiments.study import sweep_report
+    # pylint: enable=g-import-not-at-top
     results.write_report(f.runs_dir, f.out)
     sweeps_dir = os.path.join(f.runs_dir, "sweeps")
     if os.path.isdir(sweeps_dir):

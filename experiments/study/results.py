@@ -1,6 +1,7 @@
 """Collects experiment results into Markdown tables and a Pareto plot.
 
-  python -m experiments.study.results --runs_dir=experiments/study/runs --out=RESULTS.md
+  python -m experiments.study.results \
+      --runs_dir=experiments/study/runs --out=RESULTS.md
 
 Every ``results.json`` under ``--runs_dir`` (one workdir per compression
 point, as written by :mod:`experiments.pipeline`) becomes one row of its
@@ -209,7 +210,8 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  _RUNS_DIR = flags.DEFINE_string("runs_dir", "experiments/study/runs", "Folder of workdirs.")
+  _RUNS_DIR = flags.DEFINE_string("runs_dir", "experiments/study/runs",
+                                   "Folder of workdirs.")
   _OUT = flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
   _PLOT = flags.DEFINE_string("plot", "", "PNG path; '' derives it from out.")
   _MIXED = flags.DEFINE_bool("allow_mixed_commits", False,

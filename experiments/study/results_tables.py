@@ -6,7 +6,8 @@ Per model: the runs (:func:`model_table`), the hardware counts
 run with several seeds (:func:`seed_table`); the hardware-aware fine-tune
 runs (:func:`hwaware_table`); and the sentence on the commits, versions and
 device the figures come from (:func:`provenance_text`). The rows come from
-:mod:`experiments.study.results_data` and :mod:`experiments.study.results_summary`;
+:mod:`experiments.study.results_data` and
+:mod:`experiments.study.results_summary`;
 :mod:`experiments.study.results` puts the tables together.
 """
 

@@ -1,6 +1,7 @@
-"""Markdown tables and plots of the emulation sweeps (experiments/study/sweeps.py).
+"""Markdown tables and plots of the emulation sweeps (study/sweeps.py).
 
-  python -m experiments.study.sweep_report --sweeps_dir=experiments/study/runs/sweeps --out=RESULTS.md
+  python -m experiments.study.sweep_report \
+      --sweeps_dir=experiments/study/runs/sweeps --out=RESULTS.md
 
 Every ``*.json`` in ``--sweeps_dir`` becomes one section: the ADC x OU
 height x cell bits grid (with the lossless check against the quantized
@@ -381,7 +382,8 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  _SWEEPS_DIR = flags.DEFINE_string("sweeps_dir", "experiments/study/runs/sweeps",
-                                    "Folder of sweep JSON files.")
+  _SWEEPS_DIR = flags.DEFINE_string(
+      "sweeps_dir", "experiments/study/runs/sweeps",
+      "Folder of sweep JSON files.")
   _OUT = flags.DEFINE_string("out", "RESULTS.md", "Markdown file to write.")
   app.run(_main)

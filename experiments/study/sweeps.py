@@ -37,10 +37,11 @@ scales calibrated on the first ``--calibration`` *training* images:
   faulty cell of a stored block hits every output that reuses the block)
   and for the dense layout of the same weights.
 
-The result is one JSON file; :mod:`experiments.study.sweep_report` turns a folder
-of them into RESULTS.md sections and plots. A large study can run in parts
-(e.g. one process per OU height and cell resolution, in parallel on a GPU,
-or one part a session on a CPU, each its own JSON) that ``--merge`` joins::
+The result is one JSON file; :mod:`experiments.study.sweep_report` turns a
+folder of them into RESULTS.md sections and plots. A large study can run in
+parts (e.g. one process per OU height and cell resolution, in parallel on a
+GPU, or one part a session on a CPU, each its own JSON) that ``--merge``
+joins::
 
   python -m experiments.study.sweeps --merge=part1.json,part2.json --out=all.json
 """
