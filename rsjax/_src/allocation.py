@@ -374,11 +374,11 @@ def _solve(costs, losses, free):
 def _cluster_probes(probes, *, key, n_init: int, max_iter: int):
   """Row-block k-means of every ``{(path, k): ous}`` probe, decompressed.
 
-  On the host in NumPy (:func:`rsjax._src.kmeans.cluster_rows_host`):
-  clustering the probes costs less than compiling the k-means program
-  once, let alone once per probe shape. Probe ``i`` is
-  ``cluster_ous(ous, k, key=kmeans.fold_in(key, i))`` with ``n_init`` and
-  ``max_iter``.
+  On the host in NumPy (:func:`rsjax._src.kmeans.cluster_host`, what
+  :func:`rsjax.cluster_ous` runs for concrete arrays): clustering the
+  probes costs less than compiling the k-means program once, let alone
+  once per probe shape. Probe ``i`` is ``cluster_ous(ous, k,
+  key=kmeans.fold_in(key, i))`` with ``n_init`` and ``max_iter``.
 
   Returns:
     ``{(path, k): blocks}``, NumPy arrays in the probes' shapes and dtypes.
@@ -387,11 +387,9 @@ def _cluster_probes(probes, *, key, n_init: int, max_iter: int):
     ous = np.asarray(ous)
     rows, groups = ous.shape[:2]
     slots = min(k, groups)
-    seeds = kmeans._split(  # pylint: disable=protected-access
-        kmeans.fold_in(key, i, np), (rows, n_init), np)
-    codebook, index = kmeans.cluster_rows_host(
-        ous.reshape(rows, groups, -1), seeds, np.full(rows, k, np.int32),
-        num_slots=slots, max_iter=int(max_iter),
+    codebook, index = kmeans.cluster_host(
+        ous.reshape(rows, groups, -1), kmeans.fold_in(key, i, np), k=k,
+        n_init=n_init, max_iter=int(max_iter), codebook_scope="row_block",
         n_trials=2 + int(math.log(slots)))
     return kmeans.decompress(
         codebook.reshape(rows, slots, *ous.shape[2:]), index).astype(

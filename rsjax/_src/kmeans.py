@@ -5,9 +5,10 @@ with row-block and restart axes): greedy k-means++ seeding, Lloyd
 iterations until no assignment changes, empty clusters re-seeded at the
 points farthest from their centroids, the restart with the lowest inertia
 kept. One implementation, two backends: NumPy on the host for concrete
-inputs (nothing to compile) and XLA under a caller's ``jit``. All-zero blocks are pruned: they take part in nothing and get index
-``-1``. The number of clusters is clamped per row-block to its number of
-non-pruned blocks.
+inputs (nothing to compile) and XLA under a caller's ``jit``. All-zero
+blocks are pruned: they take part in nothing and get index ``-1``. The
+number of clusters is clamped per row-block to its number of non-pruned
+blocks.
 
 Output format (used by training, the emulator, the report and export):
 ``codebook [R, K, bh, bw]`` and ``index [R, G]`` int32, where
