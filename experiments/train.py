@@ -27,7 +27,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-
 log = logging.getLogger(__name__)
 
 
