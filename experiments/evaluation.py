@@ -8,8 +8,9 @@ the ``hwaware`` stage and the study's sweeps use too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -17,28 +18,27 @@ import numpy as np
 import rsjax
 from rsjax import kernels as rk
 
-from experiments import array as array_lib
 from experiments import distributed
 from experiments import models as models_lib
 
 log = logging.getLogger(__name__)
 
 
-def crossbar_layers(run, params) -> dict[str, rsjax.CompressedLayer]:
+def crossbar_layers(params, rules, hw: rsjax.HardwareSpec
+                    ) -> dict[str, rsjax.CompressedLayer]:
   """Every crossbar kernel of ``params`` as a ``CompressedLayer``, keyed by
-  variable path (``'params/...'``): the planned ones read off their exact
-  values, the others as they are (:func:`rsjax.to_compressed` with
-  ``dense_fallback``)."""
-  layers = rsjax.to_compressed(
-      params, rules=run.rules if run.recipe.compresses else None, hw=run.hw,
-      dense_fallback=True)
+  variable path (``'params/...'``): the planned ones (``rules``; None: no
+  compression) read off their exact values, the others as they are
+  (:func:`rsjax.to_compressed` with ``dense_fallback``)."""
+  layers = rsjax.to_compressed(params, rules=rules, hw=hw,
+                               dense_fallback=True)
   return {f"params/{path}": layer for path, layer in layers.items()}
 
 
-def load_model(run):
-  """``(variables, layers, calibration)`` of the exported model file (jnp
+def load_model(path: str, hw: rsjax.HardwareSpec):
+  """``(variables, layers, calibration)`` of an exported model file (jnp
   arrays; the calibration it was trained with on the emulator, or None)."""
-  model = rsjax.load_compressed(run.model_file, hw=run.hw)
+  model = rsjax.load_compressed(path, hw=hw)
   variables = jax.tree_util.tree_map(jnp.asarray, model.params)
   return variables, dict(model.layers), model.calibration
 
@@ -50,14 +50,6 @@ def calibration_for(calibration, hw: rsjax.HardwareSpec):
     return None
   calib = rk.HwCalibration.from_dict(calibration)
   return calib if calib.hw == hw else None
-
-
-def calibration_label(run, calibration) -> str:
-  """How an emulated accuracy was calibrated, for its results entry."""
-  if calibration is not None:
-    return "hwaware training (input scales and ADC ranges it ended with)"
-  return (f"data: {run.config.eval.calibration_batches} batches of "
-          "emulation images")
 
 
 def quantized(variables, hw: rsjax.HardwareSpec):
@@ -168,85 +160,105 @@ def emulated_accuracy(emulation: Emulation, hw: rsjax.HardwareSpec,
   return float(correct / max(total, 1.0))
 
 
-def emulation(run, variables, layers) -> Emulation:
-  """The run's model on the emulator, calibrated on the first
-  ``eval.calibration_batches`` of its emulation batches."""
-  n = max(run.config.eval.calibration_batches, 1)
-  images = [b["image"] for _, b in zip(range(n), run.emulation_batches())]
-  return Emulation(run.compress_model, variables, layers, images)
+@dataclasses.dataclass(frozen=True)
+class EmulationSetup:
+  """How a run emulates: on which images, calibrated how, on which array.
+
+  Attributes:
+    batches: returns an iterable of the emulation batches (``image``,
+      ``label``, ``mask``).
+    calibration_batches: how many of them calibrate the input scales (the
+      ``hwaware`` stage: how many training batches).
+    array: ``(hw, adc=True) -> {'device', 'wires', 'adc'}``, the run's real
+      array (:func:`experiments.array.models`); ``adc=False`` leaves its
+      converter ideal, for a lossless reference.
+  """
+
+  batches: Callable[[], Iterable[Mapping[str, Any]]]
+  calibration_batches: int
+  array: Callable[..., dict[str, Any]]
+
+  def emulation(self, model, variables, layers) -> Emulation:
+    """``model`` on the emulator, calibrated on the first
+    ``calibration_batches`` emulation batches."""
+    images = [b["image"] for _, b in zip(range(self.calibration_batches),
+                                         self.batches())]
+    return Emulation(model, variables, layers, images)
+
+  def accuracy(self, emulation: Emulation, hw: rsjax.HardwareSpec, key, *,
+               ideal_adc: bool = False, calibration=None) -> float:
+    """:func:`emulated_accuracy` on the emulation batches and the array."""
+    return emulated_accuracy(emulation, hw, self.batches, key=key,
+                             array_models=self.array(hw, adc=not ideal_adc),
+                             calibration=calibration)
+
+  def label(self, calibration) -> str:
+    """How an emulated accuracy was calibrated, for its results entry."""
+    if calibration is not None:
+      return "hwaware training (input scales and ADC ranges it ended with)"
+    return f"data: {self.calibration_batches} batches of emulation images"
 
 
-def run_emulated(run, em: Emulation, hw, key, *, ideal_adc: bool = False,
-                 calibration=None) -> float:
-  """:func:`emulated_accuracy` on the run's emulation batches and array
-  (``config.array``; ``ideal_adc`` leaves its converter ideal, for a
-  lossless reference)."""
-  models = array_lib.for_run(run.config, run.key, hw, adc=not ideal_adc)
-  return emulated_accuracy(em, hw, run.emulation_batches, key=key,
-                           array_models=models, calibration=calibration)
+def evaluate(path: str, *, model, base, hw: rsjax.HardwareSpec, accuracy,
+             emulator: EmulationSetup | None, key) -> dict[str, Any]:
+  """Quantized, compressed and emulated accuracy of the exported model.
 
-
-def evaluate(run) -> dict[str, Any]:
-  """Float, quantized, compressed and emulated accuracy."""
-  variables, layers, saved = load_model(run)
-  base = run.compress_base()
-  model = run.compress_model
+  Args:
+    path: the model file (:func:`rsjax.save_compressed`).
+    model: its model; ``base``: the float variables it was compressed from.
+    hw: the hardware.
+    accuracy: ``(model, variables) -> test accuracy``.
+    emulator: how to emulate, or None: no emulated accuracy.
+    key: for the emulator's non-idealities.
+  """
+  variables, layers, saved = load_model(path, hw)
   emulated = calibration = None
-  if run.config.eval.emulate:
-    calibration = calibration_for(saved, run.hw)
-    emulated = run_emulated(run, emulation(run, variables, layers), run.hw,
-                            jax.random.fold_in(run.key, 2),
-                            calibration=calibration)
+  if emulator is not None:
+    calibration = calibration_for(saved, hw)
+    emulated = emulator.accuracy(emulator.emulation(model, variables, layers),
+                                 hw, key, calibration=calibration)
   else:
     log.info("emulated evaluation skipped: eval.emulate is False")
   return {
-      "emulated_calibration": (calibration_label(run, calibration)
-                               if run.config.eval.emulate else None),
-      "float": run.results("train")["accuracy_float"],
-      "quantized": run.accuracy(model, quantized(base, run.hw)),
-      "compressed": run.accuracy(model, variables),
-      "compressed_quantized": run.accuracy(model,
-                                           quantized(variables, run.hw)),
+      "emulated_calibration": (None if emulator is None
+                               else emulator.label(calibration)),
+      "quantized": accuracy(model, quantized(base, hw)),
+      "compressed": accuracy(model, variables),
+      "compressed_quantized": accuracy(model, quantized(variables, hw)),
       "emulated": emulated,
   }
 
 
-def model_report(run, variables, layers) -> dict[str, Any]:
-  """:func:`rsjax.compression_report` of the run's model, each layer with
-  its crossbar MVMs per inference (a conv's output pixels)."""
-  return models_lib.inference_report(run.compress_model, variables, layers,
-                                     run.hw, run.info.image_shape)
+def adc_sweep(path: str, *, model, hw: rsjax.HardwareSpec, adc_bits,
+              layout: str, image_shape, emulator: EmulationSetup | None,
+              key) -> dict[str, Any]:
+  """Emulated accuracy and energy per inference of the exported model at
+  each of ``adc_bits``.
 
-
-def adc_sweep(run) -> dict[str, Any]:
-  """Emulated accuracy and energy per inference at each of
-  ``eval.adc_bits``.
-
-  The energy (:func:`rsjax.hardware_cost`, pJ) is that of the layout the
-  model runs in (:attr:`Recipe.layout`: ``shared``, ``pruned`` or
-  ``dense``); None at a resolution :class:`rsjax.CostModel` has no ADC
-  figure for.
+  The energy (:func:`rsjax.hardware_cost`, pJ) is that of ``layout``, the
+  layout the model runs in (:attr:`experiments.recipe.Recipe.layout`:
+  ``shared``, ``pruned`` or ``dense``); None at a resolution
+  :class:`rsjax.CostModel` has no ADC figure for. ``emulator`` None skips
+  the sweep.
   """
-  if not run.config.eval.emulate:
+  if emulator is None:
     log.info("ADC-bit sweep skipped: it runs on the crossbar emulator and "
              "eval.emulate is False")
     return {"sweep": [], "skipped": "eval.emulate is False"}
-  variables, layers, saved = load_model(run)
-  report = model_report(run, variables, layers)
-  em = emulation(run, variables, layers)
-  layout = run.recipe.layout
+  variables, layers, saved = load_model(path, hw)
+  report = models_lib.inference_report(model, variables, layers, hw,
+                                       image_shape)
+  em = emulator.emulation(model, variables, layers)
   sweep = []
-  for bits in run.config.eval.adc_bits:
-    hw = run.hw.replace(adc_bits=int(bits))
-    calibration = calibration_for(saved, hw)
-    acc = run_emulated(run, em, hw,
-                       jax.random.fold_in(run.key, 3),
-                       calibration=calibration)
-    energy = models_lib.inference_energy(report, hw, (layout,))
+  for bits in adc_bits:
+    hw_bits = hw.replace(adc_bits=int(bits))
+    calibration = calibration_for(saved, hw_bits)
+    acc = emulator.accuracy(em, hw_bits, key, calibration=calibration)
+    energy = models_lib.inference_energy(report, hw_bits, (layout,))
     energy = None if energy is None else energy[layout]
     log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
              layout, "n/a" if energy is None else f"{energy:.4g}")
     sweep.append({"adc_bits": int(bits), "accuracy": acc,
                   "energy_pj": energy, "layout": layout,
-                  "calibration": calibration_label(run, calibration)})
+                  "calibration": emulator.label(calibration)})
   return {"sweep": sweep}

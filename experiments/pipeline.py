@@ -4,9 +4,10 @@ emulated) -> ADC sweep -> report.
 
 Every stage ends with a checkpoint and an entry in ``state.json`` (written
 atomically): a killed run resumes at the first unfinished stage, a training
-stage from its latest step checkpoint. The stages are in
-:mod:`experiments.stages` (training and compression) and
-:mod:`experiments.evaluation` (export, evaluation, ADC sweep), the files in
+stage from its latest step checkpoint. :class:`Run` reads the config and
+hands each stage its inputs (:meth:`Run.call`); the stages are in
+:mod:`experiments.stages` (training, compression, export) and
+:mod:`experiments.evaluation` (evaluation, ADC sweep), the files in
 :mod:`experiments.workdir` and the results in :mod:`experiments.results`.
 """
 
@@ -26,6 +27,7 @@ from rsjax._src import allocation as rsjax_allocation
 from experiments import array as array_lib
 from experiments import data as data_lib
 from experiments import distributed
+from experiments import evaluation
 from experiments import models as models_lib
 from experiments import provenance
 from experiments import recipe as recipe_lib
@@ -36,7 +38,8 @@ from experiments import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
-STAGES = stages_lib.STAGES
+STAGES = ("train", *recipe_lib.COMPRESSION_STAGES, "export", "evaluate",
+          "adc_sweep")
 
 
 def hardware(config: ml_collections.ConfigDict) -> rsjax.HardwareSpec:
@@ -105,8 +108,6 @@ class Run:
     self.mesh = train_lib.make_mesh()
     self.key = jax.random.key(config.seed)
     self.model_file = os.path.join(workdir, workdir_lib.MODEL_FILE)
-    # The input scales and ADC ranges the hwaware stage ended with.
-    self.calibration_file = os.path.join(workdir, "hwaware_calibration.json")
     self.provenance = provenance.collect()
     dc = config.data
     self._split_kwargs = data_lib.split_kwargs(dc)
@@ -117,6 +118,17 @@ class Run:
     self.model = models_lib.create_model(
         config.model.name, num_classes=self.info.num_classes)
     self.compress_model = compression_model(config, self.info.num_classes)
+    tc = config.train
+    self.trainer = stages_lib.Trainer(
+        loop=self.loop, mesh=self.mesh,
+        optimizer=lambda lr, steps: train_lib.make_optimizer(
+            tc.optimizer, lr, max(steps, 1), 0, tc.weight_decay),
+        teacher=self.teacher,
+        sample=lambda n: data_lib.train_batch(
+            self.train_split, n, config.seed + 1, 0, augment=False))
+    self.emulator = evaluation.EmulationSetup(
+        self.emulation_batches, max(config.eval.calibration_batches, 1),
+        lambda hw, adc=True: array_lib.for_run(config, self.key, hw, adc=adc))
     log.info("model %s on %s %s, %d device(s) in %d process(es), hardware "
              "%s, recipe %s", config.model.name, dc.name,
              self.info.image_shape, self.mesh.devices.size,
@@ -240,6 +252,68 @@ class Run:
     return (stage not in recipe_lib.COMPRESSION_STAGES
             or self.recipe.runs(stage))
 
+  # The stages, each handed its inputs.
+
+  def call(self, stage: str) -> dict[str, Any]:
+    """Runs ``stage`` on the inputs the config chooses; keeps a training
+    stage's variables as its checkpoint and adds their test accuracy.
+
+    Returns:
+      The stage's results (JSON values).
+    """
+    c, key, hw = self.config, self.key, self.hw
+    emulator = self.emulator if c.eval.emulate else None
+    if stage == "train":
+      baseline, results = stages_lib.train(
+          c.train, model=self.model, image_shape=self.info.image_shape,
+          key=jax.random.fold_in(key, 0), trainer=self.trainer)
+      workdir_lib.save_tree(self.checkpoint("baseline"), baseline)
+      metrics = self.accuracy(self.model, baseline, with_loss=True)
+      return {"accuracy_float": metrics["accuracy"],
+              "eval_loss": metrics["loss"], **results}
+    if stage == "export":
+      return stages_lib.export(
+          self.latest_variables(), self.model_file, hw=hw,
+          rules=self.rules if self.recipe.compresses else None,
+          metadata={"model": c.model.name, "dataset": c.data.name,
+                    "recipe": self.recipe_json,
+                    "provenance": self.provenance},
+          calibration=(self.results("hwaware")["calibration"]
+                       if self.applies("hwaware") else None))
+    if stage == "evaluate":
+      return {"float": self.results("train")["accuracy_float"],
+              **evaluation.evaluate(
+                  self.model_file, model=self.compress_model,
+                  base=self.compress_base(), hw=hw, accuracy=self.accuracy,
+                  emulator=emulator, key=jax.random.fold_in(key, 2))}
+    if stage == "adc_sweep":
+      return evaluation.adc_sweep(
+          self.model_file, model=self.compress_model, hw=hw,
+          adc_bits=c.eval.adc_bits, layout=self.recipe.layout,
+          image_shape=self.info.image_shape, emulator=emulator,
+          key=jax.random.fold_in(key, 3))
+    common = dict(model=self.compress_model, hw=hw, trainer=self.trainer)
+    variables = self.latest_variables()
+    if stage == "prune":
+      out = stages_lib.prune(variables, c.prune, rules=self.recipe.rules,
+                             schedule=self.recipe.schedule, **common)
+    elif stage == "share":
+      out = stages_lib.share(variables, c.share, recipe=self.recipe,
+                             image_shape=self.info.image_shape,
+                             key=key, **common)
+    elif stage == "finetune":
+      out = stages_lib.finetune(variables, c.finetune, rules=self.rules,
+                                **common)
+    else:
+      out = stages_lib.hwaware(
+          variables, c.hwaware, recipe=self.recipe, rules=self.rules,
+          reduce=c.finetune.reduce, key=key, emulator=self.emulator,
+          emulate=c.eval.emulate, **common)
+    variables, results = out
+    workdir_lib.save_tree(self.checkpoint(stage), variables)
+    return {f"accuracy_{stage}": self.accuracy(self.compress_model,
+                                               variables), **results}
+
 
 def _log_to_workdir(workdir: str) -> logging.Handler:
   if not distributed.is_primary():
@@ -295,7 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       else:
         log.info("stage %s ...", stage)
         t0 = time.perf_counter()
-        results = stages_lib.STAGE_FNS[stage](r)
+        results = r.call(stage)
         r.finish(stage, results, time.perf_counter() - t0)
       if stage == until:
         return {s: v["results"] for s, v in r.state["stages"].items()}

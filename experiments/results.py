@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import rsjax
 
 from experiments import evaluation
+from experiments import models as models_lib
 from experiments import workdir as workdir_lib
 
 COMPRESSION_KEYS = ("ou_ratio", "bit_ratio", "fp32_ratio", "crossbar_ratio",
@@ -108,8 +109,9 @@ def write(run, wall_s: float) -> dict[str, Any]:
   Returns:
     The results (JSON values).
   """
-  variables, layers, _ = evaluation.load_model(run)
-  report = evaluation.model_report(run, variables, layers)
+  variables, layers, _ = evaluation.load_model(run.model_file, run.hw)
+  report = models_lib.inference_report(run.compress_model, variables,
+                                       layers, run.hw, run.info.image_shape)
   evaluated = run.results("evaluate")
   accuracy = {k: evaluated[k]
               for k in ("float", "quantized", "compressed", "emulated")}

@@ -82,12 +82,10 @@ def test_bad_array_fields_fail_before_training(field, value, match):
   assert "config.array" in str(err.value)
 
 
-class _Run:
-  """What :func:`stages.training_array` reads of a pipeline run."""
-
-  def __init__(self, config):
-    self.config = config
-    self.key = jax.random.key(0)
+def _training_array(config):
+  """What the ``hwaware`` stage trains against, from ``config``."""
+  models = array.for_run(config, jax.random.key(0), HW)
+  return stages.training_array(models, config.hwaware)
 
 
 def test_hwaware_noise_joins_the_array_device():
@@ -95,29 +93,29 @@ def test_hwaware_noise_joins_the_array_device():
   config.array.on_off_ratio = 10.0
   config.array.r_row = 1e-4
   config.hwaware.program_sigma = 0.05
-  m = stages.training_array(_Run(config), HW)
+  m = _training_array(config)
   assert m["device"] == rk.Device(10.0, rk.Programming(0.05))
   assert m["wires"] == rk.Wires(1e-4)
   config.array.programming, config.array.program_sigma = "independent", 0.1
   with pytest.raises(ValueError, match="describe the device once"):
-    stages.training_array(_Run(config), HW)
+    _training_array(config)
 
 
 def test_hwaware_noise_is_checked_and_zero_is_none():
   config = default.get_config()
-  assert stages.training_array(_Run(config), HW)["device"] is None
+  assert _training_array(config)["device"] is None
   config.hwaware.stuck_at_0 = 0.01
-  m = stages.training_array(_Run(config), HW)
+  m = _training_array(config)
   assert m["device"] == rk.Device(faults=rk.StuckAt(0.01))
   config.hwaware.stuck_at_1 = 0.995
   with pytest.raises(ValueError,
                      match=r"config\.hwaware: StuckAt\.p0 \+ p1 must be <= 1"):
-    stages.training_array(_Run(config), HW)
+    _training_array(config)
   config.hwaware.stuck_at_0 = config.hwaware.stuck_at_1 = 0.0
   config.hwaware.program_sigma = -0.1
   with pytest.raises(ValueError,
                      match=r"config\.hwaware: Programming\.sigma must be >= 0"):
-    stages.training_array(_Run(config), HW)
+    _training_array(config)
 
 
 class _Net(nn.Module):
