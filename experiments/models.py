@@ -41,10 +41,7 @@ class ConvBN(nn.Module):
     x = nn.Conv(self.features, self.kernel_size, self.strides,
                 padding=self.padding, use_bias=not self.use_bn,
                 kernel_init=nn.initializers.he_normal(), name="conv")(x)
-    if self.use_bn:
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                       epsilon=BN_EPSILON, name="bn")(x)
-    return x
+    return _batchnorm(x, train) if self.use_bn else x
 
 
 class DenseBN(nn.Module):
@@ -56,10 +53,13 @@ class DenseBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dense(self.features, use_bias=not self.use_bn, name="dense")(x)
-    if self.use_bn:
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                       epsilon=BN_EPSILON, name="bn")(x)
-    return x
+    return _batchnorm(x, train) if self.use_bn else x
+
+
+def _batchnorm(x, train: bool):
+  """The ``bn`` child of the calling ``ConvBN`` / ``DenseBN``."""
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                      epsilon=BN_EPSILON, name="bn")(x)
 
 
 class MLP(nn.Module):
@@ -133,13 +133,8 @@ class CifarResNet(nn.Module):
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
     x = nn.relu(ConvBN(16, use_bn=self.use_bn, name="stem")(x, train))
-    for stage, features in enumerate((16, 32, 64)):
-      for block in range(n):
-        strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
-        x = ResidualBlock(features, strides, self.use_bn,
-                          name=f"stage{stage + 1}_block{block + 1}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+    return _residual_stages(x, train, ((16, n), (32, n), (64, n)),
+                            self.use_bn, self.num_classes)
 
 
 class ImageNetResNet(nn.Module):
@@ -154,14 +149,21 @@ class ImageNetResNet(nn.Module):
     x = nn.relu(ConvBN(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
                        use_bn=self.use_bn, name="stem")(x, train))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    for stage, blocks in enumerate(self.stage_sizes):
-      features = 64 * 2**stage
-      for block in range(blocks):
-        strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
-        x = ResidualBlock(features, strides, self.use_bn,
-                          name=f"stage{stage + 1}_block{block + 1}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+    stages = [(64 * 2**i, n) for i, n in enumerate(self.stage_sizes)]
+    return _residual_stages(x, train, stages, self.use_bn, self.num_classes)
+
+
+def _residual_stages(x, train: bool, stages, use_bn: bool, num_classes: int):
+  """``(features, blocks)`` stages of residual blocks (each stage after the
+  first halves the resolution), global pooling and the ``head``; called
+  inside a ResNet's ``__call__`` (its children)."""
+  for stage, (features, blocks) in enumerate(stages):
+    for block in range(blocks):
+      strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
+      x = ResidualBlock(features, strides, use_bn,
+                        name=f"stage{stage + 1}_block{block + 1}")(x, train)
+  x = jnp.mean(x, axis=(1, 2))
+  return nn.Dense(num_classes, name="head")(x)
 
 
 class VGG(nn.Module):

@@ -1,21 +1,12 @@
 """The pipeline's stages, each a call into the library.
 
-``train`` trains the float baseline; ``prune`` runs :func:`rsjax.ou_pruning`
-(the library's ranking and counting); ``share`` runs
-:func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing` and ends with
-:func:`rsjax.project`; ``finetune`` runs :func:`rsjax.centroid_finetune`;
-``hwaware`` fine-tunes on the crossbar emulator (:mod:`rsjax.kernels`);
-``export`` writes the whole compressed model; ``evaluate`` and ``adc_sweep``
-are in :mod:`experiments.evaluation`.
-
-A stage takes its inputs explicitly: the variables it starts from, its own
-config section (``config.prune`` for ``prune``), the library objects it
-uses (rules, hardware, schedule, key) and a :class:`Trainer` (how the run
-trains). A training stage returns ``(variables, results)``: the variables,
-in which every planned kernel is exactly its compressed value, and its
-results (JSON values). The pipeline (:mod:`experiments.pipeline`) chooses
-the inputs from the config, keeps the variables as the stage's checkpoint
-(the next stage starts from them) and adds their test accuracy.
+``train``, ``prune`` (:func:`rsjax.ou_pruning`), ``share``
+(:func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing`, then
+:func:`rsjax.project`), ``finetune`` (:func:`rsjax.centroid_finetune`),
+``hwaware`` (on the crossbar emulator) and ``export``; ``evaluate`` and
+``adc_sweep`` are in :mod:`experiments.evaluation`. Each takes its inputs
+explicitly and a training stage returns ``(variables, results)``
+(docs/experiments.md, "The stages and the workdir").
 """
 
 from __future__ import annotations
@@ -289,26 +280,13 @@ def hwaware(variables, hc, *, model, recipe, rules,
             emulator: evaluation.EmulationSetup,
             emulate: bool) -> Result:
   """Hardware-aware fine-tune (``config.hwaware``): the forward on the
-  crossbar emulator.
+  crossbar emulator, against the run's array (``emulator.array``),
+  keeping the structure the earlier stages of ``recipe`` left
+  (docs/hwaware.md, "The pipeline stage hwaware").
 
-  Every crossbar layer runs :func:`rsjax.kernels.hwaware_layer` at
-  ``hwaware.adc_bits``/``adc_mode`` on the run's array (``emulator.array``)
-  with programming noise and faults drawn per step; the backward is
-  straight-through (``hwaware.backward='ste'``) or also drops the terms of
-  saturated partial sums (``'saturation'``). Input scales (and calibrated
-  ADC ranges) come from ``emulator.calibration_batches`` training batches;
-  the ADC ranges are re-calibrated every ``hwaware.recalibrate_every``
-  steps on the current weights and batch (0: never), the input scales as
-  ``hwaware.scales`` says. With ``hwaware.distill_weight`` the float
-  baseline is the teacher (its float outputs; the student's are emulated).
-  The structure the earlier stages of ``recipe`` left (shared: a centroid
-  fine-tune with ``reduce``; pruned) is kept.
-
-  The results hold the calibration the stage ended with
-  (``calibration``, :meth:`rsjax.kernels.HwCalibration.to_dict`: it
-  travels in the exported model file) and, with ``emulate``, the emulated
-  accuracy at the stage's ADC before and after, and at a lossless ADC
-  before (``emulated_lossless_before``).
+  The results hold the calibration the stage ended with (``calibration``,
+  :meth:`rsjax.kernels.HwCalibration.to_dict`, for the model file) and,
+  with ``emulate``, the emulated accuracy before and after.
   """
   hw_train = hwaware_hardware(hw, hc)
   models = training_array(emulator.array(hw_train), hc)

@@ -12,6 +12,7 @@ counts up to float reduction order.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 import os
@@ -318,13 +319,11 @@ class TrainLoop:
     checkpoint_dir: where the orbax CheckpointManager keeps this loop's state.
     checkpoint_every: steps between checkpoints (the last step always is).
     log_every: steps between progress logs and NaN checks.
-    constraint: optional params projection applied after every update.
-    view: optional ``(params, opt_state) -> params`` for the forward pass.
+    constraint, view, distill, noise_key, saturation: as in
+      :func:`train_step` (``saturation`` also logs the most saturated layer
+      and warns above :data:`SATURATION_WARN`).
     step_callback: ``(name, step)`` called after each finished step (tests
       use it to simulate a kill).
-    distill: optional distillation from a teacher (:class:`Distillation`).
-    noise_key: optional key folded with the step into ``rngs={'noise': ...}``
-      of ``apply_fn`` (see :func:`train_step`).
     teacher_variables: the teacher's variables for ``distill`` (not
       checkpointed: a resumed loop gets them again from its caller).
     batch_size: the global batch size, when ``get_batch`` reads rows.
@@ -336,9 +335,6 @@ class TrainLoop:
       compiles once. It is checkpointed with the state: a resumed loop
       continues with the values in effect when it stopped.
     refresh_every: steps between refreshes (0: only before the first step).
-    saturation: the step reports its layers' input saturation
-      (:func:`train_step`); the progress log names the most saturated
-      layer, and warns above :data:`SATURATION_WARN`.
   """
 
   name: str
@@ -512,7 +508,4 @@ def _all_finite(tree) -> bool:
 
 
 def _fmt_time(seconds: float) -> str:
-  seconds = int(round(seconds))
-  m, s = divmod(seconds, 60)
-  h, m = divmod(m, 60)
-  return f"{h:d}:{m:02d}:{s:02d}"
+  return str(datetime.timedelta(seconds=round(seconds)))
