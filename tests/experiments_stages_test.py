@@ -1,0 +1,79 @@
+"""The stages called directly, with explicit inputs and no pipeline run."""
+
+import jax
+import numpy as np
+import rsjax
+
+from experiments import models
+from experiments import recipe as recipe_lib
+from experiments import stages
+from experiments import train as train_lib
+from experiments.configs import default
+
+HW = rsjax.HardwareSpec()  # 9x2 weight blocks
+
+
+def _trainer(tmp_path):
+  """A Trainer over random 4x4 images: what a user's own code would build."""
+  mesh = train_lib.make_mesh()
+  rng = np.random.default_rng(0)
+  size = mesh.devices.size * 4
+
+  def get_batch(step):
+    r = np.random.default_rng(step)
+    return {"image": r.normal(size=(size, 4, 4, 1)).astype(np.float32),
+            "label": r.integers(0, 3, size).astype(np.int32)}
+
+  return stages.Trainer(
+      loop=lambda name, steps, **kw: train_lib.TrainLoop(
+          name, steps, get_batch, str(tmp_path / name), **kw),
+      mesh=mesh,
+      optimizer=lambda lr, steps: train_lib.make_optimizer(
+          "adam", lr, max(steps, 1), 0, 0.0),
+      teacher=lambda weight: (None, None),
+      sample=lambda n: {"image": rng.normal(size=(n, 4, 4, 1)).astype(
+          np.float32), "label": rng.integers(0, 3, n).astype(np.int32)})
+
+
+def test_prune_share_finetune_export_without_a_run(tmp_path):
+  config = default.get_config()
+  config.recipe.stages = ("prune", "share", "finetune")
+  config.recipe.rules = ("^fc1/ k=2 sparsity=0.5",)
+  config.prune.steps = config.prune.begin = config.prune.end = 0
+  config.share.steps = config.finetune.steps = 2
+  config.share.n_init = 1
+  recipe = recipe_lib.from_config(config)
+  model = models.MLP(num_classes=3, hidden=(18,), use_bn=False)
+  variables = models.init_variables(model, jax.random.key(0), (4, 4, 1))
+  trainer = _trainer(tmp_path)
+  common = dict(model=model, hw=HW, trainer=trainer)
+
+  pruned, results = stages.prune(variables, config.prune, rules=recipe.rules,
+                                 schedule=recipe.schedule, **common)
+  assert results == {"steps": 0}
+  kernel = np.asarray(pruned["params"]["fc1"]["dense"]["kernel"])
+  # Half the 9x2 blocks pruned once, at step 0 (the last row-block of the
+  # 16 rows is short, so a little under half the weights).
+  assert np.mean(kernel == 0) > 0.45
+  shared, results = stages.share(pruned, config.share, recipe=recipe,
+                                 image_shape=(4, 4, 1),
+                                 key=jax.random.key(1), **common)
+  assert results["method"] == "ste" and results["steps"] == 2
+  tuned, results = stages.finetune(shared, config.finetune,
+                                   rules=recipe.rules, **common)
+  assert results["steps"] == 2
+  layer = rsjax.to_compressed(tuned["params"], rules=recipe.rules,
+                              hw=HW)["fc1/dense/kernel"]
+  assert layer.stored_per_row_block().max() <= 2
+  # Pruning kept its blocks pruned through sharing and fine-tune.
+  assert np.mean(layer.to_kernel() == 0) >= np.mean(kernel == 0)
+
+  path = str(tmp_path / "model.rsjax.npz")
+  results = stages.export(tuned, path, rules=recipe.rules, hw=HW,
+                          metadata={"model": "mlp"})
+  assert results["file"] == "model.rsjax.npz"
+  assert not results["calibration"]
+  loaded = rsjax.load_compressed(path)
+  np.testing.assert_array_equal(
+      loaded.layers["params/fc1/dense/kernel"].to_kernel(),
+      layer.to_kernel())
