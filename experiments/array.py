@@ -18,8 +18,6 @@ import ml_collections
 import rsjax
 from rsjax import kernels as rk
 
-PROGRAMMING = ("", "independent", "proportional", "inverse", "wan2022")
-
 
 def defaults() -> ml_collections.ConfigDict:
   """``config.array``: every field at its ideal value."""
@@ -60,16 +58,15 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def _device(a) -> rk.Device | None:
-  if a.programming not in PROGRAMMING:
-    raise ValueError(f"array.programming must be one of {PROGRAMMING}, got "
-                     f"{a.programming!r}")
   if a.programming == "wan2022":
     programming = rk.WanRRAM2022(a.g_max_us)
-  elif a.programming:
-    programming = rk.Programming(a.program_sigma, a.programming)
-  elif a.program_sigma:
-    raise ValueError("array.program_sigma needs array.programming (the "
-                     "error's form)")
+  elif a.programming or a.program_sigma:
+    # rk.Programming checks the form: also '' under a program_sigma.
+    try:
+      programming = rk.Programming(a.program_sigma, a.programming)
+    except ValueError as e:
+      raise ValueError(f"array.programming ('wan2022' or the form of "
+                       f"program_sigma's error): {e}") from None
   else:
     programming = None
   faults = (rk.StuckAt(a.stuck_at_0, a.stuck_at_1)
@@ -79,9 +76,6 @@ def _device(a) -> rk.Device | None:
            if a.drift_t else None)
   read = rk.ReadNoise(a.read_sigma, a.read_form) if a.read_sigma else None
   iv = rk.SinhIV(a.iv_k) if a.iv_k else None
-  if a.on_off_ratio < 0:
-    raise ValueError(f"array.on_off_ratio must be > 1 (or 0: infinite), got "
-                     f"{a.on_off_ratio}")
   ratio = a.on_off_ratio or math.inf
   device = rk.Device(ratio, programming, faults, drift, read, iv)
   return None if device == rk.Device() else device
@@ -116,18 +110,9 @@ def models(a: ml_collections.ConfigDict, hw: rsjax.HardwareSpec, key, *,
           "adc": converter}
 
 
-def of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``config.array``, or the ideal crossbar's for a config without one."""
-  return config.array if "array" in config else defaults()
-
-
 def for_run(config: ml_collections.ConfigDict, run_key,
             hw: rsjax.HardwareSpec, *, adc: bool = True) -> dict[str, Any]:
   """:func:`models` of a run's ``config.array``, the converter drawn from
   the run's key: the same array for every evaluation and training step."""
-  return models(of(config), hw, jax.random.fold_in(run_key, 7), adc=adc)
+  return models(config.array, hw, jax.random.fold_in(run_key, 7), adc=adc)
 
-
-def is_ideal(a: ml_collections.ConfigDict) -> bool:
-  """Whether ``config.array`` is the ideal crossbar."""
-  return a.to_dict() == defaults().to_dict()

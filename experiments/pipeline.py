@@ -73,8 +73,7 @@ def check(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
       lambda key: models_lib.init_variables(model, key, info.image_shape),
       jax.random.key(0))
   recipe_lib.plan(recipe, variables["params"], hardware(config))
-  array_lib.models(array_lib.of(config), hardware(config),
-                   jax.random.key(0))
+  array_lib.for_run(config, jax.random.key(0), hardware(config))
   sc = config.share
   for field in ("allocate_ou_ratio", "allocate_target"):
     value = getattr(sc, field)

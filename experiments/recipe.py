@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import rsjax
 from rsjax.kernels import training as hwaware_lib
+
+from experiments import train as train_lib
 
 COMPRESSION_STAGES = ("prune", "share", "finetune", "hwaware")
 SHARING_METHODS = ("ste", "distance")
@@ -127,18 +129,14 @@ class Recipe:
       raise ValueError(f"recipe.stages {self.stages} need recipe.rules")
     shares = any(r.k is not None or r.ratio is not None for r in self.rules)
     prunes = any(r.sparsity > 0 for r in self.rules)
-    if "share" in self.stages and not shares:
-      raise ValueError("recipe.stages has 'share' but no recipe rule sets k "
-                       "or ratio")
-    if "share" not in self.stages and shares:
-      raise ValueError("recipe rules set k or ratio but recipe.stages has "
-                       "no 'share' stage")
-    if "prune" in self.stages and not prunes:
-      raise ValueError("recipe.stages has 'prune' but no recipe rule sets "
-                       "sparsity")
-    if "prune" not in self.stages and prunes:
-      raise ValueError("recipe rules set sparsity but recipe.stages has no "
-                       "'prune' stage")
+    for stage, setting, used in (("share", "k or ratio", shares),
+                                 ("prune", "sparsity", prunes)):
+      if stage in self.stages and not used:
+        raise ValueError(f"recipe.stages has '{stage}' but no recipe rule "
+                         f"sets {setting}")
+      if used and stage not in self.stages:
+        raise ValueError(f"recipe rules set {setting} but recipe.stages has "
+                         f"no '{stage}' stage")
 
   def runs(self, stage: str) -> bool:
     return stage in self.stages
@@ -176,19 +174,12 @@ def cost_layout(stages: Sequence[str]) -> str:
   return "pruned" if "prune" in stages else "dense"
 
 
-def _check_weight(name: str, weight: float) -> float:
-  if not 0.0 <= weight <= 1.0:
-    raise ValueError(f"{name} must be in [0, 1], got {weight}")
-  return weight
-
-
-def _distill(cc: ml_collections.ConfigDict) -> tuple[float, float] | None:
-  weight = _check_weight("compress.distill_weight", float(cc.distill_weight))
-  temperature = float(cc.distill_temperature)
-  if not temperature > 0:
-    raise ValueError(
-        f"compress.distill_temperature must be > 0, got {temperature}")
-  return (weight, temperature) if weight > 0 else None
+def _check_distillation(field: str, **setting) -> None:
+  """:class:`train.Distillation`'s check of one setting, naming its field."""
+  try:
+    train_lib.Distillation(None, **{"weight": 0.0, **setting})
+  except ValueError as e:
+    raise ValueError(f"{field}: {e}") from None
 
 
 def from_config(config: ml_collections.ConfigDict) -> Recipe:
@@ -197,33 +188,27 @@ def from_config(config: ml_collections.ConfigDict) -> Recipe:
   Raises:
     ValueError: naming the config field, for anything malformed.
   """
-  rules = config.recipe.rules
-  if isinstance(rules, str):
-    rules = (rules,)
-  stages = config.recipe.stages
-  if isinstance(stages, str):
-    stages = tuple(s.strip() for s in stages.split(",") if s.strip())
-  hc = config.get("hwaware")
-  if hc is not None:
-    _check_weight("hwaware.distill_weight",
-                  float(hc.get("distill_weight", 0.0)))
-    backward = hc.get("backward", "ste")
-    if backward not in hwaware_lib.BACKWARDS:
-      raise ValueError(f"hwaware.backward must be one of "
-                       f"{hwaware_lib.BACKWARDS}, got {backward!r}")
-  pc = config.prune
+  cc, hc, pc = config.compress, config.hwaware, config.prune
+  _check_distillation("compress.distill_weight", weight=cc.distill_weight)
+  _check_distillation("compress.distill_temperature",
+                      temperature=cc.distill_temperature)
+  _check_distillation("hwaware.distill_weight", weight=hc.distill_weight)
+  if hc.backward not in hwaware_lib.BACKWARDS:
+    raise ValueError(f"hwaware.backward must be one of "
+                     f"{hwaware_lib.BACKWARDS}, got {hc.backward!r}")
   try:
     schedule = rsjax.PruneSchedule(begin=pc.begin, end=pc.end,
                                    every=pc.every, power=pc.power,
-                                   scope=pc.scope,
-                                   score=pc.get("score", "rms"))
+                                   scope=pc.scope, score=pc.score)
   except ValueError as e:
     raise ValueError(f"prune schedule (prune.begin/end/every/power/scope/"
                      f"score): {e}") from None
-  return Recipe(stages=tuple(stages),
-                rules=tuple(parse_rule(r) for r in rules),
+  distill = ((float(cc.distill_weight), float(cc.distill_temperature))
+             if cc.distill_weight > 0 else None)
+  return Recipe(stages=tuple(config.recipe.stages),
+                rules=tuple(parse_rule(r) for r in config.recipe.rules),
                 schedule=schedule, sharing=config.share.method,
-                distill=_distill(config.compress))
+                distill=distill)
 
 
 def plan(recipe: Recipe, params, hw: rsjax.HardwareSpec
@@ -249,8 +234,3 @@ def describe(recipe: Recipe) -> dict[str, Any]:
           "sharing": recipe.sharing if recipe.runs("share") else None,
           "distill": list(recipe.distill) if recipe.distill else None}
 
-
-def rules_from_strings(texts: Sequence[str] | Mapping[str, Any]
-                       ) -> tuple[rsjax.Rule, ...]:
-  """Parses rule strings (as in a stored ``config.json``)."""
-  return tuple(parse_rule(t) for t in texts)

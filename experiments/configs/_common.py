@@ -14,7 +14,12 @@ def based_on_default(model: str, dataset: str) -> ml_collections.ConfigDict:
 
 
 def cifar10(model: str) -> ml_collections.ConfigDict:
-  """A CIFAR-10 config (SGD, augmentation, about 100 epochs)."""
+  """A CIFAR-10 config (SGD, augmentation, about 100 epochs).
+
+  The data is TFDS 'cifar10' (experiments/data.py); the expected run time on
+  one GPU is the table of experiments/benchmarks/CONFIG_RUNTIME.md, with the
+  command that measures it.
+  """
   config = based_on_default(model, "cifar10")
   config.data.augment = True
   config.train.steps = 39_000  # 100 epochs of 50k at batch 128

@@ -1,13 +1,7 @@
-"""vgg8 on CIFAR-10 (TFDS 'cifar10', see experiments/data.py).
-
-Expected run time on one GPU: the table of
-experiments/benchmarks/CONFIG_RUNTIME.md, with the command that measures it.
-"""
-
-import ml_collections
+"""vgg8 on CIFAR-10: :func:`experiments.configs._common.cifar10`."""
 
 from experiments.configs import _common
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config():
   return _common.cifar10("vgg8")

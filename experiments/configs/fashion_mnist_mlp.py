@@ -6,5 +6,4 @@ from experiments.configs import _common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = _common.based_on_default("mlp", "fashion_mnist")
-  return config
+  return _common.based_on_default("mlp", "fashion_mnist")
