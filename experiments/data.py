@@ -99,12 +99,6 @@ def get_info(name: str) -> DatasetInfo:
   return DATASETS[name]
 
 
-def default_data_dir() -> str:
-  """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, as TFDS itself."""
-  return os.environ.get("TFDS_DATA_DIR",
-                        os.path.expanduser("~/tensorflow_datasets"))
-
-
 # --- Fashion-MNIST from local IDX files --------------------------------------
 
 
@@ -186,7 +180,7 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 # --- Builders and sources ----------------------------------------------------
 
 
-def _builder(info: DatasetInfo, data_dir: str):
+def _builder(info: DatasetInfo, data_dir: str | None):
   if info.name == "fashion_mnist":
     return FashionMnistLocal(data_dir=data_dir, file_format="array_record")
   return tfds.builder(info.tfds_name, data_dir=data_dir,
@@ -199,7 +193,7 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
 
   Args:
     name: a key of :data:`DATASETS`.
-    data_dir: the TFDS data dir (default :func:`default_data_dir`).
+    data_dir: the TFDS data dir (default TFDS's).
     download: whether a missing dataset may be downloaded (Fashion-MNIST's
       files only when no folder and no apt-get supplied them).
     source_dir: the folder of the Fashion-MNIST IDX files.
@@ -213,10 +207,10 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
     DatasetNotFoundError: the dataset is missing and may not be fetched.
   """
   info = get_info(name)
-  data_dir = data_dir or default_data_dir()
-  builder = _builder(info, data_dir)
+  builder = _builder(info, data_dir or None)
   if builder.is_prepared():
     return builder
+  data_dir = os.fspath(builder.data_dir_root)
   if info.name == "fashion_mnist":
     builder.idx_dir = fashion_mnist_files.find_idx_files(
         source_dir, data_dir, allow_apt=allow_apt, download=download)
