@@ -299,11 +299,8 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
 
 def batch_indices(num_examples: int, batch_size: int, seed: int,
                   step: int) -> np.ndarray:
-  """The example ids of training batch ``step`` (a pure function).
-
-  Each epoch is a fresh permutation seeded by ``(seed, epoch)``; the last
-  incomplete batch of an epoch is dropped so all batches have one shape.
-  """
+  """The example ids of training batch ``step``, as docs/data.md "Batches"
+  says; an epoch's last incomplete batch is dropped so all have one shape."""
   per_epoch = num_examples // batch_size
   if per_epoch < 1:
     raise ValueError(
@@ -326,14 +323,8 @@ def augment_crop_flip(images: np.ndarray, seed: int, step: int,
                       batch_size: int | None = None) -> np.ndarray:
   """Random crop (zero-pad ``pad``) and horizontal flip, seeded by step.
 
-  Args:
-    images: uint8 ``[B, H, W, C]``; with ``rows``, those rows of a batch of
-      ``batch_size``, which get the same crops and flips as in the whole.
-    seed: the run's seed.
-    step: the training step.
-    pad: the crop's zero padding.
-    rows: the slice of the batch ``images`` holds (default all of it).
-    batch_size: the whole batch's size (with ``rows``).
+  ``images`` are uint8 ``[B, H, W, C]``; with ``rows``, those rows of a batch
+  of ``batch_size``, which get the crops and flips they get in the whole.
   """
   rng = np.random.default_rng([seed, step, 1])
   b, h, w, _ = images.shape
