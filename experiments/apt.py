@@ -1,9 +1,5 @@
-"""Installing a Debian/Ubuntu package with apt-get, unattended and bounded.
-
-Used to fetch data packaged by Debian (``dataset-fashion-mnist``) on a fresh
-machine. Commands go through a ``run`` callable with ``subprocess.run``'s
-signature, so tests pass a fake and nothing is installed.
-"""
+"""Installing a Debian/Ubuntu package with apt-get, unattended and with
+bounded waits (docs/data.md, step 2); tests pass a fake ``run``."""
 
 from __future__ import annotations
 
@@ -32,9 +28,6 @@ def unavailable(*, euid: int | None = None,
   Args:
     euid: the effective user id (default ``os.geteuid()``).
     apt_get: the ``apt-get`` path (default looked up on ``PATH``).
-
-  Returns:
-    ``'not running as root'``, ``'no apt-get on this machine'`` or None.
   """
   if euid is None:
     euid = os.geteuid() if hasattr(os, "geteuid") else -1
@@ -47,11 +40,7 @@ def unavailable(*, euid: int | None = None,
 
 def install(package: str, run: Runner = subprocess.run, *,
             apt_get: str = "apt-get", timeout_s: float = 600.0) -> None:
-  """Installs ``package`` non-interactively, logging each command.
-
-  Installs at once, and when that fails (the package unknown to stale or
-  empty package lists, as in fresh containers) runs ``apt-get update -qq``
-  and tries again.
+  """Installs ``package`` as docs/data.md step 2 says, logging each command.
 
   Args:
     package: the package name.

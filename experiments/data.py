@@ -1,21 +1,6 @@
-"""Datasets through TensorFlow Datasets, read without TensorFlow.
-
-Fashion-MNIST is built from its four IDX files into an ``array_record`` TFDS
-dataset (``fashion_mnist_local``, Tensor features) and read with
-``builder.as_data_source``; the files come from a local folder, the Debian
-package ``dataset-fashion-mnist`` (installed with apt-get when allowed) or a
-TFDS download, in that order (:mod:`experiments.fashion_mnist_files`).
-CIFAR-10 and ImageNet go through the stock TFDS builders as a user with
-internet would use them. A dataset is downloaded only when ``download=True``:
-otherwise a missing one is a :class:`DatasetNotFoundError` raised before TFDS
-touches the network (a download attempt on an offline machine hangs for
-minutes before failing).
-
-Batches are numpy: :func:`batch_indices` is a pure function of
-``(seed, step)``, so a resumed run sees exactly the batches it would have seen.
-On a multi-process run each process reads only its ``rows`` of every global
-batch (the same global batch as one process reads whole).
-"""
+"""Datasets through TensorFlow Datasets, read without TensorFlow, and their
+numpy batches: see docs/data.md, and docs/multihost.md for the rows each
+process reads."""
 
 from __future__ import annotations
 
@@ -37,20 +22,8 @@ _SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the models and the input pipeline need to know about a dataset.
-
-  Attributes:
-    name: the name used in configs.
-    tfds_name: the TFDS builder name.
-    num_classes: label classes.
-    image_shape: ``(H, W, C)`` of the images fed to the model.
-    mean: per-channel mean of ``x / 255`` for normalisation.
-    std: per-channel standard deviation of ``x / 255``.
-    train_split: TFDS split used for training.
-    eval_split: TFDS split used for evaluation.
-    in_memory: whether a split is read into memory at once (small datasets).
-    how_to_get: the instructions given when the dataset is missing.
-  """
+  """What the models and the input pipeline need to know about a dataset
+  (``mean`` and ``std`` are per channel of ``x / 255``)."""
 
   name: str
   tfds_name: str
@@ -99,12 +72,6 @@ def get_info(name: str) -> DatasetInfo:
   return DATASETS[name]
 
 
-def default_data_dir() -> str:
-  """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, as TFDS itself."""
-  return os.environ.get("TFDS_DATA_DIR",
-                        os.path.expanduser("~/tensorflow_datasets"))
-
-
 # --- Fashion-MNIST from local IDX files --------------------------------------
 
 
@@ -125,12 +92,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def read_fashion_mnist_idx(image_path: str, label_path: str, split: str):
-  """Images ``[N, 28, 28, 1]`` uint8 and labels ``[N]`` of one split.
-
-  Whatever the source, the content is verified here: IDX header, shapes,
-  counts and label range (a local folder is trusted beyond that; downloads
-  were checked against TFDS's checksums).
-  """
+  """Images ``[N, 28, 28, 1]`` uint8 and labels ``[N]`` of one split, from
+  any source, checked (docs/data.md, "Verification")."""
   images, labels = read_idx(image_path), read_idx(label_path)
   n = _SPLIT_SIZES[split]
   if images.shape != (n, 28, 28) or labels.shape != (n,):
@@ -186,7 +149,7 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 # --- Builders and sources ----------------------------------------------------
 
 
-def _builder(info: DatasetInfo, data_dir: str):
+def _builder(info: DatasetInfo, data_dir: str | None):
   if info.name == "fashion_mnist":
     return FashionMnistLocal(data_dir=data_dir, file_format="array_record")
   return tfds.builder(info.tfds_name, data_dir=data_dir,
@@ -199,7 +162,7 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
 
   Args:
     name: a key of :data:`DATASETS`.
-    data_dir: the TFDS data dir (default :func:`default_data_dir`).
+    data_dir: the TFDS data dir (default TFDS's).
     download: whether a missing dataset may be downloaded (Fashion-MNIST's
       files only when no folder and no apt-get supplied them).
     source_dir: the folder of the Fashion-MNIST IDX files.
@@ -213,10 +176,10 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
     DatasetNotFoundError: the dataset is missing and may not be fetched.
   """
   info = get_info(name)
-  data_dir = data_dir or default_data_dir()
-  builder = _builder(info, data_dir)
+  builder = _builder(info, data_dir or None)
   if builder.is_prepared():
     return builder
+  data_dir = os.fspath(builder.data_dir_root)
   if info.name == "fashion_mnist":
     builder.idx_dir = fashion_mnist_files.find_idx_files(
         source_dir, data_dir, allow_apt=allow_apt, download=download)
@@ -230,16 +193,8 @@ def build(name: str, *, data_dir: str | None = None, download: bool = False,
 
 
 def split_kwargs(data_config) -> dict[str, Any]:
-  """The :func:`load_split` keyword arguments a ``config.data`` holds.
-
-  Args:
-    data_config: a ``config.data`` ConfigDict, or its stored JSON dict;
-      fields a config stored before they existed take their defaults.
-
-  Returns:
-    ``data_dir``, ``download``, ``source_dir``, ``allow_apt`` and
-    ``image_size``.
-  """
+  """The :func:`load_split` keyword arguments of a ``config.data`` or of its
+  stored JSON dict (docs/data.md, "From a config")."""
   get = data_config.get
   return dict(data_dir=get("data_dir") or None,
               download=bool(get("download", False)),
@@ -308,19 +263,15 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
                download: bool = False, source_dir: str = FASHION_MNIST_DIR,
                allow_apt: bool = True, limit: int | None = None,
                image_size: int | None = None) -> Split:
-  """Opens one split (``'train'`` or ``'eval'``) of a dataset.
+  """Opens one split of a dataset.
 
   Args:
     name: a key of :data:`DATASETS`.
     split: ``'train'`` or ``'eval'`` (mapped to the dataset's TFDS split).
-    data_dir: the TFDS data dir.
-    download, source_dir, allow_apt: see :func:`build`.
+    data_dir, download, source_dir, allow_apt: see :func:`build`.
     limit: keep only the first ``limit`` examples (tests, quick runs).
     image_size: square side for datasets with variable-size images
       (ImageNet); default the dataset's.
-
-  Returns:
-    A :class:`Split`.
   """
   info = get_info(name)
   if image_size and image_size != info.image_shape[0]:
@@ -348,11 +299,8 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
 
 def batch_indices(num_examples: int, batch_size: int, seed: int,
                   step: int) -> np.ndarray:
-  """The example ids of training batch ``step`` (a pure function).
-
-  Each epoch is a fresh permutation seeded by ``(seed, epoch)``; the last
-  incomplete batch of an epoch is dropped so all batches have one shape.
-  """
+  """The example ids of training batch ``step``, as docs/data.md "Batches"
+  says; an epoch's last incomplete batch is dropped so all have one shape."""
   per_epoch = num_examples // batch_size
   if per_epoch < 1:
     raise ValueError(
@@ -375,14 +323,8 @@ def augment_crop_flip(images: np.ndarray, seed: int, step: int,
                       batch_size: int | None = None) -> np.ndarray:
   """Random crop (zero-pad ``pad``) and horizontal flip, seeded by step.
 
-  Args:
-    images: uint8 ``[B, H, W, C]``; with ``rows``, those rows of a batch of
-      ``batch_size``, which get the same crops and flips as in the whole.
-    seed: the run's seed.
-    step: the training step.
-    pad: the crop's zero padding.
-    rows: the slice of the batch ``images`` holds (default all of it).
-    batch_size: the whole batch's size (with ``rows``).
+  ``images`` are uint8 ``[B, H, W, C]``; with ``rows``, those rows of a batch
+  of ``batch_size``, which get the crops and flips they get in the whole.
   """
   rng = np.random.default_rng([seed, step, 1])
   b, h, w, _ = images.shape

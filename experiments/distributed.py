@@ -1,16 +1,7 @@
-"""Several processes (hosts) through JAX's own multi-process runtime.
-
-The pipeline runs the same program on every process: a global ``('data',)``
-mesh over ``jax.devices()`` (all processes' devices), each process reading
-its own rows of every global batch, and process 0 alone writing the
-workdir's files (orbax checkpoints are written by all, coordinated by
-orbax). One process is the special case: nothing here changes it.
-
-Launch: :func:`initialize` takes the explicit settings (flags, else
-``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``),
-decides whether to call :func:`jax.distributed.initialize` and does; JAX
-checks the settings and fills what is unset from the cluster it detects.
-"""
+"""Several processes (hosts) through JAX's own multi-process runtime:
+joining them, and what a run needs inside them (who writes, barriers, sums).
+One process is the special case: nothing here changes it. See
+docs/multihost.md."""
 
 from __future__ import annotations
 
@@ -39,8 +30,7 @@ def _env_int(environ: Mapping[str, str], name: str) -> int | None:
 
 def launched_several(environ: Mapping[str, str]) -> bool:
   """Whether a launcher JAX reads the settings from started several
-  processes: SLURM ``srun``, Open MPI ``mpirun``, a multi-host Cloud TPU on
-  GKE (a single task or ``mpirun -n 1`` is a one-process run)."""
+  processes (the launchers of ``--distributed=auto``, docs/multihost.md)."""
   slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
            "SLURM_LOCALID")
   return ((all(v in environ for v in slurm)
@@ -57,19 +47,9 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
                environ: Mapping[str, str] | None = None) -> bool:
   """Joins the multi-process run this process is part of, if any.
 
-  Call it once, before anything touches a JAX device.
-
-  Args:
-    mode: ``'auto'`` calls :func:`jax.distributed.initialize` when settings
-      are given (and ``num_processes`` is not 1) or :func:`launched_several`;
-      ``'on'`` always (JAX fills what is unset from its cluster detection,
-      e.g. on a Cloud TPU VM pod slice); ``'off'`` never (one process).
-    coordinator_address: ``HOST:PORT`` of process 0's coordinator, else
-      ``$JAX_COORDINATOR_ADDRESS``.
-    num_processes: how many processes take part, else
-      ``$JAX_NUM_PROCESSES``.
-    process_id: this process's index, else ``$JAX_PROCESS_ID``.
-    environ: the environment (default ``os.environ``).
+  Call it once, before anything touches a JAX device. ``mode`` is
+  ``--distributed`` and the settings its launch flags, each else its
+  variable in ``environ`` (default ``os.environ``): see docs/multihost.md.
 
   Returns:
     Whether :func:`jax.distributed.initialize` was called.

@@ -1,19 +1,5 @@
-"""Where the Fashion-MNIST IDX files come from, in a fixed order.
-
-:func:`find_idx_files` returns the folder holding the four ``*-ubyte.gz``
-files, trying in turn:
-
-1. the configured folder (``source_dir``), then the Debian package's folder
-   if it is installed;
-2. installing the Debian package ``dataset-fashion-mnist`` with ``apt-get``
-   (only as root, with ``apt-get`` present, and allowed);
-3. with ``download=True``, None: the builder then downloads the files with
-   TFDS's download manager, which checks them against the checksums TFDS
-   registers for its own ``fashion_mnist`` builder;
-4. otherwise a :class:`DatasetNotFoundError` naming the three ways to get
-   the files and why each failed here, raised before anything touches the
-   network (an offline download attempt retries for minutes).
-"""
+"""Where the Fashion-MNIST IDX files come from: a folder, apt-get, a TFDS
+download or an error, in that order (docs/data.md, steps 1-4)."""
 
 from __future__ import annotations
 
@@ -76,8 +62,7 @@ def find_idx_files(source_dir: str, data_dir: str, *, allow_apt: bool = True,
     euid, apt_get: see :func:`experiments.apt.unavailable` (tests).
 
   Raises:
-    DatasetNotFoundError: no folder has the files and ``download`` is off;
-      the message says what was tried and the three ways to get them.
+    DatasetNotFoundError: no folder has the files and ``download`` is off.
   """
   for folder in (source_dir, FASHION_MNIST_DIR):
     if not missing_files(folder):

@@ -3,10 +3,7 @@
   python -m experiments.main --config=experiments/configs/default.py \
       --workdir=/tmp/rsjax_default [--config.train.steps=500] [--overwrite]
 
-On several processes or hosts run the same command on each (see
-docs/multihost.md): under SLURM, Open MPI or a multi-host TPU it joins them
-by itself; elsewhere add ``--coordinator_address=HOST:PORT
---num_processes=N --process_id=I`` (or JAX's environment variables).
+On several processes or hosts, the same command on each: docs/multihost.md.
 
 Only flags are parsed here; the logic is in :mod:`experiments.pipeline`.
 """

@@ -1,12 +1,7 @@
-"""Where a result comes from: the code's commit, the libraries, the device
-and the processor.
-
-Every ``results.json`` carries this, so a table can say which commit its
-figures were computed at and refuse to mix commits. The processor is named
-because the same commit and seed give different figures on different CPUs
-(floating-point reductions are ordered differently): RESULTS.md states a
-headline's spread wherever two kinds of machine ran it.
-"""
+"""Where a result comes from: the code's commit, the libraries, the devices
+and the processor, as every ``results.json`` records them
+(docs/experiments.md; why the processor: RESULTS.md, "Spread across
+machines")."""
 
 from __future__ import annotations
 

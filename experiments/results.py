@@ -1,17 +1,6 @@
-"""A finished run's report: ``results.json``, the CSV, the plots, a summary.
-
-``results.json`` holds ``model``, ``dataset``, ``config``, ``recipe``
-(variant, stages, rules, sharing, distillation; with ``share.
-allocate_ou_ratio`` or ``allocate_target`` the objective, the target and
-the allocated rules), ``hardware``,
-``provenance`` (commit, dirty tree, library versions, devices),
-``accuracy`` {float, quantized, compressed, emulated}, ``accuracy_detail``,
-``compression`` (the totals of :func:`rsjax.compression_report`, headline
-``ou_ratio``), ``layers``, ``hardware_cost`` (energy, latency and area
-per inference of the dense, pruned and shared layouts at the run's ADC,
-:func:`rsjax.hardware_cost`), ``adc_sweep`` (per ADC resolution: emulated accuracy and the
-energy per inference of the layout the model runs in) and ``timing_s``.
-"""
+"""A finished run's report: ``results.json`` (its keys: docs/experiments.md),
+the CSV, the plots, a summary table. With a per-layer budget ``recipe`` also
+holds ``allocate_objective`` and ``allocate_target``."""
 
 from __future__ import annotations
 

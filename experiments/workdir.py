@@ -1,19 +1,6 @@
-"""A run's folder: its config, its stage state, its checkpoints and files.
-
-Workdir layout::
-
-  config.json                  the run's config (another one is refused)
-  state.json                   finished stages, their results and timings
-  log.txt                      progress log
-  checkpoints/{train,baseline,prune,share,finetune}/
-  compressed_model.rsjax.npz   the whole compressed model (rsjax format)
-  results.json, adc_sweep.csv, accuracy_vs_adc_bits.png,
-  layer_compression.png        the report
-
-Every file is written atomically: a reader sees the old or the new one. On
-a multi-process run the workdir is one folder all processes share: process
-0 writes the files, every process takes part in the (orbax) checkpoints.
-"""
+"""A run's folder: its config, its stage state, its checkpoints and files,
+laid out as docs/experiments.md shows (on several processes:
+docs/multihost.md, "What is written where")."""
 
 from __future__ import annotations
 

@@ -87,10 +87,13 @@ def test_missing_fashion_mnist_files_is_clear_error(tmp_path, no_network,
     data.load_split("fashion_mnist", "train", data_dir=str(tmp_path),
                     source_dir=str(tmp_path / "nowhere"), allow_apt=False)
   assert time.perf_counter() - start < 1.0
+  assert "download not allowed" in str(err.value)
   for option in ("apt-get install dataset-fashion-mnist",
                  "--config.data.download=True",
                  "--config.data.source_dir=FOLDER"):
     assert option in str(err.value)
+  # Nothing a later run could take for a built dataset or a good file.
+  assert not any(tmp_path.rglob("*"))
 
 
 def test_split_kwargs_from_config_and_stored_json():

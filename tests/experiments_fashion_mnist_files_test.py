@@ -1,9 +1,5 @@
-"""Tests for experiments/fashion_mnist_files.py: the sources of the IDX files.
-
-Nothing here touches the internet: downloads come from a small HTTP server on
-127.0.0.1 serving synthetic IDX files (TFDS's download manager checks them
-against their checksums in place of upstream's), apt-get is a fake runner.
-"""
+"""Tests for experiments/fashion_mnist_files.py: the sources of the IDX
+files, offline as docs/data.md ("How the tests provide data") says."""
 
 import gzip
 import hashlib
@@ -11,7 +7,6 @@ import http.server
 import os
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -140,14 +135,6 @@ def _write_files(folder):
   return str(folder)
 
 
-def _leftovers(data_dir):
-  """Files a later run could mistake for a built dataset or a good file."""
-  out = []
-  for root, _, files in os.walk(data_dir):
-    out += [os.path.join(root, f) for f in files]
-  return out
-
-
 def _assert_served_examples(split, tfds_split):
   """``split`` holds exactly the served examples (TFDS shuffles the order)."""
   image_file, label_file = fmf.IDX_FILES[tfds_split]
@@ -213,24 +200,6 @@ def test_http_error_is_refused_without_retry(server, synthetic, monkeypatch,
                allow_apt=False)
   # No file asked for twice (the others may be cut short by the first).
   assert server.requests and len(set(server.requests)) == len(server.requests)
-
-
-def test_without_download_fails_before_the_network_naming_the_options(
-    server, synthetic, monkeypatch, tmp_path):
-  _serve_from(monkeypatch, server.url)
-  start = time.perf_counter()
-  with pytest.raises(data.DatasetNotFoundError) as err:
-    data.build("fashion_mnist", data_dir=str(tmp_path / "tfds"),
-               source_dir=str(tmp_path / "nowhere"), allow_apt=False)
-  assert time.perf_counter() - start < 1.0
-  message = str(err.value)
-  assert "download not allowed" in message
-  for option in ("apt-get install dataset-fashion-mnist",
-                 "--config.data.download=True",
-                 "--config.data.source_dir=FOLDER"):
-    assert option in message
-  assert server.requests == []
-  assert _leftovers(str(tmp_path / "tfds")) == []
 
 
 @pytest.mark.parametrize("allow_apt,euid,which,reason", [
