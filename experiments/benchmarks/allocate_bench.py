@@ -13,6 +13,7 @@ one-shot at those. Both are evaluated on the test set.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments import data as data_lib
+from experiments import fashion_mnist_files
 from experiments import models
 import rsjax
 from rsjax._src import allocation
@@ -39,9 +41,16 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
 _HELD_OUT = 1000
 
 
+def _split(split):
+  images, labels = fashion_mnist_files.IDX_FILES[split]
+  return data_lib.read_fashion_mnist_idx(
+      os.path.join(_DATA_DIR.value, images),
+      os.path.join(_DATA_DIR.value, labels), split)
+
+
 def _load():
-  x, y = data_lib.read_fashion_mnist_idx(_DATA_DIR.value, "train")
-  xt, yt = data_lib.read_fashion_mnist_idx(_DATA_DIR.value, "test")
+  x, y = _split("train")
+  xt, yt = _split("test")
   scale = lambda a: jnp.asarray(a, jnp.float32) / 255.0
   return ((scale(x[:-_HELD_OUT]), jnp.asarray(y[:-_HELD_OUT], jnp.int32)),
           (scale(x[-_HELD_OUT:]), jnp.asarray(y[-_HELD_OUT:], jnp.int32)),
