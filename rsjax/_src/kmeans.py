@@ -431,9 +431,14 @@ def _best_of_restarts(xp, x, valid, k, seeds, *, num_slots, max_iter, tol,
   run = _restarts_numpy if xp is np else _restarts_jax
   centroids, labels, inertia = run(x[:, None], valid[:, None], k_eff, u,
                                    max_iter=max_iter, tol=tol)
-  best = xp.argmin(inertia, axis=-1)[:, None]
-  return (_take(xp, centroids, best[..., None, None], 1)[:, 0],
-          _take(xp, labels, best[..., None], 1)[:, 0])
+  best = xp.argmin(inertia, axis=-1)
+  # The restarts are few: a chain of selects, one generated kernel per
+  # output under XLA, where gathers by the best restart were three.
+  c, lab = centroids[:, 0], labels[:, 0]
+  for i in range(1, centroids.shape[1]):
+    c = xp.where((best == i)[:, None, None], centroids[:, i], c)
+    lab = xp.where((best == i)[:, None], labels[:, i], lab)
+  return c, lab
 
 
 def _compact(labels, valid, table, num_out, xp=jnp):
