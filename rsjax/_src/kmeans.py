@@ -258,7 +258,8 @@ def _seed_step(xp, i, state, x, x_sq, valid, k_eff, u, pair=None):
   first = i == 0
   # Candidates in proportion to D^2; uniform over valid points for the
   # first slot and if every valid point already coincides with a centroid.
-  weights = xp.where(first | ~_any(xp, closest > 0, -1, keepdims=True),
+  # (closest >= 0: its max is a float reduction, see _any.)
+  weights = xp.where(first | ~(xp.max(closest, -1, keepdims=True) > 0),
                      valid.astype(np.float32), closest)
   cands = _sample(xp, u, weights)
   # The candidates' distances to every point, [..., T, G].
