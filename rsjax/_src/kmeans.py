@@ -464,15 +464,17 @@ def _compact(labels, valid, table, num_out, xp=jnp):
   groups = np.arange(num_groups, dtype=np.float32)[None, :, None]
   first_use = xp.min(xp.where(hit, groups, np.float32(num_groups)), axis=-2)
   slots = np.arange(min(num_out, num_table))
-  if xp is np:
-    order = np.argsort(first_use, axis=-1, kind="stable")
-    new_id = np.argsort(order, axis=-1)  # the inverse
+  if xp is np or num_table > num_groups:
+    order = xp.argsort(first_use, axis=-1, stable=True)
+    new_id = xp.argsort(order, axis=-1).astype(np.int32)  # the inverse
     order = order[..., :len(slots)]
   else:
     # The same stable sort as counts: each entry's rank is the number of
     # entries ahead of it (an earlier first use, or the same, i.e. unused,
     # and a lower id), and the entry of rank j the one whose rank is j. XLA
     # on a CPU compiles two sorts far slower than comparisons and sums.
+    # Their [R, C, C] is at most the [R, G, C] above (a layer's codebook
+    # can have more entries than a row-block has groups: sorted then).
     mine, other = first_use[..., :, None], first_use[..., None, :]
     ahead = (other < mine) | ((other == mine)
                               & (ids[None, None, :] < ids[None, :, None]))
