@@ -288,6 +288,25 @@ def test_host_chunks_give_the_whole_result(monkeypatch):
     np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("entries", [3, 8, 12])
+def test_compaction_counts_as_the_host_sorts(entries):
+  """Under XLA the compaction ranks entries by counts (or sorts, when a
+  table has more entries than a row-block has groups); the host sorts.
+  Same codebooks and indices, unused and pruned entries included."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, entries, (6, 8)).astype(np.int32)
+  valid = rng.random((6, 8)) > 0.3
+  valid[2] = False  # a fully pruned row-block
+  table = rng.normal(size=(6, entries, 4)).astype(np.float32)
+  for t in (table, table[:1]):  # per row-block, or one for the layer
+    host = kmeans._compact(labels, valid, t, 5, np)
+    compiled = jax.jit(kmeans._compact, static_argnums=3)(
+        labels, valid, t, 5)
+    for u, v in zip(host, compiled):
+      np.testing.assert_array_equal(u, v)
+
+
 def test_eager_calls_compile_nothing():
   """Concrete inputs take the NumPy backend: no XLA program to compile
   (the k-means program's compile is most of a cold start on a CPU)."""

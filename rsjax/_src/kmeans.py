@@ -61,10 +61,41 @@ def _top_k(xp, v, k: int):
   return jax.lax.top_k(v, k)
 
 
+def _any(xp, mask, axis=None, keepdims=False):
+  """``any``; under XLA a float ``max``: XLA on a CPU compiles a float
+  reduction as a library call (YNNPACK), a boolean or integer one as
+  generated kernels (two, a reduce-window and a reduce), which cost far
+  more to compile."""
+  if xp is np:
+    return np.any(mask, axis=axis, keepdims=keepdims)
+  return jnp.max(jnp.where(mask, np.float32(1), np.float32(0)), axis=axis,
+                 keepdims=keepdims) > 0
+
+
+def _count(xp, mask, axis):
+  """``sum`` of a mask, int32; under XLA a float sum (exact below 2**24;
+  see :func:`_any`)."""
+  if xp is np:
+    return np.sum(mask, axis=axis, dtype=np.int32)
+  return jnp.sum(jnp.where(mask, np.float32(1), np.float32(0)),
+                 axis=axis).astype(np.int32)
+
+
+def _take(xp, a, idx, axis: int):
+  """``take_along_axis``. Every index k-means takes is in range, so XLA gets
+  a plain gather, without the wrapping of negative indices and the fill of
+  out-of-range ones: a smaller kernel to compile."""
+  if xp is np:
+    return np.take_along_axis(a, idx, axis)
+  return jnp.take_along_axis(a, idx, axis, mode="promise_in_bounds")
+
+
 def _take_rows(xp, table, idx):
   """``[..., K, X]``: rows ``idx [..., K]`` of ``table [..., M, X]`` (leading
   dimensions broadcast)."""
   if xp is not np:
+    # The default (checked) gather: with a plain one XLA fuses the seeding's
+    # squared norms of the rows differently, which rounds differently.
     return jnp.take_along_axis(table, idx[..., None], axis=-2)
   # Whole rows by one flat index: NumPy's take_along_axis indexes element
   # by element.
@@ -177,6 +208,18 @@ def _draws(xp, seeds, shape):
   return _to_unit(h).reshape(*seeds.shape[:-1], *shape)
 
 
+def _cumsum(xp, v):
+  """Cumulative sums along the last axis of float ``v``."""
+  if xp is np:
+    return np.cumsum(v, axis=-1)
+  # A product with a triangle of ones: XLA on a CPU compiles a cumsum
+  # (a reduce-window) about ten times slower than a dot. A small triangle
+  # is a constant of the program; building it is a kernel to compile.
+  num = v.shape[-1]
+  ids = np.arange(num) if num <= 256 else jnp.arange(num)
+  return _matmul(jnp, v, (ids[:, None] <= ids[None, :]).astype(np.float32))
+
+
 def _sample(xp, u, weights):
   """Indices ``[..., T]`` drawn in proportion to non-negative ``weights
   [..., G]``, one per uniform of ``u [..., T]``.
@@ -185,14 +228,7 @@ def _sample(xp, u, weights):
   for every point, which made seeding the bottleneck on CPU.
   """
   num = weights.shape[-1]
-  if xp is np:
-    cdf = np.cumsum(weights, axis=-1)
-  else:
-    # A product with a triangle of ones: XLA on a CPU compiles a cumsum
-    # (a reduce-window) about ten times slower than a dot.
-    ids = jnp.arange(num)
-    cdf = _matmul(jnp, weights, (ids[:, None] <= ids[None, :]).astype(
-        np.float32))
+  cdf = _cumsum(xp, weights)
   # searchsorted(side='right') as a count of the cdf values <= each draw:
   # the same index, a fraction of jnp.searchsorted's compile time (and a
   # float sum compiles faster than an integer one).
@@ -222,7 +258,8 @@ def _seed_step(xp, i, state, x, x_sq, valid, k_eff, u, pair=None):
   first = i == 0
   # Candidates in proportion to D^2; uniform over valid points for the
   # first slot and if every valid point already coincides with a centroid.
-  weights = xp.where(first | ~xp.any(closest > 0, -1, keepdims=True),
+  # (closest >= 0: its max is a float reduction, see _any.)
+  weights = xp.where(first | ~(xp.max(closest, -1, keepdims=True) > 0),
                      valid.astype(np.float32), closest)
   cands = _sample(xp, u, weights)
   # The candidates' distances to every point, [..., T, G].
@@ -233,10 +270,10 @@ def _seed_step(xp, i, state, x, x_sq, valid, k_eff, u, pair=None):
   cand_closest = xp.minimum(closest[..., None, :], d)
   potential = xp.sum(cand_closest, axis=-1)
   # The first centroid is one uniform draw, as scikit-learn's.
-  trial = _lead(xp.arange(trials), potential.ndim)
+  trial = _lead(np.arange(trials), potential.ndim)  # a constant
   potential = xp.where(first & (trial > 0), np.float32(np.inf), potential)
   best = xp.argmin(potential, axis=-1)[..., None]
-  chosen = xp.take_along_axis(cands, best, axis=-1)
+  chosen = _take(xp, cands, best, -1)
   take = (i < k_eff)[..., None]
   slot = _lead(xp.arange(num_slots)[:, None], centroids.ndim) == i
   centroids = xp.where(slot & take[..., None], _take_rows(xp, x, chosen),
@@ -276,11 +313,12 @@ def _lloyd_step(xp, x, x_sq, valid, active, centroids):
   own_dist = xp.where(valid, xp.maximum(xp.min(score, axis=-1) + x_sq, 0.0),
                       -1.0)
   far_dist, farthest = _top_k(xp, own_dist, num_slots)
-  rank = xp.maximum(xp.cumsum(empty.astype(np.int32), axis=-1) - 1, 0)
-  reseed = empty & (xp.take_along_axis(far_dist, rank, axis=-1) > 0)
-  far = xp.take_along_axis(farthest, rank, axis=-1)
-  return labels, xp.where(reseed[..., None], xp.take_along_axis(
-      x, far[..., None], axis=-2), means)
+  rank = xp.maximum(_cumsum(xp, empty.astype(np.float32)).astype(np.int32)
+                    - 1, 0)
+  reseed = empty & (_take(xp, far_dist, rank, -1) > 0)
+  far = _take(xp, farthest, rank, -1)
+  return labels, xp.where(reseed[..., None], _take(xp, x, far[..., None], -2),
+                          means)
 
 
 def _threshold(xp, x, valid, tol):
@@ -297,13 +335,13 @@ def _changed(xp, labels, new_labels, centroids, new_centroids, valid,
              threshold):
   """Whether an instance goes on: a label changed and, as scikit-learn, the
   centroids moved (squared, summed) by more than ``threshold``."""
-  return (xp.any((new_labels != labels) & valid, axis=-1)
+  return (_any(xp, (new_labels != labels) & valid, -1)
           & (xp.sum((new_centroids - centroids) ** 2, axis=(-2, -1))
              > threshold))
 
 
 def _inertia(xp, x, valid, centroids, labels):
-  own = xp.take_along_axis(centroids, labels[..., None], axis=-2)
+  own = _take(xp, centroids, labels[..., None], -2)
   return xp.sum(xp.where(valid, xp.sum((x - own) ** 2, axis=-1), 0.0),
                 axis=-1)
 
@@ -389,14 +427,19 @@ def _best_of_restarts(xp, x, valid, k, seeds, *, num_slots, max_iter, tol,
   Returns:
     ``(centroids [P, S, D], labels [P, G])`` of the lowest inertia.
   """
-  k_eff = xp.minimum(k, xp.sum(valid, axis=-1))[:, None]
+  k_eff = xp.minimum(k, _count(xp, valid, -1))[:, None]
   u = _draws(xp, seeds, (num_slots, n_trials))
   run = _restarts_numpy if xp is np else _restarts_jax
   centroids, labels, inertia = run(x[:, None], valid[:, None], k_eff, u,
                                    max_iter=max_iter, tol=tol)
-  best = xp.argmin(inertia, axis=-1)[:, None]
-  return (xp.take_along_axis(centroids, best[..., None, None], axis=1)[:, 0],
-          xp.take_along_axis(labels, best[..., None], axis=1)[:, 0])
+  best = xp.argmin(inertia, axis=-1)
+  # The restarts are few: a chain of selects, one generated kernel per
+  # output under XLA, where gathers by the best restart were three.
+  c, lab = centroids[:, 0], labels[:, 0]
+  for i in range(1, centroids.shape[1]):
+    c = xp.where((best == i)[:, None, None], centroids[:, i], c)
+    lab = xp.where((best == i)[:, None], labels[:, i], lab)
+  return c, lab
 
 
 def _compact(labels, valid, table, num_out, xp=jnp):
@@ -414,16 +457,36 @@ def _compact(labels, valid, table, num_out, xp=jnp):
     order of first use, unused slots zero and pruned entries ``-1``.
   """
   num_groups, num_table = labels.shape[-1], table.shape[-2]
-  ids = xp.arange(num_table, dtype=np.int32)[None, None, :]
-  groups = xp.arange(num_groups, dtype=np.int32)[None, :, None]
-  hit = (labels[..., None] == ids) & valid[..., None]  # [R, G, C]
-  first_use = xp.min(xp.where(hit, groups, num_groups), axis=-2)
-  order = xp.argsort(first_use, axis=-1, stable=True)
-  new_id = xp.argsort(order, axis=-1).astype(np.int32)  # the inverse
-  index = xp.where(valid, xp.take_along_axis(new_id, labels, axis=-1), -1)
-  used = xp.take_along_axis(first_use, order, axis=-1) < num_groups
-  codebook = xp.where(used[..., None], xp.take_along_axis(
-      table, order[..., None], axis=-2), 0.0)
+  ids = np.arange(num_table)
+  hit = (labels[..., None] == _lead(ids.astype(np.int32), 3)) & valid[
+      ..., None]  # [R, G, C]
+  # Float: a float reduction compiles faster (see _any).
+  groups = np.arange(num_groups, dtype=np.float32)[None, :, None]
+  first_use = xp.min(xp.where(hit, groups, np.float32(num_groups)), axis=-2)
+  slots = np.arange(min(num_out, num_table))
+  if xp is np or num_table > num_groups:
+    order = xp.argsort(first_use, axis=-1, stable=True)
+    new_id = xp.argsort(order, axis=-1).astype(np.int32)  # the inverse
+    order = order[..., :len(slots)]
+  else:
+    # The same stable sort as counts: each entry's rank is the number of
+    # entries ahead of it (an earlier first use, or the same, i.e. unused,
+    # and a lower id), and the entry of rank j the one whose rank is j. XLA
+    # on a CPU compiles two sorts far slower than comparisons and sums.
+    # Their [R, C, C] is at most the [R, G, C] above (a layer's codebook
+    # can have more entries than a row-block has groups: sorted then).
+    mine, other = first_use[..., :, None], first_use[..., None, :]
+    ahead = (other < mine) | ((other == mine)
+                              & (ids[None, None, :] < ids[None, :, None]))
+    new_id = _count(jnp, ahead, -1)  # [R, C]
+    order = jnp.sum(jnp.where(new_id[..., None, :] == slots[None, :, None],
+                              _lead(ids.astype(np.float32), 3),
+                              np.float32(0)), axis=-1).astype(np.int32)
+  index = xp.where(valid, _take(xp, new_id, labels, -1), -1)
+  # Used entries come first: as many as have a first use.
+  used = slots[None] < _count(xp, first_use < num_groups, -1)[..., None]
+  codebook = xp.where(used[..., None], _take(xp, table, order[..., None], -2),
+                      0.0)
   if codebook.shape[-2] < num_out:
     codebook = xp.pad(codebook, ((0, 0), (0, num_out - codebook.shape[-2]),
                                  (0, 0)))
@@ -432,7 +495,7 @@ def _compact(labels, valid, table, num_out, xp=jnp):
 
 def _cluster_rows_impl(xp, x, seeds, k_rows, *, num_slots, max_iter, n_trials,
                        tol=1e-4):
-  valid = xp.any(x != 0, axis=-1)
+  valid = _any(xp, x != 0, -1)
   centroids, labels = _best_of_restarts(
       xp, x, valid, k_rows, seeds, num_slots=num_slots, max_iter=max_iter,
       tol=tol, n_trials=n_trials)
@@ -451,7 +514,7 @@ def _cluster_impl(xp, x, seeds, *, k, n_init, max_iter, codebook_scope,
                 max_iter=max_iter, n_trials=n_trials, tol=tol)
   # codebook_scope == "layer": one codebook for the whole layer; each
   # row-block then stores the subset of it that it uses.
-  valid = xp.any(x != 0, axis=-1)
+  valid = _any(xp, x != 0, -1)
   centroids, labels = _best_of_restarts(
       xp, x.reshape(1, num_rows * num_groups, -1), valid.reshape(1, -1),
       xp.full((1,), k, np.int32), _split(seeds, (1, n_init), xp),
