@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -58,14 +59,10 @@ class CompressedLayer:
     Its index table is the identity (``-1`` where a block is all zero), which
     hardware needs no table for; the report counts it as 0 index bits.
     """
-    ous = lowering.to_ous(lowering.to_crossbar_matrix(jnp.asarray(kernel)),
-                          _block_shape(block_shape))
-    num_rows, num_groups = ous.shape[:2]
-    nonzero = jnp.any(ous != 0, axis=(2, 3))
-    index = jnp.where(nonzero, jnp.arange(num_groups, dtype=jnp.int32)[None],
-                      -1)
-    index = jnp.broadcast_to(index, (num_rows, num_groups)).astype(jnp.int32)
-    return cls(ous, index, tuple(int(d) for d in kernel.shape))
+    kernel = jnp.asarray(kernel)
+    codebook, index = _identity_blocks(kernel,
+                                       block_shape=_block_shape(block_shape))
+    return cls(codebook, index, tuple(int(d) for d in kernel.shape))
 
   def is_identity(self) -> bool:
     """Whether every non-pruned group ``g`` uses stored block ``g``."""
@@ -79,6 +76,20 @@ class CompressedLayer:
     used = np.zeros((index.shape[0], self.codebook.shape[1] + 1), bool)
     np.put_along_axis(used, index + 1, True, axis=1)
     return used[:, 1:].sum(axis=1)
+
+
+# One compiled program per kernel shape: run op by op, mapping a model's
+# dense layers compiled every operation for every layer shape.
+@functools.partial(jax.jit, static_argnames=("block_shape",))
+def _identity_blocks(kernel, *, block_shape):
+  """Blocks ``[R, G, bh, bw]`` of ``kernel`` and the identity index (``-1``
+  where a block is all zero, stored as +0)."""
+  ous = lowering.to_ous(lowering.to_crossbar_matrix(kernel), block_shape)
+  num_rows, num_groups = ous.shape[:2]
+  kept = jnp.any(ous != 0, axis=(2, 3))
+  index = jnp.where(kept, jnp.arange(num_groups, dtype=jnp.int32)[None], -1)
+  index = jnp.broadcast_to(index, (num_rows, num_groups)).astype(jnp.int32)
+  return jnp.where(kept[:, :, None, None], ous, jnp.zeros((), ous.dtype)), index
 
 
 def _block_shape(hw_or_block) -> tuple[int, int]:

@@ -19,17 +19,6 @@ from rsjax._src import sharing
 from rsjax._src import validate
 
 
-def _identity_layer(kernel, lp):
-  """A pruned-only layer: every kept block stored as itself."""
-  ous = blockops.kernel_to_ous(kernel, lp)
-  num_rows, num_groups = ous.shape[:2]
-  kept = jnp.any(ous != 0, axis=(2, 3))
-  index = jnp.where(kept, jnp.arange(num_groups, dtype=jnp.int32)[None], -1)
-  return compressed.CompressedLayer(
-      jnp.where(kept[:, :, None, None], ous, jnp.zeros((), ous.dtype)),
-      index.astype(jnp.int32), lp.kernel_shape)
-
-
 def to_compressed(params, opt_state=None, *, rules=None, hw=None,
                   dense_fallback: bool = False
                   ) -> dict[str, compressed.CompressedLayer]:
@@ -96,8 +85,9 @@ def _planned(params, opt_state, rules, hw):
     out = {}
     for p, s in state.layers.items():
       if s.codebook is None:
-        out[p] = _identity_layer(
-            blockops.apply_mask(kernels[p], s.mask, s.plan), s.plan)
+        out[p] = compressed.CompressedLayer.from_kernel(
+            blockops.apply_mask(kernels[p], s.mask, s.plan),
+            s.plan.block_shape)
         continue
       if validate.concrete(s.codebook) and not np.isfinite(
           np.asarray(s.codebook).astype(np.float64)).all():
@@ -114,7 +104,8 @@ def _planned(params, opt_state, rules, hw):
   out = {}
   for p, lp in plan.items():
     if not lp.shared:
-      out[p] = _identity_layer(kernels[p], lp)
+      out[p] = compressed.CompressedLayer.from_kernel(kernels[p],
+                                                      lp.block_shape)
       continue
     codebook, index, unique = blockops.exact_codebook(kernels[p], lp, lp.slots)
     most = int(jax.device_get(jnp.max(unique)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 PER = ("layer", "column")
@@ -30,13 +33,20 @@ def quantize_weights(w, bits: int, *, per: str = "layer"):
     raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
   if per not in PER:
     raise ValueError(f"per must be one of {PER}, got {per!r}")
-  w = jnp.asarray(w, jnp.float32)
+  if per == "column" and jnp.ndim(w) < 1:
+    raise ValueError("per='column' needs at least a 1-D array")
+  return _quantize(jnp.asarray(w, jnp.float32), bits=bits, per=per)
+
+
+# One compiled program per shape: run op by op, quantizing a model's
+# layers (exporting it, quantizing it for evaluation) compiled every
+# operation for every layer shape.
+@functools.partial(jax.jit, static_argnames=("bits", "per"))
+def _quantize(w, *, bits: int, per: str):
   qmax = 2 ** (bits - 1) - 1
   if per == "layer":
     amax = jnp.max(jnp.abs(w))
   else:
-    if w.ndim < 1:
-      raise ValueError("per='column' needs at least a 1-D array")
     amax = jnp.max(jnp.abs(w.reshape(-1, w.shape[-1])), axis=0)
   scale = jnp.where(amax > 0, amax / qmax, 1.0).astype(jnp.float32)
   q = jnp.clip(jnp.round(w / _broadcast(scale, w.ndim)), -qmax, qmax)
