@@ -9,6 +9,7 @@ in the format of :func:`rsjax.cluster_ous`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -253,6 +254,23 @@ def exact_codebook(kernel, plan: rules_lib.LayerPlan, slots: int | None = None):
   codebook, index = kmeans._compact(  # pylint: disable=protected-access
       first, valid, x, slots)
   return codebook.reshape(num_rows, slots, bh, bw), index, unique
+
+
+# One compiled program: run op by op on concrete kernels (reading a
+# trained model off), the comparisons compiled for every layer shape.
+@functools.partial(jax.jit, static_argnames=("plan_items",))
+def exact_codebooks(kernels, *, plan_items):
+  """:func:`exact_codebook` of many layers at their plans' ``slots``.
+
+  Returns:
+    ``{path: (codebook, index, most)}``, ``most`` the largest ``unique`` of
+    the layer's row-blocks (more than ``slots``: not shared to ``k``).
+  """
+  out = {}
+  for p, lp in plan_items:
+    codebook, index, unique = exact_codebook(kernels[p], lp, lp.slots)
+    out[p] = (codebook, index, jnp.max(unique))
+  return out
 
 
 def compact(codebook, index):

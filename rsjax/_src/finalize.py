@@ -7,7 +7,6 @@ that :mod:`rsjax` report and export take (with a :class:`HardwareSpec`).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rsjax._src import blockops
@@ -101,14 +100,16 @@ def _planned(params, opt_state, rules, hw):
   plan = rules_lib.make_plan(params, rules, hw)
   validate.check_kernels(params, plan, "to_compressed")
   kernels = pruning.kernels_of(params, plan)
+  read = blockops.exact_codebooks(kernels, plan_items=tuple(
+      (p, lp) for p, lp in plan.items() if lp.shared))
   out = {}
   for p, lp in plan.items():
     if not lp.shared:
       out[p] = compressed.CompressedLayer.from_kernel(kernels[p],
                                                       lp.block_shape)
       continue
-    codebook, index, unique = blockops.exact_codebook(kernels[p], lp, lp.slots)
-    most = int(jax.device_get(jnp.max(unique)))
+    codebook, index, most = read[p]
+    most = int(jax.device_get(most))
     if most > lp.slots:
       raise ValueError(
           f"{p}: a row-block has {most} distinct blocks, more than k={lp.k}; "

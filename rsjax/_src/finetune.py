@@ -9,6 +9,8 @@ table and pruned set) while its accuracy recovers.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -71,20 +73,16 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
   def init(params):
     plan = rules_lib.make_plan(params, rules, hw)
     validate.check_kernels(params, plan, "centroid_finetune.init")
-    kernels = pruning.kernels_of(params, plan)
+    read = _read_layers(pruning.kernels_of(params, plan),
+                        plan_items=tuple(plan.items()))
     layers = {}
     for p, lp in plan.items():
-      ous = blockops.kernel_to_ous(kernels[p], lp)
-      mask = jnp.any(ous != 0, axis=(2, 3))
-      codebook = index = None
-      if lp.shared:
-        codebook, index, unique = blockops.exact_codebook(kernels[p], lp,
-                                                          lp.slots)
-        if not isinstance(unique, jax.core.Tracer) and int(
-            jnp.max(unique)) > lp.slots:
-          raise ValueError(
-              f"{p}: a row-block has {int(jnp.max(unique))} distinct blocks, "
-              f"more than k={lp.k}; project() the params before fine-tuning")
+      mask, codebook, index, most = read[p]
+      if most is not None and not isinstance(most, jax.core.Tracer) and int(
+          most) > lp.slots:
+        raise ValueError(
+            f"{p}: a row-block has {int(most)} distinct blocks, more than "
+            f"k={lp.k}; project() the params before fine-tuning")
       layers[p] = LayerState(mask, codebook, index, lp)
     return FinetuneState(jnp.zeros((), jnp.int32), layers,
                          inner.init(codebook_tree(params, layers)))
@@ -131,3 +129,17 @@ def centroid_finetune(inner: optax.GradientTransformation, rules, hw, *,
     return updates, FinetuneState(state.count + 1, layers, inner_state)
 
   return optax.GradientTransformation(init, update)
+
+
+# One compiled program: run op by op on concrete params (an init outside
+# jit), reading a model's codebooks compiled every operation for every
+# layer shape.
+@functools.partial(jax.jit, static_argnames=("plan_items",))
+def _read_layers(kernels, *, plan_items):
+  """``{path: (mask, codebook, index, most distinct blocks of a row-block)}``
+  (the last three None for a layer that is not shared)."""
+  shared = blockops.exact_codebooks(kernels, plan_items=tuple(
+      (p, lp) for p, lp in plan_items if lp.shared))
+  return {p: (jnp.any(blockops.kernel_to_ous(kernels[p], lp) != 0,
+                      axis=(2, 3)), *shared.get(p, (None, None, None)))
+          for p, lp in plan_items}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -248,11 +249,20 @@ def scheduled_masks(kernels, masks, plan, schedule: PruneSchedule, step,
 
 def initial_masks(params, plan, schedule: PruneSchedule):
   """The masks at step 0: all kept, unless the schedule begins at 0."""
+  return _initial_masks(kernels_of(params, plan),
+                        plan_items=tuple(plan.items()), schedule=schedule)
+
+
+# One compiled program: run op by op on concrete params (an init outside
+# jit), scoring and ranking a model's blocks compiled every operation for
+# every layer shape.
+@functools.partial(jax.jit, static_argnames=("plan_items", "schedule"))
+def _initial_masks(kernels, *, plan_items, schedule):
+  plan = dict(plan_items)
   masks = full_masks(plan)
   if schedule.begin == 0:
-    masks = prune_masks(kernels_of(params, plan), masks, plan,
-                        schedule.fraction(0), schedule.scope,
-                        score=schedule.score)
+    masks = prune_masks(kernels, masks, plan, schedule.fraction(0),
+                        schedule.scope, score=schedule.score)
   return masks
 
 

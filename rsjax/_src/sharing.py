@@ -149,18 +149,25 @@ def training_params(params, opt_state):
       on, or its shape differs (a static check: also under ``jit``).
   """
   state, plan = _state_and_plan(params, opt_state, "training_params")
-  use_z = isinstance(state, (SteState, FinetuneState))
+  kernels = _training_kernels(
+      pruning.kernels_of(params, plan), state.layers,
+      use_z=isinstance(state, (SteState, FinetuneState)))
+  return pruning.map_planned(lambda p, w: kernels[p], params, plan)
 
-  def one(p, w):
-    s = state.layers[p]
+
+# One compiled program for all layers (also inside another jit): run op by
+# op on concrete params, as after training, every operation compiled for
+# every layer shape.
+@functools.partial(jax.jit, static_argnames=("use_z",))
+def _training_kernels(kernels, layers, *, use_z):
+  def one(w, s):
     if use_z and s.codebook is not None:
       return straight_through(w, blockops.shared_kernel(s.codebook, s.index,
                                                         s.plan))
     if not s.plan.pruned:  # a mask that is all True
       return w
     return blockops.apply_mask(w, s.mask, s.plan)
-
-  return pruning.map_planned(one, params, plan)
+  return {p: one(w, layers[p]) for p, w in kernels.items()}
 
 
 def project(params, opt_state):
@@ -170,16 +177,19 @@ def project(params, opt_state):
     ValueError: as :func:`training_params`.
   """
   state, plan = _state_and_plan(params, opt_state, "project")
+  kernels = _projected_kernels(pruning.kernels_of(params, plan), state.layers)
+  return pruning.map_planned(lambda p, w: kernels[p], params, plan)
 
-  def one(p, w):
-    s = state.layers[p]
+
+@jax.jit
+def _projected_kernels(kernels, layers):
+  def one(w, s):
     if s.codebook is not None:
       return blockops.shared_kernel(s.codebook, s.index, s.plan).astype(w.dtype)
     if not s.plan.pruned:  # a mask that is all True
       return w
     return blockops.apply_mask(w, s.mask, s.plan)
-
-  return pruning.map_planned(one, params, plan)
+  return {p: one(w, layers[p]) for p, w in kernels.items()}
 
 
 def distance_loss(params, opt_state):
