@@ -503,8 +503,14 @@ def _refreshed_leaves(saved: dict[str, Any]) -> list[Any]:
 
 
 def _all_finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x)))
-             for x in jax.tree_util.tree_leaves(tree))
+  return bool(_finite(tree))
+
+
+@jax.jit
+def _finite(tree):
+  # One compiled check per tree, not two operations per leaf shape.
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _fmt_time(seconds: float) -> str:
