@@ -262,6 +262,8 @@ class Run:
     """
     c, key, hw = self.config, self.key, self.hw
     emulator = self.emulator if c.eval.emulate else None
+    # The rules the kernels were compressed with (None: mapped as they are).
+    layer_rules = self.rules if self.recipe.compresses else None
     if stage == "train":
       baseline, results = stages_lib.train(
           c.train, model=self.model, image_shape=self.info.image_shape,
@@ -272,8 +274,7 @@ class Run:
               "eval_loss": metrics["loss"], **results}
     if stage == "export":
       return stages_lib.export(
-          self.latest_variables(), self.model_file, hw=hw,
-          rules=self.rules if self.recipe.compresses else None,
+          self.latest_variables(), self.model_file, hw=hw, rules=layer_rules,
           metadata={"model": c.model.name, "dataset": c.data.name,
                     "recipe": self.recipe_json,
                     "provenance": self.provenance},
@@ -305,7 +306,7 @@ class Run:
                                 **common)
     else:
       out = stages_lib.hwaware(
-          variables, c.hwaware, recipe=self.recipe, rules=self.rules,
+          variables, c.hwaware, recipe=self.recipe, rules=layer_rules,
           reduce=c.finetune.reduce, key=key, emulator=self.emulator,
           emulate=c.eval.emulate, **common)
     variables, results = out

@@ -107,10 +107,15 @@ def load_baseline(path: str, model, image_shape):
   expected = jax.eval_shape(lambda: models_lib.init_variables(
       model, jax.random.key(0), image_shape))
   shapes = lambda t: {p: x.shape for p, x in rsjax.named_leaves(t)}
-  if shapes(baseline) != shapes(expected):
+  found, wanted = shapes(baseline), shapes(expected)
+  if found != wanted:
+    diff = sorted(p for p in found.keys() | wanted.keys()
+                  if found.get(p) != wanted.get(p))
     raise ValueError(
-        f"train.init_checkpoint {path} does not hold variables of "
-        f"{type(model).__name__} for inputs {tuple(image_shape)}")
+        f"train.init_checkpoint {path} does not hold the model's variables "
+        f"for inputs {tuple(image_shape)}: {diff[0]} is "
+        f"{found.get(diff[0], 'missing')}, the model's "
+        f"{wanted.get(diff[0], 'missing')} ({len(diff)} differ)")
   log.info("baseline loaded from %s (no training)", path)
   return jax.device_get(baseline)
 
