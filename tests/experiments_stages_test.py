@@ -6,11 +6,13 @@ import pytest
 import rsjax
 
 from experiments import models
+from experiments import pipeline
 from experiments import recipe as recipe_lib
 from experiments import stages
 from experiments import train as train_lib
 from experiments import workdir
 from experiments.configs import default
+from experiments_fixtures import fmnist_data_dir  # noqa: F401
 
 HW = rsjax.HardwareSpec()  # 9x2 weight blocks
 
@@ -98,3 +100,67 @@ def test_a_baseline_of_another_model_is_refused_naming_a_variable(tmp_path):
     stages.load_baseline(path, other, (4, 4, 1))
   with pytest.raises(FileNotFoundError, match="does not exist"):
     stages.load_baseline(str(tmp_path / "none"), model, (4, 4, 1))
+
+
+def test_the_pipeline_hands_each_stage_its_inputs(tmp_path, monkeypatch,
+                                                  fmnist_data_dir):
+  """Run.call's wiring: which key, hardware, rules and calibration each
+  stage gets (the stages themselves stubbed: nothing trains)."""
+  config = default.get_config()
+  config.model.name = "mlp"
+  config.data.data_dir = fmnist_data_dir
+  config.data.eval_limit = 100
+  config.train.eval_batch_size = 100
+  config.eval.emulate = False
+  config.recipe.stages = ("prune", "share", "finetune", "hwaware")
+  config.recipe.rules = ("kernel$ k=8 sparsity=0.3",)
+  calls = {}
+
+  def stub(name, results):
+    def stage(*args, **kwargs):
+      calls[name] = (args, kwargs)
+      if name == "export":
+        return {}
+      variables = args[0] if args and isinstance(args[0], dict) else None
+      if variables is None:  # train: the model's initial variables
+        variables = models.init_variables(kwargs["model"], kwargs["key"],
+                                          kwargs["image_shape"])
+      return variables, dict(results)
+    return stage
+
+  allocated = ("kernel$ k=2 sparsity=0.3",)
+  calibration = {"stub": 1}
+  for name, results in (("train", {}), ("prune", {}),
+                        ("share", {"allocated_rules": list(allocated)}),
+                        ("finetune", {}), ("hwaware",
+                                       {"calibration": calibration}),
+                        ("export", {})):
+    monkeypatch.setattr(stages, name, stub(name, results))
+  pipeline.run(config, str(tmp_path / "run"), until="export")
+
+  key = jax.random.key(config.seed)
+  same_key = lambda a, b: np.array_equal(jax.random.key_data(a),
+                                         jax.random.key_data(b))
+  hw = rsjax.HardwareSpec.from_dict(config.hw.to_dict())
+  recipe_rules = (recipe_lib.parse_rule(config.recipe.rules[0]),)
+  allocated_rules = (recipe_lib.parse_rule(allocated[0]),)
+  assert list(calls) == ["train", "prune", "share", "finetune", "hwaware",
+                         "export"]
+  args, kw = calls["train"]
+  assert args[0] == config.train and same_key(kw["key"],
+                                              jax.random.fold_in(key, 0))
+  args, kw = calls["prune"]
+  assert args[1] == config.prune and kw["rules"] == recipe_rules
+  assert kw["hw"] == hw and kw["schedule"].end == config.prune.end
+  args, kw = calls["share"]
+  assert args[1] == config.share and same_key(kw["key"], key)
+  assert kw["recipe"].rules == recipe_rules
+  # After sharing, the rules it allocated.
+  args, kw = calls["finetune"]
+  assert args[1] == config.finetune and kw["rules"] == allocated_rules
+  args, kw = calls["hwaware"]
+  assert args[1] == config.hwaware and kw["rules"] == allocated_rules
+  assert kw["hw"] == hw and kw["emulate"] is False
+  assert kw["reduce"] == config.finetune.reduce and same_key(kw["key"], key)
+  args, kw = calls["export"]
+  assert kw["rules"] == allocated_rules and kw["calibration"] == calibration
