@@ -449,7 +449,7 @@ class TrainLoop:
               self.name, done, self.steps, float(losses.mean()),
               float(accs.mean()), rate, _fmt_time(eta))
         if is_ckpt:
-          if not _all_finite(state.params):
+          if not bool(_all_finite(state.params)):
             raise NanLossError(
                 f"[{self.name}] the parameters became non-finite at step "
                 f"{done}; stopped, keeping the checkpoint at step "
@@ -502,12 +502,8 @@ def _refreshed_leaves(saved: dict[str, Any]) -> list[Any]:
   return [saved[k] for k in sorted(saved)]
 
 
-def _all_finite(tree) -> bool:
-  return bool(_finite(tree))
-
-
 @jax.jit
-def _finite(tree):
+def _all_finite(tree):
   # One compiled check per tree, not two operations per leaf shape.
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                             for x in jax.tree_util.tree_leaves(tree)]))

@@ -149,21 +149,24 @@ def training_params(params, opt_state):
       on, or its shape differs (a static check: also under ``jit``).
   """
   state, plan = _state_and_plan(params, opt_state, "training_params")
-  kernels = _training_kernels(
+  kernels = _kernels_from_state(
       pruning.kernels_of(params, plan), state.layers,
-      use_z=isinstance(state, (SteState, FinetuneState)))
+      use_z=isinstance(state, (SteState, FinetuneState)), through=True)
   return pruning.map_planned(lambda p, w: kernels[p], params, plan)
 
 
 # One compiled program for all layers (also inside another jit): run op by
 # op on concrete params, as after training, every operation compiled for
 # every layer shape.
-@functools.partial(jax.jit, static_argnames=("use_z",))
-def _training_kernels(kernels, layers, *, use_z):
+@functools.partial(jax.jit, static_argnames=("use_z", "through"))
+def _kernels_from_state(kernels, layers, *, use_z, through):
+  """Each kernel as the state makes it: ``Z`` where ``use_z`` and the layer
+  is shared (straight-through to ``w`` with ``through``, else ``Z`` in
+  ``w``'s dtype), otherwise ``w`` with its pruned blocks zero."""
   def one(w, s):
     if use_z and s.codebook is not None:
-      return straight_through(w, blockops.shared_kernel(s.codebook, s.index,
-                                                        s.plan))
+      z = blockops.shared_kernel(s.codebook, s.index, s.plan)
+      return straight_through(w, z) if through else z.astype(w.dtype)
     if not s.plan.pruned:  # a mask that is all True
       return w
     return blockops.apply_mask(w, s.mask, s.plan)
@@ -177,19 +180,9 @@ def project(params, opt_state):
     ValueError: as :func:`training_params`.
   """
   state, plan = _state_and_plan(params, opt_state, "project")
-  kernels = _projected_kernels(pruning.kernels_of(params, plan), state.layers)
+  kernels = _kernels_from_state(pruning.kernels_of(params, plan),
+                                state.layers, use_z=True, through=False)
   return pruning.map_planned(lambda p, w: kernels[p], params, plan)
-
-
-@jax.jit
-def _projected_kernels(kernels, layers):
-  def one(w, s):
-    if s.codebook is not None:
-      return blockops.shared_kernel(s.codebook, s.index, s.plan).astype(w.dtype)
-    if not s.plan.pruned:  # a mask that is all True
-      return w
-    return blockops.apply_mask(w, s.mask, s.plan)
-  return {p: one(w, layers[p]) for p, w in kernels.items()}
 
 
 def distance_loss(params, opt_state):
