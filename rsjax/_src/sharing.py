@@ -280,10 +280,21 @@ def recluster(params, opt_state, key, *, n_init: int = 4, max_iter: int = 50,
                           codebook_scope)
   layers = {p: s.replace(codebook=new[p][0], index=new[p][1])
             for p, s in state.layers.items()}
-  new_state = state._replace(layers=layers)
-  return jax.tree_util.tree_map(
-      lambda x: new_state if x is state else x, opt_state,
-      is_leaf=lambda x: x is state)
+  return _with_state(opt_state, state._replace(layers=layers))
+
+
+def _with_state(opt_state, new_state):
+  """``opt_state`` with its (first) rsjax state replaced by ``new_state``
+  (:func:`find_state` hands back a copy, so not found by identity)."""
+  found = []
+
+  def swap(x):
+    if isinstance(x, STATES) and not found:
+      found.append(x)
+      return new_state
+    return x
+  return jax.tree_util.tree_map(swap, opt_state,
+                                is_leaf=lambda x: isinstance(x, STATES))
 
 
 def _lam_fn(lam: ScalarOrSchedule):
