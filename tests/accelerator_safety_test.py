@@ -34,6 +34,15 @@ WIDE_DTYPES = frozenset({"float64", "complex128"})
 HW = rsjax.HardwareSpec(adc_bits=4)
 
 
+@pytest.fixture(autouse=True)
+def _as_on_an_accelerator(monkeypatch):
+  """Traces take the accelerator's k-means (XLA's): on a CPU without a
+  persistent compilation cache a jitted k-means calls the NumPy backend
+  back from the program, by design."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(kmeans, "_calls_back", lambda: False)
+
+
 def _sub_jaxprs(value):
   """The jaxprs held in one equation parameter (a list of branches too)."""
   if isinstance(value, jax.extend.core.ClosedJaxpr):

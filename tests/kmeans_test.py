@@ -1,5 +1,7 @@
 """Batched k-means: the paper's worked example, a NumPy check, scikit-learn."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,19 +16,56 @@ W = np.array([[1, 4, 1, 1, 1, 6, 1, 5],
               [1, 2, 1, 6, 4, 1, 6, 5]], np.float32)
 
 
-# Module level, so that every seed reuses one compiled function.
-_jitted_cluster = jax.jit(rsjax.cluster_ous, static_argnames=("k",))
 
 
-def _cluster(jit, ous, k, key):
-  return (_jitted_cluster if jit else rsjax.cluster_ous)(ous, k=k, key=key)
+@contextlib.contextmanager
+def _k_means_called_back(calls_back: bool):
+  """Traces in it call the NumPy k-means back, or compile XLA's, whatever
+  the platform and compilation cache would choose."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  chosen, kmeans._calls_back = kmeans._calls_back, lambda: calls_back
+  try:
+    yield
+  finally:
+    kmeans._calls_back = chosen
+
+
+def _jitted(fn, calls_back: bool, static_argnames=("k",)):
+  """``fn`` jitted (a new function object: no trace cached with the other
+  choice), traced under :func:`_k_means_called_back`."""
+  jitted = jax.jit(lambda *a, **kw: fn(*a, **kw),
+                   static_argnames=static_argnames)
+
+  def call(*args, **kwargs):
+    with _k_means_called_back(calls_back):
+      return jitted(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with _k_means_called_back(calls_back):
+      return jitted.lower(*args, **kwargs)
+  call.lower = lower
+  return call
+
+
+# Module level, so that every seed reuses one compiled function: eager
+# (NumPy), jitted with the NumPy code called back from the program (on a
+# CPU without a persistent compilation cache) and XLA's.
+_BACKENDS = {
+    "eager": rsjax.cluster_ous,
+    "callback": _jitted(rsjax.cluster_ous, True),
+    "xla": _jitted(rsjax.cluster_ous, False),
+}
+
+
+def _cluster(backend, ous, k, key):
+  return _BACKENDS[backend](ous, k=k, key=key)
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("jit", [False, True])
-def test_worked_example_for_any_key(seed, jit):
+@pytest.mark.parametrize("backend", list(_BACKENDS))
+def test_worked_example_for_any_key(seed, backend):
   ous = rsjax.to_ous(W, (2, 2))
-  codebook, index = _cluster(jit, ous, 2, jax.random.key(seed))
+  codebook, index = _cluster(backend, ous, 2, jax.random.key(seed))
   np.testing.assert_array_equal(index, [[0, 1, 0, 0], [0, 0, 1, 1]])
   np.testing.assert_array_equal(codebook, [
       [[[1, 5], [2, 4]], [[1, 1], [8, 7]]],
@@ -241,13 +280,12 @@ def test_host_draws_are_the_jax_draws():
           kmeans._uniforms(jnp.asarray(seeds[r, i]), (5, 4))))
 
 
-_jitted_scoped = jax.jit(rsjax.cluster_ous,
-                         static_argnames=("k", "codebook_scope"))
+_jitted_scoped = _jitted(rsjax.cluster_ous, False, ("k", "codebook_scope"))
 
 
 @pytest.mark.parametrize("scope", ["row_block", "layer"])
 def test_host_and_compiled_backends_agree(scope):
-  """Eager calls run the NumPy backend, jitted ones XLA: one algorithm."""
+  """The NumPy backend and XLA's: one algorithm."""
   rng = np.random.default_rng(0)
   # Well separated: 3 tight clusters per row-block, every label decided.
   centres = rng.normal(size=(5, 3, 6)) * 10
@@ -258,7 +296,7 @@ def test_host_and_compiled_backends_agree(scope):
   for seed in range(3):
     key = jax.random.key(seed)
     host = rsjax.cluster_ous(ous, 3, key=key, codebook_scope=scope)
-    compiled = _jitted_scoped(ous, 3, key=key, codebook_scope=scope)
+    compiled = _jitted_scoped(ous, k=3, key=key, codebook_scope=scope)
     np.testing.assert_array_equal(host[1], compiled[1])
     np.testing.assert_allclose(host[0], compiled[0], rtol=1e-5, atol=1e-5)
   # Any data: the same draws and steps, so the same result up to rounding
@@ -271,9 +309,47 @@ def test_host_and_compiled_backends_agree(scope):
 
   key = jax.random.key(7)
   host = rsjax.cluster_ous(ous, 5, key=key, codebook_scope=scope)
-  compiled = _jitted_scoped(ous, 5, key=key, codebook_scope=scope)
+  compiled = _jitted_scoped(ous, k=5, key=key, codebook_scope=scope)
   assert np.mean(np.asarray(host[1]) == np.asarray(compiled[1])) > 0.95
   np.testing.assert_allclose(inertia(*host), inertia(*compiled), rtol=1e-3)
+
+
+def test_a_callback_compiles_no_k_means_and_gives_the_host_result():
+  """Called back from the program, a jitted k-means is the NumPy code:
+  the eager result bit for bit, and no k-means loop to compile (XLA's
+  costs about a second, most of a training step's compile)."""
+  ous = np.asarray(jax.random.normal(jax.random.key(4), (7, 30, 3, 2)))
+  key = jax.random.key(5)
+  jitted = _jitted(rsjax.cluster_ous, True)
+  text = jitted.lower(ous, k=4, key=key).as_text()
+  assert "callback" in text and "while" not in text
+  assert "while" in _jitted(rsjax.cluster_ous, False).lower(
+      ous, k=4, key=key).as_text()
+  for u, v in zip(rsjax.cluster_ous(ous, 4, key=key),
+                  jitted(ous, k=4, key=key)):
+    np.testing.assert_array_equal(u, v)
+  # Under vmap (a batch of seeds), one host call per seed.
+  keys = jax.random.split(key, 2)
+  batched = _jitted(jax.vmap(lambda k: rsjax.cluster_ous(ous, 4, key=k)),
+                    True, ())
+  for i in range(2):
+    for u, v in zip(rsjax.cluster_ous(ous, 4, key=keys[i]),
+                    batched(keys)):
+      np.testing.assert_array_equal(u, v[i])
+
+
+def test_callback_on_a_cpu_unless_the_compilation_cache_would_keep_xla():
+  """The suite runs with a persistent compilation cache (conftest), which
+  keeps no program with a callback: then XLA's k-means is the cheaper."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  assert jax.config.jax_compilation_cache_dir
+  assert not kmeans._calls_back()
+  cache_dir = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert kmeans._calls_back() == (jax.default_backend() == "cpu")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
 
 
 def test_host_chunks_give_the_whole_result(monkeypatch):
@@ -285,6 +361,13 @@ def test_host_chunks_give_the_whole_result(monkeypatch):
   monkeypatch.setattr(kmeans, "_HOST_ELEMENTS", 16 * 16 * 2)  # 2 rows
   chunked = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
   for u, v in zip(whole, chunked):
+    np.testing.assert_array_equal(u, v)
+  # Split over 3 cores, in threads.
+  monkeypatch.setattr(kmeans, "_HOST_ELEMENTS", 2 ** 21)
+  monkeypatch.setattr(kmeans, "_HOST_SPLIT", 0)
+  monkeypatch.setattr(kmeans.os, "cpu_count", lambda: 3)
+  threaded = rsjax.cluster_ous(ous, 4, key=jax.random.key(0))
+  for u, v in zip(whole, threaded):
     np.testing.assert_array_equal(u, v)
 
 

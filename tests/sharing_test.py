@@ -194,6 +194,36 @@ def test_ste_then_finetune_then_export(frontend, opt, jit=True):
   np.testing.assert_array_equal(apply(exported, data[0]), trained)
 
 
+def test_reclustering_step_on_xla_agrees_with_the_callback(monkeypatch):
+  """On a CPU (without a persistent compilation cache) the step
+  re-clusters by calling the NumPy k-means back; elsewhere XLA's k-means
+  is compiled into it. Same clusters."""
+  from rsjax._src import kmeans  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  # Each row-block's column groups from 2 well separated blocks.
+  centres = rng.normal(size=(2, 2, 9, 2)) * 5
+  pick = rng.integers(0, 2, (2, 4))
+  w = np.concatenate([np.concatenate(
+      [centres[r, pick[r, g]] for g in range(4)], axis=1) for r in range(2)])
+  params = {"w": jnp.asarray(w + rng.normal(size=w.shape) * 0.01,
+                             jnp.float32)}
+  tx = sharing.ste_sharing(optax.sgd(0.1), [rules_lib.Rule("w", k=2)], BLOCK,
+                           key=jax.random.key(3), recluster_every=1)
+  state = tx.init(params)
+  grads = {"w": jnp.asarray(rng.normal(size=w.shape), jnp.float32)}
+  out = {}
+  for backend in ("callback", "xla"):
+    monkeypatch.setattr(kmeans, "_calls_back",
+                        lambda b=backend: b == "callback")
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))  # traced anew
+    text = step.lower(grads, state, params).as_text()
+    assert ("callback" in text) == (backend == "callback")
+    out[backend] = step(grads, state, params)[1].layers["w"]
+  np.testing.assert_array_equal(out["callback"].index, out["xla"].index)
+  np.testing.assert_allclose(out["callback"].codebook, out["xla"].codebook,
+                             rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("wrap", ["bare", "chain", "nnx"])
 def test_recluster_clusters_the_params_it_is_given(wrap):
   """After ``recluster`` the codebooks are a k-means fixed point of the

@@ -76,10 +76,8 @@ def _cluster_layer(ous, key, plan, dtype, *, n_init, max_iter,
   points = (num_groups if codebook_scope == "row_block"
             else num_rows * num_groups)
   n_trials = 2 + int(math.log(max(min(plan.k, points), 1)))
-  host = kmeans.on_host(ous, key)
-  xp = np if host else jnp
-  cluster = kmeans.cluster_host if host else kmeans._cluster  # pylint: disable=protected-access
-  codebook, index = cluster(
+  xp = np if kmeans.on_host(ous, key) else jnp
+  codebook, index = kmeans.cluster(
       xp.asarray(ous, np.float32).reshape(num_rows, num_groups, bh * bw),
       key, k=plan.k, n_init=n_init, max_iter=max_iter,
       codebook_scope=codebook_scope, n_trials=n_trials)
@@ -139,13 +137,12 @@ def cluster_many(ous, plans, key, dtypes, *, n_init: int, max_iter: int,
   groups = {}
   for p, lp in plans.items():
     groups.setdefault((lp.k, tuple(lp.block_shape)), []).append(p)
-  cluster = kmeans.cluster_host if host else kmeans._cluster  # pylint: disable=protected-access
   for gi, ((k, (bh, bw)), members) in enumerate(groups.items()):
     width = max(plans[p].grid[1] for p in members)
     x = _stack_rows([xp.asarray(ous[p], np.float32).reshape(
         *ous[p].shape[:2], bh * bw) for p in members], width, xp)
     n_trials = 2 + int(math.log(max(min(k, width), 1)))
-    codebook, index = cluster(
+    codebook, index = kmeans.cluster(
         x, kmeans.fold_in(key, gi, xp), k=k, n_init=n_init,
         max_iter=max_iter, codebook_scope=codebook_scope, n_trials=n_trials)
     start = 0
