@@ -4,7 +4,8 @@ Every conv/dense kernel of an ImageNet ResNet-18 (11.7M weights) is lowered,
 tiled into the default hardware's (9, 2) OU blocks and clustered into one
 codebook per row-block with ``k = G // sharing`` clusters. rsjax clusters
 them with ``rsjax.cluster_layers``: the row-blocks of all layers of one width
-in one jitted call; the baseline runs scikit-learn
+in one call, on the host in NumPy (the blocks are concrete arrays); the
+baseline runs scikit-learn
 ``KMeans`` once per row-block on the same blocks, with the same number of
 k-means++ restarts. Both run in this process, so the ratio is what counts.
 
@@ -67,7 +68,7 @@ def main(argv):
         for name, ous in layers.items()}
 
   def run_rsjax():
-    # One call: layers of the same width share a compiled k-means.
+    # One call: layers of the same width are clustered together.
     out = rsjax.cluster_layers(layers, ks, key=jax.random.key(0),
                                n_init=_N_INIT.value)
     inertia = 0.0

@@ -607,10 +607,11 @@ def _calls_back() -> bool:
   """Whether k-means traced into a program runs as a host callback.
 
   On a CPU the program and the host are the same processor: the NumPy
-  backend called back from the program clusters about as fast as XLA's
-  version (VGG-8's layers in 0.75x its time, the digits CNN's in 0.9x,
-  LeNet-5's in 1.6x, 22 ms), and compiles nothing, where XLA's k-means
-  costs about a second of compile in every program that re-clusters. But
+  backend called back from the program clusters in 0.75-2.2x the time of
+  XLA's version (VGG-8's layers 0.75x, the digits CNN's 0.9x, LeNet-5's
+  1.6x at 22 ms; many clusters per row-block, k = 64 of 256 blocks, 2.2x),
+  and compiles nothing, where XLA's k-means costs about a second of
+  compile in every program that re-clusters. But
   JAX's persistent compilation cache does not keep a program with a
   callback: with the cache on, the XLA version, compiled once and loaded
   by every later run, is the cheaper one, and the whole training step is
