@@ -6,7 +6,8 @@ iterations until no assignment changes, empty clusters re-seeded at the
 points farthest from their centroids, the restart with the lowest inertia
 kept. One implementation, two backends: NumPy on the host for concrete
 inputs and, called back from the program, under a caller's ``jit`` on a
-CPU (nothing to compile); XLA under a ``jit`` on GPU and TPU. All-zero
+CPU (nothing to compile); XLA under a ``jit`` on GPU and TPU, or with
+JAX's persistent compilation cache on (:func:`_calls_back`). All-zero
 blocks are pruned: they take part in nothing and get index ``-1``. The
 number of clusters is clamped per row-block to its number of non-pruned
 blocks.
@@ -611,11 +612,10 @@ def _calls_back() -> bool:
   XLA's version (VGG-8's layers 0.75x, the digits CNN's 0.9x, LeNet-5's
   1.6x at 22 ms; many clusters per row-block, k = 64 of 256 blocks, 2.2x),
   and compiles nothing, where XLA's k-means costs about a second of
-  compile in every program that re-clusters. But
-  JAX's persistent compilation cache does not keep a program with a
-  callback: with the cache on, the XLA version, compiled once and loaded
-  by every later run, is the cheaper one, and the whole training step is
-  cached with it. On GPU and TPU the blocks stay on the device; so do
+  compile in every program that re-clusters. But JAX's persistent
+  compilation cache does not keep a program with a callback: with the
+  cache on, the XLA version, compiled once and loaded by every later run,
+  is the cheaper one, and the whole training step is cached with it. On GPU and TPU the blocks stay on the device; so do
   multi-process runs, where a callback would run on one process's device
   only.
   """
@@ -726,9 +726,9 @@ def cluster_ous(ous, k: int, *, key, n_init: int = 8, max_iter: int = 100,
 
   Concrete inputs are clustered on the host in NumPy, which compiles
   nothing, and so are traced ones on a CPU (a callback from the caller's
-  ``jit``); under a ``jit`` on GPU or TPU the same algorithm runs in XLA.
-  The two agree up to float rounding (which can break a near tie
-  differently).
+  ``jit``) unless JAX's persistent compilation cache is on; otherwise, and
+  on GPU and TPU, the same algorithm runs in XLA. The two agree up to
+  float rounding (which can break a near tie differently).
 
   Returns:
     ``(codebook [R, min(k, G), bh, bw], index [R, G] int32)``; ``-1`` marks a
