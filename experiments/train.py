@@ -94,8 +94,6 @@ def _to_global(batch: Mapping[str, Any], mesh: Mesh,
     batch_size = batch["image"].shape[0]
     rows = batch_rows(mesh, batch_size)
     batch = {k: np.asarray(v)[rows] for k, v in batch.items()}
-  else:
-    check_batch(batch_size, mesh)
   return {k: jax.make_array_from_process_local_data(
               shardings(mesh)[1], np.asarray(v), (batch_size, *np.shape(v)[1:]))
           for k, v in batch.items()}
@@ -388,9 +386,10 @@ class TrainLoop:
             _checkpointable(state, inputs))
         restored = manager.restore(latest,
                                    args=ocp.args.StandardRestore(abstract))
+        saved = restored.pop("refreshed", {})
         inputs = jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(inputs),
-            _refreshed_leaves(restored.pop("refreshed", {})))
+            [saved[k] for k in sorted(saved)])
         state = state.replace(**restored)
         log.info("[%s] resumed from the checkpoint at step %d",
                      self.name, latest)
@@ -400,11 +399,9 @@ class TrainLoop:
                             noise_key=self.noise_key,
                             saturation=self.saturation),
           donate_argnums=0, out_shardings=(replicated, replicated))
-      teacher = None
-      if self.distill is not None:
-        if self.teacher_variables is None:
-          raise ValueError(f"[{self.name}] distill needs teacher_variables")
-        teacher = jax.device_put(self.teacher_variables, replicated)
+      # train_step refuses a distill without teacher variables.
+      teacher = (None if self.distill is None
+                 else jax.device_put(self.teacher_variables, replicated))
       placed = jax.device_put(inputs, replicated)  # again on each refresh
       start = int(state.step)
       last_good = latest
@@ -447,7 +444,8 @@ class TrainLoop:
           log.info(
               "[%s] step %d/%d  loss %.4f  acc %.3f  %.1f steps/s  ETA %s",
               self.name, done, self.steps, float(losses.mean()),
-              float(accs.mean()), rate, _fmt_time(eta))
+              float(accs.mean()), rate,
+              datetime.timedelta(seconds=round(eta)))
         if is_ckpt:
           if not bool(_all_finite(state.params)):
             raise NanLossError(
@@ -498,16 +496,9 @@ def _checkpointable(state: TrainState, refreshed=None) -> dict[str, Any]:
   return out
 
 
-def _refreshed_leaves(saved: dict[str, Any]) -> list[Any]:
-  return [saved[k] for k in sorted(saved)]
-
-
 @jax.jit
 def _all_finite(tree):
   # One compiled check per tree, not two operations per leaf shape.
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                             for x in jax.tree_util.tree_leaves(tree)]))
 
-
-def _fmt_time(seconds: float) -> str:
-  return str(datetime.timedelta(seconds=round(seconds)))
