@@ -74,8 +74,11 @@ class Trainer:
     return state
 
 
-def _variables(state, params):
-  """The stage's variables: ``params`` with the state's BatchNorm stats."""
+def _variables(state, params=None):
+  """The stage's variables: ``params`` (default the state's
+  :func:`rsjax.training_params`) with its BatchNorm stats."""
+  if params is None:
+    params = rsjax.training_params(state.params, state.opt_state)
   return jax.device_get({**train_lib.state_variables(state),
                          "params": params})
 
@@ -134,8 +137,7 @@ def prune(variables, pc, *, model, rules, hw: rsjax.HardwareSpec,
   tx = rsjax.ou_pruning(trainer.optimizer(pc.learning_rate, pc.steps),
                         rules, hw, schedule)
   state = trainer.fit("prune", model, variables, tx, pc.steps)
-  params = rsjax.training_params(state.params, state.opt_state)
-  return _variables(state, params), {"steps": pc.steps}
+  return _variables(state), {"steps": pc.steps}
 
 
 def sharing_transform(recipe, inner, hw: rsjax.HardwareSpec, *, key,
@@ -217,8 +219,7 @@ def finetune(variables, fc, *, model, rules, hw: rsjax.HardwareSpec,
   tx = rsjax.centroid_finetune(trainer.optimizer(fc.learning_rate, fc.steps),
                                rules, hw, reduce=fc.reduce)
   state = trainer.fit("finetune", model, variables, tx, fc.steps)
-  params = rsjax.training_params(state.params, state.opt_state)
-  return _variables(state, params), {"steps": fc.steps, "reduce": fc.reduce}
+  return _variables(state), {"steps": fc.steps, "reduce": fc.reduce}
 
 
 def hwaware_hardware(hw: rsjax.HardwareSpec, hc) -> rsjax.HardwareSpec:
@@ -347,8 +348,7 @@ def hwaware(variables, hc, *, model, recipe, rules,
                       saturation=True)
   state, refreshed = loop.run(state.replace(apply_fn=apply_fn),
                               trainer.mesh, with_refreshed=True)
-  after = _variables(state, rsjax.training_params(state.params,
-                                                  state.opt_state))
+  after = _variables(state)
   # What the model was tuned to: it travels with it (the export stage
   # writes it into the model file) and emulates it.
   calib = jax.device_get(refreshed["calib"])
