@@ -352,11 +352,6 @@ class TrainLoop:
   refresh_every: int = 0
   saturation: bool = False
 
-  def _manager(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(self.checkpoint_dir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
   def run(self, state: TrainState, mesh: Mesh, *,
           with_refreshed: bool = False):
     """Trains from the latest checkpoint (or ``state``) to ``steps``.
@@ -373,7 +368,10 @@ class TrainLoop:
     state = jax.device_put(state, replicated)
     rows = (None if self.batch_size is None
             else batch_rows(mesh, self.batch_size))
-    with self._manager() as manager:
+    with ocp.CheckpointManager(
+        os.path.abspath(self.checkpoint_dir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    ) as manager:
       latest = manager.latest_step()
       # The refreshed inputs are saved as their leaves: their structure
       # (with static fields) comes from computing them once on ``state``.
