@@ -91,7 +91,9 @@ class Emulation:
     self.model, self.variables, self.layers = model, variables, layers
     self._images = list(calibration_images)
     self._calibration = None
-    self._forward = jax.jit(lambda plans, x, key: rk.emulate(
+    # logits(plans, images, key=None): the emulated logits of images
+    # (key: fresh read noise).
+    self.logits = jax.jit(lambda plans, x, key=None: rk.emulate(
         model, plans, variables=variables, key=key)(x, train=False))
 
   @property
@@ -117,10 +119,6 @@ class Emulation:
     """
     return rk.program(self.calibration, hw, compressed=self.layers,
                       calibration=calibration, key=key, **options)
-
-  def logits(self, plans, images, key=None):
-    """The emulated logits of ``images`` (``key``: fresh read noise)."""
-    return self._forward(plans, images, key)
 
 
 def emulated_accuracy(emulation: Emulation, hw: rsjax.HardwareSpec,
