@@ -2,8 +2,7 @@
 
 ``evaluate`` and ``adc_sweep`` read the file the ``export`` stage wrote
 (:func:`rsjax.load_compressed`) and run it in float, quantized and on the
-crossbar emulator (:mod:`rsjax.kernels`), through :class:`Emulation`, which
-the ``hwaware`` stage and the study's sweeps use too.
+crossbar emulator (:mod:`rsjax.kernels`), through :class:`Emulation`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The pipeline's stages, each a call into the library.
-
-``train``, ``prune`` (:func:`rsjax.ou_pruning`), ``share``
-(:func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing`, then
-:func:`rsjax.project`), ``finetune`` (:func:`rsjax.centroid_finetune`),
-``hwaware`` (on the crossbar emulator) and ``export``; ``evaluate`` and
-``adc_sweep`` are in :mod:`experiments.evaluation`. Each takes its inputs
-explicitly and a training stage returns ``(variables, results)``
-(docs/experiments.md, "The stages and the workdir").
+"""The pipeline's stages up to ``export``, each a call into the library
+named in its docstring. Each takes its inputs explicitly and a training
+stage returns ``(variables, results)`` (docs/experiments.md, "The stages
+and the workdir").
 """
 
 from __future__ import annotations
