@@ -167,10 +167,9 @@ def allocate(variables, sc, *, model, rules, hw: rsjax.HardwareSpec,
                          train=False)
     return jnp.mean(train_lib.cross_entropy(logits, batch["label"]))
 
-  positions = {path[len("params/"):]: n for path, n in
+  positions = {path.removeprefix("params/"): n for path, n in
                models_lib.layer_positions(model, variables,
-                                          image_shape).items()
-               if path.startswith("params/")}
+                                          image_shape).items()}
   return rsjax.allocate_k(loss_fn, variables["params"], rules, hw,
                           objective=sc.allocate_objective,
                           target=sc.allocate_target or sc.allocate_ou_ratio,
