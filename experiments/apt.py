@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[..., subprocess.CompletedProcess]
 # Bounded network waits, so an offline machine fails in seconds, not minutes.
-OPTIONS = ("-o", "Acquire::http::Timeout=10", "-o", "Acquire::https::Timeout=10",
-           "-o", "Acquire::Retries=0")
+OPTIONS = ("-o", "Acquire::http::Timeout=10",
+           "-o", "Acquire::https::Timeout=10", "-o", "Acquire::Retries=0")
 
 
 class AptError(RuntimeError):

@@ -384,13 +384,9 @@ def eval_batches(split: Split, batch_size: int, rows: slice | None = None
     stop = min(len(split), start + hi)
     first = min(start + lo, stop)
     images, labels = split.get(np.arange(first, stop))
-    n, width = stop - first, hi - lo
-    pad = width - n
+    n = stop - first
     images = normalize(images, split.info)
-    mask = np.ones((width,), bool)
-    if pad:
-      images = np.concatenate(
-          [images, np.zeros((pad, *split.info.image_shape), images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-      mask[n:] = False
-    yield {"image": images, "label": labels, "mask": mask}
+    if n < hi - lo:
+      images = np.pad(images, ((0, hi - lo - n), (0, 0), (0, 0), (0, 0)))
+      labels = np.pad(labels, (0, hi - lo - n))
+    yield {"image": images, "label": labels, "mask": np.arange(hi - lo) < n}

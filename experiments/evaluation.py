@@ -2,8 +2,7 @@
 
 ``evaluate`` and ``adc_sweep`` read the file the ``export`` stage wrote
 (:func:`rsjax.load_compressed`) and run it in float, quantized and on the
-crossbar emulator (:mod:`rsjax.kernels`), through :class:`Emulation`, which
-the ``hwaware`` stage and the study's sweeps use too.
+crossbar emulator (:mod:`rsjax.kernels`), through :class:`Emulation`.
 """
 
 from __future__ import annotations
@@ -41,15 +40,6 @@ def load_model(path: str, hw: rsjax.HardwareSpec):
   model = rsjax.load_compressed(path, hw=hw)
   variables = jax.tree_util.tree_map(jnp.asarray, model.params)
   return variables, dict(model.layers), model.calibration
-
-
-def calibration_for(calibration, hw: rsjax.HardwareSpec):
-  """The saved ``calibration`` where it fits ``hw`` (else None: calibrate
-  from data)."""
-  if calibration is None:
-    return None
-  calib = rk.HwCalibration.from_dict(calibration)
-  return calib if calib.hw == hw else None
 
 
 def quantized(variables, hw: rsjax.HardwareSpec):
@@ -91,7 +81,9 @@ class Emulation:
     self.model, self.variables, self.layers = model, variables, layers
     self._images = list(calibration_images)
     self._calibration = None
-    self._forward = jax.jit(lambda plans, x, key: rk.emulate(
+    # logits(plans, images, key=None): the emulated logits of images
+    # (key: fresh read noise).
+    self.logits = jax.jit(lambda plans, x, key=None: rk.emulate(
         model, plans, variables=variables, key=key)(x, train=False))
 
   @property
@@ -117,10 +109,6 @@ class Emulation:
     """
     return rk.program(self.calibration, hw, compressed=self.layers,
                       calibration=calibration, key=key, **options)
-
-  def logits(self, plans, images, key=None):
-    """The emulated logits of ``images`` (``key``: fresh read noise)."""
-    return self._forward(plans, images, key)
 
 
 def emulated_accuracy(emulation: Emulation, hw: rsjax.HardwareSpec,
@@ -198,6 +186,15 @@ class EmulationSetup:
       return "hwaware training (input scales and ADC ranges it ended with)"
     return f"data: {self.calibration_batches} batches of emulation images"
 
+  def file_accuracy(self, emulation: Emulation, hw: rsjax.HardwareSpec, key,
+                    saved) -> tuple[float, str]:
+    """:meth:`accuracy` and its :meth:`label`, with a model file's ``saved``
+    calibration where it fits ``hw`` (else calibrated from data)."""
+    calib = None if saved is None else rk.HwCalibration.from_dict(saved)
+    calib = calib if calib is not None and calib.hw == hw else None
+    return (self.accuracy(emulation, hw, key, calibration=calib),
+            self.label(calib))
+
 
 def evaluate(path: str, *, model, base, hw: rsjax.HardwareSpec, accuracy,
              emulator: EmulationSetup | None, key) -> dict[str, Any]:
@@ -212,16 +209,14 @@ def evaluate(path: str, *, model, base, hw: rsjax.HardwareSpec, accuracy,
     key: for the emulator's non-idealities.
   """
   variables, layers, saved = load_model(path, hw)
-  emulated = calibration = None
+  emulated = label = None
   if emulator is not None:
-    calibration = calibration_for(saved, hw)
-    emulated = emulator.accuracy(emulator.emulation(model, variables, layers),
-                                 hw, key, calibration=calibration)
+    emulated, label = emulator.file_accuracy(
+        emulator.emulation(model, variables, layers), hw, key, saved)
   else:
     log.info("emulated evaluation skipped: eval.emulate is False")
   return {
-      "emulated_calibration": (None if emulator is None
-                               else emulator.label(calibration)),
+      "emulated_calibration": label,
       "quantized": accuracy(model, quantized(base, hw)),
       "compressed": accuracy(model, variables),
       "compressed_quantized": accuracy(model, quantized(variables, hw)),
@@ -252,13 +247,12 @@ def adc_sweep(path: str, *, model, hw: rsjax.HardwareSpec, adc_bits,
   sweep = []
   for bits in adc_bits:
     hw_bits = hw.replace(adc_bits=int(bits))
-    calibration = calibration_for(saved, hw_bits)
-    acc = emulator.accuracy(em, hw_bits, key, calibration=calibration)
+    acc, label = emulator.file_accuracy(em, hw_bits, key, saved)
     energy = models_lib.inference_energy(report, hw_bits, (layout,))
     energy = None if energy is None else energy[layout]
     log.info("ADC %d bits: accuracy %.4f, %s energy %s pJ", bits, acc,
              layout, "n/a" if energy is None else f"{energy:.4g}")
     sweep.append({"adc_bits": int(bits), "accuracy": acc,
                   "energy_pj": energy, "layout": layout,
-                  "calibration": emulator.label(calibration)})
+                  "calibration": label})
   return {"sweep": sweep}

@@ -283,9 +283,6 @@ def fold_model_batchnorm(model: nn.Module, variables):
   Returns:
     ``(bn_free_model, {'params': folded})``.
   """
-  params = variables["params"]
-  stats = variables.get("batch_stats", {})
-
   def fold(p, s):
     out = {}
     for name, sub in p.items():
@@ -304,6 +301,5 @@ def fold_model_batchnorm(model: nn.Module, variables):
         out[name] = fold(sub, s.get(name, {}))
     return out
 
-  folded = fold(jax.tree_util.tree_map(lambda x: x, dict(params)),
-                dict(stats))
+  folded = fold(variables["params"], variables.get("batch_stats", {}))
   return model.clone(use_bn=False), {"params": folded}

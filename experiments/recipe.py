@@ -4,13 +4,14 @@ The recipe is data in the experiment config (``config.recipe`` and the stage
 sections), turned into a :class:`Recipe` of library objects:
 
 - ``recipe.stages``: the compression stages run after the float baseline, in
-  this order: any of ``'prune'``, ``'share'``, ``'finetune'``,
-  ``'hwaware'`` (``'finetune'`` needs ``'share'``; ``'hwaware'``, the
-  hardware-aware fine-tune on the crossbar emulator, keeps whatever
-  structure the stages before it left, or trains the float baseline). ``()`` keeps the float baseline (it is
-  still quantized, emulated and reported as a dense crossbar model).
-  Prune only is ``('prune',)``, share only ``('share', 'finetune')`` with
-  rules that prune nothing, prune + share ``('prune', 'share', 'finetune')``.
+  this order: any of ``'prune'``, ``'share'``, ``'finetune'``, ``'hwaware'``
+  (``'finetune'`` needs ``'share'``; ``'hwaware'``, the hardware-aware
+  fine-tune on the crossbar emulator, keeps whatever structure the stages
+  before it left, or trains the float baseline). ``()`` keeps the float
+  baseline (it is still quantized, emulated and reported as a dense crossbar
+  model). Prune only is ``('prune',)``, share only ``('share', 'finetune')``
+  with rules that prune nothing, prune + share
+  ``('prune', 'share', 'finetune')``.
 - ``recipe.rules``: :class:`rsjax.Rule` s written ``'REGEX [k=K | ratio=R]
   [sparsity=S]'`` over parameter paths of the params tree
   (``'conv1/conv/kernel'``), first match wins. A rule with no setting keeps

@@ -106,9 +106,8 @@ def write(run, wall_s: float) -> dict[str, Any]:
               for k in ("float", "quantized", "compressed", "emulated")}
   detail = {"compressed_quantized": evaluated["compressed_quantized"],
             "emulated_calibration": evaluated.get("emulated_calibration")}
-  for stage in ("prune", "share", "finetune", "hwaware"):
-    if run.applies(stage):
-      detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
+  for stage in run.recipe.stages:
+    detail[f"after_{stage}"] = run.results(stage)[f"accuracy_{stage}"]
   recipe = dict(run.recipe_json)
   sc = run.config.share
   if sc.allocate_ou_ratio or sc.allocate_target:

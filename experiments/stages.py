@@ -1,12 +1,7 @@
-"""The pipeline's stages, each a call into the library.
-
-``train``, ``prune`` (:func:`rsjax.ou_pruning`), ``share``
-(:func:`rsjax.ste_sharing` or :func:`rsjax.distance_sharing`, then
-:func:`rsjax.project`), ``finetune`` (:func:`rsjax.centroid_finetune`),
-``hwaware`` (on the crossbar emulator) and ``export``; ``evaluate`` and
-``adc_sweep`` are in :mod:`experiments.evaluation`. Each takes its inputs
-explicitly and a training stage returns ``(variables, results)``
-(docs/experiments.md, "The stages and the workdir").
+"""The pipeline's stages up to ``export``, each a call into the library
+named in its docstring. Each takes its inputs explicitly and a training
+stage returns ``(variables, results)`` (docs/experiments.md, "The stages
+and the workdir").
 """
 
 from __future__ import annotations
@@ -74,8 +69,11 @@ class Trainer:
     return state
 
 
-def _variables(state, params):
-  """The stage's variables: ``params`` with the state's BatchNorm stats."""
+def _variables(state, params=None):
+  """The stage's variables: ``params`` (default the state's
+  :func:`rsjax.training_params`) with its BatchNorm stats."""
+  if params is None:
+    params = rsjax.training_params(state.params, state.opt_state)
   return jax.device_get({**train_lib.state_variables(state),
                          "params": params})
 
@@ -134,8 +132,7 @@ def prune(variables, pc, *, model, rules, hw: rsjax.HardwareSpec,
   tx = rsjax.ou_pruning(trainer.optimizer(pc.learning_rate, pc.steps),
                         rules, hw, schedule)
   state = trainer.fit("prune", model, variables, tx, pc.steps)
-  params = rsjax.training_params(state.params, state.opt_state)
-  return _variables(state, params), {"steps": pc.steps}
+  return _variables(state), {"steps": pc.steps}
 
 
 def sharing_transform(recipe, inner, hw: rsjax.HardwareSpec, *, key,
@@ -170,10 +167,9 @@ def allocate(variables, sc, *, model, rules, hw: rsjax.HardwareSpec,
                          train=False)
     return jnp.mean(train_lib.cross_entropy(logits, batch["label"]))
 
-  positions = {path[len("params/"):]: n for path, n in
+  positions = {path.removeprefix("params/"): n for path, n in
                models_lib.layer_positions(model, variables,
-                                          image_shape).items()
-               if path.startswith("params/")}
+                                          image_shape).items()}
   return rsjax.allocate_k(loss_fn, variables["params"], rules, hw,
                           objective=sc.allocate_objective,
                           target=sc.allocate_target or sc.allocate_ou_ratio,
@@ -217,8 +213,7 @@ def finetune(variables, fc, *, model, rules, hw: rsjax.HardwareSpec,
   tx = rsjax.centroid_finetune(trainer.optimizer(fc.learning_rate, fc.steps),
                                rules, hw, reduce=fc.reduce)
   state = trainer.fit("finetune", model, variables, tx, fc.steps)
-  params = rsjax.training_params(state.params, state.opt_state)
-  return _variables(state, params), {"steps": fc.steps, "reduce": fc.reduce}
+  return _variables(state), {"steps": fc.steps, "reduce": fc.reduce}
 
 
 def hwaware_hardware(hw: rsjax.HardwareSpec, hc) -> rsjax.HardwareSpec:
@@ -347,8 +342,7 @@ def hwaware(variables, hc, *, model, recipe, rules,
                       saturation=True)
   state, refreshed = loop.run(state.replace(apply_fn=apply_fn),
                               trainer.mesh, with_refreshed=True)
-  after = _variables(state, rsjax.training_params(state.params,
-                                                  state.opt_state))
+  after = _variables(state)
   # What the model was tuned to: it travels with it (the export stage
   # writes it into the model file) and emulates it.
   calib = jax.device_get(refreshed["calib"])

@@ -94,8 +94,6 @@ def _to_global(batch: Mapping[str, Any], mesh: Mesh,
     batch_size = batch["image"].shape[0]
     rows = batch_rows(mesh, batch_size)
     batch = {k: np.asarray(v)[rows] for k, v in batch.items()}
-  else:
-    check_batch(batch_size, mesh)
   return {k: jax.make_array_from_process_local_data(
               shardings(mesh)[1], np.asarray(v), (batch_size, *np.shape(v)[1:]))
           for k, v in batch.items()}
@@ -105,12 +103,10 @@ def make_optimizer(name: str, learning_rate: float, steps: int,
                    warmup_steps: int, weight_decay: float
                    ) -> optax.GradientTransformation:
   """Warmup + cosine decay; AdamW or SGD with Nesterov momentum."""
+  # Without warmup optax's schedule is cosine_decay_schedule's, bit for bit.
   warmup_steps = min(warmup_steps, max(steps - 1, 0))
-  if warmup_steps:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
-  else:
-    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
   if name == "adam":
     return optax.adamw(schedule, weight_decay=weight_decay)
   if name == "sgd":
@@ -354,11 +350,6 @@ class TrainLoop:
   refresh_every: int = 0
   saturation: bool = False
 
-  def _manager(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(self.checkpoint_dir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
   def run(self, state: TrainState, mesh: Mesh, *,
           with_refreshed: bool = False):
     """Trains from the latest checkpoint (or ``state``) to ``steps``.
@@ -375,7 +366,10 @@ class TrainLoop:
     state = jax.device_put(state, replicated)
     rows = (None if self.batch_size is None
             else batch_rows(mesh, self.batch_size))
-    with self._manager() as manager:
+    with ocp.CheckpointManager(
+        os.path.abspath(self.checkpoint_dir),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    ) as manager:
       latest = manager.latest_step()
       # The refreshed inputs are saved as their leaves: their structure
       # (with static fields) comes from computing them once on ``state``.
@@ -388,9 +382,10 @@ class TrainLoop:
             _checkpointable(state, inputs))
         restored = manager.restore(latest,
                                    args=ocp.args.StandardRestore(abstract))
+        saved = restored.pop("refreshed", {})
         inputs = jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(inputs),
-            _refreshed_leaves(restored.pop("refreshed", {})))
+            [saved[k] for k in sorted(saved)])
         state = state.replace(**restored)
         log.info("[%s] resumed from the checkpoint at step %d",
                      self.name, latest)
@@ -400,11 +395,9 @@ class TrainLoop:
                             noise_key=self.noise_key,
                             saturation=self.saturation),
           donate_argnums=0, out_shardings=(replicated, replicated))
-      teacher = None
-      if self.distill is not None:
-        if self.teacher_variables is None:
-          raise ValueError(f"[{self.name}] distill needs teacher_variables")
-        teacher = jax.device_put(self.teacher_variables, replicated)
+      # train_step refuses a distill without teacher variables.
+      teacher = (None if self.distill is None
+                 else jax.device_put(self.teacher_variables, replicated))
       placed = jax.device_put(inputs, replicated)  # again on each refresh
       start = int(state.step)
       last_good = latest
@@ -447,7 +440,8 @@ class TrainLoop:
           log.info(
               "[%s] step %d/%d  loss %.4f  acc %.3f  %.1f steps/s  ETA %s",
               self.name, done, self.steps, float(losses.mean()),
-              float(accs.mean()), rate, _fmt_time(eta))
+              float(accs.mean()), rate,
+              datetime.timedelta(seconds=round(eta)))
         if is_ckpt:
           if not bool(_all_finite(state.params)):
             raise NanLossError(
@@ -498,16 +492,9 @@ def _checkpointable(state: TrainState, refreshed=None) -> dict[str, Any]:
   return out
 
 
-def _refreshed_leaves(saved: dict[str, Any]) -> list[Any]:
-  return [saved[k] for k in sorted(saved)]
-
-
 @jax.jit
 def _all_finite(tree):
   # One compiled check per tree, not two operations per leaf shape.
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                             for x in jax.tree_util.tree_leaves(tree)]))
 
-
-def _fmt_time(seconds: float) -> str:
-  return str(datetime.timedelta(seconds=round(seconds)))
