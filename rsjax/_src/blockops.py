@@ -72,17 +72,10 @@ def recluster(kernel, mask, key, plan: rules_lib.LayerPlan, *, n_init: int,
 
 def _cluster_layer(ous, key, plan, dtype, *, n_init, max_iter,
                    codebook_scope):
-  num_rows, num_groups, bh, bw = ous.shape
-  points = (num_groups if codebook_scope == "row_block"
-            else num_rows * num_groups)
-  n_trials = 2 + int(math.log(max(min(plan.k, points), 1)))
-  xp = np if kmeans.on_host(ous, key) else jnp
-  codebook, index = kmeans.cluster(
-      xp.asarray(ous, np.float32).reshape(num_rows, num_groups, bh * bw),
-      key, k=plan.k, n_init=n_init, max_iter=max_iter,
-      codebook_scope=codebook_scope, n_trials=n_trials)
-  return (kmeans.to_device(codebook.reshape(num_rows, -1, bh, bw).astype(
-      dtype)), kmeans.to_device(index))
+  codebook, index = kmeans.cluster_ous(
+      ous, plan.k, key=key, n_init=n_init, max_iter=max_iter,
+      codebook_scope=codebook_scope)
+  return codebook.astype(dtype), index
 
 
 def masked_ous(kernels, masks, plans):
