@@ -165,7 +165,8 @@ def allocate(variables, sc, *, model, rules, hw: rsjax.HardwareSpec,
   def loss_fn(params):
     logits = model.apply({**variables, "params": params}, batch["image"],
                          train=False)
-    return jnp.mean(train_lib.cross_entropy(logits, batch["label"]))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]))
 
   positions = {path.removeprefix("params/"): n for path, n in
                models_lib.layer_positions(model, variables,

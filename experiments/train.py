@@ -130,11 +130,6 @@ def state_variables(state: TrainState) -> dict[str, Any]:
   return out
 
 
-def cross_entropy(logits, labels):
-  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-  return optax.softmax_cross_entropy(logits, one_hot)
-
-
 @dataclasses.dataclass(frozen=True)
 class Distillation:
   """Knowledge distillation from a fixed teacher (Hinton et al., 2015).
@@ -227,7 +222,8 @@ def train_step(state: TrainState, batch, teacher_variables=None,
     else:
       logits, updates = state.apply_fn(variables, batch["image"],
                                        train=True, **kwargs), {}
-    loss = jnp.mean(cross_entropy(logits, batch["label"]))
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]))
     if distill is not None:
       soft = jnp.mean(distillation_loss(logits, teacher_logits,
                                         distill.temperature))
@@ -258,7 +254,8 @@ def eval_step(model: nn.Module, variables, batch):
   logits = model.apply(variables, batch["image"], train=False)
   mask = batch["mask"].astype(jnp.float32)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  loss = cross_entropy(logits, batch["label"])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         batch["label"])
   return {"correct": jnp.sum(correct * mask), "loss": jnp.sum(loss * mask),
           "count": jnp.sum(mask)}
 
