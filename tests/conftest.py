@@ -1,5 +1,5 @@
-"""Strict numerics for every test (as equinox does), and one compilation
-cache for the session."""
+"""Strict numerics for every test (as equinox does), one compilation cache
+for the session, and quick compiles."""
 
 import os
 import tempfile
@@ -13,6 +13,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), "rsjax-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite is compile-bound (small shapes, hundreds of programs): on a CPU,
+# LLVM's optimisation of the generated code costs more time than it saves
+# here. Floats may differ from the default level's in the last bits, which
+# every test's tolerance covers; integer results are the same. A level
+# already in $XLA_FLAGS is kept:
+# `XLA_FLAGS=--xla_backend_optimization_level=3` (the default) runs the
+# suite as users' programs compile.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402  (after the cache variables)
 
