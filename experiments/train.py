@@ -103,10 +103,13 @@ def make_optimizer(name: str, learning_rate: float, steps: int,
                    warmup_steps: int, weight_decay: float
                    ) -> optax.GradientTransformation:
   """Warmup + cosine decay; AdamW or SGD with Nesterov momentum."""
-  # Without warmup optax's schedule is cosine_decay_schedule's, bit for bit.
   warmup_steps = min(warmup_steps, max(steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup_steps, max(steps, warmup_steps + 1))
+  # Without warmup, the cosine alone: optax's warmup schedule would log a
+  # warning about its zero-step ramp in every stage.
+  schedule = (optax.warmup_cosine_decay_schedule(0.0, learning_rate,
+                                                 warmup_steps, steps)
+              if warmup_steps else
+              optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
   if name == "adam":
     return optax.adamw(schedule, weight_decay=weight_decay)
   if name == "sgd":

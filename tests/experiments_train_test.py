@@ -1,6 +1,8 @@
 """Tests of experiments/train.py's distillation (the loop itself is covered
 end to end by experiments_pipeline_test.py)."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,3 +172,16 @@ def test_refreshed_step_inputs_resume_exactly(tmp_path, kill_after):
   assert refreshed == [0, 2, 0, 4]
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_optimizer_without_warmup_starts_at_the_rate_and_logs_nothing(
+    caplog):
+  with caplog.at_level(logging.INFO):
+    tx = train.make_optimizer("sgd", 0.1, 10, 0, 0.0)
+  assert not [r.getMessage() for r in caplog.records
+              if "schedule" in r.getMessage()]
+  grads = {"w": jnp.ones(3)}
+  with jax.numpy_dtype_promotion("standard"):  # as train_step runs optax
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+  # Nesterov momentum 0.9 from a zero trace: the step is 1.9 g at the rate.
+  np.testing.assert_allclose(updates["w"], -0.1 * 1.9, rtol=1e-6)
