@@ -1,5 +1,6 @@
-"""Tests of experiments/train.py's distillation (the loop itself is covered
-end to end by experiments_pipeline_test.py)."""
+"""Tests of experiments/train.py's distillation, refreshed step inputs and
+schedule (the loop itself is covered end to end by
+experiments_pipeline_test.py)."""
 
 import logging
 
